@@ -1,0 +1,296 @@
+"""The one `SpanProcessor` that keeps the spans of the traces we opened, and its wiring.
+
+If the process already has an SDK `TracerProvider` (the user's, or Agenta's SDK's), the
+collector is added to it and the user's processors keep working. Otherwise an SDK
+provider is installed as the global one, so that instrumentation libraries, which use
+`opentelemetry.trace.get_tracer(...)`, are recorded too.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.trace import Status, StatusCode
+
+from .tree import SpanEvent, SpanRecord, Trace
+from .usage import AG_TYPE
+
+#: Attribute that marks the root span of a trace opened by this package.
+ROOT_MARKER: Final = "agenta_notebook.root"
+TRACER_NAME: Final = "agenta_notebook"
+DEFAULT_MAX_TRACES: Final = 200
+DEFAULT_MAX_SPANS: Final = 2_000_000
+
+DropListener = Callable[[Trace], None]
+
+
+def _copy_attributes(attributes: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if not attributes:
+        return {}
+    for _ in range(5):
+        try:
+            return dict(attributes)
+        except RuntimeError:  # changed size while a running span was being read
+            continue
+    return {}
+
+
+def record_from_span(span: ReadableSpan) -> SpanRecord:
+    """Convert an SDK span (ended or still running) to the core's plain record."""
+    context = span.context
+    parent = span.parent
+    status = span.status
+    ended = span.end_time is not None
+    attributes = span.attributes if ended else _copy_attributes(span.attributes)
+    events = tuple(
+        SpanEvent(event.name, event.timestamp, event.attributes or {}) for event in span.events
+    )
+    scope = span.instrumentation_scope
+    return SpanRecord(
+        trace_id=context.trace_id if context else 0,
+        span_id=context.span_id if context else 0,
+        parent_span_id=parent.span_id if parent is not None else None,
+        name=span.name,
+        start_time_ns=span.start_time or 0,
+        end_time_ns=span.end_time,
+        status=status.status_code.name,  # type: ignore[arg-type]
+        status_message=status.description,
+        attributes=attributes or {},
+        events=events,
+        kind=span.kind.name,
+        scope=scope.name if scope is not None else None,
+        resource=span.resource.attributes if span.resource is not None else {},
+    )
+
+
+class Collector(SpanProcessor):
+    """Keeps the spans of traces opened by `trace()` or the cell magic, by trace id.
+
+    Retention is bounded: when more than `max_traces` traces, or more than `max_spans`
+    spans in all, are kept, the oldest traces are dropped first.
+    """
+
+    def __init__(
+        self, max_traces: int = DEFAULT_MAX_TRACES, max_spans: int = DEFAULT_MAX_SPANS
+    ) -> None:
+        self.max_traces = max_traces
+        self.max_spans = max_spans
+        self._traces: OrderedDict[int, Trace] = OrderedDict()
+        self._lock = threading.Lock()
+        self._drop_listeners: list[DropListener] = []
+
+    # -- SpanProcessor ------------------------------------------------------------------
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        try:
+            context = span.context
+            trace = self._traces.get(context.trace_id)
+            if trace is None:
+                if span.parent is None and span.attributes and span.attributes.get(ROOT_MARKER):
+                    trace = self._register(context.trace_id, span.name, context.span_id)
+                else:
+                    return
+            trace._span_started(context.span_id, span)
+        except Exception:  # never break the user's code from inside a processor
+            pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            context = span.context
+            trace = self._traces.get(context.trace_id)
+            if trace is not None:
+                trace._span_ended(context.span_id, span)
+        except Exception:
+            pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    # -- traces ------------------------------------------------------------------------
+    def _register(self, trace_id: int, name: str, root_span_id: int) -> Trace:
+        trace = Trace(trace_id, name, root_span_id=root_span_id, converter=record_from_span)
+        trace.closed = False
+        dropped: list[Trace] = []
+        with self._lock:
+            self._traces[trace_id] = trace
+            dropped = self._enforce_retention()
+        for old in dropped:
+            self._dropped(old)
+        return trace
+
+    def _enforce_retention(self) -> list[Trace]:
+        dropped = []
+        while len(self._traces) > max(self.max_traces, 1):
+            dropped.append(self._traces.popitem(last=False)[1])
+        if self.max_spans > 0:
+            total = sum(trace.span_count for trace in self._traces.values())
+            while total > self.max_spans and len(self._traces) > 1:
+                old = self._traces.popitem(last=False)[1]
+                total -= old.span_count
+                dropped.append(old)
+        return dropped
+
+    def _dropped(self, trace: Trace) -> None:
+        trace.dropped = True
+        for listener in tuple(self._drop_listeners):
+            try:
+                listener(trace)
+            except Exception:
+                pass
+
+    def get(self, trace_id: int) -> Trace | None:
+        return self._traces.get(trace_id)
+
+    def traces(self) -> list[Trace]:
+        """Retained traces, oldest first."""
+        with self._lock:
+            return list(self._traces.values())
+
+    def set_retention(self, max_traces: int | None = None, max_spans: int | None = None) -> None:
+        with self._lock:
+            if max_traces is not None:
+                self.max_traces = max_traces
+            if max_spans is not None:
+                self.max_spans = max_spans
+            dropped = self._enforce_retention()
+        for old in dropped:
+            self._dropped(old)
+
+    def clear(self) -> None:
+        """Forget every retained trace."""
+        with self._lock:
+            dropped = list(self._traces.values())
+            self._traces.clear()
+        for old in dropped:
+            self._dropped(old)
+
+    def add_drop_listener(self, listener: DropListener) -> None:
+        """Call `listener(trace)` when a trace is dropped by retention or `clear()`."""
+        self._drop_listeners.append(listener)
+
+
+_install_lock = threading.Lock()
+_collector: Collector | None = None
+_provider: TracerProvider | None = None
+_tracer: otel_trace.Tracer | None = None
+_last_trace: Trace | None = None
+
+
+def get_collector() -> Collector:
+    """The process's collector, attached to the tracer provider on first use."""
+    global _collector, _provider
+    if _collector is not None:
+        return _collector
+    with _install_lock:
+        if _collector is not None:
+            return _collector
+        provider = otel_trace.get_tracer_provider()
+        existing = getattr(provider, "_agenta_notebook_collector", None)
+        if isinstance(existing, Collector) and isinstance(provider, TracerProvider):
+            _collector, _provider = existing, provider
+            return existing
+        collector = Collector()
+        if not isinstance(provider, TracerProvider):
+            candidate = TracerProvider()
+            otel_trace.set_tracer_provider(candidate)
+            if otel_trace.get_tracer_provider() is not candidate:
+                warnings.warn(
+                    "agenta_notebook: the global OpenTelemetry tracer provider is not the "
+                    "SDK's, so only spans from agenta_notebook itself are recorded.",
+                    stacklevel=2,
+                )
+            provider = candidate
+        provider.add_span_processor(collector)
+        provider._agenta_notebook_collector = collector  # type: ignore[attr-defined]
+        _collector, _provider = collector, provider
+        return collector
+
+
+def get_tracer() -> otel_trace.Tracer:
+    """The tracer this package's spans are made with."""
+    global _tracer
+    if _tracer is None:
+        get_collector()
+        assert _provider is not None
+        from . import __version__
+
+        _tracer = _provider.get_tracer(TRACER_NAME, __version__)
+    return _tracer
+
+
+def set_retention(max_traces: int | None = None, max_spans: int | None = None) -> None:
+    """Bound what the session keeps: at most `max_traces` traces and `max_spans` spans.
+
+    The oldest traces are dropped first. Defaults: 200 traces, 2,000,000 spans.
+    """
+    get_collector().set_retention(max_traces, max_spans)
+
+
+def last_trace() -> Trace | None:
+    """The trace of the last traced block or cell, or `None` if there was none."""
+    return _last_trace
+
+
+def _set_last_trace(trace: Trace) -> None:
+    global _last_trace
+    _last_trace = trace
+
+
+def start_root(
+    name: str, attributes: Mapping[str, Any] | None = None
+) -> tuple[otel_trace.Span, Trace]:
+    """Start the root span of a new trace and register it; the caller must end the span."""
+    collector = get_collector()
+    root_attributes: dict[str, Any] = {AG_TYPE: "workflow", ROOT_MARKER: True}
+    if attributes:
+        root_attributes.update(attributes)
+    # An empty context: a traced block always starts its own trace (rollup.md rule 9).
+    root = get_tracer().start_span(
+        name, context=otel_context.Context(), attributes=root_attributes
+    )
+    span_context = root.get_span_context()
+    trace = collector.get(span_context.trace_id)
+    if trace is None:  # not sampled, or a provider that is not ours: an empty trace
+        trace = Trace(span_context.trace_id, name)
+    return root, trace
+
+
+def fail_span(span: otel_trace.Span, error: BaseException) -> None:
+    """Mark `span` as failed by `error`, the way OpenTelemetry's own helpers do."""
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+@contextmanager
+def trace(name: str = "trace", *, attributes: Mapping[str, Any] | None = None) -> Iterator[Trace]:
+    """Run a block inside one root span and yield its `Trace`, complete when it exits.
+
+    >>> from agenta_notebook import trace, span
+    >>> with trace("demo") as t:
+    ...     with span("step"):
+    ...         pass
+    >>> [node.name for node in t.nodes]
+    ['demo', 'step']
+    """
+    root, result = start_root(name, attributes)
+    token = otel_context.attach(otel_trace.set_span_in_context(root))
+    try:
+        yield result
+    except BaseException as error:
+        fail_span(root, error)
+        raise
+    finally:
+        otel_context.detach(token)
+        root.end()
+        result.closed = True
+        _set_last_trace(result)

@@ -1,0 +1,319 @@
+"""`span`: a decorator and context manager for the nodes of a trace; `record_usage`."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, overload
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+
+from .collector import fail_span, get_tracer
+from .pricing import usage_from_any
+from .usage import AG_TYPE, MODEL_CALL_TYPES, usage_attributes
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fails(error: BaseException) -> bool:
+    # Closing a generator early is how consumers stop it, not a failure.
+    return not isinstance(error, GeneratorExit)
+
+
+class SpanSpec:
+    """What `span(...)` returns: use it as a decorator or as a (async) context manager.
+
+    A decorated function keeps no per-call state on this object; each call opens its own
+    span. As a context manager, the object holds the spans it opened in a stack, so one
+    `span(...)` object can be entered again after it exits, or nested.
+    """
+
+    __slots__ = ("_active", "attributes", "name", "type")
+
+    def __init__(
+        self, name: str | None, type: str, attributes: Mapping[str, Any] | None = None
+    ) -> None:
+        self.name = name
+        self.type = type
+        self.attributes: dict[str, Any] = {AG_TYPE: type, **(attributes or {})}
+        self._active: list[tuple[otel_trace.Span, object]] = []
+
+    # -- decorator -----------------------------------------------------------------------
+    def __call__(self, func: F) -> F:
+        name = self.name or getattr(func, "__qualname__", None) or repr(func)
+        attributes = self.attributes
+        legacy = self.type.lower() in MODEL_CALL_TYPES
+        if inspect.isasyncgenfunction(func):
+            return functools.wraps(func)(_async_generator_wrapper(func, name, attributes))  # type: ignore[return-value]
+        if inspect.isgeneratorfunction(func):
+            return functools.wraps(func)(_generator_wrapper(func, name, attributes))  # type: ignore[return-value]
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                span = get_tracer().start_span(name, attributes=attributes)
+                token = otel_context.attach(otel_trace.set_span_in_context(span))
+                try:
+                    result = await func(*args, **kwargs)
+                    if legacy:
+                        _record_returned_usage(span, result)
+                    return result
+                except BaseException as error:
+                    fail_span(span, error)
+                    raise
+                finally:
+                    otel_context.detach(token)
+                    span.end()
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            span = get_tracer().start_span(name, attributes=attributes)
+            token = otel_context.attach(otel_trace.set_span_in_context(span))
+            try:
+                result = func(*args, **kwargs)
+                if legacy:
+                    _record_returned_usage(span, result)
+                return result
+            except BaseException as error:
+                fail_span(span, error)
+                raise
+            finally:
+                otel_context.detach(token)
+                span.end()
+
+        return wrapper  # type: ignore[return-value]
+
+    # -- context manager -----------------------------------------------------------------
+    def __enter__(self) -> otel_trace.Span:
+        span = get_tracer().start_span(self.name or "span", attributes=self.attributes)
+        token = otel_context.attach(otel_trace.set_span_in_context(span))
+        self._active.append((span, token))
+        return span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        span, token = self._active.pop()
+        if exc is not None and _fails(exc):
+            fail_span(span, exc)
+        otel_context.detach(token)  # type: ignore[arg-type]
+        span.end()
+
+    async def __aenter__(self) -> otel_trace.Span:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, traceback)
+
+    def __repr__(self) -> str:
+        return f"span({self.name!r}, type={self.type!r})"
+
+
+def _generator_wrapper(
+    func: Callable[..., Generator[Any, Any, Any]], name: str, attributes: Mapping[str, Any]
+) -> Callable[..., Generator[Any, Any, Any]]:
+    def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        span = get_tracer().start_span(name, attributes=attributes)
+        span_context = otel_trace.set_span_in_context(span)
+        # The span is current only while the generator's own code runs, never in the
+        # consumer's code between two items.
+        try:
+            token = otel_context.attach(span_context)
+            try:
+                generator = func(*args, **kwargs)
+            finally:
+                otel_context.detach(token)
+            to_send: Any = None
+            to_throw: BaseException | None = None
+            while True:
+                token = otel_context.attach(span_context)
+                try:
+                    if to_throw is not None:
+                        error, to_throw = to_throw, None
+                        item = generator.throw(error)
+                    else:
+                        item = generator.send(to_send)
+                except StopIteration as stop:
+                    return stop.value
+                finally:
+                    otel_context.detach(token)
+                try:
+                    to_send = yield item
+                except GeneratorExit:
+                    token = otel_context.attach(span_context)
+                    try:
+                        generator.close()
+                    finally:
+                        otel_context.detach(token)
+                    raise
+                except BaseException as error:
+                    to_throw = error
+        except BaseException as error:
+            if _fails(error):
+                fail_span(span, error)
+            raise
+        finally:
+            span.end()
+
+    return wrapper
+
+
+def _async_generator_wrapper(
+    func: Callable[..., AsyncGenerator[Any, Any]], name: str, attributes: Mapping[str, Any]
+) -> Callable[..., AsyncGenerator[Any, Any]]:
+    async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        span = get_tracer().start_span(name, attributes=attributes)
+        span_context = otel_trace.set_span_in_context(span)
+        try:
+            token = otel_context.attach(span_context)
+            try:
+                generator = func(*args, **kwargs)
+            finally:
+                otel_context.detach(token)
+            to_send: Any = None
+            to_throw: BaseException | None = None
+            while True:
+                token = otel_context.attach(span_context)
+                try:
+                    if to_throw is not None:
+                        error, to_throw = to_throw, None
+                        item = await generator.athrow(error)
+                    else:
+                        item = await generator.asend(to_send)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    otel_context.detach(token)
+                try:
+                    to_send = yield item
+                except GeneratorExit:
+                    token = otel_context.attach(span_context)
+                    try:
+                        await generator.aclose()
+                    finally:
+                        otel_context.detach(token)
+                    raise
+                except BaseException as error:
+                    to_throw = error
+        except BaseException as error:
+            if _fails(error):
+                fail_span(span, error)
+            raise
+        finally:
+            span.end()
+
+    return wrapper
+
+
+@overload
+def span(name: F, type: str = "task", *, attributes: Mapping[str, Any] | None = None) -> F: ...
+
+
+@overload
+def span(
+    name: str | None = None, type: str = "task", *, attributes: Mapping[str, Any] | None = None
+) -> SpanSpec: ...
+
+
+def span(
+    name: str | Callable[..., Any] | None = None,
+    type: str = "task",
+    *,
+    attributes: Mapping[str, Any] | None = None,
+) -> Any:
+    """Open a span around a function or a block: a node of the trace.
+
+    `type` is one of workflow, agent, chain, task, tool, retriever, embedding, llm,
+    chat, completion, rerank (or your own word); llm, chat, completion, embedding and
+    rerank mark model calls. Works on sync and async functions, generators and async
+    generators (the span ends when the generator is exhausted, closed or raises).
+
+    >>> @span(type="tool")
+    ... def search(query: str) -> list[str]:
+    ...     return [query]
+    >>> with span("retrieve", type="retriever"):
+    ...     docs = search("q")
+
+    A function typed as a model call that returns `{"cost": ..., "usage": {...}}`
+    (the pattern Agenta's SDK used to ask for) has that usage recorded on its span.
+    """
+    if callable(name):
+        return SpanSpec(None, type, attributes)(name)
+    return SpanSpec(name, type, attributes)
+
+
+def _record_returned_usage(span: otel_trace.Span, result: Any) -> None:
+    if not isinstance(result, Mapping) or not ("usage" in result or "cost" in result):
+        return
+    raw_usage = result.get("usage")
+    counts = usage_from_any(raw_usage) if raw_usage is not None else {}
+    model = result.get("model")
+    span.set_attributes(
+        usage_attributes(
+            model=model if isinstance(model, str) else None,
+            cost=result.get("cost"),
+            **counts,
+        )
+    )
+
+
+def record_usage(
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    total_tokens: int | None = None,
+    cache_read_tokens: int | None = None,
+    cache_write_tokens: int | None = None,
+    reasoning_tokens: int | None = None,
+    cost: float | str | Any | None = None,
+    usage: Any = None,
+    span: otel_trace.Span | None = None,
+) -> None:
+    """Record a model call's usage on the current span (or `span`), in Agenta's keys.
+
+    Token counts follow the OpenTelemetry GenAI convention: input includes cache-read
+    and cache-write tokens, output includes reasoning tokens. `usage` takes an OpenAI
+    usage object or a dict and fills the counts not given. `cost` is the dollar cost the
+    provider reported; leave it out to have the price computed.
+
+    >>> from agenta_notebook import span, trace
+    >>> with trace("t") as t, span("call", type="llm"):
+    ...     record_usage(model="gpt-4o", input_tokens=100, output_tokens=20)
+    >>> t.totals.total_tokens
+    120
+    """
+    target = span if span is not None else otel_trace.get_current_span()
+    if not target.is_recording():
+        warnings.warn("record_usage: no recording span is current", stacklevel=2)
+        return
+    counts: dict[str, Any] = usage_from_any(usage) if usage is not None else {}
+    given = {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": total_tokens,
+        "cache_read_tokens": cache_read_tokens,
+        "cache_write_tokens": cache_write_tokens,
+        "reasoning_tokens": reasoning_tokens,
+    }
+    for key, value in given.items():
+        if value is not None or key not in counts:
+            counts[key] = value if value is not None else counts.get(key)
+    target.set_attributes(usage_attributes(model=model, provider=provider, cost=cost, **counts))

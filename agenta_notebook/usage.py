@@ -1,0 +1,306 @@
+"""Read one `Usage` record from a span's attributes, whatever vocabulary wrote them.
+
+Three vocabularies are understood (first present wins, per field): Agenta's wire keys
+(which this package writes), the OpenTelemetry GenAI conventions, and OpenInference.
+Bad values never raise: they are dropped for that field and become a warning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+# --- Keys this package writes (Agenta's vocabulary) ------------------------------------
+AG_TYPE: Final = "ag.type.node"
+AG_INPUT_TOKENS: Final = "ag.metrics.unit.tokens.prompt"
+AG_OUTPUT_TOKENS: Final = "ag.metrics.unit.tokens.completion"
+AG_TOTAL_TOKENS: Final = "ag.metrics.unit.tokens.total"
+AG_CACHE_READ_TOKENS: Final = "ag.metrics.unit.tokens.cached"
+AG_REASONING_TOKENS: Final = "ag.metrics.unit.tokens.reasoning"
+AG_COST: Final = "ag.metrics.unit.costs.total"
+AG_MODEL: Final = "ag.meta.response.model"
+AG_REQUEST_MODEL: Final = "ag.meta.request.model"
+AG_PROVIDER: Final = "ag.meta.system"
+# Agenta has no cache-write key; the GenAI one is written so other tools read it too.
+GENAI_CACHE_WRITE_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+
+OPENINFERENCE_KIND: Final = "openinference.span.kind"
+GENAI_OPERATION: Final = "gen_ai.operation.name"
+
+MODEL_CALL_TYPES: Final = frozenset({"llm", "chat", "completion", "embedding", "rerank"})
+_OPENINFERENCE_MODEL_KINDS: Final = frozenset({"LLM", "EMBEDDING", "RERANKER"})
+
+TOKEN_FIELDS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+# field -> keys, in order of preference
+_TOKEN_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "input_tokens": (
+        AG_INPUT_TOKENS,
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.prompt_tokens",
+        "llm.token_count.prompt",
+    ),
+    "output_tokens": (
+        AG_OUTPUT_TOKENS,
+        "gen_ai.usage.output_tokens",
+        "gen_ai.usage.completion_tokens",
+        "llm.token_count.completion",
+    ),
+    "total_tokens": (
+        AG_TOTAL_TOKENS,
+        "gen_ai.usage.total_tokens",
+        "llm.token_count.total",
+        "llm.usage.total_tokens",
+    ),
+    "cache_read_tokens": (
+        AG_CACHE_READ_TOKENS,
+        "gen_ai.usage.cache_read.input_tokens",
+        "llm.token_count.prompt_details.cache_read",
+    ),
+    "cache_write_tokens": (
+        GENAI_CACHE_WRITE_TOKENS,
+        "llm.token_count.prompt_details.cache_write",
+    ),
+    "reasoning_tokens": (
+        AG_REASONING_TOKENS,
+        "gen_ai.usage.reasoning.output_tokens",
+        "llm.token_count.completion_details.reasoning",
+    ),
+}
+_COST_KEYS: Final = (AG_COST, "llm.cost.total")
+_MODEL_KEYS: Final = (
+    AG_MODEL,
+    "gen_ai.response.model",
+    AG_REQUEST_MODEL,
+    "gen_ai.request.model",
+    "llm.model_name",
+)
+_PROVIDER_KEYS: Final = (AG_PROVIDER, "gen_ai.provider.name", "gen_ai.system", "llm.provider")
+
+#: Every key that can change what `read_usage` returns; a span carrying none of them
+#: takes the fast path.
+USAGE_KEYS: Final = frozenset(
+    [key for keys in _TOKEN_KEYS.values() for key in keys]
+    + list(_COST_KEYS)
+    + list(_MODEL_KEYS)
+    + list(_PROVIDER_KEYS)
+    + [AG_TYPE, OPENINFERENCE_KIND, GENAI_OPERATION]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one span reports about itself. `None` means absent, never zero."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost: Decimal | None = None
+    model: str | None = None
+    provider: str | None = None
+    span_type: str | None = None
+    is_model_call: bool = False
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def reports_usage(self) -> bool:
+        """True when the span states any token count or a cost of its own."""
+        return (
+            self.input_tokens is not None
+            or self.output_tokens is not None
+            or self.total_tokens is not None
+            or self.cache_read_tokens is not None
+            or self.cache_write_tokens is not None
+            or self.reasoning_tokens is not None
+            or self.cost is not None
+        )
+
+    @property
+    def effective_total_tokens(self) -> int | None:
+        """Total as reported, else input + output (rule 5), else `None`."""
+        if self.total_tokens is not None:
+            return self.total_tokens
+        if self.input_tokens is None and self.output_tokens is None:
+            return None
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+
+EMPTY_USAGE: Final = Usage()
+
+
+def parse_token_count(value: Any) -> int | None:
+    """A token count from an attribute value; `None` when the value is not a count.
+
+    >>> parse_token_count("12"), parse_token_count(3.0), parse_token_count(-1)
+    (12, 3, None)
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float):
+        if math.isfinite(value) and value >= 0 and value.is_integer():
+            return int(value)
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return int(text)
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        return parse_token_count(number)
+    return None
+
+
+def parse_cost(value: Any) -> Decimal | None:
+    """A cost in dollars as an exact Decimal; `None` for anything that is not one.
+
+    Floats go through their shortest repr, so 0.0066 stays Decimal("0.0066").
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, int):
+        number = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        number = Decimal(repr(value))
+    elif isinstance(value, str):
+        try:
+            number = Decimal(value.strip())
+        except InvalidOperation:
+            return None
+    else:
+        return None
+    if not number.is_finite() or number < 0:
+        return None
+    return number
+
+
+def _span_type(attributes: Mapping[str, Any]) -> tuple[str | None, bool]:
+    declared = attributes.get(AG_TYPE)
+    if isinstance(declared, str) and declared:
+        span_type = declared.lower()
+        return span_type, span_type in MODEL_CALL_TYPES
+    kind = attributes.get(OPENINFERENCE_KIND)
+    if isinstance(kind, str) and kind:
+        return kind.lower(), kind.upper() in _OPENINFERENCE_MODEL_KINDS
+    operation = attributes.get(GENAI_OPERATION)
+    if isinstance(operation, str) and operation:
+        return operation.lower(), True
+    return None, False
+
+
+def _first_text(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = attributes.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
+    """Read a span's own usage from its attributes (rollup.md, "Where usage is read from").
+
+    >>> read_usage({"gen_ai.usage.input_tokens": 10, "gen_ai.request.model": "gpt-4o"})
+    ... # doctest: +ELLIPSIS
+    Usage(input_tokens=10, ..., model='gpt-4o', ...)
+    """
+    if not attributes or USAGE_KEYS.isdisjoint(attributes.keys()):
+        return EMPTY_USAGE
+    warnings: list[str] = []
+    counts: dict[str, int | None] = {}
+    for field, keys in _TOKEN_KEYS.items():
+        count: int | None = None
+        for key in keys:
+            if key not in attributes:
+                continue
+            raw = attributes[key]
+            count = parse_token_count(raw)
+            if count is None:
+                warnings.append(f"ignored {key}={raw!r}: not a non-negative token count")
+                continue
+            break
+        counts[field] = count
+    cost: Decimal | None = None
+    for key in _COST_KEYS:
+        if key not in attributes:
+            continue
+        raw = attributes[key]
+        cost = parse_cost(raw)
+        if cost is None:
+            warnings.append(f"ignored {key}={raw!r}: not a non-negative cost")
+            continue
+        break
+    span_type, is_model_call = _span_type(attributes)
+    return Usage(
+        input_tokens=counts["input_tokens"],
+        output_tokens=counts["output_tokens"],
+        total_tokens=counts["total_tokens"],
+        cache_read_tokens=counts["cache_read_tokens"],
+        cache_write_tokens=counts["cache_write_tokens"],
+        reasoning_tokens=counts["reasoning_tokens"],
+        cost=cost,
+        model=_first_text(attributes, _MODEL_KEYS),
+        provider=_first_text(attributes, _PROVIDER_KEYS),
+        span_type=span_type,
+        is_model_call=is_model_call,
+        warnings=tuple(warnings),
+    )
+
+
+def usage_attributes(
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    input_tokens: Any = None,
+    output_tokens: Any = None,
+    total_tokens: Any = None,
+    cache_read_tokens: Any = None,
+    cache_write_tokens: Any = None,
+    reasoning_tokens: Any = None,
+    cost: Any = None,
+) -> dict[str, Any]:
+    """The attributes, in Agenta's keys, that record the given usage on a span.
+
+    Values are written as given when OpenTelemetry can carry them, so that a bad value
+    shows up as a warning on the span instead of vanishing.
+    """
+    pairs: tuple[tuple[str, Any], ...] = (
+        (AG_MODEL, model),
+        (AG_PROVIDER, provider),
+        (AG_INPUT_TOKENS, input_tokens),
+        (AG_OUTPUT_TOKENS, output_tokens),
+        (AG_TOTAL_TOKENS, total_tokens),
+        (AG_CACHE_READ_TOKENS, cache_read_tokens),
+        (GENAI_CACHE_WRITE_TOKENS, cache_write_tokens),
+        (AG_REASONING_TOKENS, reasoning_tokens),
+        (AG_COST, cost),
+    )
+    attributes: dict[str, Any] = {}
+    for key, value in pairs:
+        if value is None:
+            continue
+        if isinstance(value, Decimal):
+            value = float(value)
+        elif not isinstance(value, str | bool | int | float):
+            value = repr(value)
+        attributes[key] = value
+    return attributes
