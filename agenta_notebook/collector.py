@@ -43,31 +43,86 @@ def _copy_attributes(attributes: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return {}
 
 
+_STATUS_NAMES: Final[dict[StatusCode, str]] = {code: code.name for code in StatusCode}
+_KIND_NAMES: Final[dict[otel_trace.SpanKind, str]] = {
+    kind: kind.name for kind in otel_trace.SpanKind
+}
+
+
+def _events_of(span: ReadableSpan) -> tuple[SpanEvent, ...]:
+    return tuple(
+        SpanEvent(event.name, event.timestamp, event.attributes or {}) for event in span.events
+    )
+
+
 def record_from_span(span: ReadableSpan) -> SpanRecord:
     """Convert an SDK span (ended or still running) to the core's plain record."""
+    fields = getattr(span, "__dict__", None)
+    if fields is not None and fields.get("_end_time") is not None:
+        try:
+            return _record_from_ended_fields(span, fields)
+        except (KeyError, AttributeError, TypeError):  # an SDK with other internals
+            pass
+    return _record_from_public_api(span)
+
+
+def _record_from_ended_fields(span: ReadableSpan, fields: dict[str, Any]) -> SpanRecord:
+    # The fast path, for the ended spans of the SDK this package is tested with: once a
+    # span has ended its fields no longer change, so they are read directly instead of
+    # through a dozen properties. The SDK freezes an ended span's attributes (its
+    # `BoundedAttributes` refuses writes), so their inner dict is shared, not copied;
+    # `SpanRecord.attributes` is a read-only Mapping.
+    attributes = fields["_attributes"]
+    if attributes is None:
+        plain: Mapping[str, Any] = {}
+    elif getattr(attributes, "_immutable", False) and type(attributes._dict) is dict:
+        plain = attributes._dict
+    else:
+        plain = dict(attributes)
+    context = fields["_context"]
+    parent = fields["_parent"]
+    status = fields["_status"]
+    scope = fields["_instrumentation_scope"]
+    resource = fields["_resource"]
+    return SpanRecord(
+        context.trace_id if context else 0,
+        context.span_id if context else 0,
+        parent.span_id if parent is not None else None,
+        fields["_name"],
+        fields["_start_time"] or 0,
+        fields["_end_time"],
+        status.status_code._name_,  # an Enum member's name, without the property's cost
+        status.description,
+        plain,
+        _events_of(span) if fields["_events"] else (),
+        fields["_kind"]._name_,
+        scope.name if scope is not None else None,
+        resource.attributes if resource is not None else {},
+    )
+
+
+def _record_from_public_api(span: ReadableSpan) -> SpanRecord:
     context = span.context
     parent = span.parent
     status = span.status
-    ended = span.end_time is not None
-    attributes = span.attributes if ended else _copy_attributes(span.attributes)
-    events = tuple(
-        SpanEvent(event.name, event.timestamp, event.attributes or {}) for event in span.events
-    )
+    end_time = span.end_time
+    attributes = span.attributes if end_time is not None else _copy_attributes(span.attributes)
     scope = span.instrumentation_scope
+    resource = span.resource
     return SpanRecord(
-        trace_id=context.trace_id if context else 0,
-        span_id=context.span_id if context else 0,
-        parent_span_id=parent.span_id if parent is not None else None,
-        name=span.name,
-        start_time_ns=span.start_time or 0,
-        end_time_ns=span.end_time,
-        status=status.status_code.name,  # type: ignore[arg-type]
-        status_message=status.description,
-        attributes=attributes or {},
-        events=events,
-        kind=span.kind.name,
-        scope=scope.name if scope is not None else None,
-        resource=span.resource.attributes if span.resource is not None else {},
+        context.trace_id if context else 0,
+        context.span_id if context else 0,
+        parent.span_id if parent is not None else None,
+        span.name,
+        span.start_time or 0,
+        end_time,
+        _STATUS_NAMES.get(status.status_code, "UNSET"),  # type: ignore[arg-type]
+        status.description,
+        attributes or {},
+        _events_of(span),
+        _KIND_NAMES.get(span.kind, "INTERNAL"),
+        scope.name if scope is not None else None,
+        resource.attributes if resource is not None else {},
     )
 
 
@@ -107,6 +162,9 @@ class Collector(SpanProcessor):
             trace = self._traces.get(context.trace_id)
             if trace is not None:
                 trace._span_ended(context.span_id, span)
+                if context.span_id == trace.root_span_id:
+                    # A finished block may now be dropped, and may have passed the bound.
+                    self._retain()
         except Exception:
             pass
 
@@ -128,16 +186,38 @@ class Collector(SpanProcessor):
             self._dropped(old)
         return trace
 
+    def _retain(self) -> None:
+        with self._lock:
+            dropped = self._enforce_retention()
+        for old in dropped:
+            self._dropped(old)
+
     def _enforce_retention(self) -> list[Trace]:
-        dropped = []
+        """Drop the oldest traces until both bounds hold (call with the lock held).
+
+        A trace whose root span is still open (its block is running) is never dropped,
+        so the bounds may be passed for as long as blocks are nested.
+        """
+        dropped: list[Trace] = []
+
+        def drop_oldest() -> Trace | None:
+            for trace_id, trace in self._traces.items():
+                if trace._root_ended:
+                    del self._traces[trace_id]
+                    dropped.append(trace)
+                    return trace
+            return None
+
         while len(self._traces) > max(self.max_traces, 1):
-            dropped.append(self._traces.popitem(last=False)[1])
+            if drop_oldest() is None:
+                break
         if self.max_spans > 0:
             total = sum(trace.span_count for trace in self._traces.values())
             while total > self.max_spans and len(self._traces) > 1:
-                old = self._traces.popitem(last=False)[1]
+                old = drop_oldest()
+                if old is None:
+                    break
                 total -= old.span_count
-                dropped.append(old)
         return dropped
 
     def _dropped(self, trace: Trace) -> None:
@@ -255,9 +335,7 @@ def start_root(
     if attributes:
         root_attributes.update(attributes)
     # An empty context: a traced block always starts its own trace (rollup.md rule 9).
-    root = get_tracer().start_span(
-        name, context=otel_context.Context(), attributes=root_attributes
-    )
+    root = get_tracer().start_span(name, context=otel_context.Context(), attributes=root_attributes)
     span_context = root.get_span_context()
     trace = collector.get(span_context.trace_id)
     if trace is None:  # not sampled, or a provider that is not ours: an empty trace

@@ -1,45 +1,224 @@
 """Showing a trace in a notebook output: the contract between the magic and the views.
 
 `show_trace(trace)` displays a live view of `trace` in the current output and returns a
-`TraceDisplay`; the magic calls `refresh()` as spans arrive and `finish()` when the cell
-ends. (Placeholder rendering until the widget lands: text only.)
+`TraceDisplay`; the magic calls `refresh()` as spans arrive (from any thread, as often as
+it likes) and `finish()` when the cell ends. One output bundle carries the widget view,
+its static `text/html` twin (for GitHub and nbconvert) and a short deterministic
+`text/plain` summary (for nbval).
+
+Views of a trace that the collector drops (retention) are closed, so a long session does
+not pile up widget models.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import time
+from typing import Any, Final
 
 from .tree import Trace
 
+#: Redraw a live view at most this often (seconds); slower for big trees (see `refresh`).
+MIN_INTERVAL: Final = 0.25
+
+_registry_lock = threading.Lock()
+#: Open views by `id(trace)`: closed when the trace is dropped.
+_views_by_trace: dict[int, list[Any]] = {}
+_drop_listener_for: object | None = None
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _on_trace_dropped(trace: Trace) -> None:
+    with _registry_lock:
+        views = _views_by_trace.pop(id(trace), [])
+    for view in views:
+        view.close()
+
+
+def _register(trace: Trace, view: Any) -> None:
+    global _drop_listener_for
+    from .collector import get_collector
+
+    collector = get_collector()
+    with _registry_lock:
+        if _drop_listener_for is not collector:
+            collector.add_drop_listener(_on_trace_dropped)
+            _drop_listener_for = collector
+        _views_by_trace.setdefault(id(trace), []).append(view)
+
+
+def _unregister(trace: Trace, view: Any) -> None:
+    with _registry_lock:
+        views = _views_by_trace.get(id(trace))
+        if views is not None:
+            if view in views:
+                views.remove(view)
+            if not views:
+                del _views_by_trace[id(trace)]
+
+
+def open_view_count() -> int:
+    """How many trace views are open in this process (for leak checks)."""
+    with _registry_lock:
+        return sum(len(views) for views in _views_by_trace.values())
+
+
+def static_bundle(trace: Trace) -> dict[str, Any]:
+    """The `text/plain` and `text/html` renderings of `trace`."""
+    from .html import static_html, text_summary
+
+    return {"text/plain": text_summary(trace), "text/html": static_html(trace)}
+
 
 class TraceDisplay:
-    """One displayed trace: refreshed as spans arrive, settled when the cell ends."""
+    """One displayed trace: refreshed as spans arrive, settled when the cell ends.
 
-    def __init__(self, trace: Trace) -> None:
+    Outside a kernel (plain IPython, a script) there is no widget: only the static
+    renderings are displayed.
+    """
+
+    def __init__(self, trace: Trace, *, widget: bool | None = None) -> None:
         self.trace = trace
+        self.view: Any = None
         self._handle: Any = None
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._next_allowed = 0.0
+        self._finished = False
+        self._closed = False
+        self.redraws = 0
+        if widget is None:
+            widget = _in_kernel()
+        if widget:
+            from .widget import TraceView
+
+            self.view = TraceView(trace)
+            _register(trace, self)
+        trace.add_listener(self._on_span)
+
+    # -- output -------------------------------------------------------------------------
+    def bundle(self) -> dict[str, Any]:
+        """The whole output bundle: widget view (if any), `text/html`, `text/plain`."""
+        data = static_bundle(self.trace)
+        if self.view is not None and not self.view.closed:
+            data.update(self.view.view_bundle())
+        return data
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return self.bundle()
 
     def show(self) -> None:
+        """Display the trace in the current output."""
         from IPython.display import display
 
-        self._handle = display(self._bundle(), raw=True, display_id=True)
+        self._handle = display(self.bundle(), raw=True, display_id=True)  # type: ignore[no-untyped-call]
 
-    def refresh(self) -> None:
-        if self._handle is not None:
-            self._handle.update(self._bundle(), raw=True)
-
-    def finish(self) -> None:
+    # -- live ---------------------------------------------------------------------------
+    def _on_span(self, _trace: Trace) -> None:
         self.refresh()
 
-    def close(self) -> None:
-        self._handle = None
+    def refresh(self) -> None:
+        """Schedule a redraw: cheap, thread-safe, coalesced to a few redraws a second."""
+        with self._lock:
+            if self._closed or self._timer is not None:
+                return
+            delay = max(0.0, self._next_allowed - time.monotonic())
+            timer = threading.Timer(delay, self._scheduled_redraw)
+            timer.daemon = True
+            self._timer = timer
+        timer.start()
 
-    def _bundle(self) -> dict[str, str]:
-        return {"text/plain": repr(self.trace)}
+    def _scheduled_redraw(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._closed:
+                return
+            self._next_allowed = time.monotonic() + MIN_INTERVAL
+        started = time.monotonic()
+        try:
+            self._redraw(settle=self._finished)
+        except Exception:  # a failing view must never break the traced code
+            pass
+        spent = time.monotonic() - started
+        with self._lock:
+            # A redraw that takes long (huge live trace) spaces the next ones out.
+            self._next_allowed = time.monotonic() + max(MIN_INTERVAL, 3 * spent)
+
+    def _redraw(self, *, settle: bool) -> None:
+        if self.view is not None:
+            self.view.update()
+        self.redraws += 1
+        if settle and self._handle is not None:
+            self._handle.update(self.bundle(), raw=True)
+
+    def finish(self) -> None:
+        """Settle to the final state now; spans that end later refresh it again."""
+        with self._lock:
+            if self._closed:
+                return
+            self._finished = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self._redraw(settle=True)
+
+    def close(self) -> None:
+        """Close every widget of this display and stop listening to the trace."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self.trace.remove_listener(self._on_span)
+        if self.view is not None:
+            self.view.close()
+            _unregister(self.trace, self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
 
 def show_trace(trace: Trace) -> TraceDisplay:
-    """Display `trace` in the current output and return its display."""
+    """Display `trace` in the current output and return its display.
+
+    The magic does this for each traced cell; by hand::
+
+        with agenta_notebook.trace("answer") as t:
+            shown = show_trace(t)
+            ...
+        shown.finish()
+    """
     shown = TraceDisplay(trace)
     shown.show()
     return shown
+
+
+def trace_mimebundle(trace: Trace) -> dict[str, Any]:
+    """What `Trace._repr_mimebundle_` returns: a finished display's bundle."""
+    shown = TraceDisplay(trace)
+    # Settled already: spans that end later redraw the view and no output handle exists.
+    # The view closes with the trace (retention) or `close_views(trace)`.
+    shown._finished = True
+    if shown.view is None:
+        shown.close()
+    return shown.bundle()
+
+
+def close_views(trace: Trace) -> int:
+    """Close every open view of `trace`; returns how many there were."""
+    with _registry_lock:
+        views = _views_by_trace.pop(id(trace), [])
+    for view in views:
+        view.close()
+    return len(views)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pandas as pd
 
-from .tree import Figures, SpanNode, Trace
+from .tree import Figures, SpanNode, Trace, _collector_paused
 
 if TYPE_CHECKING:
     pass
@@ -108,29 +108,33 @@ def _row(trace: Trace, trace_hex: str, node: SpanNode) -> list[Any]:
 
 
 def _frame(rows: list[list[Any]]) -> pd.DataFrame:
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in COLUMNS]
+    columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * len(COLUMNS)
     data: dict[str, Any] = {}
     for (column, dtype), values in zip(COLUMNS.items(), columns, strict=True):
+        dtype_name: Any = dtype
         if dtype.startswith("datetime64"):
-            data[column] = pd.to_datetime(pd.array(values, dtype="Int64"), unit="ns", utc=True)
+            times: Any = pd.array(list(values), dtype="Int64")
+            data[column] = pd.to_datetime(times, unit="ns", utc=True)
         else:
-            data[column] = pd.array(values, dtype=dtype)
+            data[column] = pd.array(list(values), dtype=dtype_name)
     return pd.DataFrame(data)
 
 
 def trace_dataframe(trace: Trace) -> pd.DataFrame:
     """One row per span of `trace`, parents before children (depth-first)."""
-    trace_hex = f"{trace.trace_id:032x}"
-    return _frame([_row(trace, trace_hex, node) for node in trace.tree.nodes])
+    return traces_dataframe([trace])
 
 
 def traces_dataframe(traces: Iterable[Trace]) -> pd.DataFrame:
     """The rows of several traces in one frame."""
     rows: list[list[Any]] = []
     for trace in traces:
-        trace_hex = f"{trace.trace_id:032x}"
-        rows.extend(_row(trace, trace_hex, node) for node in trace.tree.nodes)
-    return _frame(rows)
+        nodes = trace.tree.nodes
+        with _collector_paused():  # many small lists, none of them garbage
+            trace_hex = f"{trace.trace_id:032x}"
+            rows.extend([_row(trace, trace_hex, node) for node in nodes])
+    with _collector_paused():
+        return _frame(rows)
 
 
 def spans_dataframe() -> pd.DataFrame:

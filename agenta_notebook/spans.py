@@ -6,6 +6,7 @@ import functools
 import inspect
 import warnings
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -30,11 +31,12 @@ class SpanSpec:
     """What `span(...)` returns: use it as a decorator or as a (async) context manager.
 
     A decorated function keeps no per-call state on this object; each call opens its own
-    span. As a context manager, the object holds the spans it opened in a stack, so one
-    `span(...)` object can be entered again after it exits, or nested.
+    span. As a context manager, the spans it opened are kept in the current context (not
+    on the object), so one `span(...)` object can be nested, re-entered, and entered at
+    once by concurrent tasks or threads.
     """
 
-    __slots__ = ("_active", "attributes", "name", "type")
+    __slots__ = ("attributes", "name", "type")
 
     def __init__(
         self, name: str | None, type: str, attributes: Mapping[str, Any] | None = None
@@ -42,7 +44,6 @@ class SpanSpec:
         self.name = name
         self.type = type
         self.attributes: dict[str, Any] = {AG_TYPE: type, **(attributes or {})}
-        self._active: list[tuple[otel_trace.Span, object]] = []
 
     # -- decorator -----------------------------------------------------------------------
     def __call__(self, func: F) -> F:
@@ -95,7 +96,7 @@ class SpanSpec:
     def __enter__(self) -> otel_trace.Span:
         span = get_tracer().start_span(self.name or "span", attributes=self.attributes)
         token = otel_context.attach(otel_trace.set_span_in_context(span))
-        self._active.append((span, token))
+        _OPEN_BLOCKS.set((*_OPEN_BLOCKS.get(), (self, span, token)))
         return span
 
     def __exit__(
@@ -104,10 +105,10 @@ class SpanSpec:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        span, token = self._active.pop()
+        span, token = _close_block(self)
         if exc is not None and _fails(exc):
             fail_span(span, exc)
-        otel_context.detach(token)  # type: ignore[arg-type]
+        otel_context.detach(token)
         span.end()
 
     async def __aenter__(self) -> otel_trace.Span:
@@ -123,6 +124,23 @@ class SpanSpec:
 
     def __repr__(self) -> str:
         return f"span({self.name!r}, type={self.type!r})"
+
+
+#: The blocks opened by `span(...)` context managers in the current context, innermost
+#: last: each task and thread sees its own, so concurrent blocks never end each other.
+_OPEN_BLOCKS: ContextVar[tuple[tuple[SpanSpec, otel_trace.Span, object], ...]] = ContextVar(
+    "agenta_notebook_open_blocks", default=()
+)
+
+
+def _close_block(spec: SpanSpec) -> tuple[otel_trace.Span, Any]:
+    blocks = _OPEN_BLOCKS.get()
+    for index in range(len(blocks) - 1, -1, -1):
+        if blocks[index][0] is spec:
+            _, span, token = blocks[index]
+            _OPEN_BLOCKS.set(blocks[:index] + blocks[index + 1 :])
+            return span, token
+    raise RuntimeError(f"{spec!r} exited without being entered in this context")
 
 
 def _generator_wrapper(
@@ -262,7 +280,7 @@ def _record_returned_usage(span: otel_trace.Span, result: Any) -> None:
     if not isinstance(result, Mapping) or not ("usage" in result or "cost" in result):
         return
     raw_usage = result.get("usage")
-    counts = usage_from_any(raw_usage) if raw_usage is not None else {}
+    counts: dict[str, Any] = usage_from_any(raw_usage) if raw_usage is not None else {}
     model = result.get("model")
     span.set_attributes(
         usage_attributes(
@@ -304,7 +322,22 @@ def record_usage(
     if not target.is_recording():
         warnings.warn("record_usage: no recording span is current", stacklevel=2)
         return
-    counts: dict[str, Any] = usage_from_any(usage) if usage is not None else {}
+    if usage is None:  # the common case, kept short: this runs once per model call
+        target.set_attributes(
+            usage_attributes(
+                model=model,
+                provider=provider,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                total_tokens=total_tokens,
+                cache_read_tokens=cache_read_tokens,
+                cache_write_tokens=cache_write_tokens,
+                reasoning_tokens=reasoning_tokens,
+                cost=cost,
+            )
+        )
+        return
+    counts: dict[str, Any] = usage_from_any(usage)
     given = {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,

@@ -8,11 +8,13 @@ on demand, so the order of arrival never changes a number (rule 11).
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import MAX_EMAX, MIN_EMIN, ROUND_HALF_EVEN, Context, Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from .pricing import UNPRICED, PricedCost, price_usage
@@ -82,7 +84,7 @@ class Figures:
             _add(self.cache_read_tokens, other.cache_read_tokens),
             _add(self.cache_write_tokens, other.cache_write_tokens),
             _add(self.reasoning_tokens, other.reasoning_tokens),
-            _add(self.cost, other.cost),
+            _add_cost(self.cost, other.cost),
             self.model_calls + other.model_calls,
             self.unpriced_calls + other.unpriced_calls,
             self.errors + other.errors,
@@ -105,6 +107,27 @@ FIGURE_FIELDS: Final = (
 )
 
 
+#: Costs are summed in this context: wide enough that a sum of costs (each at most
+#: 1e40 dollars with a resolution of at most 1e-30, see `_exact_cost`) is never rounded,
+#: so the root equals the sum of its parts exactly and the order of addition is moot
+#: (rules 11 and 12). The default context rounds to 28 digits.
+_COST_CONTEXT: Final = Context(prec=100, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX)
+_FINEST_COST: Final = Decimal("1e-30")
+
+
+def _exact_cost(cost: Decimal | None) -> Decimal | None:
+    """`cost` with a resolution of at most 1e-30 dollars, so that sums stay exact."""
+    if cost is None:
+        return None
+    exponent = cost.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -30:
+        try:
+            return cost.quantize(_FINEST_COST, context=_COST_CONTEXT)
+        except ArithmeticError:  # over 100 digits at that resolution: keep it as it is
+            return cost
+    return cost
+
+
 _Number = TypeVar("_Number", int, Decimal)
 
 
@@ -114,6 +137,14 @@ def _add(left: _Number | None, right: _Number | None) -> _Number | None:
     if right is None:
         return left
     return left + right
+
+
+def _add_cost(left: Decimal | None, right: Decimal | None) -> Decimal | None:
+    if left is None:
+        return right
+    if right is None:
+        return left
+    return _COST_CONTEXT.add(left, right)
 
 
 #: How a span's own usage entered the roll-up.
@@ -254,7 +285,7 @@ class TraceTree:
         )
 
 
-def _count_own(node: SpanNode, below_reports: bool, below: Figures) -> None:
+def _count_own(node: SpanNode, below_reports: bool, below: Sequence[Figures]) -> None:
     """Set `role`, `own` and `mismatch` of one node (rules 2, 3, 4, 5, 6, 8)."""
     usage = node.usage
     errors = 1 if node.is_error_origin else 0
@@ -263,7 +294,7 @@ def _count_own(node: SpanNode, below_reports: bool, below: Figures) -> None:
             node.role = "model call"
         elif below_reports:
             node.role = "model call wrapper"
-            node.own = Figures(errors=errors) if errors else NO_FIGURES
+            node.own = _ONE_ERROR if errors else NO_FIGURES
             return
         else:
             node.role = "unreported model call"
@@ -272,12 +303,13 @@ def _count_own(node: SpanNode, below_reports: bool, below: Figures) -> None:
     elif usage.reports_usage:
         if below_reports:
             node.role = "claim not counted"
-            node.mismatch = _claim_mismatch(usage, below)
-            node.own = Figures(errors=errors) if errors else NO_FIGURES
+            summed = _sum_figures(below) if below else NO_FIGURES
+            node.mismatch = _claim_mismatch(usage, summed)
+            node.own = _ONE_ERROR if errors else NO_FIGURES
             return
         node.role = "claim counted"
     else:
-        node.own = Figures(errors=errors) if errors else NO_FIGURES
+        node.own = _ONE_ERROR if errors else NO_FIGURES
         return
     priced = price_usage(usage)
     node.priced = priced
@@ -288,7 +320,7 @@ def _count_own(node: SpanNode, below_reports: bool, below: Figures) -> None:
         usage.cache_read_tokens,
         usage.cache_write_tokens,
         usage.reasoning_tokens,
-        priced.cost,
+        _exact_cost(priced.cost),
         1 if node.role == "model call" else 0,
         1 if priced.cost is None else 0,
         errors,
@@ -331,6 +363,29 @@ def build_tree(
     >>> tree.root.name, tree.totals.model_calls
     ('root', 0)
     """
+    with _collector_paused():
+        return _build_tree(records, root_span_id, name)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a tree is built.
+
+    A build allocates a few objects per span and frees none of them; with the collector
+    on, each of its passes walks the whole growing heap, which more than doubles the
+    time of a 100k-span build. Only a collector this call turned off is turned back on.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _build_tree(records: Iterable[SpanRecord], root_span_id: int | None, name: str) -> TraceTree:
     by_id: dict[int, SpanNode] = {}
     trace_id = 0
     for record in records:
@@ -356,11 +411,12 @@ def build_tree(
             synthetic=True,
         )
 
+    get_node = by_id.get
     for node in by_id.values():
         if node is root:
             continue
         parent_id = node.record.parent_span_id
-        parent = by_id.get(parent_id) if parent_id is not None else None
+        parent = get_node(parent_id) if parent_id is not None else None
         if parent is None:
             parent = root
             # A top-level span under a synthetic root is where it belongs, not detached.
@@ -381,36 +437,107 @@ def build_tree(
                 seen.update(id(n) for n in _preorder(node, set()))
         order = _preorder(root)
 
-    for node in order:
-        node.children.sort(key=_start_order)
-    order = _preorder(root)
-    for node in order:
-        if node.parent is not None:
-            node.depth = node.parent.depth + 1
+    _roll_up(order)
+    return TraceTree(trace_id, root, tuple(order), by_id)
 
-    below_reports: dict[int, bool] = {}
+
+def _roll_up(order: list[SpanNode]) -> None:
+    """Count each node's own figures and its subtotal, children before parents."""
+    # ids of the nodes whose subtree, the node included, reports usage (rule 3)
+    reporting: set[int] = set()
     for node in reversed(order):
         children = node.children
-        child_error = False
+        usage = node.usage
         reports = False
-        below = NO_FIGURES
-        for child in children:
-            below = below + child.subtotal
-            child_error = child_error or child.record.status == "ERROR"
-            reports = reports or child.usage.reports_usage or below_reports[id(child)]
-        below_reports[id(node)] = reports
-        node.is_error_origin = node.record.status == "ERROR" and not child_error
-        _count_own(node, reports, below)
-        node.subtotal = node.own + below if children else node.own
-        warnings = list(node.usage.warnings)
-        if node.mismatch:
-            warnings.append(node.mismatch)
-        if node.detached:
-            warnings.append(
-                f"detached: parent span {node.record.parent_span_id or 0:016x} is not in this trace"
-            )
-        node.warnings = tuple(warnings)
-    return TraceTree(trace_id, root, tuple(order), by_id)
+        # the subtotals that are not empty: only those cost an addition
+        parts: list[Figures] = []
+        if children:
+            child_error = False
+            for child in children:
+                part = child.subtotal
+                if part is not NO_FIGURES:
+                    parts.append(part)
+                if child.record.status == "ERROR":
+                    child_error = True
+                if not reports and id(child) in reporting:
+                    reports = True
+            node.is_error_origin = node.record.status == "ERROR" and not child_error
+        else:
+            node.is_error_origin = node.record.status == "ERROR"
+        own_reports = usage.reports_usage
+        if own_reports or reports:
+            reporting.add(id(node))
+        if own_reports or usage.is_model_call:
+            _count_own(node, reports, parts)
+        elif node.is_error_origin:
+            node.own = _ONE_ERROR
+        if node.own is not NO_FIGURES:
+            parts.append(node.own)
+        if not parts:
+            node.subtotal = NO_FIGURES
+        elif len(parts) == 1:
+            node.subtotal = parts[0]
+        else:
+            node.subtotal = _sum_figures(parts)
+        if usage.warnings or node.mismatch or node.detached:
+            warnings = list(usage.warnings)
+            if node.mismatch:
+                warnings.append(node.mismatch)
+            if node.detached:
+                warnings.append(
+                    f"detached: parent span {node.record.parent_span_id or 0:016x} "
+                    "is not in this trace"
+                )
+            node.warnings = tuple(warnings)
+
+
+def _sum_figures(parts: Sequence[Figures]) -> Figures:
+    """The sum of several figures in one pass (one allocation, not one per addition)."""
+    input_tokens = output_tokens = total_tokens = None
+    cache_read = cache_write = reasoning = None
+    cost: Decimal | None = None
+    model_calls = unpriced_calls = errors = 0
+    add_cost = _COST_CONTEXT.add
+    for part in parts:
+        value = part.input_tokens
+        if value is not None:
+            input_tokens = value if input_tokens is None else input_tokens + value
+        value = part.output_tokens
+        if value is not None:
+            output_tokens = value if output_tokens is None else output_tokens + value
+        value = part.total_tokens
+        if value is not None:
+            total_tokens = value if total_tokens is None else total_tokens + value
+        value = part.cache_read_tokens
+        if value is not None:
+            cache_read = value if cache_read is None else cache_read + value
+        value = part.cache_write_tokens
+        if value is not None:
+            cache_write = value if cache_write is None else cache_write + value
+        value = part.reasoning_tokens
+        if value is not None:
+            reasoning = value if reasoning is None else reasoning + value
+        part_cost = part.cost
+        if part_cost is not None:
+            cost = part_cost if cost is None else add_cost(cost, part_cost)
+        model_calls += part.model_calls
+        unpriced_calls += part.unpriced_calls
+        errors += part.errors
+    return Figures(
+        input_tokens,
+        output_tokens,
+        total_tokens,
+        cache_read,
+        cache_write,
+        reasoning,
+        cost,
+        model_calls,
+        unpriced_calls,
+        errors,
+    )
+
+
+_ONE_ERROR: Final = Figures(errors=1)
 
 
 def _start_order(node: SpanNode) -> tuple[int, int]:
@@ -418,16 +545,28 @@ def _start_order(node: SpanNode) -> tuple[int, int]:
 
 
 def _preorder(root: SpanNode, guard: set[int] | None = None) -> list[SpanNode]:
+    """Nodes below `root` parents first, children in start order; sets `depth`.
+
+    Every node has one parent and the root none, so the walk from the root cannot
+    revisit a node; `guard` is for walks from a node that may sit in a parent cycle.
+    """
     order: list[SpanNode] = []
-    visited = set() if guard is None else guard
     stack = [root]
     while stack:
         node = stack.pop()
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
+        if guard is not None:
+            if id(node) in guard:
+                continue
+            guard.add(id(node))
         order.append(node)
-        stack.extend(reversed(node.children))
+        children = node.children
+        if children:
+            if len(children) > 1:
+                children.sort(key=_start_order)
+            depth = node.depth + 1
+            for child in children:
+                child.depth = depth
+            stack.extend(reversed(children))
     return order
 
 
@@ -465,6 +604,8 @@ class Trace:
         #: set when the traced block has exited; spans may still arrive (rule 10)
         self.closed = root_span_id is None
         self.dropped = False
+        #: the root span has ended (or there is none): retention may drop this trace
+        self._root_ended = root_span_id is None or root_span_id in self._records
 
     # -- called by the collector (hot path: keep them small) -------------------------
     def _span_started(self, span_id: int, raw: Any) -> None:
@@ -477,6 +618,8 @@ class Trace:
             self._open_raw.pop(span_id, None)
             self._finished_raw.append(raw)
             self._version += 1
+            if span_id == self.root_span_id:
+                self._root_ended = True
         if self._listeners:
             self._notify()
 
@@ -519,7 +662,8 @@ class Trace:
         version = self._version
         tree = self._tree
         if tree is None or self._built_version != version:
-            tree = build_tree(self.records(), self.root_span_id, name=self.name)
+            with _collector_paused():
+                tree = build_tree(self.records(), self.root_span_id, name=self.name)
             self._tree, self._built_version = tree, version
         return tree
 
@@ -597,6 +741,12 @@ class Trace:
             f"<Trace {self.name!r} spans={len(self.nodes)} tokens={totals.total_tokens} "
             f"cost={totals.cost} unpriced={totals.unpriced_calls} errors={totals.errors}>"
         )
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """The notebook display: the interactive tree, its static HTML twin, a summary."""
+        from .display import trace_mimebundle  # lazy: the core imports no IPython
+
+        return trace_mimebundle(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,11 @@ GENAI_OPERATION: Final = "gen_ai.operation.name"
 
 MODEL_CALL_TYPES: Final = frozenset({"llm", "chat", "completion", "embedding", "rerank"})
 _OPENINFERENCE_MODEL_KINDS: Final = frozenset({"LLM", "EMBEDDING", "RERANKER"})
+# GenAI operations that are not model calls: an agent span stamped with its run's
+# usage is a roll-up claim (rule 3), not a call whose usage adds to its children's.
+_GENAI_NON_MODEL_OPERATIONS: Final = frozenset(
+    {"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"}
+)
 
 TOKEN_FIELDS: Final = (
     "input_tokens",
@@ -84,8 +89,15 @@ _MODEL_KEYS: Final = (
     AG_REQUEST_MODEL,
     "gen_ai.request.model",
     "llm.model_name",
+    "embedding.model_name",
 )
-_PROVIDER_KEYS: Final = (AG_PROVIDER, "gen_ai.provider.name", "gen_ai.system", "llm.provider")
+_PROVIDER_KEYS: Final = (
+    AG_PROVIDER,
+    "gen_ai.provider.name",
+    "gen_ai.system",
+    "llm.provider",
+    "llm.system",
+)
 
 #: Every key that can change what `read_usage` returns; a span carrying none of them
 #: takes the fast path.
@@ -140,6 +152,9 @@ class Usage:
 
 EMPTY_USAGE: Final = Usage()
 
+# A cost of 1e40 dollars or more is not a cost; refusing it keeps exact sums bounded.
+_MAX_COST_DIGITS: Final = 40
+
 
 def parse_token_count(value: Any) -> int | None:
     """A token count from an attribute value; `None` when the value is not a count.
@@ -189,7 +204,7 @@ def parse_cost(value: Any) -> Decimal | None:
             return None
     else:
         return None
-    if not number.is_finite() or number < 0:
+    if not number.is_finite() or number < 0 or number.adjusted() > _MAX_COST_DIGITS:
         return None
     return number
 
@@ -204,16 +219,47 @@ def _span_type(attributes: Mapping[str, Any]) -> tuple[str | None, bool]:
         return kind.lower(), kind.upper() in _OPENINFERENCE_MODEL_KINDS
     operation = attributes.get(GENAI_OPERATION)
     if isinstance(operation, str) and operation:
-        return operation.lower(), True
+        operation = operation.lower()
+        return operation, operation not in _GENAI_NON_MODEL_OPERATIONS
     return None, False
 
 
-def _first_text(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+def _first_text(
+    attributes: Mapping[str, Any], keys: tuple[str, ...], present: frozenset[str]
+) -> str | None:
     for key in keys:
-        value = attributes.get(key)
+        if key not in present:
+            continue
+        value = attributes[key]
         if isinstance(value, str) and value:
             return value
     return None
+
+
+_TYPE_KEYS: Final = frozenset({AG_TYPE, OPENINFERENCE_KIND, GENAI_OPERATION})
+# Most spans carry only a type (a tool, a chain): their Usage is shared, keyed by the
+# type values. Bounded so that odd values cannot grow it without end.
+_TYPE_ONLY_CACHE: dict[tuple[Any, Any, Any], Usage] = {}
+_TYPE_ONLY_CACHE_SIZE: Final = 1024
+
+
+def _type_only_usage(attributes: Mapping[str, Any]) -> Usage:
+    key = (
+        attributes.get(AG_TYPE),
+        attributes.get(OPENINFERENCE_KIND),
+        attributes.get(GENAI_OPERATION),
+    )
+    hashable = True
+    try:
+        cached = _TYPE_ONLY_CACHE.get(key)
+    except TypeError:  # an unhashable value (a list): read it, do not cache it
+        cached, hashable = None, False
+    if cached is None:
+        span_type, is_model_call = _span_type(attributes)
+        cached = Usage(span_type=span_type, is_model_call=is_model_call)
+        if hashable and len(_TYPE_ONLY_CACHE) < _TYPE_ONLY_CACHE_SIZE:
+            _TYPE_ONLY_CACHE[key] = cached
+    return cached
 
 
 def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
@@ -223,14 +269,20 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
     ... # doctest: +ELLIPSIS
     Usage(input_tokens=10, ..., model='gpt-4o', ...)
     """
-    if not attributes or USAGE_KEYS.isdisjoint(attributes.keys()):
+    if not attributes:
         return EMPTY_USAGE
+    # One pass over the span's keys; every later test is a lookup in this small set.
+    present = USAGE_KEYS.intersection(attributes)
+    if not present:
+        return EMPTY_USAGE
+    if present <= _TYPE_KEYS:
+        return _type_only_usage(attributes)
     warnings: list[str] = []
     counts: dict[str, int | None] = {}
     for field, keys in _TOKEN_KEYS.items():
         count: int | None = None
         for key in keys:
-            if key not in attributes:
+            if key not in present:
                 continue
             raw = attributes[key]
             count = parse_token_count(raw)
@@ -241,7 +293,7 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
         counts[field] = count
     cost: Decimal | None = None
     for key in _COST_KEYS:
-        if key not in attributes:
+        if key not in present:
             continue
         raw = attributes[key]
         cost = parse_cost(raw)
@@ -258,8 +310,8 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
         cache_write_tokens=counts["cache_write_tokens"],
         reasoning_tokens=counts["reasoning_tokens"],
         cost=cost,
-        model=_first_text(attributes, _MODEL_KEYS),
-        provider=_first_text(attributes, _PROVIDER_KEYS),
+        model=_first_text(attributes, _MODEL_KEYS, present),
+        provider=_first_text(attributes, _PROVIDER_KEYS, present),
         span_type=span_type,
         is_model_call=is_model_call,
         warnings=tuple(warnings),
@@ -298,9 +350,13 @@ def usage_attributes(
     for key, value in pairs:
         if value is None:
             continue
-        if isinstance(value, Decimal):
-            value = float(value)
-        elif not isinstance(value, str | bool | int | float):
-            value = repr(value)
+        if type(value) not in _ATTRIBUTE_TYPES:
+            if isinstance(value, Decimal):
+                value = float(value)
+            elif not isinstance(value, str | bool | int | float):
+                value = repr(value)
         attributes[key] = value
     return attributes
+
+
+_ATTRIBUTE_TYPES: Final = frozenset({str, int, float, bool})

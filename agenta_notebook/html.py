@@ -1,0 +1,551 @@
+"""Static renderings of a trace: the `text/html` twin of the widget and a `text/plain` summary.
+
+Every figure comes from the core (`node.subtotal`, `node.own`, `node.priced`,
+`trace.summary()`); nothing here adds numbers up. Everything that comes from a span
+(names, types, attribute values, exception messages) goes through `escape`, because
+notebook front ends insert HTML outputs, and ipywidgets' `HTML` values, as raw markup.
+
+>>> from agenta_notebook.tree import SpanRecord, Trace
+>>> trace = Trace(1, "demo", root_span_id=1, records=[SpanRecord(1, 1, None, "<b>", 0, 10)])
+>>> "&lt;b&gt;" in static_html(trace)
+True
+>>> text_summary(trace)
+"Trace 'demo': 1 span · 0 model calls · tokens — · cost —"
+"""
+
+from __future__ import annotations
+
+import html as _html
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+from .tree import Figures, ModelBreakdown, SpanEvent, SpanNode, Trace, TraceSummary
+
+#: Longest span-derived string put into a row (names, types, messages).
+MAX_LABEL: Final = 160
+#: Longest attribute value shown in a details pane.
+MAX_VALUE: Final = 2_000
+MAX_ATTRIBUTES: Final = 200
+MAX_EVENTS: Final = 50
+MAX_STACKTRACE: Final = 20_000
+#: The static HTML shows at most this many spans, then says how many more there are.
+STATIC_MAX_NODES: Final = 500
+#: ... and stops adding spans once it is this large (bytes), well under 1 MB.
+STATIC_MAX_BYTES: Final = 700_000
+#: Static `<details>` open by default while the tree shown has at most this many rows.
+STATIC_OPEN_BUDGET: Final = 60
+
+
+def escape(value: object, limit: int | None = MAX_LABEL) -> str:
+    """`value` as text that HTML shows verbatim, cut to `limit` characters."""
+    text = value if isinstance(value, str) else str(value)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return _html.escape(text, quote=True)
+
+
+# -- numbers -------------------------------------------------------------------------------
+
+
+def format_cost(cost: Decimal | None) -> str:
+    """A dollar amount for display; `None` (absent) is "—", never "$0".
+
+    >>> format_cost(None), format_cost(Decimal(0)), format_cost(Decimal("0.012345"))
+    ('—', '$0', '$0.0123')
+    >>> format_cost(Decimal("1234.5")), format_cost(Decimal("0.0000123456"))
+    ('$1,234.50', '$0.0000123')
+    >>> format_cost(Decimal("0.000027"))
+    '$0.000027'
+    """
+    if cost is None:
+        return "—"
+    if cost == 0:
+        return "$0"
+    sign = "-" if cost < 0 else ""
+    cost = abs(cost)
+    if cost >= 1:
+        return f"{sign}${cost:,.2f}"
+    if cost >= Decimal("0.01"):
+        return f"{sign}${cost:.4f}"
+    places = min(-cost.adjusted() + 2, 12)
+    shown = cost.quantize(Decimal(1).scaleb(-places))
+    if shown == 0:
+        return f"{sign}<$0.{'0' * 11}1"
+    return f"{sign}${shown.normalize():f}"
+
+
+def format_money(cost: Decimal | None, unpriced_calls: int) -> str:
+    """Known cost plus unpriced calls: unpriced is not $0.
+
+    >>> format_money(Decimal("0.0123"), 2), format_money(None, 1), format_money(None, 0)
+    ('$0.0123 + 2 unpriced', '1 unpriced', '—')
+    """
+    if not unpriced_calls:
+        return format_cost(cost)
+    if cost is None:
+        return f"{unpriced_calls:,} unpriced"
+    return f"{format_cost(cost)} + {unpriced_calls:,} unpriced"
+
+
+def format_tokens(tokens: int | None) -> str:
+    """A token count with thousands separators, "—" when absent."""
+    return "—" if tokens is None else f"{tokens:,}"
+
+
+def format_duration(duration_ms: float | None) -> str:
+    """Milliseconds as a short human duration, "—" when unknown (running).
+
+    >>> [format_duration(ms) for ms in (0.4, 812.3, 1234, 125_000)]
+    ['0.40 ms', '812 ms', '1.23 s', '2m 05s']
+    """
+    if duration_ms is None:
+        return "—"
+    if duration_ms < 1:
+        return f"{duration_ms:.2f} ms"
+    if duration_ms < 1000:
+        return f"{duration_ms:.0f} ms"
+    seconds = duration_ms / 1000
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {rest:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
+
+
+def tokens_title(figures: Figures) -> str:
+    """The token breakdown of `figures` as one line (for tooltips and details)."""
+    parts = [
+        f"input {format_tokens(figures.input_tokens)}",
+        f"output {format_tokens(figures.output_tokens)}",
+        f"total {format_tokens(figures.total_tokens)}",
+    ]
+    for label, value in (
+        ("cache read", figures.cache_read_tokens),
+        ("cache write", figures.cache_write_tokens),
+        ("reasoning", figures.reasoning_tokens),
+    ):
+        if value is not None:
+            parts.append(f"{label} {format_tokens(value)}")
+    return ", ".join(parts)
+
+
+# -- per span ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A badge on a row: short label, longer explanation, CSS class."""
+
+    label: str
+    title: str
+    css: str
+
+
+def markers(node: SpanNode) -> list[Marker]:
+    """The badges of one row: error, unpriced, roll-up mismatch, running, detached, warnings."""
+    found: list[Marker] = []
+    if node.is_error_origin:
+        found.append(Marker("✖ error", node.record.status_message or "error", "agn-m-error"))
+    elif node.is_error:
+        found.append(Marker("✖", "error raised below and propagated here", "agn-m-error-up"))
+    elif node.subtotal.errors:
+        found.append(
+            Marker(f"✖ {node.subtotal.errors:,} below", "errors in spans below", "agn-m-error-up")
+        )
+    unpriced = node.subtotal.unpriced_calls
+    if unpriced:
+        found.append(
+            Marker(
+                f"? {unpriced:,} unpriced",
+                f"{_plural(unpriced, 'model call')} without a price: the cost is a lower bound",
+                "agn-m-unpriced",
+            )
+        )
+    if node.mismatch:
+        found.append(Marker("≠ roll-up", node.mismatch, "agn-m-mismatch"))
+    if node.running:
+        found.append(Marker("⏳ running", "this span has not ended yet", "agn-m-running"))
+    if node.detached:
+        found.append(Marker("⤴ detached", "its parent span is not in this trace", "agn-m-detached"))
+    others = [w for w in node.warnings if w != node.mismatch and not w.startswith("detached:")]
+    if others:
+        found.append(Marker(f"⚠ {len(others)}", "; ".join(others), "agn-m-warning"))
+    return found
+
+
+def markers_html(node: SpanNode) -> str:
+    return " ".join(
+        f'<span class="agn-m {m.css}" title="{escape(m.title, 600)}">{escape(m.label)}</span>'
+        for m in markers(node)
+    )
+
+
+def cost_cell(node: SpanNode) -> tuple[str, str | None]:
+    """The cost column: subtotal, and the own cost when it differs from the subtotal."""
+    subtotal = format_money(node.subtotal.cost, node.subtotal.unpriced_calls)
+    own = node.own
+    if node.children and own.cost is not None and own.cost != node.subtotal.cost:
+        return subtotal, f"own {format_money(own.cost, own.unpriced_calls)}"
+    return subtotal, None
+
+
+def label(node: SpanNode) -> str:
+    """Name and type as plain text (callers escape it)."""
+    name = node.name if len(node.name) <= MAX_LABEL else node.name[: MAX_LABEL - 1] + "…"
+    return f"{name} · {node.type}" if node.type else name
+
+
+def row_figures_html(node: SpanNode) -> str:
+    """The figure columns of a widget row: duration, tokens, cost, markers (escaped)."""
+    cost, own = cost_cell(node)
+    own_html = f' <span class="agn-own">{escape(own)}</span>' if own else ""
+    duration = "…" if node.running else format_duration(node.duration_ms)
+    return (
+        f'<span class="agn-c agn-dur">{duration}</span>'
+        f'<span class="agn-c agn-tok" title="{escape(tokens_title(node.subtotal), None)}">'
+        f"{format_tokens(node.subtotal.total_tokens)}</span>"
+        f'<span class="agn-c agn-cost">{escape(cost)}{own_html}</span>'
+        f'<span class="agn-marks">{markers_html(node)}</span>'
+    )
+
+
+# -- header --------------------------------------------------------------------------------
+
+
+def totals_line(summary: TraceSummary) -> str:
+    """The trace totals as HTML (escaped): cost, tokens, calls, duration, errors, spans."""
+    totals = summary.totals
+    duration = "running" if summary.duration_ms is None else format_duration(summary.duration_ms)
+    parts = [
+        f'<span class="agn-h-cost"><b>cost</b> '
+        f"{escape(format_money(totals.cost, totals.unpriced_calls))}</span>",
+        f"<b>tokens</b> {format_tokens(totals.total_tokens)} "
+        f"(in {format_tokens(totals.input_tokens)} / out {format_tokens(totals.output_tokens)})",
+        f"<b>model calls</b> {totals.model_calls:,}",
+        f"<b>duration</b> {duration}",
+        f"<b>errors</b> {totals.errors:,}",
+        f"<b>spans</b> {summary.spans:,}"
+        + (f" ({summary.running:,} running)" if summary.running else ""),
+    ]
+    if summary.warnings:
+        parts.append(f"<b>warnings</b> {len(summary.warnings):,}")
+    return " · ".join(parts)
+
+
+def by_model_html(rows: Iterable[ModelBreakdown], limit: int = 12) -> str:
+    """The per-model breakdown as a small table (escaped)."""
+    rows = list(rows)
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{escape(row.model)}</td><td>{row.calls:,}</td>"
+        f"<td>{format_tokens(row.input_tokens)}</td><td>{format_tokens(row.output_tokens)}</td>"
+        f"<td>{format_tokens(row.total_tokens)}</td>"
+        f"<td>{escape(format_money(row.cost, row.unpriced_calls))}</td></tr>"
+        for row in rows[:limit]
+    )
+    more = (
+        f'<tr><td colspan="6">… {len(rows) - limit:,} more models</td></tr>'
+        if len(rows) > limit
+        else ""
+    )
+    return (
+        '<table class="agn-models"><thead><tr><th>model</th><th>calls</th><th>input</th>'
+        "<th>output</th><th>total</th><th>cost</th></tr></thead>"
+        f"<tbody>{body}{more}</tbody></table>"
+    )
+
+
+def header_html(summary: TraceSummary) -> str:
+    """Trace name, totals and per-model breakdown (escaped)."""
+    return (
+        f'<div class="agn-header"><div class="agn-title">{escape(summary.name)}</div>'
+        f'<div class="agn-totals">{totals_line(summary)}</div>'
+        f"{by_model_html(summary.by_model)}</div>"
+    )
+
+
+# -- details pane --------------------------------------------------------------------------
+
+_FIGURE_ROWS: Final = (
+    ("input tokens", "input_tokens"),
+    ("output tokens", "output_tokens"),
+    ("total tokens", "total_tokens"),
+    ("cache read tokens", "cache_read_tokens"),
+    ("cache write tokens", "cache_write_tokens"),
+    ("reasoning tokens", "reasoning_tokens"),
+    ("cost", "cost"),
+    ("model calls", "model_calls"),
+    ("unpriced calls", "unpriced_calls"),
+    ("errors", "errors"),
+)
+
+
+_OPTIONAL_FIGURES: Final = frozenset(
+    {"cache_read_tokens", "cache_write_tokens", "reasoning_tokens"}
+)
+
+
+def _figure(figures: Figures, field: str) -> str:
+    value = getattr(figures, field)
+    if field == "cost":
+        return format_cost(value)
+    if value is None:
+        return "—"
+    return f"{value:,}"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(repr(item) for item in value) + "]"
+    return repr(value)
+
+
+def _attributes_table(attributes: Mapping[str, Any], css: str = "agn-attrs") -> str:
+    items = sorted(attributes.items(), key=lambda item: str(item[0]))
+    rows = "".join(
+        f"<tr><th>{escape(key, 200)}</th><td>{escape(_value_text(value), MAX_VALUE)}</td></tr>"
+        for key, value in items[:MAX_ATTRIBUTES]
+    )
+    if len(items) > MAX_ATTRIBUTES:
+        rows += f'<tr><td colspan="2">… {len(items) - MAX_ATTRIBUTES:,} more</td></tr>'
+    return f'<table class="{css}">{rows}</table>' if rows else "<i>none</i>"
+
+
+def _exception_html(event: SpanEvent) -> str:
+    attributes = event.attributes
+    kind = attributes.get("exception.type", "exception")
+    message = attributes.get("exception.message", "")
+    stacktrace = attributes.get("exception.stacktrace")
+    text = f"<b>{escape(kind, 300)}</b>: {escape(message, MAX_VALUE)}"
+    if stacktrace:
+        text += f'<pre class="agn-trace">{escape(stacktrace, MAX_STACKTRACE)}</pre>'
+    return f'<div class="agn-exception">{text}</div>'
+
+
+def details_html(node: SpanNode) -> str:
+    """Everything about one span: figures own vs subtotal, pricing, warnings, exception,
+    events and attributes (escaped)."""
+    record = node.record
+    parts = [
+        f'<div class="agn-d-title">{escape(node.name, 400)}'
+        + (f" <i>{escape(node.type)}</i>" if node.type else "")
+        + "</div>"
+    ]
+    status = record.status + (f": {record.status_message}" if record.status_message else "")
+    duration = "running" if node.running else format_duration(node.duration_ms)
+    parts.append(
+        f'<div class="agn-d-meta">status {escape(status, 600)} · duration {duration} · '
+        f"span {record.span_id:016x} · role {escape(node.role)}"
+        + (f" · {escape(record.kind)}" if record.kind != "INTERNAL" else "")
+        + "</div>"
+    )
+    marks = markers_html(node)
+    if marks:
+        parts.append(f'<div class="agn-d-marks">{marks}</div>')
+    figure_rows = "".join(
+        f"<tr><th>{title}</th><td>{_figure(node.own, field)}</td>"
+        f"<td>{_figure(node.subtotal, field)}</td></tr>"
+        for title, field in _FIGURE_ROWS
+        # cache and reasoning lines only where some span reports them
+        if field not in _OPTIONAL_FIGURES
+        or getattr(node.own, field) is not None
+        or getattr(node.subtotal, field) is not None
+    )
+    parts.append(
+        '<table class="agn-figures"><thead><tr><th></th><th>own (counted)</th>'
+        f"<th>subtotal</th></tr></thead><tbody>{figure_rows}</tbody></table>"
+    )
+    usage = node.usage
+    pricing = [
+        f"model {escape(usage.model or '—', 300)}",
+        f"provider {escape(usage.provider or '—', 300)}",
+        f"price source {escape(node.priced.source)}",
+    ]
+    if node.priced.matched_model:
+        pricing.append(f"matched model {escape(node.priced.matched_model, 300)}")
+    if node.role == "claim not counted":
+        pricing.append(
+            f"claims {format_tokens(usage.effective_total_tokens)} tokens / "
+            f"{format_cost(usage.cost)} (not added: the spans below report usage)"
+        )
+    parts.append(f'<div class="agn-d-pricing">{" · ".join(pricing)}</div>')
+    if node.warnings:
+        items = "".join(f"<li>{escape(w, MAX_VALUE)}</li>" for w in node.warnings)
+        parts.append(f'<div class="agn-d-warnings"><b>warnings</b><ul>{items}</ul></div>')
+    exceptions = [e for e in record.events if e.name == "exception"]
+    for event in exceptions[:5]:
+        parts.append(_exception_html(event))
+    if record.events:
+        items = "".join(
+            f"<li><b>{escape(e.name, 300)}</b> at +"
+            f"{format_duration((e.timestamp_ns - record.start_time_ns) / 1e6)}"
+            + (
+                _attributes_table(e.attributes, "agn-attrs agn-event-attrs")
+                if e.attributes and e.name != "exception"
+                else ""
+            )
+            + "</li>"
+            for e in record.events[:MAX_EVENTS]
+        )
+        more = (
+            f"<li>… {len(record.events) - MAX_EVENTS:,} more events</li>"
+            if len(record.events) > MAX_EVENTS
+            else ""
+        )
+        parts.append(f'<div class="agn-d-events"><b>events</b><ul>{items}{more}</ul></div>')
+    parts.append(
+        f'<div class="agn-d-attrs"><b>attributes</b>{_attributes_table(record.attributes)}</div>'
+    )
+    return f'<div class="agn-details">{"".join(parts)}</div>'
+
+
+# -- the static twin -----------------------------------------------------------------------
+
+_COLUMN: Final = "display:inline-block;text-align:right;padding:0 0.4em;"
+_NAME_STYLE: Final = (
+    "display:inline-block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;"
+    "vertical-align:bottom;"
+)
+_INDENT: Final = "margin-left:1.5em"
+_STATIC_STYLE: Final = (
+    "<style>.agn-static summary,.agn-static .agn-leaf{font-family:monospace;"
+    "white-space:nowrap}.agn-static .agn-m{margin-left:0.3em}"
+    ".agn-static .agn-m-error{color:#c62828}.agn-static .agn-m-unpriced{color:#8a6d00}"
+    ".agn-static .agn-models td,.agn-static .agn-models th{padding:0 0.5em}</style>"
+)
+
+
+def _static_row(node: SpanNode) -> str:
+    cost, own = cost_cell(node)
+    duration = "…" if node.running else format_duration(node.duration_ms)
+    name = escape(node.name)
+    kind = f" <i>{escape(node.type)}</i>" if node.type else ""
+    marks = " ".join(
+        f'<span class="agn-m {m.css}" title="{escape(m.title, 300)}">{escape(m.label)}</span>'
+        for m in markers(node)
+    )
+    return (
+        f'<span style="{_NAME_STYLE}width:{max(8.0, 30 - 1.5 * min(node.depth, 14)):.1f}em">'
+        f"{name}{kind}</span>"
+        f'<span style="{_COLUMN}min-width:6em">{duration}</span>'
+        f'<span style="{_COLUMN}min-width:7em" title="{escape(tokens_title(node.subtotal), None)}">'
+        f"{format_tokens(node.subtotal.total_tokens)} tok</span>"
+        f'<span style="{_COLUMN}min-width:9em">{escape(cost)}'
+        + (f" ({escape(own)})" if own else "")
+        + f"</span>{marks}"
+    )
+
+
+def _open_depth(trace_nodes: Iterable[SpanNode], budget: int) -> int:
+    """The deepest level to open so that at most `budget` rows show (at least the root)."""
+    per_depth: dict[int, int] = {}
+    for node in trace_nodes:
+        per_depth[node.depth] = per_depth.get(node.depth, 0) + 1
+    shown, depth = 0, 0
+    for level in sorted(per_depth):
+        shown += per_depth[level]
+        if shown > budget:
+            break
+        depth = level
+    return max(depth, 1)
+
+
+def static_html(
+    trace: Trace, max_nodes: int = STATIC_MAX_NODES, max_bytes: int = STATIC_MAX_BYTES
+) -> str:
+    """The trace as nested `<details>`: header, then one line per span with the same
+    columns and subtotals as the widget. At most `max_nodes` spans are written (pre-order),
+    each cut subtree saying how many spans it leaves out."""
+    tree = trace.tree
+    summary = trace.summary()
+    open_below = _open_depth(tree.nodes, STATIC_OPEN_BUDGET)
+    out: list[str] = [
+        '<div class="agn-static">',
+        _STATIC_STYLE,
+        header_html(summary),
+        '<div style="font-family:monospace;font-size:12px;white-space:nowrap">',
+    ]
+    size = sum(len(part) for part in out)
+    written = 0
+    # The stack holds nodes to write and closing tags (str) to emit after a subtree.
+    stack: list[SpanNode | str] = [tree.root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            size += len(item)
+            continue
+        if written >= max_nodes or size >= max_bytes:
+            # Everything left on the stack at this level and below is cut: count it once.
+            pending = [sum(1 for _ in item.walk())]
+            while stack and not isinstance(stack[-1], str):
+                following = stack.pop()
+                assert not isinstance(following, str)
+                pending.append(sum(1 for _ in following.walk()))
+            line = f'<div class="agn-more">… {sum(pending):,} more spans</div>'
+            out.append(line)
+            size += len(line)
+            continue
+        written += 1
+        row = _static_row(item)
+        # Deep levels stop indenting so that the columns stay on screen.
+        indent = _INDENT if item.parent is not None and item.depth <= 14 else ""
+        if item.children:
+            opened = " open" if item.depth < open_below else ""
+            piece = f'<details{opened} style="{indent}"><summary>{row}</summary>'
+            stack.append("</details>")
+            stack.extend(reversed(item.children))
+        else:
+            piece = f'<div class="agn-leaf" style="{indent};padding-left:1.1em">{row}</div>'
+        out.append(piece)
+        size += len(piece)
+    out.append("</div></div>")
+    return "".join(out)
+
+
+# -- text/plain ----------------------------------------------------------------------------
+
+
+def text_summary(trace: Trace, max_models: int = 8) -> str:
+    """A short deterministic summary: no ids, no times, so notebook tests can compare it."""
+    summary = trace.summary()
+    totals = summary.totals
+    parts = [
+        f"Trace {summary.name!r}: {_plural(summary.spans, 'span')}",
+        _plural(totals.model_calls, "model call"),
+    ]
+    if totals.total_tokens is None:
+        parts.append("tokens —")
+    else:
+        parts.append(
+            f"tokens {format_tokens(totals.total_tokens)} (in {format_tokens(totals.input_tokens)},"
+            f" out {format_tokens(totals.output_tokens)})"
+        )
+    parts.append(f"cost {format_money(totals.cost, totals.unpriced_calls)}")
+    if totals.errors:
+        parts.append(_plural(totals.errors, "error"))
+    if summary.running:
+        parts.append(f"{summary.running:,} running")
+    if summary.warnings:
+        parts.append(_plural(len(summary.warnings), "warning"))
+    lines = [" · ".join(parts)]
+    for row in summary.by_model[:max_models]:
+        lines.append(
+            f"  {row.model}: {_plural(row.calls, 'call')}, "
+            f"{format_tokens(row.total_tokens)} tokens, "
+            f"{format_money(row.cost, row.unpriced_calls)}"
+        )
+    if len(summary.by_model) > max_models:
+        lines.append(f"  … {len(summary.by_model) - max_models:,} more models")
+    return "\n".join(lines)

@@ -1,0 +1,255 @@
+"""Record every call made with the `openai` client as a model-call span, priced.
+
+>>> import agenta_notebook as an
+>>> _ = an.instrument_openai()      # once per session; later calls do nothing
+
+This uses OpenInference's maintained instrumentor
+(`openinference-instrumentation-openai`), wired to the tracer provider the collector
+is on, so calls made inside `trace(...)` or a traced cell appear in its tree: chat
+completions (sync, async, streamed), the Responses API, embeddings and the legacy
+completions. The instrumentor writes `openinference.span.kind`, `llm.model_name`,
+`llm.system` / `llm.provider` and `llm.token_count.*` (with cache-read, cache-write
+and reasoning details), which `agenta_notebook.usage` reads and `pricing` costs.
+
+Streams: usage is read from the final chunk, so pass
+`stream_options={"include_usage": True}` to chat completions (the Responses API
+always reports it). A stream's span ends when the stream is exhausted, closed or
+garbage-collected; a stream the consumer abandoned (a `break` out of the loop while
+the stream object stays referenced, as in a notebook global) is ended when its
+trace's root span ends, with status unset, no usage (none was received) and the
+attribute `agenta_notebook.stream.abandoned = True`. The stream itself is left
+open, so code that resumes reading it later behaves exactly as without tracing.
+
+Instrument when the extension loads: set the environment variable
+`AGENTA_NOTEBOOK_INSTRUMENT_OPENAI=1` (or `true`, `yes`, `on`) before
+`%load_ext agenta_notebook`; the extension calls `maybe_instrument_on_load()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import warnings
+import weakref
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from .. import collector
+
+__all__ = [
+    "ABANDONED_STREAM",
+    "INSTRUMENT_ON_LOAD_ENV",
+    "instrument_openai",
+    "maybe_instrument_on_load",
+    "uninstrument_openai",
+]
+
+#: Environment variable that makes the extension instrument OpenAI when it loads.
+INSTRUMENT_ON_LOAD_ENV: Final = "AGENTA_NOTEBOOK_INSTRUMENT_OPENAI"
+#: Attribute set on the span of a stream its consumer abandoned before the end.
+ABANDONED_STREAM: Final = "agenta_notebook.stream.abandoned"
+_TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
+# Bound on the streams remembered for traces whose root never ends.
+_MAX_WATCHED_TRACES: Final = 1024
+
+
+def _finish_abandoned(stream: Any) -> None:
+    """End the span of an OpenInference stream proxy that was not read to the end.
+
+    Goes through the proxy's own finishing code, so the partial output it accumulated
+    is recorded as on any other end; only the span is ended, never the HTTP stream.
+    """
+    if getattr(stream, "_self_is_finished", True):
+        return
+    with_span = getattr(stream, "_self_with_span", None)
+    span = getattr(with_span, "_span", None)
+    if isinstance(span, otel_trace.Span) and span.is_recording():
+        span.set_attribute(ABANDONED_STREAM, True)
+    finish = getattr(stream, "_finish_tracing", None)
+    if callable(finish):
+        finish(status=None)
+
+
+class _StreamWatch(SpanProcessor):
+    """Ends the spans of streams still open when the root span of their trace ends.
+
+    Streams are held by weak reference, keyed by trace id: a stream that is dropped is
+    ended by the instrumentor when it is garbage-collected, and this never keeps one
+    alive.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[int, list[weakref.ref[Any]]] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, trace_id: int, stream: Any) -> None:
+        try:
+            reference = weakref.ref(stream)
+        except TypeError:
+            return
+        with self._lock:
+            if trace_id not in self._streams and len(self._streams) >= _MAX_WATCHED_TRACES:
+                self._prune()
+            self._streams.setdefault(trace_id, []).append(reference)
+
+    def _prune(self) -> None:
+        for trace_id in list(self._streams):
+            alive = [ref for ref in self._streams[trace_id] if ref() is not None]
+            if alive:
+                self._streams[trace_id] = alive
+            else:
+                del self._streams[trace_id]
+        while len(self._streams) >= _MAX_WATCHED_TRACES:  # the oldest traces first
+            del self._streams[next(iter(self._streams))]
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        # Hot path: one attribute test and one truth test for almost every span.
+        if span.parent is not None or not self._streams:
+            return
+        context = span.context
+        if context is None:
+            return
+        with self._lock:
+            references = self._streams.pop(context.trace_id, None)
+        for reference in references or ():
+            stream = reference()
+            if stream is None:
+                continue
+            try:
+                _finish_abandoned(stream)
+            except Exception:  # never break the code that ended the root
+                pass
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._streams.clear()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+_lock = threading.Lock()
+#: Set while instrumented; the processor itself is added to the provider only once and
+#: stays (a provider cannot remove a processor), inert while this is None.
+_watch: _StreamWatch | None = None
+_processor: _StreamWatch | None = None
+_instrumented_by_us = False
+_originals: dict[str, Any] = {}
+
+
+def _watch_stream(response: Any) -> None:
+    watch = _watch
+    if watch is None or not hasattr(response, "_self_with_span"):
+        return  # not a stream the instrumentor is tracing
+    span_context = otel_trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        watch.watch(span_context.trace_id, response)
+
+
+def _sync_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    response = wrapped(*args, **kwargs)
+    try:
+        _watch_stream(response)
+    except Exception:
+        pass
+    return response
+
+
+async def _async_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    response = await wrapped(*args, **kwargs)
+    try:
+        _watch_stream(response)
+    except Exception:
+        pass
+    return response
+
+
+def instrument_openai() -> bool:
+    """Trace every `openai` client call (sync and async) into agenta_notebook's traces.
+
+    Idempotent: returns True when this call instrumented the client, False when it was
+    already done (by an earlier call, or by your own `OpenAIInstrumentor().instrument()`,
+    whose spans the collector also sees when they go to the global SDK provider).
+
+    >>> from agenta_notebook import instrument_openai, trace
+    >>> _ = instrument_openai()
+    >>> # with trace("answer"): client.chat.completions.create(...)   -> one priced span
+    """
+    global _watch, _processor, _instrumented_by_us
+    with _lock:
+        if _watch is not None:
+            return False
+        try:
+            openai = importlib.import_module("openai")
+            from openinference.instrumentation.openai import OpenAIInstrumentor
+            from wrapt import wrap_function_wrapper
+        except ImportError as error:
+            raise ImportError(
+                "instrument_openai() needs the `openai` and "
+                "`openinference-instrumentation-openai` packages: "
+                "pip install 'agenta-notebook[openai]'"
+            ) from error
+        collector.get_collector()
+        provider = collector._provider
+        instrumentor = OpenAIInstrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(tracer_provider=provider)
+            if not instrumentor.is_instrumented_by_opentelemetry:
+                warnings.warn(
+                    "agenta_notebook: openinference-instrumentation-openai refused to "
+                    "instrument this version of openai; OpenAI calls are not traced.",
+                    stacklevel=2,
+                )
+                return False
+            _instrumented_by_us = True
+        # Outermost wrappers: they see the stream proxies the instrumentor returns.
+        _originals["OpenAI.request"] = openai.OpenAI.request
+        _originals["AsyncOpenAI.request"] = openai.AsyncOpenAI.request
+        wrap_function_wrapper(openai, "OpenAI.request", _sync_request)
+        wrap_function_wrapper(openai, "AsyncOpenAI.request", _async_request)
+        if _processor is None:
+            _processor = _StreamWatch()
+            if provider is not None:
+                provider.add_span_processor(_processor)
+        _watch = _processor
+        return True
+
+
+def uninstrument_openai() -> None:
+    """Undo `instrument_openai()`: OpenAI calls are no longer traced."""
+    global _watch, _instrumented_by_us
+    with _lock:
+        if _watch is None:
+            return
+        openai = importlib.import_module("openai")
+        openai.OpenAI.request = _originals.pop("OpenAI.request")
+        openai.AsyncOpenAI.request = _originals.pop("AsyncOpenAI.request")
+        if _instrumented_by_us:
+            from openinference.instrumentation.openai import OpenAIInstrumentor
+
+            OpenAIInstrumentor().uninstrument()
+            _instrumented_by_us = False
+        _watch.shutdown()  # forget the streams it watched; it stays on the provider, inert
+        _watch = None
+
+
+def maybe_instrument_on_load() -> bool:
+    """Instrument OpenAI if `AGENTA_NOTEBOOK_INSTRUMENT_OPENAI` is set to 1/true/yes/on.
+
+    Called by the IPython extension when it loads. Never raises: if the packages are
+    missing, it warns and returns False.
+    """
+    if os.environ.get(INSTRUMENT_ON_LOAD_ENV, "").strip().lower() not in _TRUE_WORDS:
+        return False
+    try:
+        return instrument_openai()
+    except Exception as error:
+        warnings.warn(f"agenta_notebook: could not instrument OpenAI: {error}", stacklevel=2)
+        return False

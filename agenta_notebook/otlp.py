@@ -1,0 +1,508 @@
+"""Send the spans of traced blocks and cells to an OpenTelemetry backend over OTLP.
+
+`export_to(endpoint)` (or the standard `OTEL_EXPORTER_OTLP_*` environment variables,
+read when the extension loads: `maybe_export_on_load`) adds one span processor to the
+tracer provider. It passes on only the spans of traces our collector keeps (by trace
+id), to the official OTLP HTTP/protobuf exporter behind a `BatchSpanProcessor`:
+
+- The traced code never waits on the network: a span's end only appends it to the
+  batch processor's queue; the exporter sends from its own thread. `force_flush` on the
+  provider does not wait on us either; call `OtlpExport.flush()` to wait for delivery.
+- Spans keep their attributes as they are: this package's own spans carry Agenta's
+  keys (`ag.type.node`, `ag.metrics.unit.tokens.*`, `ag.metrics.unit.costs.total`), so
+  an Agenta backend rolls them up the same way; spans of instrumentors (OpenInference,
+  GenAI) keep their own vocabulary.
+- An endpoint that is down, slow or failing never fails the traced code and never
+  touches the in-notebook trace. The exporter's own per-batch log lines are silenced
+  (a logging filter on its loggers, for our exporter's thread only) and one
+  `OtlpExportWarning` per outage says what failed; batches that fail are dropped, and
+  export resumes by itself with the next batch the endpoint accepts.
+
+Environment variables read: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the full URL) or
+`OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL, `/v1/traces` is appended),
+`OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`, `..._TIMEOUT`, `..._COMPRESSION`,
+`OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` (only `http/protobuf` is supported),
+`OTEL_TRACES_EXPORTER` (export only if unset or it lists `otlp`), `OTEL_SDK_DISABLED`
+and the `OTEL_BSP_*` batch settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from . import collector as _collector_module
+from .collector import Collector, get_collector
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+DEFAULT_ENDPOINT: Final = "http://localhost:4318/v1/traces"
+TRACES_PATH: Final = "/v1/traces"
+SUPPORTED_PROTOCOL: Final = "http/protobuf"
+#: The batch queue's size unless OTEL_BSP_MAX_QUEUE_SIZE says otherwise: a notebook
+#: cell can end thousands of spans in a burst, more than the SDK's default of 2048.
+DEFAULT_MAX_QUEUE_SIZE: Final = 20_000
+#: How long a shutdown (kernel exit, a new `export_to`) may wait for the last batches.
+SHUTDOWN_WAIT_SECONDS: Final = 2.0
+
+#: Loggers of the exporter, its HTTP transport and the batch processor: their records
+#: are dropped while our exporter's thread (or our `on_end`) is the one logging.
+_QUIET_LOGGERS: Final = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http._common",
+    "opentelemetry.exporter.otlp.proto.http",
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.exporter.otlp.common._exporter_metrics",
+    "opentelemetry.exporter.http.transport._requests",
+    "opentelemetry.exporter.http.transport._urllib3",
+    "opentelemetry.exporter.http.transport._base",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.trace.export",
+    "urllib3.connectionpool",
+    "urllib3.util.retry",
+)
+
+_logger = logging.getLogger(__name__)
+
+
+class OtlpExportWarning(UserWarning):
+    """Exporting spans over OTLP failed; shown once per outage."""
+
+
+class _QuietZone(threading.local):
+    """Per thread: are we inside our exporter, and what did the silenced loggers say."""
+
+    active: bool = False
+    dropped: int = 0
+    first_message: str | None = None
+    last_message: str | None = None
+
+    def reason(self) -> str | None:
+        first, last = self.first_message, self.last_message
+        transient = _TRANSIENT.match(first or "")
+        if transient is not None:  # the cause, not "retrying in 1.02s" then "gave up"
+            return _shorten(f"{transient.group(1)}, still failing after retries")
+        return _shorten(last)
+
+
+#: The exporter's log line for an error it retries: the cause is the interesting part.
+_TRANSIENT: Final = re.compile(r"Transient error (.*) encountered while exporting", re.DOTALL)
+
+
+def _shorten(text: str | None, limit: int = 300) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 3] + "..."
+
+
+_quiet = _QuietZone()
+
+
+class _SilenceOurExport(logging.Filter):
+    """Drops the exporter's log records emitted on behalf of our export, keeps the last."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _quiet.active:
+            return True
+        if isinstance(record.msg, str) and record.msg.startswith("Queue full"):
+            _quiet.dropped += 1
+        if record.levelno >= logging.WARNING:
+            try:
+                message = record.getMessage()
+            except Exception:
+                message = str(record.msg)
+            if _quiet.first_message is None:
+                _quiet.first_message = message
+            _quiet.last_message = message
+        return False
+
+
+_filter = _SilenceOurExport()
+_filter_installed = False
+
+
+def _install_log_filter() -> None:
+    global _filter_installed
+    if _filter_installed:
+        return
+    for name in _QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        # First in line: the SDK's own DuplicateFilter would otherwise hide repeats
+        # ("Queue full") that we count.
+        if _filter not in logger.filters:
+            logger.filters.insert(0, _filter)
+    _filter_installed = True
+
+
+class _WatchedExporter(SpanExporter):
+    """Wraps the OTLP exporter: counts, never raises, one warning per outage."""
+
+    def __init__(self, inner: SpanExporter, endpoint: str) -> None:
+        self._inner = inner
+        self.endpoint = endpoint
+        self._lock = threading.Lock()
+        self.spans_sent = 0
+        self.spans_failed = 0
+        self.spans_dropped = 0
+        self._drops_reported = False
+        self._unreported_drops = 0
+        self.batches_failed = 0
+        self.outages = 0
+        self.failing = False
+        self.last_error: str | None = None
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        outer = _quiet.active
+        _quiet.active = True
+        _quiet.first_message = _quiet.last_message = None
+        try:
+            result = self._inner.export(spans)
+            reason = _quiet.reason()
+        except Exception as error:  # a broken exporter must not stop the worker
+            result, reason = SpanExportResult.FAILURE, f"{type(error).__name__}: {error}"
+        finally:
+            _quiet.active = outer
+        if result is SpanExportResult.SUCCESS:
+            self._succeeded(len(spans))
+        else:
+            self._failed(len(spans), reason or "the exporter reported a failure")
+        return result
+
+    def note_dropped(self, count: int) -> None:
+        with self._lock:
+            self.spans_dropped += count
+            if not self.failing:  # in an outage, a full queue is part of the outage
+                self._unreported_drops += count
+
+    def _succeeded(self, count: int) -> None:
+        with self._lock:
+            self.spans_sent += count
+            recovered = self.failing
+            self.failing = False
+            # Reported once, and only while the endpoint works: in an outage a full
+            # queue is part of the outage, which has its own warning.
+            report_drops = self._unreported_drops > 0 and not self._drops_reported
+            self._drops_reported = self._drops_reported or report_drops
+        if recovered:
+            _logger.info("agenta_notebook: OTLP export to %s works again", self.endpoint)
+        if report_drops:
+            _warn(
+                f"agenta_notebook: spans ended faster than they could be sent to "
+                f"{self.endpoint}; {self.spans_dropped} spans were left out of the export "
+                "(traces in the notebook are not affected). Raise OTEL_BSP_MAX_QUEUE_SIZE "
+                "or pass export_to(max_queue_size=...). This is the only such warning."
+            )
+
+    def _failed(self, count: int, reason: str) -> None:
+        with self._lock:
+            self.spans_failed += count
+            self.batches_failed += 1
+            self.last_error = reason
+            first = not self.failing
+            self.failing = True
+            if first:
+                self.outages += 1
+        if first:
+            _warn(
+                f"agenta_notebook: exporting spans over OTLP to {self.endpoint} failed "
+                f"({reason}). Traces in the notebook are not affected. Spans are not "
+                "exported until the endpoint answers again, then export resumes by itself; "
+                "this is the only warning until then."
+            )
+
+    def shutdown(self) -> None:
+        outer = _quiet.active
+        _quiet.active = True
+        try:
+            self._inner.shutdown()
+        except Exception:
+            pass
+        finally:
+            _quiet.active = outer
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _warn(message: str) -> None:
+    # Raised from the exporter's thread, so no user line to point at; a fresh registry
+    # each time, so that the same text in a later outage is shown again.
+    warnings.warn_explicit(
+        OtlpExportWarning(message),
+        OtlpExportWarning,
+        "<agenta_notebook OTLP export>",
+        0,
+        module=__name__,
+        registry=None,
+    )
+
+
+class OtlpExport:
+    """One running export: where spans go, what was sent, and how to stop it."""
+
+    def __init__(self, exporter: _WatchedExporter, processor: BatchSpanProcessor) -> None:
+        self._exporter = exporter
+        self._processor = processor
+        self.stopped = False
+
+    @property
+    def endpoint(self) -> str:
+        return self._exporter.endpoint
+
+    @property
+    def spans_sent(self) -> int:
+        """Spans the endpoint accepted."""
+        return self._exporter.spans_sent
+
+    @property
+    def spans_failed(self) -> int:
+        """Spans of batches the endpoint refused or never answered (not retried later)."""
+        return self._exporter.spans_failed
+
+    @property
+    def spans_dropped(self) -> int:
+        """Spans left out because the export queue was full."""
+        return self._exporter.spans_dropped
+
+    @property
+    def failing(self) -> bool:
+        """True from a failed batch until a batch gets through again."""
+        return self._exporter.failing
+
+    @property
+    def outages(self) -> int:
+        """How many times export started failing (one warning each)."""
+        return self._exporter.outages
+
+    @property
+    def last_error(self) -> str | None:
+        return self._exporter.last_error
+
+    def _emit(self, span: ReadableSpan) -> None:
+        self._processor.on_end(span)
+
+    def flush(self) -> bool:
+        """Send every queued span now, waiting for the endpoint (or its timeout).
+
+        Returns False once the export is stopped. Never call it from code that must
+        not wait on the network; the traced code itself never does.
+        """
+        if self.stopped:
+            return False
+        return self._processor.force_flush()
+
+    def stop(self, wait: float = SHUTDOWN_WAIT_SECONDS) -> None:
+        """Stop exporting; queued spans get up to `wait` seconds to be sent."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.failing:  # no point waiting on an endpoint that is down: abort retries
+            self._exporter.shutdown()
+        worker = threading.Thread(
+            target=self._processor.shutdown, name="agenta_notebook OTLP shutdown", daemon=True
+        )
+        worker.start()
+        worker.join(wait)
+        if worker.is_alive():  # a hung endpoint: abort the exporter's retries
+            self._exporter.shutdown()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self.stopped else ("failing" if self.failing else "ok")
+        return (
+            f"<OtlpExport {self.endpoint} {state} sent={self.spans_sent} "
+            f"failed={self.spans_failed}>"
+        )
+
+
+class _ExportProcessor(SpanProcessor):
+    """Registered once on the provider: hands spans of our traces to the current export."""
+
+    def __init__(self, collector: Collector) -> None:
+        self._collector = collector
+        self.export: OtlpExport | None = None
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        export = self.export
+        if export is None:
+            return
+        context = span.context
+        if context is None or self._collector.get(context.trace_id) is None:
+            return
+        outer = _quiet.active
+        _quiet.active = True  # "queue full" is counted, and reported once by the exporter
+        _quiet.dropped = 0
+        try:
+            export._emit(span)
+        except Exception:
+            pass
+        finally:
+            _quiet.active = outer
+        if _quiet.dropped:
+            export._exporter.note_dropped(_quiet.dropped)
+
+    def shutdown(self) -> None:
+        export, self.export = self.export, None
+        if export is not None:
+            export.stop()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        # Flushing the provider (a cell's end, say) must never wait on the network.
+        return True
+
+
+_setup_lock = threading.Lock()
+_processor: _ExportProcessor | None = None
+
+
+def resolve_endpoint(endpoint: str | None = None) -> str:
+    """The traces URL: `endpoint`, else the OTLP environment variables, else the default.
+
+    A URL with no path gets `/v1/traces`, the OTLP/HTTP traces path.
+
+    >>> resolve_endpoint("http://collector:4318")
+    'http://collector:4318/v1/traces'
+    """
+    if endpoint is None:
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip() or None
+        if endpoint is None:
+            base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+            return f"{base.rstrip('/')}{TRACES_PATH}" if base else DEFAULT_ENDPOINT
+    if urlsplit(endpoint).path in ("", "/"):
+        return f"{endpoint.rstrip('/')}{TRACES_PATH}"
+    return endpoint
+
+
+def _protocol() -> str:
+    return (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "").strip()
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip()
+        or SUPPORTED_PROTOCOL
+    ).lower()
+
+
+def export_to(
+    endpoint: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    timeout: float | None = None,
+    schedule_delay_millis: float | None = None,
+    max_export_batch_size: int | None = None,
+    max_queue_size: int | None = None,
+) -> OtlpExport:
+    """Also send the spans of traced blocks and cells to an OTLP/HTTP endpoint.
+
+    `endpoint` is the traces URL (`http://host:4318/v1/traces`; a bare `http://host:4318`
+    gets `/v1/traces`); without it the `OTEL_EXPORTER_OTLP_*` variables decide. `headers`
+    add to `OTEL_EXPORTER_OTLP_HEADERS` (an Agenta backend wants
+    `{"Authorization": "ApiKey ..."}`). `timeout` is the exporter's per-request timeout
+    in seconds; the other settings are the batch processor's (the queue holds 20,000
+    spans unless `OTEL_BSP_MAX_QUEUE_SIZE` or `max_queue_size` says otherwise). Calling
+    it again replaces the previous export. Needs the `otlp` extra
+    (`pip install agenta-notebook[otlp]`).
+
+    >>> export = export_to("http://127.0.0.1:4318")      # doctest: +SKIP
+    >>> export.spans_sent, export.failing                # doctest: +SKIP
+    (0, False)
+    """
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as error:
+        raise ImportError(
+            "OTLP export needs the OTLP HTTP exporter: pip install 'agenta-notebook[otlp]'"
+        ) from error
+
+    global _processor
+    url = resolve_endpoint(endpoint)
+    _install_log_filter()
+    inner = OTLPSpanExporter(endpoint=url, headers=dict(headers or {}), timeout=timeout)
+    watched = _WatchedExporter(inner, url)
+    if max_queue_size is None and not os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE"):
+        max_queue_size = DEFAULT_MAX_QUEUE_SIZE
+    batch = BatchSpanProcessor(
+        watched,
+        max_queue_size=max_queue_size,
+        schedule_delay_millis=schedule_delay_millis,
+        max_export_batch_size=max_export_batch_size,
+    )
+    export = OtlpExport(watched, batch)
+    with _setup_lock:
+        collector = get_collector()
+        if _processor is None:
+            provider = _collector_module._provider
+            if provider is None:  # pragma: no cover - get_collector always sets it
+                raise RuntimeError("agenta_notebook: no tracer provider to export from")
+            _processor = _ExportProcessor(collector)
+            provider.add_span_processor(_processor)
+        previous, _processor.export = _processor.export, export
+    if previous is not None:
+        threading.Thread(
+            target=previous.stop, name="agenta_notebook OTLP stop", daemon=True
+        ).start()
+    return export
+
+
+def current_export() -> OtlpExport | None:
+    """The running export, if any."""
+    return _processor.export if _processor is not None else None
+
+
+def stop_export(wait: float = SHUTDOWN_WAIT_SECONDS) -> None:
+    """Stop sending spans over OTLP (queued spans get up to `wait` seconds)."""
+    if _processor is None:
+        return
+    with _setup_lock:
+        export, _processor.export = _processor.export, None
+    if export is not None:
+        export.stop(wait)
+
+
+def maybe_export_on_load() -> OtlpExport | None:
+    """Start exporting if the environment asks for it; called when the extension loads.
+
+    Exports when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
+    is set, unless `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER` names exporters
+    without `otlp`. Never raises: a setting it cannot honour gives one warning.
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    exporters = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporters and "otlp" not in {name.strip() for name in exporters.split(",")}:
+        return None
+    if not (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    ):
+        return None
+    protocol = _protocol()
+    if protocol != SUPPORTED_PROTOCOL:
+        warnings.warn(
+            f"agenta_notebook: OTLP protocol {protocol!r} is not supported, only "
+            f"{SUPPORTED_PROTOCOL!r}; spans are not exported.",
+            OtlpExportWarning,
+            stacklevel=2,
+        )
+        return None
+    try:
+        return export_to()
+    except Exception as error:
+        warnings.warn(
+            f"agenta_notebook: could not start OTLP export: {error}",
+            OtlpExportWarning,
+            stacklevel=2,
+        )
+        return None

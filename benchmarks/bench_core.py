@@ -1,0 +1,254 @@
+"""Benchmark of the core: span overhead and roll-up cost, as ratios to baselines.
+
+Run: `.venv/bin/python benchmarks/bench_core.py [--quick]`. Prints a table; asserts
+nothing about time. Every baseline is measured in the same process and run:
+
+(a) An `@span`-decorated function that calls `record_usage(model=..., tokens)`, inside an
+    open `trace()` so the collector keeps its spans, against a bare OpenTelemetry span
+    from a separate SDK `TracerProvider` (SimpleSpanProcessor + InMemorySpanExporter)
+    that sets the same attribute keys with `start_as_current_span` + `set_attributes`.
+    Target: at most 1.3x.
+(b) Building the Trace (SDK spans -> records -> tree with every subtotal) and then the
+    DataFrame, for 10k and 100k finished spans, against one plain Python pass over the
+    same finished spans that reads one attribute of each. Targets: the roll-up at most
+    3x that pass; 100k at most 12x 10k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import agenta_notebook as an
+from agenta_notebook.collector import record_from_span
+from agenta_notebook.frame import trace_dataframe
+from agenta_notebook.tree import Trace
+from agenta_notebook.usage import AG_INPUT_TOKENS, AG_MODEL, AG_OUTPUT_TOKENS, AG_TYPE
+
+#: CPU time of this process: on a shared machine (other jobs on the same two cores) it
+#: is far steadier than wall time, and everything timed here runs on one thread.
+clock = time.process_time
+
+
+def best_of(repeats: int, run: Callable[[], Any]) -> float:
+    """The fastest of `repeats` runs, in CPU seconds (the least disturbed by the machine)."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = clock()
+        run()
+        best = min(best, clock() - started)
+    return best
+
+
+# -- (a) per-call overhead -------------------------------------------------------------
+
+
+@an.span("call", type="llm")
+def traced_call() -> None:
+    an.record_usage(model="gpt-4o", input_tokens=120, output_tokens=30)
+
+
+def bench_span_overhead(calls: int, rounds: int) -> tuple[float, float, float]:
+    """Seconds per call for our span and the bare SDK span (best round of each), and
+    the median over rounds of the ratio of the two, each pair measured back to back."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    bare_tracer = provider.get_tracer("bench")
+    attributes: dict[str, str | int] = {
+        AG_TYPE: "llm",
+        AG_MODEL: "gpt-4o",
+        AG_INPUT_TOKENS: 120,
+        AG_OUTPUT_TOKENS: 30,
+    }
+
+    def bare_call() -> None:
+        with bare_tracer.start_as_current_span("call") as span:
+            span.set_attributes(attributes)
+
+    def ours() -> float:
+        gc.collect()
+        with an.trace("bench calls") as trace:
+            started = clock()
+            for _ in range(calls):
+                traced_call()
+            elapsed = clock() - started
+        assert trace.span_count == calls + 1, "the collector must keep every span"
+        an.get_collector().clear()  # as the exporter is cleared: same memory for both
+        return elapsed
+
+    def bare() -> float:
+        gc.collect()
+        with bare_tracer.start_as_current_span("bench calls"):
+            started = clock()
+            for _ in range(calls):
+                bare_call()
+            elapsed = clock() - started
+        assert len(exporter.get_finished_spans()) == calls + 1
+        exporter.clear()
+        return elapsed
+
+    ours_times: list[float] = []
+    bare_times: list[float] = []
+    for index in range(rounds):  # interleaved, alternating who goes first
+        if index % 2:
+            bare_times.append(bare())
+            ours_times.append(ours())
+        else:
+            ours_times.append(ours())
+            bare_times.append(bare())
+    an.get_collector().clear()
+    provider.shutdown()
+    paired = sorted(o / b for o, b in zip(ours_times, bare_times, strict=True))
+    return min(ours_times) / calls, min(bare_times) / calls, paired[len(paired) // 2]
+
+
+# -- (b) roll-up and DataFrame -----------------------------------------------------------
+
+
+def make_spans(count: int) -> tuple[Trace, list[ReadableSpan]]:
+    """`count` finished SDK spans of one trace: agents over llm calls and tools.
+
+    Shape: root -> agent (10 children: 4 llm calls that record usage, 6 tools), with a
+    few spans carrying an agent-level claim, the mix a real agent trace has.
+    """
+    with an.trace("bench") as trace:
+        made = 1
+        agent_index = 0
+        while made < count:
+            with an.span("agent", type="agent"):
+                made += 1
+                agent_index += 1
+                for index in range(10):
+                    if made >= count:
+                        break
+                    if index % 10 in (0, 3, 6, 8):
+                        with an.span("llm", type="llm"):
+                            an.record_usage(
+                                model="gpt-4o-mini" if index % 2 else "gpt-4o",
+                                input_tokens=100 + index,
+                                output_tokens=20 + agent_index % 7,
+                            )
+                    else:
+                        with an.span("tool", type="tool"):
+                            pass
+                    made += 1
+    raw: list[ReadableSpan] = list(trace._finished_raw)
+    assert len(raw) == count, (len(raw), count)
+    return trace, raw
+
+
+def fresh_trace(template: Trace, raw: Sequence[ReadableSpan]) -> Trace:
+    """A new live Trace fed the same finished spans the collector would feed it."""
+    trace = Trace(
+        template.trace_id,
+        template.name,
+        root_span_id=template.root_span_id,
+        converter=record_from_span,
+    )
+    for span in raw:
+        trace._span_ended(span.context.span_id, span)
+    return trace
+
+
+def bench_rollup(count: int, repeats: int) -> dict[str, float]:
+    template, raw = make_spans(count)
+
+    def plain_pass() -> None:
+        llm = 0
+        for span in raw:
+            attributes = span.attributes
+            if attributes is not None and attributes.get(AG_TYPE) == "llm":
+                llm += 1
+
+    timings: dict[str, float] = {"pass": best_of(repeats + 2, plain_pass)}
+
+    build_best = frame_best = float("inf")
+    for _ in range(repeats):
+        trace = fresh_trace(template, raw)
+        started = clock()
+        tree = trace.tree
+        built = clock()
+        frame = trace_dataframe(trace)
+        framed = clock()
+        assert len(tree.nodes) == count and len(frame) == count
+        build_best = min(build_best, built - started)
+        frame_best = min(frame_best, framed - built)
+        del trace, tree, frame
+        gc.collect()
+    timings["rollup"] = build_best
+    timings["frame"] = frame_best
+    an.get_collector().clear()
+    return timings
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores (nproc), {cpu}, Python {platform.python_version()}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
+    options = parser.parse_args(argv)
+    calls, rounds, repeats = (2_000, 3, 1) if options.quick else (10_000, 11, 3)
+    sizes = (1_000, 10_000) if options.quick else (10_000, 100_000)
+
+    print(f"machine: {machine()}")
+    print()
+    ours, bare, median_ratio = bench_span_overhead(calls, rounds)
+    print("(a) per call: @span + record_usage vs bare OpenTelemetry span (target <= 1.3x)")
+    print(f"    {'ours us/call':>14} {'bare us/call':>14} {'best/best':>10} {'median pair':>12}")
+    print(f"    {ours * 1e6:14.2f} {bare * 1e6:14.2f} {ours / bare:9.2f}x {median_ratio:11.2f}x")
+    print()
+
+    print("(b) roll-up vs one plain pass over the same finished spans (target <= 3x)")
+    print(
+        f"    {'spans':>8} {'pass ms':>9} {'rollup ms':>10} {'ratio':>7} "
+        f"{'frame ms':>9} {'ratio':>7} {'both ratio':>11}"
+    )
+    results: dict[int, dict[str, float]] = {}
+    for size in sizes:
+        timing = bench_rollup(size, repeats)
+        results[size] = timing
+        base = timing["pass"]
+        print(
+            f"    {size:>8} {base * 1e3:9.2f} {timing['rollup'] * 1e3:10.2f} "
+            f"{timing['rollup'] / base:6.2f}x {timing['frame'] * 1e3:9.2f} "
+            f"{timing['frame'] / base:6.2f}x {(timing['rollup'] + timing['frame']) / base:10.2f}x"
+        )
+    small, large = sizes
+    growth_rollup = results[large]["rollup"] / results[small]["rollup"]
+    growth_both = (results[large]["rollup"] + results[large]["frame"]) / (
+        results[small]["rollup"] + results[small]["frame"]
+    )
+    growth_pass = results[large]["pass"] / results[small]["pass"]
+    print()
+    print(
+        f"growth {large // 1000}k / {small // 1000}k (target <= 12x): "
+        f"roll-up {growth_rollup:.2f}x, roll-up + frame {growth_both:.2f}x, "
+        f"plain pass {growth_pass:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    main()

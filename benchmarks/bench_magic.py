@@ -1,0 +1,158 @@
+"""What `%%agenta_trace` adds to a cell, measured in a real kernel.
+
+Runs the same cell (10 nested spans) in one kernel, 200 times each:
+  - baseline: no magic (the spans are still made, and dropped by the collector);
+  - `%%agenta_trace --quiet`: recorded, nothing shown;
+  - `%%agenta_trace`: recorded and the live tree displayed.
+Each cell is timed from the execute request to the kernel going idle, as a frontend
+waits for it; the three kinds are interleaved so that drift hits them alike. Prints the
+median and mean per cell and the added cost against the baseline measured in this run
+(targets: under 20 ms displayed, under 3 ms quiet).
+
+    .venv/bin/python benchmarks/bench_magic.py [--cells 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+
+SETUP = """
+%load_ext agenta_notebook
+from agenta_notebook import span
+
+def nested(depth=10):
+    if depth == 0:
+        return
+    with span(f"level {depth}"):
+        nested(depth - 1)
+
+# Time spent inside the view (show_trace and the view's methods), to split the added
+# cost between the magic and the display.
+import time as _time
+import agenta_notebook.display as _display
+_show_trace = _display.show_trace
+VIEW_SECONDS = [0.0]
+
+class _TimedView:
+    def __init__(self, view):
+        self._view = view
+    def __getattr__(self, name):
+        method = getattr(self._view, name)
+        def timed(*args, **kwargs):
+            start = _time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                VIEW_SECONDS[0] += _time.perf_counter() - start
+        return timed
+
+def _timed_show_trace(trace):
+    start = _time.perf_counter()
+    try:
+        return _TimedView(_show_trace(trace))
+    finally:
+        VIEW_SECONDS[0] += _time.perf_counter() - start
+
+_display.show_trace = _timed_show_trace
+"""
+
+# `{n}` makes every cell distinct, as in a notebook of 200 cells (the same text twice
+# would be a re-run of one cell, which also closes that cell's previous view).
+CELLS = {
+    "baseline": "# cell {n}\nnested()",
+    "quiet": "%%agenta_trace bench --quiet\n# cell {n}\nnested()",
+    "displayed": "%%agenta_trace bench\n# cell {n}\nnested()",
+}
+
+
+def _ignore(_msg: dict[str, Any]) -> None:
+    pass
+
+
+def run_cell(client: Any, code: str) -> float:
+    start = time.perf_counter()
+    reply = client.execute_interactive(code, output_hook=_ignore, timeout=60)
+    elapsed = time.perf_counter() - start
+    if reply["content"]["status"] != "ok":
+        raise RuntimeError(f"cell failed: {code!r}: {reply['content']}")
+    return elapsed
+
+
+def _kernel_float(client: Any, expression: str) -> float:
+    reply = client.execute_interactive(
+        "", output_hook=_ignore, timeout=60, user_expressions={"value": expression}
+    )
+    value = reply["content"]["user_expressions"]["value"]
+    if value.get("status") != "ok":
+        raise RuntimeError(f"could not read {expression}: {value}")
+    return float(value["data"]["text/plain"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=200, help="cells of each kind")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed cells of each kind")
+    options = parser.parse_args()
+
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        run_cell(client, SETUP)
+        times: dict[str, list[float]] = {kind: [] for kind in CELLS}
+        for n in range(options.warmup):
+            for code in CELLS.values():
+                run_cell(client, code.format(n=f"warmup {n}"))
+        run_cell(client, "VIEW_SECONDS[0] = 0.0")
+        for n in range(options.cells):
+            for kind, code in CELLS.items():
+                times[kind].append(run_cell(client, code.format(n=n)))
+        view_seconds = _kernel_float(client, "VIEW_SECONDS[0]")
+        check = client.execute_interactive(
+            "import agenta_notebook as an; assert len(an.last_trace().nodes) == 11",
+            output_hook=_ignore,
+            timeout=60,
+        )
+        if check["content"]["status"] != "ok":
+            raise RuntimeError("the traced cell did not record its 11 spans")
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+    base_median = statistics.median(times["baseline"])
+    base_mean = statistics.fmean(times["baseline"])
+    print(f"{options.cells} cells of each kind, 10 nested spans per cell, one kernel")
+    print(f"{'cell':<11}{'median ms':>11}{'mean ms':>10}{'added ms (median)':>19}{'ratio':>8}")
+    for kind, samples in times.items():
+        median = statistics.median(samples)
+        mean = statistics.fmean(samples)
+        added = (median - base_median) * 1e3
+        print(
+            f"{kind:<11}{median * 1e3:>11.2f}{mean * 1e3:>10.2f}{added:>19.2f}"
+            f"{median / base_median:>8.2f}"
+        )
+    quiet_added = (statistics.median(times["quiet"]) - base_median) * 1e3
+    shown_added = (statistics.median(times["displayed"]) - base_median) * 1e3
+    view_ms = view_seconds / options.cells * 1e3
+    print(
+        f"added per cell: quiet {quiet_added:.2f} ms (target < 3), "
+        f"displayed {shown_added:.2f} ms (target < 20); "
+        f"baseline mean {base_mean * 1e3:.2f} ms"
+    )
+    print(
+        f"inside the kernel, the view (show_trace + refresh/finish) took {view_ms:.2f} ms "
+        "per displayed cell; the rest of the added cost is the magic and the messages"
+    )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""The trace widget in a real JupyterLab 4, driven in Debian's headless Chromium.
+
+Starts JupyterLab on 127.0.0.1 (free port, random token, temp root dir) with a notebook
+whose first cell traces a small agent run and shows it with `show_trace`, and whose
+second cell shows a trace live while its spans end. Checks, in the browser: the root
+row's subtotals, expanding rows, the details pane, escaping, live filling-in, no console
+errors, and that no request leaves 127.0.0.1. A screenshot goes to test-output/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT = REPO / "test-output"
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (./run test installs it)"
+)
+
+#: The traced code, shared by the notebook and by this test's own expectation.
+AGENT = """
+import agenta_notebook as an
+
+def run_agent():
+    with an.span("agent", type="agent"):
+        with an.span("plan", type="llm"):
+            an.record_usage(model="gpt-4o-mini", input_tokens=1200, output_tokens=300)
+        with an.span("tools", type="chain"):
+            with an.span("<img src=x onerror=alert(1)>", type="llm"):
+                an.record_usage(model="my-local-llama", input_tokens=500, output_tokens=50)
+            try:
+                with an.span("search <script>alert(2)</script>", type="tool"):
+                    raise ValueError("no results for <b>query</b>")
+            except ValueError:
+                pass
+        with an.span("answer", type="llm"):
+            an.record_usage(model="gpt-4o-mini", input_tokens=2000, output_tokens=400)
+"""
+
+FIRST_CELL = (
+    AGENT
+    + """
+from agenta_notebook.display import show_trace
+with an.trace("browser demo") as demo_trace:
+    demo_display = show_trace(demo_trace)
+    run_agent()
+demo_display.finish()
+"""
+)
+
+LIVE_CELL = """
+import time
+with an.trace("live run") as live_trace:
+    live_display = show_trace(live_trace)
+    for step in range(8):
+        with an.span(f"live step {step}", type="tool"):
+            time.sleep(0.6)
+live_display.finish()
+"""
+
+#: The same, through the cell magic (the path users take), when the magic is there.
+LIVE_MAGIC_CELL = """%%agenta_trace live_run
+import time
+for step in range(8):
+    with an.span(f"live step {step}", type="tool"):
+        time.sleep(0.6)
+"""
+
+
+def _has_magic() -> bool:
+    try:
+        from agenta_notebook import magic
+    except ImportError:
+        return False
+    return hasattr(magic, "TraceMagics")
+
+
+def _expected() -> dict[str, str]:
+    """Figures the browser must show, computed by the core in this process."""
+    from agenta_notebook.html import format_money, format_tokens
+    from agenta_notebook.tree import Trace
+
+    scope: dict[str, Any] = {}
+    exec(AGENT, scope)
+    import agenta_notebook as an
+
+    with an.trace("browser demo") as trace:
+        scope["run_agent"]()
+    assert isinstance(trace, Trace)
+    figures: dict[str, str] = {}
+    for node in trace.nodes:
+        subtotal = node.subtotal
+        figures[node.name + " cost"] = format_money(subtotal.cost, subtotal.unpriced_calls)
+        figures[node.name + " tokens"] = format_tokens(subtotal.total_tokens)
+    return figures
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _notebook(path: Path) -> None:
+    cells = [
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "metadata": {},
+            "outputs": [],
+            "source": source.strip("\n"),
+        }
+        for source in (
+            ("%load_ext agenta_notebook\n" + FIRST_CELL, LIVE_MAGIC_CELL)
+            if _has_magic()
+            else (FIRST_CELL, LIVE_CELL)
+        )
+    ]
+    document = {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(document))
+
+
+@pytest.fixture
+def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A JupyterLab server on 127.0.0.1; yields (base url, token) and always stops it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _notebook(root / "trace.ipynb")
+    settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    # No news pop-up, no update check: nothing asks to leave 127.0.0.1.
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    port = _free_port()
+    token = secrets.token_hex(16)
+    env = dict(os.environ)
+    env.update(
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        IPYTHONDIR=str(tmp_path / "ipython"),
+        JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+        PYTHONPATH=str(REPO),
+    )
+    log = (tmp_path / "jupyter.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",
+            "--ServerApp.terminals_enabled=False",
+            *(["--allow-root"] if os.geteuid() == 0 else []),
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError("jupyter lab exited: " + (tmp_path / "jupyter.log").read_text())
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("jupyter lab did not start in 90 s") from None
+                time.sleep(0.3)
+        yield base, token
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=10)
+        log.close()
+        OUTPUT.mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "jupyter.log", OUTPUT / "jupyterlab-server.log")
+
+
+def _row(page: Any, name: str) -> Any:
+    """The row whose name button shows exactly `name` (with its type)."""
+    return page.locator(".agn-row").filter(
+        has=page.locator(".agn-name", has_text=re.compile("^" + re.escape(name) + "( · |$)"))
+    )
+
+
+def _figures(row: Any) -> tuple[str, str]:
+    return (
+        row.locator(".agn-cost").first.inner_text().split("own")[0].strip(),
+        row.locator(".agn-tok").inner_text().strip(),
+    )
+
+
+def _wait_idle(page: Any, timeout_ms: int = 60_000) -> None:
+    """Wait until the kernel is connected and idle (toolbar indicator and status bar)."""
+    page.wait_for_function(
+        "() => {"
+        " const indicator = document.querySelector('.jp-Notebook-ExecutionIndicator');"
+        " const bar = document.querySelector('.jp-StatusBar-Widget, #jp-main-statusbar');"
+        " return indicator && indicator.getAttribute('data-status') === 'idle'"
+        "  && bar && /\\|\\s*Idle/.test(document.querySelector('#jp-main-statusbar').innerText);"
+        "}",
+        timeout=timeout_ms,
+    )
+
+
+def _run_cell(page: Any, index: int) -> None:
+    """Run cell `index` with Shift+Enter; again if the kernel did not take it."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    prompt = cell.locator(".jp-InputArea-prompt")
+    for _attempt in range(3):
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            page.wait_for_function(
+                "(element) => /\\[(\\*|\\d+)\\]/.test(element.innerText)",
+                arg=prompt.element_handle(),
+                timeout=15_000,
+            )
+            return
+        except Exception:
+            continue
+    raise AssertionError(f"cell {index} did not run")
+
+
+def test_widget_in_jupyterlab(jupyterlab: tuple[str, str]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    base, token = jupyterlab
+    expected = _expected()
+    outside: list[str] = []
+    console_errors: list[str] = []
+    dialogs: list[str] = []
+
+    def route(route: Any) -> None:
+        url = urlparse(route.request.url)
+        if url.scheme in ("http", "https", "ws", "wss") and url.hostname != "127.0.0.1":
+            outside.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1800})
+            context.route("**/*", route)
+            page = context.new_page()
+            page.on(
+                "console",
+                lambda message: (
+                    console_errors.append(message.text) if message.type == "error" else None
+                ),
+            )
+            page.on("pageerror", lambda error: console_errors.append(str(error)))
+            page.on(
+                "websocket",
+                lambda socket: (
+                    outside.append(socket.url)
+                    if urlparse(socket.url).hostname != "127.0.0.1"
+                    else None
+                ),
+            )
+
+            def on_dialog(dialog: Any) -> None:
+                dialogs.append(dialog.message)
+                dialog.dismiss()
+
+            page.on("dialog", on_dialog)
+            page.set_default_timeout(60_000)
+            try:
+                _drive(page, base, token, expected)
+            except Exception:
+                OUTPUT.mkdir(exist_ok=True)
+                page.screenshot(path=str(OUTPUT / "jupyterlab-failure.png"))
+                print("console errors:", console_errors)
+                raise
+        finally:
+            browser.close()
+
+    assert outside == [], f"requests left 127.0.0.1: {outside}"
+    assert dialogs == [], f"a span string ran as script: {dialogs}"
+    assert console_errors == [], f"console errors: {console_errors}"
+
+
+def _drive(page: Any, base: str, token: str, expected: dict[str, str]) -> None:
+    """Open the notebook, run both cells and check what the widget shows."""
+    page.goto(f"{base}/lab/tree/trace.ipynb?token={token}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    _wait_idle(page, 120_000)
+
+    # Run the first cell.
+    _run_cell(page, 0)
+    root = _row(page, "browser demo")
+    page.locator(".jp-Cell").first.locator(".jp-OutputArea-output").first.wait_for()
+    _wait_idle(page)
+    root.wait_for(timeout=15_000)
+
+    # The root row and the header show the core's subtotals.
+    assert _figures(root) == (
+        expected["browser demo cost"],
+        expected["browser demo tokens"],
+    )
+    assert "+ 1 unpriced" in expected["browser demo cost"]
+    header = page.locator(".agn-header").first.inner_text()
+    assert expected["browser demo cost"] in header
+
+    # Collapse everything, then expand level by level.
+    output = page.locator(".jp-Cell").first.locator(".agn-root")
+    output.get_by_role("button", name="collapse all").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('.jp-Cell:first-child .agn-row').length === 1"
+    )
+    root.locator(".agn-toggle").click()
+    agent = _row(page, "agent")
+    agent.wait_for()
+    assert _figures(agent) == (expected["agent cost"], expected["agent tokens"])
+    assert _row(page, "plan").count() == 0
+    agent.locator(".agn-toggle").click()
+    for name in ("plan", "tools", "answer"):
+        row = _row(page, name)
+        row.wait_for()
+        assert _figures(row) == (expected[name + " cost"], expected[name + " tokens"])
+    tools = _row(page, "tools")
+    tools.locator(".agn-toggle").click()
+    payload = _row(page, "<img src=x onerror=alert(1)>")
+    payload.wait_for()
+    error_row = _row(page, "search <script>alert(2)</script>")
+    error_row.wait_for()
+    assert "error" in error_row.locator(".agn-marks").inner_text()
+    assert "unpriced" in payload.locator(".agn-marks").inner_text()
+
+    # Clicking a row opens its details; span strings show as text.
+    error_row.locator(".agn-name").click()
+    details = page.locator(".agn-details").first
+    details.wait_for()
+    text = details.inner_text()
+    assert "ValueError" in text and "no results for <b>query</b>" in text
+    assert "attributes" in text and "subtotal" in text
+    payload.locator(".agn-name").click()
+    page.wait_for_function(
+        "() => document.querySelector('.agn-details')"
+        " && document.querySelector('.agn-details').innerText.includes('price source')"
+        " && document.querySelector('.agn-details').innerText.includes('my-local-llama')"
+    )
+    assert page.locator("img[src='x']").count() == 0
+    assert page.locator(".jp-OutputArea script").count() == 0
+
+    OUTPUT.mkdir(exist_ok=True)
+    page.locator(".jp-Cell").first.screenshot(path=str(OUTPUT / "jupyterlab-widget.png"))
+
+    # The second cell fills in while it runs, then settles.
+    _run_cell(page, 1)
+    live = page.locator(".jp-Cell").nth(1)
+    live.locator(".agn-name", has_text="live step 2").wait_for(timeout=30_000)
+    still_running = page.locator(".jp-Notebook-ExecutionIndicator[data-status='busy']").count()
+    assert still_running == 1, "the live view should fill in before the cell ends"
+    _wait_idle(page)
+    live.locator(".agn-name", has_text="live step 7").wait_for(timeout=10_000)
+    page.wait_for_function(
+        "() => !document.querySelectorAll('.jp-Cell')[1].innerText.includes('running')"
+    )
+    live.screenshot(path=str(OUTPUT / "jupyterlab-live.png"))

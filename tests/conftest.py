@@ -1,0 +1,98 @@
+"""Shared fixtures for the core's tests (others may add small entries below)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agenta_notebook.collector import Collector, get_collector
+from agenta_notebook.tree import SpanEvent, SpanRecord, StatusCode
+from agenta_notebook.usage import AG_TYPE
+
+TRACE_ID = 0xABC
+
+
+def keys(values: dict[str, Any]) -> dict[str, Any]:
+    """Span attributes with dotted keys, typed for `RecordFactory.add(**keys({...}))`."""
+    return values
+
+
+class RecordFactory:
+    """Builds hand-made `SpanRecord`s of one trace with increasing ids and times.
+
+    >>> records = RecordFactory()
+    >>> root = records.add("root")
+    >>> llm = records.add("call", root, type="llm", **keys({"gen_ai.usage.input_tokens": 5}))
+    """
+
+    def __init__(self, trace_id: int = TRACE_ID) -> None:
+        self.trace_id = trace_id
+        self.all: list[SpanRecord] = []
+        self._next_id = 1
+        self._clock = 1_000
+
+    def add(
+        self,
+        name: str,
+        parent: SpanRecord | int | None = None,
+        *,
+        type: str | None = None,
+        status: StatusCode = "UNSET",
+        running: bool = False,
+        events: tuple[SpanEvent, ...] = (),
+        **attributes: Any,
+    ) -> SpanRecord:
+        """A record under `parent` (a record or a raw parent span id); kept in `all`."""
+        span_id = self._next_id
+        self._next_id += 1
+        self._clock += 10
+        if type is not None:
+            attributes[AG_TYPE] = type
+        parent_id = parent.span_id if isinstance(parent, SpanRecord) else parent
+        record = SpanRecord(
+            trace_id=self.trace_id,
+            span_id=span_id,
+            parent_span_id=parent_id,
+            name=name,
+            start_time_ns=self._clock,
+            end_time_ns=None if running else self._clock + 5,
+            status=status,
+            attributes=attributes,
+            events=events,
+        )
+        self.all.append(record)
+        return record
+
+
+@pytest.fixture
+def records() -> RecordFactory:
+    """A fresh factory of hand-made span records."""
+    return RecordFactory()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    """The process's collector, with its retention settings restored afterwards."""
+    collector = get_collector()
+    max_traces, max_spans = collector.max_traces, collector.max_spans
+    yield collector
+    collector.set_retention(max_traces, max_spans)
+
+
+@pytest.fixture
+def threads_propagate_context() -> Iterator[None]:
+    """OpenTelemetry's ThreadingInstrumentor on (as the IPython extension turns it on).
+
+    Undone afterwards only if this fixture turned it on.
+    """
+    from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+
+    instrumentor = ThreadingInstrumentor()
+    already = instrumentor.is_instrumented_by_opentelemetry
+    if not already:
+        instrumentor.instrument(skip_dep_check=True)
+    yield
+    if not already:
+        instrumentor.uninstrument()

@@ -1,0 +1,508 @@
+"""OTLP export against a real HTTP receiver on 127.0.0.1: delivery, then faults."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbformat import NotebookNode
+from otlp_receiver import OtlpReceiver, ReceivedSpan
+
+import agenta_notebook as an
+from agenta_notebook.collector import get_tracer
+from agenta_notebook.otlp import (
+    OtlpExport,
+    OtlpExportWarning,
+    current_export,
+    export_to,
+    maybe_export_on_load,
+    resolve_endpoint,
+    stop_export,
+)
+from agenta_notebook.tree import SpanEvent, SpanRecord, Trace, build_tree
+
+#: The exporter's per-request timeout in these tests (seconds).
+TIMEOUT = 3.0
+_OTEL_ENV = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_SDK_DISABLED",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in _OTEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    yield
+    stop_export(wait=1.0)
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as running:
+        yield running
+
+
+@pytest.fixture
+def export(receiver: OtlpReceiver) -> OtlpExport:
+    return export_to(
+        receiver.url, headers={"x-test": "agenta"}, timeout=TIMEOUT, schedule_delay_millis=50
+    )
+
+
+def traced_block(name: str = "exported", calls: int = 2) -> tuple[Trace, float]:
+    """A traced block with usage, an error and nesting; returns it and its duration."""
+    started = time.perf_counter()
+    with an.trace(name) as trace:
+        with an.span("agent", type="agent"):
+            for index in range(calls):
+                with an.span(f"llm {index}", type="llm"):
+                    an.record_usage(model="gpt-4o", input_tokens=100, output_tokens=20)
+            with an.span("local", type="llm"):
+                an.record_usage(model="my-local-llama", input_tokens=7, output_tokens=3)
+        with pytest.raises(ValueError), an.span("tool", type="tool"), an.span("deep"):
+            raise ValueError("tool failed")
+    return trace, time.perf_counter() - started
+
+
+def assert_trace_intact(trace: Trace, calls: int = 2) -> None:
+    """The in-notebook trace has every span and the right figures, whatever the network."""
+    totals = trace.totals
+    assert len(trace.nodes) == 5 + calls
+    assert totals.input_tokens == 100 * calls + 7
+    assert totals.output_tokens == 20 * calls + 3
+    assert totals.model_calls == calls + 1
+    assert totals.unpriced_calls == 1
+    assert totals.errors == 1
+    assert totals.cost is not None and totals.cost > 0
+    assert trace.closed and not trace.running
+
+
+def as_record(span: ReceivedSpan) -> SpanRecord:
+    status = {0: "UNSET", 1: "OK", 2: "ERROR"}[span.status_code]
+    return SpanRecord(
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        parent_span_id=span.parent_span_id,
+        name=span.name,
+        start_time_ns=span.start_time_ns,
+        end_time_ns=span.end_time_ns,
+        status=status,  # type: ignore[arg-type]
+        status_message=span.status_message or None,
+        attributes=span.attributes,
+        events=tuple(SpanEvent(name, 0, attributes) for name, attributes in span.events),
+    )
+
+
+@pytest.fixture
+def otel_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="opentelemetry")
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+    return caplog
+
+
+def noisy_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.levelno >= logging.WARNING
+        and (record.name.startswith("opentelemetry") or record.name.startswith("urllib3"))
+    ]
+
+
+def our_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, OtlpExportWarning)]
+
+
+# -- delivery -------------------------------------------------------------------------------
+
+
+def test_every_span_of_a_traced_block_arrives_once(
+    receiver: OtlpReceiver, export: OtlpExport
+) -> None:
+    tracer = get_tracer()
+    outside = tracer.start_span("outside any traced block")
+    outside.end()
+    with tracer.start_as_current_span("someone else's root") as other_root:
+        tracer.start_span("someone else's child").end()
+    untracked = {
+        outside.get_span_context().trace_id,
+        other_root.get_span_context().trace_id,
+    }
+
+    trace, _ = traced_block()
+    assert export.flush()
+    records = {record.span_id: record for record in trace.records()}
+    received = receiver.wait_for(trace.trace_id, len(records))
+
+    assert sorted(span.span_id for span in received) == sorted(records)  # each exactly once
+    by_id = {span.span_id: span for span in received}
+    for span_id, record in records.items():
+        span = by_id[span_id]
+        assert span.parent_span_id == record.parent_span_id
+        assert span.name == record.name
+        assert span.attributes == dict(record.attributes)
+        assert span.start_time_ns == record.start_time_ns
+        assert span.end_time_ns == record.end_time_ns
+    llm = next(span for span in received if span.name == "llm 0")
+    assert llm.attributes["ag.type.node"] == "llm"
+    assert llm.attributes["ag.metrics.unit.tokens.prompt"] == 100
+    assert llm.attributes["ag.metrics.unit.tokens.completion"] == 20
+    root = by_id[trace.root_span_id or 0]
+    assert root.attributes["agenta_notebook.root"] is True
+    deep = next(span for span in received if span.name == "deep")
+    assert deep.status_code == 2
+    assert [name for name, _ in deep.events] == ["exception"]
+
+    # The backend rolls the exported spans up to the same figures as the notebook.
+    rebuilt = build_tree([as_record(span) for span in received], trace.root_span_id)
+    assert rebuilt.totals == trace.totals
+
+    # Only traces the collector keeps are exported, none of the other spans.
+    assert trace.trace_id not in untracked
+    assert not untracked & {span.trace_id for span in receiver.spans}
+    assert not [span for span in receiver.spans if span.name.startswith(("outside", "someone"))]
+    assert receiver.paths == ["/v1/traces"] * receiver.requests
+    assert all(h["x-test"] == "agenta" for h in receiver.headers)
+    assert all(h["content-type"] == "application/x-protobuf" for h in receiver.headers)
+    assert export.spans_sent >= len(records)
+    assert (export.spans_failed, export.failing, export.outages) == (0, False, 0)
+
+
+def test_environment_configures_export_on_load(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.base_url)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=ApiKey%20secret,x-team=blue")
+    started = maybe_export_on_load()
+    assert started is not None and started is current_export()
+    assert started.endpoint == receiver.url
+
+    trace, _ = traced_block("from the environment", calls=1)
+    assert started.flush()
+    received = receiver.wait_for(trace.trace_id, len(trace.records()))
+    assert len(received) == len(trace.records())
+    assert receiver.headers[-1]["authorization"] == "ApiKey secret"
+    assert receiver.headers[-1]["x-team"] == "blue"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # no endpoint: nothing is sent anywhere
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_SDK_DISABLED": "true"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_TRACES_EXPORTER": "console"},
+    ],
+)
+def test_environment_without_an_otlp_endpoint_exports_nothing(
+    settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert maybe_export_on_load() is None
+    assert current_export() is None
+
+
+def test_unsupported_protocol_is_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    with pytest.warns(OtlpExportWarning, match="'grpc' is not supported"):
+        assert maybe_export_on_load() is None
+    assert current_export() is None
+
+
+def test_endpoint_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_endpoint() == "http://localhost:4318/v1/traces"
+    assert resolve_endpoint("https://cloud.agenta.ai/api/otlp/v1/traces") == (
+        "https://cloud.agenta.ai/api/otlp/v1/traces"
+    )
+    assert resolve_endpoint("http://host:4318/") == "http://host:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318/")
+    assert resolve_endpoint() == "http://base:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://exact:1/custom")
+    assert resolve_endpoint() == "http://exact:1/custom"
+
+
+def test_a_new_export_replaces_the_old_one(receiver: OtlpReceiver, export: OtlpExport) -> None:
+    with OtlpReceiver() as second:
+        replacement = export_to(second.url, timeout=TIMEOUT, schedule_delay_millis=50)
+        trace, _ = traced_block("after the switch", calls=1)
+        assert replacement.flush()
+        count = len(trace.records())
+        assert len(second.wait_for(trace.trace_id, count)) == count
+        assert receiver.spans_of(trace.trace_id) == []
+        assert not export.flush()  # the old export is stopped
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def run_outage(
+    receiver: OtlpReceiver,
+    export: OtlpExport,
+    caplog: pytest.LogCaptureFixture,
+    recover: object,
+) -> None:
+    """Two traced blocks while the endpoint fails, then recovery; checks every promise."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        during = []
+        for attempt in range(2):
+            trace, seconds = traced_block(f"during outage {attempt}")
+            # The block never waits on the network: far less than one exporter timeout.
+            assert seconds < TIMEOUT / 2, f"traced block took {seconds:.2f}s"
+            assert_trace_intact(trace)
+            export.flush()
+            during.append(trace)
+        assert export.failing
+        messages = our_warnings(caught)
+        assert len(messages) == 1, messages  # one warning for the outage, not one per span
+        assert export.endpoint in messages[0]
+        assert "not affected" in messages[0]
+        assert export.outages == 1
+        assert export.spans_failed >= sum(len(t.records()) for t in during)
+
+        assert callable(recover)
+        recover()
+        after, seconds = traced_block("after recovery")
+        assert seconds < TIMEOUT / 2
+        assert export.flush()
+        count = len(after.records())
+        assert len(receiver.wait_for(after.trace_id, count)) == count
+        assert not export.failing
+        assert len(our_warnings(caught)) == 1  # recovery is silent
+
+    for trace in during:  # the in-notebook traces are untouched by the outage
+        assert_trace_intact(trace)
+    assert noisy_records(caplog) == []  # the exporter's own log lines are silenced
+
+
+def test_endpoint_down_then_back(
+    receiver: OtlpReceiver, export: OtlpExport, otel_logs: pytest.LogCaptureFixture
+) -> None:
+    receiver.stop()
+    run_outage(receiver, export, otel_logs, receiver.start)
+    assert export.last_error is not None
+
+
+def test_endpoint_answering_500_then_healthy(
+    receiver: OtlpReceiver, export: OtlpExport, otel_logs: pytest.LogCaptureFixture
+) -> None:
+    receiver.status = 500
+
+    def heal() -> None:
+        receiver.status = 200
+
+    run_outage(receiver, export, otel_logs, heal)
+    assert receiver.refused >= 1
+    assert export.last_error is not None and "500" in export.last_error
+
+
+def test_endpoint_slower_than_the_timeout_then_fast(
+    receiver: OtlpReceiver, export: OtlpExport, otel_logs: pytest.LogCaptureFixture
+) -> None:
+    receiver.delay = TIMEOUT + 1.0
+
+    def speed_up() -> None:
+        receiver.delay = 0.0
+
+    run_outage(receiver, export, otel_logs, speed_up)
+
+
+def test_slow_endpoint_delivers_without_slowing_the_block(
+    receiver: OtlpReceiver, export: OtlpExport
+) -> None:
+    receiver.delay = 1.0
+    # Keep the exporter busy with a slow request while the next block runs.
+    first, _ = traced_block("keeps the exporter busy", calls=1)
+    time.sleep(0.2)
+    trace, seconds = traced_block("while the endpoint is slow", calls=20)
+    assert seconds < receiver.delay, f"traced block took {seconds:.2f}s"
+    assert_trace_intact(trace, calls=20)
+    assert export.flush()
+    for done in (first, trace):
+        count = len(done.records())
+        assert len(receiver.wait_for(done.trace_id, count)) == count
+    assert not export.failing
+
+
+def test_full_queue_during_outage_is_quiet_and_keeps_the_trace(
+    receiver: OtlpReceiver, otel_logs: pytest.LogCaptureFixture
+) -> None:
+    receiver.stop()
+    export = export_to(
+        receiver.url,
+        timeout=TIMEOUT,
+        schedule_delay_millis=60_000,
+        max_queue_size=4,
+        max_export_batch_size=4,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trace, seconds = traced_block("overflow", calls=30)
+        assert seconds < TIMEOUT / 2
+        assert_trace_intact(trace, calls=30)
+        export.flush()
+        assert len(our_warnings(caught)) == 1
+    assert noisy_records(otel_logs) == []
+
+
+def test_second_outage_warns_again(receiver: OtlpReceiver, export: OtlpExport) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # the registry must not hide the second outage
+        for _ in range(2):
+            receiver.status = 500
+            traced_block("fails")
+            export.flush()
+            receiver.status = 200
+            trace, _ = traced_block("works")
+            export.flush()
+            assert receiver.wait_for(trace.trace_id, len(trace.records()))
+        assert len(our_warnings(caught)) == 2
+    assert export.outages == 2
+
+
+# -- in a real kernel -------------------------------------------------------------------------
+
+KERNEL_SETUP = """
+import json, time
+import agenta_notebook as an
+from agenta_notebook.otlp import maybe_export_on_load
+export = maybe_export_on_load()
+print("STARTED", export is not None)
+"""
+
+KERNEL_BLOCK = """
+started = time.perf_counter()
+with an.trace("kernel cell") as t:
+    with an.span("agent", type="agent"):
+        for i in range(3):
+            with an.span(f"llm {i}", type="llm"):
+                an.record_usage(model="gpt-4o", input_tokens=100, output_tokens=20)
+elapsed = time.perf_counter() - started
+print("RESULT " + json.dumps({"trace_id": t.trace_id, "spans": len(t.records()),
+      "tokens": t.totals.total_tokens, "elapsed": elapsed}))
+"""
+
+
+def test_kernel_cells_export_and_survive_an_outage(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    notebook = nbformat.v4.new_notebook()  # type: ignore[no-untyped-call]
+    client = NotebookClient(
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base_url,
+        "OTEL_EXPORTER_OTLP_TIMEOUT": str(TIMEOUT),
+        # Batches leave only when a cell flushes, so any warning shows in that cell.
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+    }
+
+    def run(source: str) -> NotebookNode:
+        cell: NotebookNode = nbformat.v4.new_code_cell(source)  # type: ignore[no-untyped-call]
+        notebook.cells.append(cell)
+        client.execute_cell(cell, len(notebook.cells) - 1)
+        return cell
+
+    def streams(cell: NotebookNode, name: str) -> str:
+        return "".join(
+            o["text"] for o in cell.outputs if o["output_type"] == "stream" and o["name"] == name
+        )
+
+    def block() -> tuple[dict[str, Any], NotebookNode]:
+        cell = run(KERNEL_BLOCK)
+        result = json.loads(streams(cell, "stdout").split("RESULT ", 1)[1])
+        assert result["spans"] == 5 and result["tokens"] == 360  # the trace is whole
+        assert result["elapsed"] < TIMEOUT / 2, result  # the cell never waits on the network
+        assert streams(cell, "stderr") == ""
+        return result, cell
+
+    with client.setup_kernel(env=env):
+        assert "STARTED True" in streams(run(KERNEL_SETUP), "stdout")
+        healthy, _ = block()
+        run("export.flush()")
+        assert len(receiver.wait_for(healthy["trace_id"], 5)) == 5
+
+        receiver.status = 500
+        stderr = ""
+        for _ in range(2):
+            block()
+            stderr += streams(run("export.flush()"), "stderr")
+        assert stderr.count("OtlpExportWarning") == 1, stderr
+        assert "500" in stderr
+
+        receiver.status = 200
+        recovered, _ = block()
+        recovery_cell = run("export.flush()")
+        assert len(receiver.wait_for(recovered["trace_id"], 5)) == 5
+        assert streams(recovery_cell, "stderr") == ""
+        # The exporter's own log lines are silenced: its text appears only in our warning.
+        assert stderr.count("Failed to export") == 1, stderr
+
+
+def test_overflowing_queue_with_a_working_endpoint_is_one_warning(
+    receiver: OtlpReceiver, otel_logs: pytest.LogCaptureFixture
+) -> None:
+    receiver.delay = 0.3
+    export = export_to(
+        receiver.url,
+        timeout=TIMEOUT,
+        schedule_delay_millis=60_000,
+        max_queue_size=4,
+        max_export_batch_size=4,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traces = [traced_block(f"burst {n}", calls=30)[0] for n in range(2)]
+        assert export.flush()
+        messages = our_warnings(caught)
+    for trace in traces:
+        assert_trace_intact(trace, calls=30)
+    total = sum(len(trace.records()) for trace in traces)
+    assert export.spans_dropped > 0
+    assert export.spans_sent + export.spans_dropped == total  # every span accounted for
+    assert len(receiver.spans) == export.spans_sent
+    assert len(messages) == 1, messages
+    assert "OTEL_BSP_MAX_QUEUE_SIZE" in messages[0]
+    assert re.search(r"; [1-9]\d* spans were left out of the export", messages[0])
+    assert not export.failing
+    assert noisy_records(otel_logs) == []
+
+
+def test_spans_that_end_after_the_block_are_exported_too(
+    receiver: OtlpReceiver, export: OtlpExport
+) -> None:
+    with an.trace("with a late span") as trace:
+        late = get_tracer().start_span("ends after the block")
+    assert export.flush()
+    assert [span.name for span in receiver.wait_for(trace.trace_id, 1)] == ["with a late span"]
+    late.end()
+    assert export.flush()
+    received = {span.name: span for span in receiver.wait_for(trace.trace_id, 2)}
+    assert received.keys() == {"with a late span", "ends after the block"}
+    assert received["ends after the block"].parent_span_id == trace.root_span_id
+    assert trace.find("ends after the block").parent is trace.root

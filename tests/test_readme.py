@@ -1,0 +1,62 @@
+"""The README's tour runs: its python snippets, in order, as cells of a real kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_snippets() -> list[str]:
+    return [
+        block.strip("\n")
+        for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    ]
+
+
+def test_readme_has_exactly_two_setup_commands() -> None:
+    setup = README.read_text().split("## Set up", 1)[1].split("##", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", setup, re.DOTALL)
+    assert block is not None
+    commands = [line for line in block.group(1).splitlines() if line.strip()]
+    assert [line.split("#")[0].strip() for line in commands] == ["./run demo", "./run test"]
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "./run test" in ci
+
+
+def test_readme_snippets_run_in_a_kernel(tmp_path: Path) -> None:
+    snippets = readme_snippets()
+    assert any(s.startswith("%%agenta_trace") for s in snippets)
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(s) for s in snippets]
+    notebook.cells.append(
+        nbformat.v4.new_code_cell(
+            "import json\n"
+            "print(json.dumps({'tokens': run.totals.total_tokens,"
+            " 'calls': run.totals.model_calls, 'names': [n.name for n in run.nodes],"
+            " 'openai_calls': call.totals.model_calls}))"
+        )
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "OPENAI_API_KEY"}
+    environment["PYTHONPATH"] = str(README.parent)
+    client = NotebookClient(
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute(env=environment)
+    last = notebook.cells[-1].outputs[-1]["text"]
+    summary = json.loads(last)
+    # 3 llm calls of 1,200 + 80 tokens under the traced cell, counted once each.
+    assert summary["tokens"] == 3 * 1280
+    assert summary["calls"] == 3
+    assert summary["names"][0] == "answer a question"
+    assert summary["openai_calls"] == 1
+    assert (tmp_path / "answer.otlp.json").exists()

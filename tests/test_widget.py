@@ -1,0 +1,469 @@
+"""The ipywidgets tree, driven in the kernel process through its real widgets."""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from decimal import Decimal
+
+import ipywidgets
+from conftest import RecordFactory
+
+import agenta_notebook as an
+from agenta_notebook.collector import Collector
+from agenta_notebook.display import MIN_INTERVAL, TraceDisplay, open_view_count
+from agenta_notebook.html import format_money, format_tokens
+from agenta_notebook.tree import SpanEvent, SpanRecord, Trace
+from agenta_notebook.widget import PAGE_SIZE, TraceView, live_widget_count
+
+LLM = "llm"
+
+
+def usage(tokens: int, model: str = "gpt-4o-mini") -> dict[str, object]:
+    return {
+        "gen_ai.request.model": model,
+        "gen_ai.usage.input_tokens": tokens,
+        "gen_ai.usage.output_tokens": tokens // 10,
+    }
+
+
+def small_trace(records: RecordFactory) -> Trace:
+    root = records.add("root", type="workflow")
+    agent = records.add("agent", root, type="agent", **{"gen_ai.usage.input_tokens": 5})
+    records.add("plan", agent, type=LLM, **usage(1000))
+    records.add("local", agent, type=LLM, **usage(400, "my-local-llama"))
+    records.add("tool", agent, type="tool", status="ERROR")
+    return Trace(records.trace_id, "root", root_span_id=root.span_id, records=records.all)
+
+
+def wide_trace(records: RecordFactory, groups: int = 5, per_group: int = 300) -> Trace:
+    root = records.add("root", type="workflow")
+    for group in range(groups):
+        parent = records.add(f"group {group}", root, type="agent")
+        for index in range(per_group):
+            records.add(f"call {group}.{index}", parent, type=LLM, **usage(10 + index))
+    return Trace(records.trace_id, "root", root_span_id=root.span_id, records=records.all)
+
+
+def names(view: TraceView) -> list[str]:
+    """The span names of the rows in the rows box, in order."""
+    shown = []
+    by_box = {id(w.box): span_id for span_id, w in view._rows.items()}
+    for child in view.rows_box.children:
+        span_id = by_box.get(id(child))
+        if span_id is not None:
+            node = view.state.node(span_id)
+            assert node is not None
+            shown.append(node.name)
+    return shown
+
+
+def test_rows_show_the_core_figures(records: RecordFactory) -> None:
+    trace = small_trace(records)
+    view = TraceView(trace)
+    try:
+        assert names(view) == ["root", "agent", "plan", "local", "tool"]
+        for node in trace.nodes:
+            widgets = view.row_widgets(node.span_id)
+            assert widgets is not None
+            figures = widgets.figures.value
+            assert format_tokens(node.subtotal.total_tokens) in figures
+            cost = format_money(node.subtotal.cost, node.subtotal.unpriced_calls)
+            assert cost in figures
+            assert widgets.name.description.startswith(node.name)
+        root = view.row_widgets(trace.root.span_id)
+        assert root is not None
+        assert "+ 1 unpriced" in root.figures.value
+        agent = trace.find("agent")
+        assert agent.mismatch is not None
+        agent_row = view.row_widgets(agent.span_id)
+        assert agent_row is not None and "roll-up" in agent_row.figures.value
+        tool_row = view.row_widgets(trace.find("tool").span_id)
+        assert tool_row is not None and "✖ error" in tool_row.figures.value
+        header = view.header.value
+        totals = trace.totals
+        assert format_money(totals.cost, totals.unpriced_calls) in header
+        assert "my-local-llama" in header and "model calls</b> 2" in header
+    finally:
+        view.close()
+
+
+def test_own_cost_shows_where_it_differs() -> None:
+    records = [
+        SpanRecord(1, 1, None, "root", 0, 100),
+        SpanRecord(1, 2, 1, "outer", 1, 90, attributes={"ag.type.node": LLM, **usage(1000)}),
+        SpanRecord(1, 3, 2, "inner", 2, 80, attributes={"ag.type.node": LLM, **usage(500)}),
+    ]
+    trace = Trace(1, "root", root_span_id=1, records=records)
+    view = TraceView(trace)
+    try:
+        outer = trace.find("outer")
+        assert outer.own.cost is not None and outer.own.cost != outer.subtotal.cost
+        widgets = view.row_widgets(outer.span_id)
+        assert widgets is not None
+        assert f"own {format_money(outer.own.cost, 0)}" in widgets.figures.value
+        inner = view.row_widgets(trace.find("inner").span_id)
+        assert inner is not None and "own" not in inner.figures.value
+    finally:
+        view.close()
+
+
+def test_children_are_created_on_first_expansion_and_paged(records: RecordFactory) -> None:
+    trace = wide_trace(records)
+    before = live_widget_count()
+    view = TraceView(trace)
+    try:
+        # 1,506 spans: only the root and its 5 groups get rows at first.
+        assert names(view) == ["root"] + [f"group {g}" for g in range(5)]
+        first = live_widget_count() - before
+        assert first == view.widget_count
+        group = trace.find("group 1")
+        group_row = view.row_widgets(group.span_id)
+        assert group_row is not None
+        assert trace.find("call 1.0").span_id not in view._rows
+
+        group_row.toggle.click()
+        shown = names(view)
+        assert shown[shown.index("group 1") + 1 : shown.index("group 2")] == [
+            f"call 1.{i}" for i in range(PAGE_SIZE)
+        ]
+        # one HBox, two buttons and one HTML per row, plus one "show more" button
+        assert live_widget_count() - before == first + 4 * PAGE_SIZE + 1
+        more = view.more_button(group.span_id)
+        assert more is not None and more.description == "show 100 more (200 not shown)"
+
+        more.click()
+        assert names(view).count("call 1.199") == 1 and "call 1.200" not in names(view)
+        assert more.description == "show 100 more (100 not shown)"
+        more.click()
+        assert "call 1.299" in names(view)
+        assert more not in view.rows_box.children
+
+        group_row.toggle.click()  # collapse: the rows go, their widgets are kept
+        assert "call 1.0" not in names(view)
+        count = live_widget_count()
+        group_row.toggle.click()
+        assert live_widget_count() == count
+        assert "call 1.299" in names(view)
+    finally:
+        view.close()
+    assert live_widget_count() == before
+
+
+def test_first_display_of_a_big_trace_stays_under_1000_models(records: RecordFactory) -> None:
+    trace = wide_trace(records, groups=40, per_group=500)
+    assert len(trace.nodes) > 20_000
+    before = live_widget_count()
+    shown = TraceDisplay(trace, widget=True)
+    try:
+        assert live_widget_count() - before <= 1_000
+        assert len(shown.bundle()["text/html"].encode()) < 1_000_000
+    finally:
+        shown.close()
+    assert live_widget_count() == before
+
+
+def test_sort_by_cost_and_duration() -> None:
+    records = [SpanRecord(1, 1, None, "root", 0, 1_000_000)]
+    spec = [("cheap", 10, 500), ("dear", 5000, 100), ("middle", 800, 900)]
+    for index, (name, tokens, duration) in enumerate(spec, start=2):
+        records.append(
+            SpanRecord(
+                1,
+                index,
+                1,
+                name,
+                index,
+                index + duration,
+                attributes={"ag.type.node": LLM, **usage(tokens)},
+            )
+        )
+    trace = Trace(1, "root", root_span_id=1, records=records)
+    view = TraceView(trace)
+    try:
+        assert names(view)[1:] == ["cheap", "dear", "middle"]
+        view.sort_control.value = "cost"
+        costs = [trace.find(n).subtotal.cost for n in names(view)[1:]]
+        assert costs == sorted(costs, key=lambda c: -(c or Decimal(0)))
+        assert names(view)[1:] == ["dear", "middle", "cheap"]
+        view.sort_control.value = "duration"
+        assert names(view)[1:] == ["middle", "cheap", "dear"]
+        view.sort_control.value = "start"
+        assert names(view)[1:] == ["cheap", "dear", "middle"]
+    finally:
+        view.close()
+
+
+def test_filters_keep_matches_and_their_ancestors(records: RecordFactory) -> None:
+    root = records.add("root", type="workflow")
+    agent = records.add("agent", root, type="agent")
+    records.add("Plan step", agent, type=LLM, **usage(100))
+    failing = records.add("fetch", agent, type="tool", status="ERROR")
+    records.add("retrieve", root, type="retriever")
+    records.add("summarise", root, type=LLM, **usage(50))
+    trace = Trace(records.trace_id, "root", root_span_id=root.span_id, records=records.all)
+    view = TraceView(trace)
+    try:
+        view.text_control.value = "plan"
+        assert names(view) == ["root", "agent", "Plan step"]
+        assert "(filtered)" in view.status.value
+        view.text_control.value = ""
+        view.model_calls_control.value = True
+        assert names(view) == ["root", "agent", "Plan step", "summarise"]
+        view.model_calls_control.value = False
+        view.errors_control.value = True
+        assert names(view) == ["root", "agent", "fetch"]
+        view.errors_control.value = False
+        assert [label for label, _ in view.type_control.options] == [
+            "all types",
+            "agent",
+            "llm",
+            "retriever",
+            "tool",
+            "workflow",
+        ]
+        view.type_control.value = "retriever"
+        assert names(view) == ["root", "retrieve"]
+        view.type_control.value = ""
+        assert len(names(view)) == len(trace.nodes)
+        assert failing.span_id in view._rows
+    finally:
+        view.close()
+
+
+def test_expand_to_depth_and_collapse_all(records: RecordFactory) -> None:
+    trace = wide_trace(records, groups=3, per_group=30)
+    view = TraceView(trace, auto_budget=200)
+    try:
+        assert len(names(view)) == len(trace.nodes)  # small enough to open fully
+        collapse = [
+            c for c in view.controls.children if getattr(c, "description", "") == "collapse all"
+        ]
+        collapse[0].click()
+        assert names(view) == ["root"]
+        view.depth_control.value = 1
+        expand = [
+            c for c in view.controls.children if getattr(c, "description", "") == "expand to depth"
+        ]
+        expand[0].click()
+        assert names(view) == ["root", "group 0", "group 1", "group 2"]
+    finally:
+        view.close()
+
+
+def test_details_pane(records: RecordFactory) -> None:
+    root = records.add("root")
+    exception = SpanEvent(
+        "exception",
+        1_030,
+        {
+            "exception.type": "ValueError",
+            "exception.message": "bad <input>",
+            "exception.stacktrace": "Traceback (most recent call last):\n  File x, line 1",
+        },
+    )
+    call = records.add(
+        "call",
+        root,
+        type=LLM,
+        status="ERROR",
+        events=(exception,),
+        **{**usage(1000), "gen_ai.usage.output_tokens": "abc", "custom.key": "<value>"},
+    )
+    trace = Trace(records.trace_id, "root", root_span_id=root.span_id, records=records.all)
+    node = trace.find("call")
+    view = TraceView(trace)
+    try:
+        assert view.details not in view.rows_box.children
+        widgets = view.row_widgets(call.span_id)
+        assert widgets is not None
+        widgets.name.click()
+        children = list(view.rows_box.children)
+        assert children[children.index(widgets.box) + 1] is view.details
+        assert "agn-selected" in widgets.box._dom_classes
+        text = view.details.value
+        assert "ValueError" in text and "bad &lt;input&gt;" in text
+        assert "Traceback (most recent call last)" in text
+        assert "custom.key" in text and "&lt;value&gt;" in text
+        assert f"price source {node.priced.source}" in text
+        assert node.priced.matched_model is not None and node.priced.matched_model in text
+        assert node.warnings and any("abc" in w for w in node.warnings)
+        assert all(html.escape(w) in text for w in node.warnings)
+        assert "own (counted)" in text and "subtotal" in text
+        widgets.name.click()  # again: closes
+        assert view.details not in view.rows_box.children
+    finally:
+        view.close()
+
+
+def test_span_strings_never_reach_html_unescaped() -> None:
+    payload = "<img src=x onerror=alert(1)>"
+    records = [
+        SpanRecord(1, 1, None, payload, 0, 100),
+        SpanRecord(1, 2, 1, payload, 1, 50, attributes={"ag.type.node": payload, payload: payload}),
+    ]
+    trace = Trace(1, payload, root_span_id=1, records=records)
+    view = TraceView(trace)
+    try:
+        view.select(2)
+        values = [view.header.value, view.status.value, view.details.value]
+        values += [w.figures.value for w in view._rows.values()]
+        assert all(payload not in value for value in values)
+        assert "&lt;img src=x onerror=alert(1)&gt;" in view.details.value
+        # Button labels are text (the front end sets textContent), shown verbatim.
+        row = view.row_widgets(2)
+        assert row is not None and row.name.description.startswith(payload)
+    finally:
+        view.close()
+
+
+def test_live_refresh_is_coalesced_and_keeps_expansion(records: RecordFactory) -> None:
+    root = records.add("root", running=True)
+    steps = [records.add(f"step {i}", root, type="agent") for i in range(3)]
+    trace = Trace(records.trace_id, "root", root_span_id=root.span_id, records=records.all)
+    shown = TraceDisplay(trace, widget=True)
+    view = shown.view
+    assert isinstance(view, TraceView)
+    try:
+        view.toggle(steps[0].span_id)  # the user expands step 0 (it has no children yet)
+        view.toggle(steps[1].span_id)
+
+        def add_spans(worker: int) -> None:
+            for index in range(50):
+                parent = steps[index % 3]
+                record = records.add(f"call {worker}.{index}", parent, type=LLM, **usage(10))
+                trace.add_records([record])
+                shown.refresh()
+
+        threads = [threading.Thread(target=add_spans, args=(w,)) for w in range(4)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        trace.add_records([SpanRecord(**{**_fields(root), "end_time_ns": 10**9})])
+        shown.finish()
+        elapsed = time.monotonic() - started
+        # 200 refreshes from 4 threads: at most one redraw per MIN_INTERVAL, plus finish.
+        assert 1 <= shown.redraws <= 2 + elapsed / MIN_INTERVAL, (shown.redraws, elapsed)
+        assert shown.redraws < 50
+        visible = names(view)
+        assert "call 0.0" in visible and "call 0.1" in visible  # under steps 0 and 1
+        assert "call 0.2" not in visible  # step 2 stayed collapsed
+        root_row = view.row_widgets(root.span_id)
+        assert root_row is not None
+        assert format_tokens(trace.totals.total_tokens) in root_row.figures.value
+        assert "running" not in root_row.figures.value
+
+        # A span that ends after finish() still reaches the view.
+        late = records.add("late call", steps[0], type=LLM, **usage(10))
+        trace.add_records([late])
+        shown.refresh()
+        deadline = time.monotonic() + 30
+        while "late call" not in names(view) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "late call" in names(view)
+    finally:
+        shown.close()
+    assert view.closed
+
+
+def _fields(record: SpanRecord) -> dict[str, object]:
+    return {name: getattr(record, name) for name in SpanRecord.__slots__}
+
+
+def test_close_and_dropped_traces_free_every_widget(collector: Collector) -> None:
+    before = live_widget_count()
+    views_before = open_view_count()
+    displays = []
+    for index in range(4):
+        with an.trace(f"cell {index}") as trace:
+            with an.span("call", type=LLM):
+                an.record_usage(model="gpt-4o-mini", input_tokens=10, output_tokens=1)
+        displays.append(TraceDisplay(trace, widget=True))
+        bundle = trace._repr_mimebundle_()
+        assert bundle["text/plain"].startswith(f"Trace 'cell {index}'")
+    assert live_widget_count() > before
+    displays[0].close()
+    assert displays[0].view is not None and displays[0].view.closed
+    collector.clear()  # retention drops every trace: their views close
+    assert all(d.view is not None and d.view.closed for d in displays)
+    assert live_widget_count() == before
+    assert open_view_count() == views_before
+
+
+def test_display_bundle_has_widget_html_and_text(records: RecordFactory) -> None:
+    trace = small_trace(records)
+    shown = TraceDisplay(trace, widget=True)
+    try:
+        bundle = shown.bundle()
+        assert set(bundle) == {
+            "application/vnd.jupyter.widget-view+json",
+            "text/html",
+            "text/plain",
+        }
+        assert shown.view is not None
+        model_id = bundle["application/vnd.jupyter.widget-view+json"]["model_id"]
+        assert model_id == shown.view.widget.model_id
+        assert model_id in ipywidgets.widgets.widget._instances
+        assert "<details" in bundle["text/html"]
+    finally:
+        shown.close()
+    # outside a kernel there is no widget, only the static renderings
+    assert set(Trace(1, "t", records=[SpanRecord(1, 1, None, "t", 0, 1)])._repr_mimebundle_()) == {
+        "text/html",
+        "text/plain",
+    }
+
+
+def test_output_bundle_in_a_real_kernel() -> None:
+    """show_trace in a kernel: one output with the widget, the static HTML and the summary,
+    settled by finish() to the final trace."""
+    import nbclient
+    import nbformat
+
+    code = (
+        "import agenta_notebook as an\n"
+        "from agenta_notebook.display import show_trace\n"
+        "from agenta_notebook.widget import live_widget_count\n"
+        "with an.trace('kernel demo') as t:\n"
+        "    shown = show_trace(t)\n"
+        "    with an.span('call', type='llm'):\n"
+        "        an.record_usage(model='gpt-4o-mini', input_tokens=100, output_tokens=10)\n"
+        "shown.finish()\n"
+        "created = live_widget_count()\n"
+        "shown.close()\n"
+        "print(created, live_widget_count())\n"
+    )
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(code)]
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    displays = [o for o in outputs if o["output_type"] == "display_data"]
+    assert len(displays) == 1
+    data = displays[0]["data"]
+    assert set(data) == {"application/vnd.jupyter.widget-view+json", "text/html", "text/plain"}
+    assert data["text/plain"].startswith("Trace 'kernel demo': 2 spans · 1 model call · tokens 110")
+    assert "<details" in data["text/html"] and "call" in data["text/html"]
+    created, left = (int(n) for n in "".join(o.get("text", "") for o in outputs).split())
+    assert created > 0 and left == 0
+
+
+def test_running_and_detached_markers(records: RecordFactory) -> None:
+    root = records.add("root", running=True)
+    records.add("still going", root, running=True)
+    records.add("orphan", 0xDEAD)  # its parent is not in the trace
+    trace = Trace(records.trace_id, "root", root_span_id=root.span_id, records=records.all)
+    view = TraceView(trace)
+    try:
+        going = view.row_widgets(trace.find("still going").span_id)
+        orphan = view.row_widgets(trace.find("orphan").span_id)
+        done = view.row_widgets(trace.root.span_id)
+        assert going is not None and orphan is not None and done is not None
+        assert "⏳ running" in going.figures.value and "agn-running" in going.box._dom_classes
+        assert "⤴ detached" in orphan.figures.value
+        assert "detached" not in going.figures.value and "running" not in orphan.figures.value
+        assert "(2 running)" in view.header.value
+    finally:
+        view.close()
