@@ -79,6 +79,8 @@ CELL_ID_ATTRIBUTE: Final = "agenta_notebook.cell_id"
 
 _HEADER: Final = re.compile(r"[ \t]*%%" + MAGIC_NAME + r"(?:[ \t]+(?P<args>.*?))?[ \t]*\r?\n?\Z")
 _NAME_LENGTH: Final = 80
+#: How IPython's own transformer spells a cell magic that is left in the cell.
+_MAGIC_CALL: Final = f"get_ipython().run_cell_magic({MAGIC_NAME!r}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,8 +363,8 @@ class TraceMagics(Magics):
         try:
             raw_cell = info.raw_cell or ""
             transformed = getattr(info, "transformed_cell", None)
-            if isinstance(transformed, str) and f"run_cell_magic({MAGIC_NAME!r}" in transformed:
-                return  # left to the magic function (it was not stripped)
+            if isinstance(transformed, str) and transformed.lstrip().startswith(_MAGIC_CALL):
+                return  # not stripped (another transformer?): the magic function runs it
             parsed = self.cell_options(raw_cell)
             if parsed is None:
                 return
@@ -519,6 +521,13 @@ def load(shell: Any) -> TraceMagics:
     shell.events.register("post_run_cell", magics.post_run_cell)
     setattr(shell, _SHELL_ATTRIBUTE, magics)
     enable_thread_propagation()
+    # Both are opt-in through the environment and idempotent, so a reload adds nothing.
+    from .integrations.openai import maybe_instrument_on_load
+    from .otlp import current_export, maybe_export_on_load
+
+    maybe_instrument_on_load()
+    if current_export() is None:
+        maybe_export_on_load()
     return magics
 
 

@@ -6,8 +6,9 @@ Runs the same cell (10 nested spans) in one kernel, 200 times each:
   - `%%agenta_trace`: recorded and the live tree displayed.
 Each cell is timed from the execute request to the kernel going idle, as a frontend
 waits for it; the three kinds are interleaved so that drift hits them alike. Prints the
-median and mean per cell and the added cost against the baseline measured in this run
-(targets: under 20 ms displayed, under 3 ms quiet).
+median and mean per cell, the added cost against the baseline measured in this run
+(targets: under 20 ms displayed, under 3 ms quiet), the output messages per cell, and
+how much of the displayed cell's time is spent inside the view.
 
     .venv/bin/python benchmarks/bench_magic.py [--cells 200]
 """
@@ -75,9 +76,20 @@ def _ignore(_msg: dict[str, Any]) -> None:
     pass
 
 
-def run_cell(client: Any, code: str) -> float:
+class _Counter:
+    """Counts the output messages (iopub) a cell produces."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+
+    def __call__(self, _msg: dict[str, Any]) -> None:
+        self.messages += 1
+
+
+def run_cell(client: Any, code: str, counter: _Counter | None = None) -> float:
     start = time.perf_counter()
-    reply = client.execute_interactive(code, output_hook=_ignore, timeout=60)
+    hook = counter if counter is not None else _ignore
+    reply = client.execute_interactive(code, output_hook=hook, timeout=60)
     elapsed = time.perf_counter() - start
     if reply["content"]["status"] != "ok":
         raise RuntimeError(f"cell failed: {code!r}: {reply['content']}")
@@ -108,13 +120,14 @@ def main() -> None:
         client.wait_for_ready(timeout=60)
         run_cell(client, SETUP)
         times: dict[str, list[float]] = {kind: [] for kind in CELLS}
+        counters = {kind: _Counter() for kind in CELLS}
         for n in range(options.warmup):
             for code in CELLS.values():
                 run_cell(client, code.format(n=f"warmup {n}"))
         run_cell(client, "VIEW_SECONDS[0] = 0.0")
         for n in range(options.cells):
             for kind, code in CELLS.items():
-                times[kind].append(run_cell(client, code.format(n=n)))
+                times[kind].append(run_cell(client, code.format(n=n), counters[kind]))
         view_seconds = _kernel_float(client, "VIEW_SECONDS[0]")
         check = client.execute_interactive(
             "import agenta_notebook as an; assert len(an.last_trace().nodes) == 11",
@@ -130,14 +143,17 @@ def main() -> None:
     base_median = statistics.median(times["baseline"])
     base_mean = statistics.fmean(times["baseline"])
     print(f"{options.cells} cells of each kind, 10 nested spans per cell, one kernel")
-    print(f"{'cell':<11}{'median ms':>11}{'mean ms':>10}{'added ms (median)':>19}{'ratio':>8}")
+    print(
+        f"{'cell':<11}{'median ms':>11}{'mean ms':>10}{'added ms (median)':>19}{'ratio':>8}"
+        f"{'messages':>10}"
+    )
     for kind, samples in times.items():
         median = statistics.median(samples)
         mean = statistics.fmean(samples)
         added = (median - base_median) * 1e3
         print(
             f"{kind:<11}{median * 1e3:>11.2f}{mean * 1e3:>10.2f}{added:>19.2f}"
-            f"{median / base_median:>8.2f}"
+            f"{median / base_median:>8.2f}{counters[kind].messages / options.cells:>10.1f}"
         )
     quiet_added = (statistics.median(times["quiet"]) - base_median) * 1e3
     shown_added = (statistics.median(times["displayed"]) - base_median) * 1e3

@@ -401,7 +401,13 @@ def test_late_span_is_added_to_its_cell_and_refreshes_the_view(kernel: Kernel) -
     assert during["running"] and by_name(during, "background")[0]["running"]
     assert by_name(during, "call") == []
     kernel.run("%%agenta_trace meanwhile --quiet -o meanwhile\nm = call(2)")
-    kernel.run("release.set(); bg.join(); time.sleep(0.6)")
+    kernel.run(
+        "release.set(); bg.join()\n"
+        "deadline = time.monotonic() + 10  # the trailing refresh comes within the interval\n"
+        "while RECORDERS[0].events[-1][:1] != ['refresh'] or RECORDERS[0].events[-1][2]:\n"
+        "    if time.monotonic() > deadline: break\n"
+        "    time.sleep(0.05)"
+    )
     after = kernel.summary("late")
     assert not after["running"] and after["tokens"] == 15
     assert [(n["name"], n["parent"]) for n in after["nodes"]] == [
@@ -485,7 +491,7 @@ def test_reruns_are_keyed_by_the_cell_id_when_the_frontend_sends_one(kernel: Ker
     same_text = "%%agenta_trace keyed\ncall(1);"
     _execute_with_cell_id(kernel, same_text, "cell-a")
     _execute_with_cell_id(kernel, same_text, "cell-b")  # another cell, same text
-    _execute_with_cell_id(kernel, "%%agenta_trace keyed again\ncall(2);", "cell-a")  # edited
+    _execute_with_cell_id(kernel, "%%agenta_trace 'keyed again'\ncall(2);", "cell-a")  # edited
     events = kernel.value("[[e[0] for e in r.events] for r in RECORDERS]")
     cell_ids = kernel.value(
         "[r.trace.root.record.attributes.get('agenta_notebook.cell_id') for r in RECORDERS]"
