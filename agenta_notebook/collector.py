@@ -266,6 +266,46 @@ _tracer: otel_trace.Tracer | None = None
 _last_trace: Trace | None = None
 
 
+def _move_first(multi: Any, processor: SpanProcessor) -> None:
+    with multi._lock:
+        others = tuple(p for p in multi._span_processors if p is not processor)
+        if len(others) < len(multi._span_processors):
+            multi._span_processors = (processor, *others)
+
+
+def keep_first(provider: TracerProvider, processor: SpanProcessor) -> bool:
+    """Make `processor` the first of `provider`'s span processors, now and after later adds.
+
+    The SDK's multi-span processors call their processors in order, with no try/except:
+    a processor of the user's that raises in `on_start` or `on_end` stops the ones after
+    it from seeing that span. Ours never raises, so running first keeps every trace
+    whole whatever the user's processors do, and theirs still see every span. Processors
+    added later (`provider.add_span_processor`) go after ours: the multi-processor's
+    `add_span_processor` is wrapped on that one instance (no class is patched).
+
+    Relies on the SDK's `_active_span_processor._span_processors` tuple and `_lock`
+    (there since SDK 1.0); on a provider without them, nothing is reordered and False
+    is returned (ours then runs where it was added: last).
+    """
+    multi: Any = getattr(provider, "_active_span_processor", None)
+    if not isinstance(getattr(multi, "_span_processors", None), tuple) or not hasattr(
+        getattr(multi, "_lock", None), "__enter__"
+    ):
+        return False
+    _move_first(multi, processor)
+    add = getattr(multi, "add_span_processor", None)
+    if add is None or getattr(add, "_agenta_notebook_keeps", None) is processor:
+        return True
+
+    def add_span_processor(span_processor: SpanProcessor) -> None:
+        add(span_processor)
+        _move_first(multi, processor)
+
+    add_span_processor._agenta_notebook_keeps = processor  # type: ignore[attr-defined]
+    multi.add_span_processor = add_span_processor
+    return True
+
+
 def get_collector() -> Collector:
     """The process's collector, attached to the tracer provider on first use."""
     global _collector, _provider
@@ -291,6 +331,7 @@ def get_collector() -> Collector:
                 )
             provider = candidate
         provider.add_span_processor(collector)
+        keep_first(provider, collector)
         provider._agenta_notebook_collector = collector  # type: ignore[attr-defined]
         _collector, _provider = collector, provider
         return collector
@@ -369,6 +410,8 @@ def trace(name: str = "trace", *, attributes: Mapping[str, Any] | None = None) -
         raise
     finally:
         otel_context.detach(token)
-        root.end()
-        result.closed = True
-        _set_last_trace(result)
+        try:
+            root.end()  # may raise: a user's span processor (the SDK does not catch)
+        finally:
+            result.closed = True
+            _set_last_trace(result)

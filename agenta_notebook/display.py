@@ -91,10 +91,16 @@ class TraceDisplay:
         self._handle: Any = None
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
-        self._next_allowed = 0.0
+        # The first live redraw waits a little: a cell that ends quickly is drawn twice
+        # only (shown, then settled), not again in between from a timer thread.
+        self._next_allowed = time.monotonic() + MIN_INTERVAL
         self._finished = False
+        #: the tree and static renderings the output shows (to skip unchanged updates)
+        self._static_for: Any = None
+        self._static_sent: dict[str, Any] | None = None
         self._closed = False
         self.redraws = 0
+        self._shown: dict[str, Any] | None = None
         if widget is None:
             widget = _in_kernel()
         if widget:
@@ -107,7 +113,10 @@ class TraceDisplay:
     # -- output -------------------------------------------------------------------------
     def bundle(self) -> dict[str, Any]:
         """The whole output bundle: widget view (if any), `text/html`, `text/plain`."""
-        data = static_bundle(self.trace)
+        tree = self.trace.tree
+        if self._static_sent is None or self._static_for is not tree:
+            self._static_for, self._static_sent = tree, static_bundle(self.trace)
+        data = dict(self._static_sent)
         if self.view is not None and not self.view.closed:
             data.update(self.view.view_bundle())
         return data
@@ -119,7 +128,9 @@ class TraceDisplay:
         """Display the trace in the current output."""
         from IPython.display import display
 
-        self._handle = display(self.bundle(), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+        data = self.bundle()
+        self._handle = display(data, raw=True, display_id=True)  # type: ignore[no-untyped-call]
+        self._shown = data
 
     # -- live ---------------------------------------------------------------------------
     def _on_span(self, _trace: Trace) -> None:
@@ -157,7 +168,10 @@ class TraceDisplay:
             self.view.update()
         self.redraws += 1
         if settle and self._handle is not None:
-            self._handle.update(self.bundle(), raw=True)
+            data = self.bundle()
+            if data != self._shown:  # the same output again would be one more message
+                self._handle.update(data, raw=True)
+                self._shown = data
 
     def finish(self) -> None:
         """Settle to the final state now; spans that end later refresh it again."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
+import numpy as np
 import pandas as pd
 
 from .tree import Figures, SpanNode, Trace, _collector_paused
@@ -55,69 +57,113 @@ COLUMNS: Final[dict[str, str]] = {
 }
 
 
-def _hex(value: int | None, width: int) -> str | None:
-    return None if value is None else f"{value:0{width}x}"
+_COUNTED_ROLES: Final = frozenset({"model call", "unreported model call", "claim counted"})
 
 
-def _row(trace: Trace, trace_hex: str, node: SpanNode) -> list[Any]:
-    record = node.record
-    own: Figures = node.own
-    subtotal: Figures = node.subtotal
-    counted = node.role in ("model call", "unreported model call", "claim counted")
-    return [
-        trace_hex,
-        trace.name,
-        None if node.synthetic else _hex(record.span_id, 16),
-        None if node.parent is None else _hex(node.parent.record.span_id, 16),
-        record.name,
-        node.type,
-        node.depth,
-        record.start_time_ns,
-        record.end_time_ns,
-        node.duration_ms,
-        record.status,
-        node.is_error_origin,
-        record.end_time_ns is None,
-        node.detached,
-        node.role,
-        node.usage.model,
-        node.usage.provider,
-        own.input_tokens,
-        own.output_tokens,
-        own.total_tokens,
-        own.cache_read_tokens,
-        own.cache_write_tokens,
-        own.reasoning_tokens,
-        None if own.cost is None else float(own.cost),
-        node.priced.source if counted else None,
-        node.priced.matched_model if counted else None,
-        own.model_calls == 1,
-        own.unpriced_calls == 1,
-        subtotal.input_tokens,
-        subtotal.output_tokens,
-        subtotal.total_tokens,
-        subtotal.cache_read_tokens,
-        subtotal.cache_write_tokens,
-        subtotal.reasoning_tokens,
-        None if subtotal.cost is None else float(subtotal.cost),
-        subtotal.model_calls,
-        subtotal.unpriced_calls,
-        subtotal.errors,
-        "\n".join(node.warnings) if node.warnings else None,
-    ]
+def _cost(cost: Decimal | None) -> float | None:
+    return None if cost is None else float(cost)
 
 
-def _frame(rows: list[list[Any]]) -> pd.DataFrame:
-    columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * len(COLUMNS)
-    data: dict[str, Any] = {}
-    for (column, dtype), values in zip(COLUMNS.items(), columns, strict=True):
-        dtype_name: Any = dtype
-        if dtype.startswith("datetime64"):
-            times: Any = pd.array(list(values), dtype="Int64")
-            data[column] = pd.to_datetime(times, unit="ns", utc=True)
-        else:
-            data[column] = pd.array(list(values), dtype=dtype_name)
-    return pd.DataFrame(data)
+def _columns(traces: Iterable[Trace]) -> dict[str, list[Any]]:
+    """Every column as one list, built column by column (no per-row lists to transpose)."""
+    nodes: list[SpanNode] = []
+    trace_ids: list[str] = []
+    trace_names: list[str] = []
+    for trace in traces:
+        trace_nodes = trace.tree.nodes
+        nodes.extend(trace_nodes)
+        trace_ids.extend([f"{trace.trace_id:032x}"] * len(trace_nodes))
+        trace_names.extend([trace.name] * len(trace_nodes))
+    records = [node.record for node in nodes]
+    usages = [node.usage for node in nodes]
+    owns: list[Figures] = [node.own for node in nodes]
+    subtotals: list[Figures] = [node.subtotal for node in nodes]
+    priced = [node.priced if node.role in _COUNTED_ROLES else None for node in nodes]
+    columns: dict[str, list[Any]] = {
+        "trace_id": trace_ids,
+        "trace_name": trace_names,
+        "span_id": [None if node.synthetic else f"{node.record.span_id:016x}" for node in nodes],
+        "parent_span_id": [
+            None if node.parent is None else f"{node.parent.record.span_id:016x}" for node in nodes
+        ],
+        "name": [record.name for record in records],
+        "type": [usage.span_type for usage in usages],
+        "depth": [node.depth for node in nodes],
+        "start_time": [record.start_time_ns for record in records],
+        "end_time": [record.end_time_ns for record in records],
+        "duration_ms": [node.duration_ms for node in nodes],
+        "status": [record.status for record in records],
+        "error": [node.is_error_origin for node in nodes],
+        "running": [record.end_time_ns is None for record in records],
+        "detached": [node.detached for node in nodes],
+        "role": [node.role for node in nodes],
+        "model": [usage.model for usage in usages],
+        "provider": [usage.provider for usage in usages],
+    }
+    for column in _TOKEN_COLUMNS:
+        columns[column] = [getattr(own, column) for own in owns]
+    columns["cost"] = [_cost(own.cost) for own in owns]
+    columns["cost_source"] = [None if price is None else price.source for price in priced]
+    columns["priced_model"] = [None if price is None else price.matched_model for price in priced]
+    columns["model_call"] = [own.model_calls == 1 for own in owns]
+    columns["unpriced"] = [own.unpriced_calls == 1 for own in owns]
+    for column in _TOKEN_COLUMNS:
+        columns[f"subtotal_{column}"] = [getattr(subtotal, column) for subtotal in subtotals]
+    columns["subtotal_cost"] = [_cost(subtotal.cost) for subtotal in subtotals]
+    columns["subtotal_model_calls"] = [subtotal.model_calls for subtotal in subtotals]
+    columns["subtotal_unpriced_calls"] = [subtotal.unpriced_calls for subtotal in subtotals]
+    columns["subtotal_errors"] = [subtotal.errors for subtotal in subtotals]
+    columns["warnings"] = ["\n".join(node.warnings) if node.warnings else None for node in nodes]
+    return columns
+
+
+def _integers(values: list[Any]) -> Any:
+    """A nullable Int64 array, built from a numpy array and a mask (pandas' own path
+    for a list with nulls goes through an object array and is several times slower)."""
+    mask = np.fromiter((value is None for value in values), dtype=bool, count=len(values))
+    if mask.any():
+        values = [0 if value is None else value for value in values]
+    data = np.array(values, dtype=np.int64) if values else np.zeros(0, dtype=np.int64)
+    return pd.arrays.IntegerArray(data, mask)
+
+
+def _column(values: list[Any], dtype: str) -> Any:
+    if dtype == "Int64":
+        try:
+            return _integers(values)
+        except (OverflowError, TypeError, ValueError):
+            # A count past 64 bits (a hand-made record, a sum of absurd counts):
+            # keep the exact Python ints rather than fail or wrap around.
+            return pd.array(values, dtype=object)
+    if dtype == "boolean":
+        data = np.fromiter(values, dtype=bool, count=len(values))
+        return pd.arrays.BooleanArray(data, np.zeros(len(values), dtype=bool))
+    if dtype == "Float64":
+        # numpy reads None as NaN, and pandas reads NaN as null (no figure here is NaN)
+        floats = np.array(values, dtype=np.float64) if values else np.zeros(0)
+        return pd.array(floats, dtype="Float64")
+    if dtype.startswith("datetime64"):
+        return pd.to_datetime(_in_int64(values), unit="ns", utc=True)
+    return pd.array(values, dtype=dtype)  # type: ignore[call-overload]
+
+
+def _frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {column: _column(columns[column], dtype) for column, dtype in COLUMNS.items()}
+    )
+
+
+_INT64_MIN: Final = -(2**63) + 1  # the smallest int64 is pandas' NaT
+_INT64_MAX: Final = 2**63 - 1
+
+
+def _in_int64(values: list[Any]) -> Any:
+    """Nanosecond times as Int64; a time that does not fit (a hand-made record) is null."""
+    try:
+        return _integers(values)
+    except (OverflowError, TypeError, ValueError):
+        kept = [v if v is None or _INT64_MIN <= v <= _INT64_MAX else None for v in values]
+        return _integers(kept)
 
 
 def trace_dataframe(trace: Trace) -> pd.DataFrame:
@@ -127,14 +173,9 @@ def trace_dataframe(trace: Trace) -> pd.DataFrame:
 
 def traces_dataframe(traces: Iterable[Trace]) -> pd.DataFrame:
     """The rows of several traces in one frame."""
-    rows: list[list[Any]] = []
-    for trace in traces:
-        nodes = trace.tree.nodes
-        with _collector_paused():  # many small lists, none of them garbage
-            trace_hex = f"{trace.trace_id:032x}"
-            rows.extend([_row(trace, trace_hex, node) for node in nodes])
-    with _collector_paused():
-        return _frame(rows)
+    built = [(trace, trace.tree) for trace in traces]  # build outside the pause below
+    with _collector_paused():  # many lists, none of them garbage
+        return _frame(_columns(trace for trace, _ in built))
 
 
 def spans_dataframe() -> pd.DataFrame:

@@ -261,13 +261,17 @@ class CellRun:
             return
         self._ended = True
         _reset_context(self._token)
-        if error is not None:
-            fail_span(self.root, error)
-        self.root.end()
-        self.trace.closed = True
-        _set_last_trace(self.trace)
-        if self.options.output:
-            self.shell.user_ns[self.options.output] = self.trace
+        try:
+            if error is not None:
+                fail_span(self.root, error)
+            self.root.end()
+        finally:
+            # A span processor of the user's that raises in on_end must not leave the
+            # cell's trace half-settled: it is still closed, returned and bound.
+            self.trace.closed = True
+            _set_last_trace(self.trace)
+            if self.options.output:
+                self.shell.user_ns[self.options.output] = self.trace
         if self._throttle is not None:
             self._throttle.cancel_pending()
         display = self._display

@@ -253,20 +253,18 @@ class TraceTree:
 
     def by_model(self) -> tuple[ModelBreakdown, ...]:
         """Counted usage per model, most expensive first."""
-        groups: dict[str, list[SpanNode]] = {}
+        groups: dict[str, list[Figures]] = {}
         for node in self.nodes:
-            if node.role in ("model call", "unreported model call", "claim counted"):
+            if node.role in _COUNTED_ROLES:
                 model = node.priced.matched_model or node.usage.model or "(unknown model)"
-                groups.setdefault(model, []).append(node)
+                groups.setdefault(model, []).append(node.own)
         rows = []
         for model, members in groups.items():
-            total = NO_FIGURES
-            for node in members:
-                total = total + node.own
+            total = _sum_figures(members)  # one pass, not one Figures per addition
             rows.append(
                 ModelBreakdown(
                     model=model,
-                    calls=sum(1 for node in members if node.own.model_calls),
+                    calls=sum(1 for own in members if own.model_calls),
                     input_tokens=total.input_tokens,
                     output_tokens=total.output_tokens,
                     total_tokens=total.total_tokens,
@@ -283,6 +281,10 @@ class TraceTree:
             for node in self.nodes
             for message in node.warnings
         )
+
+
+#: Roles whose own usage is counted in the trace (rules 2 and 3).
+_COUNTED_ROLES: Final = frozenset({"model call", "unreported model call", "claim counted"})
 
 
 def _count_own(node: SpanNode, below_reports: bool, below: Sequence[Figures]) -> None:
@@ -600,6 +602,7 @@ class Trace:
         self._version = 0
         self._built_version = -1
         self._tree: TraceTree | None = None
+        self._summary: tuple[TraceTree, TraceSummary] | None = None
         self._listeners: list[Listener] = []
         #: set when the traced block has exited; spans may still arrive (rule 10)
         self.closed = root_span_id is None
@@ -694,9 +697,16 @@ class Trace:
         raise KeyError(name)
 
     def summary(self) -> TraceSummary:
-        """Totals, per-model breakdown, unpriced calls and warnings, in one record."""
+        """Totals, per-model breakdown, unpriced calls and warnings, in one record.
+
+        Kept until the tree changes: a display asks for it several times (the static
+        HTML, the text summary, the widget's header) and it walks every node.
+        """
         tree = self.tree
-        return TraceSummary(
+        cached = self._summary
+        if cached is not None and cached[0] is tree and cached[1].name == self.name:
+            return cached[1]
+        summary = TraceSummary(
             name=self.name,
             trace_id=f"{self.trace_id:032x}",
             spans=len(tree.nodes) - (1 if tree.root.synthetic else 0),
@@ -706,6 +716,8 @@ class Trace:
             by_model=tree.by_model(),
             warnings=tree.warnings(),
         )
+        self._summary = (tree, summary)
+        return summary
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per span with own figures, subtotals and cost source (nullable dtypes)."""

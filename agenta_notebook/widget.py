@@ -5,10 +5,15 @@ Two layers:
 - `TreeState` is the pure model of what the tree shows: which spans are expanded, how
   many children of each are paged in, the sort, the filters, the selected span. It turns
   a `TraceTree` into the list of visible `Row`s and knows nothing of widgets.
-- `TraceView` draws those rows with a handful of ipywidgets per visible row (a toggle
-  button, a name button, an `HTML` for the figure columns, in an `HBox`, all sharing one
-  layout and one style model). Row widgets are made the first time a row becomes
-  visible, so a 100,000-span trace shows its first screen with a few hundred models.
+- `TraceView` draws those rows with a constant number of widgets, whatever the size of
+  the trace: a run of rows is one `ToggleButtons` (a button per row: indentation,
+  ▸/▾, name and type) beside one `HTML` (a line of figures per row, 24 px each, so
+  they line up). Clicking a row opens its details pane, inline below it, and expands
+  it; clicking it again closes and collapses it. The rows after a selected row are a
+  second run. The sort/filter/depth controls (behind "⚙ options") and the details
+  pane are made on first use; every widget is created with its final state and a
+  redraw sends only what changed, so a traced cell costs a handful of messages to the
+  front end and a 100,000-span trace displays with a few models.
 
 Figures come from the core only (`node.subtotal`, `node.own`, `node.priced`,
 `trace.summary()`); every string from a span is escaped (see `html.escape`), since
@@ -17,6 +22,7 @@ ipywidgets' `HTML` inserts its value as raw markup.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,13 +50,28 @@ PAGE_SIZE: Final = 100
 AUTO_BUDGET: Final = 60
 #: No more rows than this are drawn at once, whatever is expanded.
 MAX_ROWS: Final = 1_000
-#: Row widgets of rows no longer visible are closed beyond this many.
-ROW_CACHE: Final = 1_500
 #: Indentation classes stop here; deeper rows indent like this depth.
 MAX_INDENT: Final = 16
 #: Width of the name column (pixels) at depth 0; indentation is taken from it.
 NAME_WIDTH: Final = 340
 INDENT: Final = 16
+
+
+_shared: list[tuple[Any, Any, Any, Any]] = []
+
+
+def _shared_models() -> tuple[Any, Any, Any, Any]:
+    """The layout and the styles (button, HTML, toggle buttons) every view shares.
+
+    Made once per process (four models; again only if something closed them, e.g.
+    `Widget.close_all()`), so that a displayed trace does not create and later close
+    its own: each would be one more message to the front end per cell.
+    """
+    if not _shared or any(model.comm is None for model in _shared[0]):
+        _shared[:] = [
+            (widgets.Layout(), widgets.ButtonStyle(), HTMLStyle(), widgets.ToggleButtonsStyle())
+        ]
+    return _shared[0]
 
 
 def live_widget_count() -> int:
@@ -292,34 +313,33 @@ class TreeState:
 # -- the widget ------------------------------------------------------------------------------
 
 
+@functools.cache
 def _css() -> str:
-    indent = "".join(
-        f".agn-root .agn-row.agn-lv{n}{{padding-left:{n * INDENT}px}}"
-        f".agn-root .agn-lv{n} .agn-name.jupyter-button"
-        f"{{width:{NAME_WIDTH - n * INDENT}px !important}}"
-        f".agn-root .agn-more.agn-lv{n}{{margin-left:{26 + n * INDENT}px !important}}"
-        for n in range(MAX_INDENT + 1)
-    )
     return (
         "<style>"
-        ".agn-root{font-size:13px}"
-        ".agn-root .agn-rows{gap:0;margin:0}"
-        ".agn-root .agn-row{align-items:center;margin:0;gap:0;"
-        "border-bottom:1px solid var(--jp-border-color2,#eee)}"
-        ".agn-root .agn-row:hover{background:var(--jp-layout-color2,#f3f3f3)}"
-        ".agn-root .agn-row.agn-selected{background:var(--jp-brand-color3,#dbeafe)}"
-        ".agn-root .agn-row .jupyter-button{height:24px;margin:0;background:transparent;"
-        "box-shadow:none;color:var(--jp-ui-font-color1,#222)}"
-        ".agn-root .agn-toggle.jupyter-button{width:26px !important;min-width:26px;padding:0}"
-        ".agn-root .agn-name.jupyter-button{text-align:left;font-family:inherit;padding:0 4px}"
-        ".agn-root .agn-name.jupyter-button:hover{text-decoration:underline}"
-        ".agn-root .agn-more.jupyter-button{width:auto !important;height:24px;margin:0;"
-        "text-align:left;background:transparent;color:var(--jp-brand-color1,#1565c0)}"
-        ".agn-root .agn-row .agn-toggle,.agn-root .agn-row .agn-name{flex:0 0 auto}"
-        ".agn-root .agn-figs.widget-html{margin:0;height:24px;line-height:24px;"
-        "flex:1 1 auto;min-width:0;overflow:hidden}"
-        ".agn-root .agn-figs .widget-html-content{height:24px;line-height:24px;"
-        "white-space:nowrap;font-variant-numeric:tabular-nums}"
+        ".agn-root{font-size:13px;position:relative}"
+        # A run of rows is one `ToggleButtons` (a button per row: indentation, ▸/▾, name
+        # and type) beside one `HTML` (a line of figures per row), both 24 px a row.
+        ".agn-root .agn-seg{align-items:flex-start;margin:0;gap:0}"
+        f".agn-root .agn-names.widget-toggle-buttons{{width:{NAME_WIDTH + 26}px;"
+        "flex:0 0 auto;margin:0;display:block}"
+        ".agn-root .agn-names>div{display:flex;flex-direction:column}"
+        f".agn-root .agn-names .widget-toggle-button{{width:{NAME_WIDTH + 26}px;height:24px;"
+        "margin:0;padding:0 4px;text-align:left;background:transparent;box-shadow:none;"
+        "border:none;border-bottom:1px solid var(--jp-border-color2,#eee);border-radius:0;"
+        "box-sizing:border-box;color:var(--jp-ui-font-color1,#222);font-family:inherit;"
+        "overflow:hidden;text-overflow:ellipsis;white-space:pre}"
+        ".agn-root .agn-names .widget-toggle-button:hover{text-decoration:underline;"
+        "background:var(--jp-layout-color2,#f3f3f3)}"
+        ".agn-root .agn-names .widget-toggle-button.mod-active{background:transparent}"
+        ".agn-root .agn-names.agn-sel .widget-toggle-button:last-child,"
+        ".agn-root .agn-line.agn-selected{background:var(--jp-brand-color3,#dbeafe)}"
+        ".agn-root .agn-figs.widget-html{margin:0;flex:1 1 auto;min-width:0;overflow:hidden}"
+        ".agn-root .agn-figs .widget-html-content{height:auto;line-height:normal;"
+        "display:block;align-self:stretch}"
+        ".agn-root .agn-line{height:24px;line-height:23px;box-sizing:border-box;"
+        "border-bottom:1px solid var(--jp-border-color2,#eee);white-space:nowrap;"
+        "overflow:hidden;font-variant-numeric:tabular-nums}"
         ".agn-root .agn-c{display:inline-block;text-align:right;padding:0 6px;"
         "vertical-align:top}"
         ".agn-root .agn-dur{width:72px}.agn-root .agn-tok{width:80px}"
@@ -354,28 +374,49 @@ def _css() -> str:
         ".agn-root .agn-details .agn-d-title{font-weight:600;font-size:14px}"
         ".agn-root .agn-details pre{max-height:240px;overflow:auto;font-size:11px}"
         ".agn-root .agn-controls{flex-wrap:wrap;gap:4px;align-items:center}"
-        f"{indent}</style>"
+        ".agn-root .agn-options.jupyter-button{width:auto;height:22px;margin:2px 0;"
+        "padding:0 6px;font-size:12px;background:transparent;box-shadow:none;"
+        "color:var(--jp-brand-color1,#1565c0);position:absolute;top:0;right:0;z-index:1}"
+        ".agn-root .agn-controls{padding-right:120px}"
+        "</style>"
     )
 
 
-class _RowWidgets:
-    """The widgets of one span row: toggle, name button, figures, in one box."""
+INDENT_TEXT: Final = "\u2003"  # an em space per level: kept by HTML, unlike spaces
 
-    __slots__ = ("box", "figures", "name", "toggle")
 
-    def __init__(self, box: Any, toggle: Any, name: Any, figures: Any) -> None:
+def row_label(row: Row, page_size: int = PAGE_SIZE) -> str:
+    """The text of a row's button: indentation, ▸/▾ when it has children, name · type."""
+    indent = INDENT_TEXT * min(row.depth, MAX_INDENT)
+    if row.kind == "more":
+        step = min(page_size, row.remaining)
+        return f"{indent}{INDENT_TEXT} show {step:,} more ({row.remaining:,} not shown)"
+    glyph = ("▾" if row.expanded else "▸") if row.expandable else INDENT_TEXT
+    return f"{indent}{glyph} {label(row.node)}"
+
+
+class _Segment:
+    """A run of consecutive rows: one `ToggleButtons` (the row buttons) beside one `HTML`
+    (the figure lines), in an `HBox`. Three models however many rows it shows."""
+
+    __slots__ = ("box", "figures", "lines", "names", "rows")
+
+    def __init__(self, box: Any, names: Any, figures: Any) -> None:
         self.box = box
-        self.toggle = toggle
-        self.name = name
+        self.names = names
         self.figures = figures
-
-    @property
-    def parts(self) -> tuple[Any, ...]:
-        return (self.box, self.toggle, self.name, self.figures)
+        self.rows: list[Row] = []
+        self.lines: list[str] = []
 
 
 class TraceView:
     """The ipywidgets tree of one trace. `widget` is what is displayed.
+
+    Built to be cheap to display: no widget per row (see the module's docstring), every
+    widget is created with its final state (a trait set afterwards costs one more
+    message to the front end), the sort/filter/depth controls and the details pane are
+    only created when first used (behind "⚙ options" and a click on a row), and a
+    redraw of an unchanged tree sends nothing.
 
     Thread-safe: `update()` may be called from any thread; user events arrive on the
     kernel's thread. `close()` closes every widget this view created.
@@ -393,32 +434,46 @@ class TraceView:
         self._lock = threading.RLock()
         self._closed = False
         self._created: dict[int, Any] = {}
-        self._rows: dict[int, _RowWidgets] = {}
-        self._more: dict[int, Any] = {}
+        self._segments: list[_Segment] = []
+        self._details: Any = None
         self._details_for: tuple[int, SpanNode] | None = None
+        self._controls: Any = None
+        self._control: dict[str, Any] = {}
+        self._options_open = False
         self._syncing_controls = False
         self._types: list[str] = []
-        self.state = TreeState(
-            trace.tree, page_size=page_size, auto_budget=auto_budget, max_rows=max_rows
-        )
-
-        self._layout = self._own(widgets.Layout())
-        self._button_style = self._own(widgets.ButtonStyle())
-        self._html_style = self._own(HTMLStyle())
-        self.header = self._html("", "agn-headbox")
-        self.status = self._html("", "agn-status")
-        self.details = self._html("", "agn-details-box")
-        self.rows_box = self._own(widgets.VBox(layout=self._layout, _dom_classes=("agn-rows",)))
-        self.controls = self._make_controls()
-        self.widget = self._own(
-            widgets.VBox(
-                [self.header, self.controls, self.status, self.rows_box],
-                layout=self._layout,
-                _dom_classes=("agn-root",),
+        with self._lock:
+            tree = trace.tree
+            self.state = TreeState(
+                tree, page_size=page_size, auto_budget=auto_budget, max_rows=max_rows
             )
-        )
-        self._header_for: TraceTree | None = None
-        self.update()
+            shared = _shared_models()
+            self._layout, self._button_style, self._html_style, self._names_style = shared
+            # Everything is made with its final state: no update message follows.
+            rows = self.state.rows()
+            self._header_for: TraceTree | None = tree
+            self._header_part = header_html(trace.summary())
+            # One HTML for the style sheet, the totals, the rows note and the column heads.
+            self.header = self._html(self._header_value(rows), "agn-headbox")
+            self._drawn_tree: TraceTree | None = tree
+            self.options_button = self._button(
+                self._toggle_options,
+                "agn-options",
+                description="⚙ options",
+                tooltip="sort, filter, expand to depth",
+            )
+            self.rows_box = self._own(
+                widgets.VBox(
+                    self._rows_children(rows), layout=self._layout, _dom_classes=("agn-rows",)
+                )
+            )
+            self.widget = self._own(
+                widgets.VBox(
+                    [self.options_button, self.header, self.rows_box],
+                    layout=self._layout,
+                    _dom_classes=("agn-root",),
+                )
+            )
 
     # -- widget bookkeeping -----------------------------------------------------------
     def _own(self, widget: Any) -> Any:
@@ -457,114 +512,160 @@ class TraceView:
             action()
             self._render()
 
-    # -- controls ---------------------------------------------------------------------
+    @property
+    def details(self) -> Any:
+        """The details pane (an `HTML`), created the first time a row is selected."""
+        if self._details is None:
+            self._details = self._html("", "agn-details-box")
+        return self._details
+
+    # -- controls (created on first use) ----------------------------------------------
+    @property
+    def controls(self) -> Any:
+        """The box of sort, filter and depth controls (shown by "⚙ options")."""
+        with self._lock:
+            if self._controls is None:
+                self._controls = self._make_controls()
+            return self._controls
+
+    @property
+    def options_open(self) -> bool:
+        return self._options_open
+
+    def _toggle_options(self) -> None:
+        controls = self.controls
+        self._options_open = not self._options_open
+        parts = [self.options_button]
+        if self._options_open:
+            parts.append(controls)
+        parts += [self.header, self.rows_box]
+        with self.widget.hold_sync():
+            self.widget.children = tuple(parts)
+        self.options_button.description = "⚙ hide options" if self._options_open else "⚙ options"
+
+    def toggle_options(self) -> None:
+        """Show or hide the controls, as clicking "⚙ options" does."""
+        self._event(self._toggle_options)
+
+    def _get_control(self, name: str) -> Any:
+        _ = self.controls
+        return self._control[name]
+
+    @property
+    def sort_control(self) -> Any:
+        return self._get_control("sort")
+
+    @property
+    def text_control(self) -> Any:
+        return self._get_control("text")
+
+    @property
+    def type_control(self) -> Any:
+        return self._get_control("type")
+
+    @property
+    def model_calls_control(self) -> Any:
+        return self._get_control("model_calls")
+
+    @property
+    def errors_control(self) -> Any:
+        return self._get_control("errors")
+
+    @property
+    def depth_control(self) -> Any:
+        return self._get_control("depth")
+
     def _make_controls(self) -> Any:
-        self.sort_control = self._own(
-            widgets.Dropdown(
+        state = self.state
+        self._types = state.types()
+        type_options = [("all types", "")] + [(t, t) for t in self._types]
+        made: dict[str, Any] = {
+            "sort": widgets.Dropdown(
                 options=[("start time", "start"), ("cost", "cost"), ("duration", "duration")],
-                value="start",
+                value=state.sort,
                 description="sort",
                 layout=widgets.Layout(width="170px"),
                 style={"description_width": "32px"},
-            )
-        )
-        self.text_control = self._own(
-            widgets.Text(
+            ),
+            "text": widgets.Text(
+                value=state.text,
                 placeholder="filter by text",
                 continuous_update=False,
                 layout=widgets.Layout(width="170px"),
-            )
-        )
-        self.type_control = self._own(
-            widgets.Dropdown(
-                options=[("all types", "")], value="", layout=widgets.Layout(width="130px")
-            )
-        )
-        self.model_calls_control = self._own(
-            widgets.Checkbox(
-                description="model calls only", indent=False, layout=widgets.Layout(width="130px")
-            )
-        )
-        self.errors_control = self._own(
-            widgets.Checkbox(
-                description="errors only", indent=False, layout=widgets.Layout(width="100px")
-            )
-        )
-        self.depth_control = self._own(
-            widgets.BoundedIntText(value=2, min=0, max=10_000, layout=widgets.Layout(width="60px"))
-        )
-        expand = self._own(
-            widgets.Button(description="expand to depth", layout=widgets.Layout(width="130px"))
-        )
-        collapse = self._own(
-            widgets.Button(description="collapse all", layout=widgets.Layout(width="100px"))
-        )
-        self._own(expand.layout)
-        self._own(expand.style)
-        self._own(collapse.layout)
-        self._own(collapse.style)
-        for control in (
-            self.sort_control,
-            self.text_control,
-            self.type_control,
-            self.model_calls_control,
-            self.errors_control,
-            self.depth_control,
-        ):
+            ),
+            "type": widgets.Dropdown(
+                options=type_options,
+                value=state.span_type if state.span_type in self._types else "",
+                layout=widgets.Layout(width="130px"),
+            ),
+            "model_calls": widgets.Checkbox(
+                value=state.model_calls_only,
+                description="model calls only",
+                indent=False,
+                layout=widgets.Layout(width="130px"),
+            ),
+            "errors": widgets.Checkbox(
+                value=state.errors_only,
+                description="errors only",
+                indent=False,
+                layout=widgets.Layout(width="100px"),
+            ),
+            "depth": widgets.BoundedIntText(
+                value=2, min=0, max=10_000, layout=widgets.Layout(width="60px")
+            ),
+        }
+        expand = widgets.Button(description="expand to depth", layout=widgets.Layout(width="130px"))
+        collapse = widgets.Button(description="collapse all", layout=widgets.Layout(width="100px"))
+        for control in (*made.values(), expand, collapse):
+            self._own(control)
             self._own(control.layout)
             self._own(control.style)
-        self.sort_control.observe(self._on_controls, names="value")
-        self.text_control.observe(self._on_controls, names="value")
-        self.type_control.observe(self._on_controls, names="value")
-        self.model_calls_control.observe(self._on_controls, names="value")
-        self.errors_control.observe(self._on_controls, names="value")
+        self._control = made
+        for name in ("sort", "text", "type", "model_calls", "errors"):
+            made[name].observe(self._on_controls, names="value")
         expand.on_click(
-            lambda _b: self._event(lambda: self.state.expand_to_depth(self.depth_control.value))
+            lambda _b: self._event(lambda: self.state.expand_to_depth(made["depth"].value))
         )
         collapse.on_click(lambda _b: self._event(lambda: self.state.expand_to_depth(0)))
-        box = self._own(
-            widgets.HBox(
-                [
-                    self.sort_control,
-                    self.text_control,
-                    self.type_control,
-                    self.model_calls_control,
-                    self.errors_control,
-                    self.depth_control,
-                    expand,
-                    collapse,
-                ]
-            )
-        )
+        box = widgets.HBox([*made.values(), expand, collapse], _dom_classes=("agn-controls",))
+        self._own(box)
         self._own(box.layout)
-        box.add_class("agn-controls")
         return box
 
     def _on_controls(self, _change: Any) -> None:
         if self._syncing_controls:
             return
+        control = self._control
 
         def apply() -> None:
-            self.state.set_sort(self.sort_control.value)
+            self.state.set_sort(control["sort"].value)
             self.state.set_filter(
-                text=self.text_control.value,
-                span_type=self.type_control.value or None,
-                model_calls_only=bool(self.model_calls_control.value),
-                errors_only=bool(self.errors_control.value),
+                text=control["text"].value,
+                span_type=control["type"].value or None,
+                model_calls_only=bool(control["model_calls"].value),
+                errors_only=bool(control["errors"].value),
             )
 
         self._event(apply)
 
     def _sync_type_options(self) -> None:
+        if self._controls is None:
+            # No controls yet: they are made with the types of the tree they first see;
+            # only a filter on a type that is gone has to be dropped.
+            if self.state.span_type and self.state.span_type not in self.state.types():
+                self.state.set_filter(span_type=None)
+            return
         types = self.state.types()
         if types == self._types:
             return
         self._types = types
-        current = self.type_control.value
+        type_control = self._control["type"]
+        current = type_control.value
         self._syncing_controls = True
         try:
-            self.type_control.options = [("all types", "")] + [(t, t) for t in types]
-            self.type_control.value = current if current in types else ""
+            with type_control.hold_sync():
+                type_control.options = [("all types", "")] + [(t, t) for t in types]
+                type_control.value = current if current in types else ""
         finally:
             self._syncing_controls = False
         if current and current not in types:
@@ -583,142 +684,209 @@ class TraceView:
         """Page in more children, as clicking "show 100 more" does."""
         self._event(lambda: self.state.show_more(span_id))
 
-    def row_widgets(self, span_id: int) -> _RowWidgets | None:
-        """The widgets of a span's row, if it was ever shown and is still open."""
-        return self._rows.get(span_id)
+    def click(self, span_id: int) -> None:
+        """What clicking a row does: open its details and expand it; on the selected row,
+        close them and collapse it."""
+        self._event(lambda: self._click(span_id))
 
-    def more_button(self, span_id: int) -> Any | None:
-        return self._more.get(span_id)
+    def _click(self, span_id: int) -> None:
+        state = self.state
+        node = state.node(span_id)
+        if node is None:
+            return
+        expanded = bool(state.children(node)) and state.is_expanded(node)
+        if span_id == state.selected:
+            state.select(None)
+            if expanded:
+                state.toggle(span_id)
+        else:
+            state.select(span_id)
+            if state.children(node) and not expanded:
+                state.toggle(span_id)
+
+    @property
+    def visible(self) -> list[tuple[Row, str, str]]:
+        """What the rows show, in order: (row, button text, figures HTML)."""
+        out: list[tuple[Row, str, str]] = []
+        for segment in self._segments:
+            if segment.box in self.rows_box.children:
+                out += zip(segment.rows, segment.names._options_labels, segment.lines, strict=True)
+        return out
+
+    def click_row(self, position: int) -> None:
+        """Click the `position`-th visible row as the front end does: it sets the row
+        buttons' `index` and sends a "click" message."""
+        for segment in self._segments:
+            if segment.box not in self.rows_box.children:
+                continue
+            if position < len(segment.rows):
+                segment.names.index = position
+                segment.names._handle_custom_msg({"event": "click"}, [])
+                return
+            position -= len(segment.rows)
+        raise IndexError("no such row")
 
     # -- drawing ----------------------------------------------------------------------
     def update(self) -> None:
-        """Redraw from the trace's current tree (call after spans arrived)."""
+        """Redraw from the trace's current tree (call after spans arrived).
+
+        Nothing is drawn (and nothing sent) when the tree has not changed since the
+        last drawing.
+        """
         with self._lock:
             if self._closed:
                 return
-            self.state.set_tree(self.trace.tree)
+            tree = self.trace.tree
+            if tree is self._drawn_tree:
+                return
+            self.state.set_tree(tree)
+            self._render()
+
+    def _status_html(self, rows: list[Row]) -> str:
+        state = self.state
+        shown = sum(1 for row in rows if row.kind == "span")
+        note = f"{shown:,} of {len(state.tree.nodes):,} spans shown"
+        if state.filter_active:
+            note += " (filtered)"
+        if state.truncated:
+            note += f" · stopped at {state.max_rows:,} rows: collapse or filter to see others"
+        return (
+            f'<div class="agn-note">{escape(note, None)}</div>'
+            '<div class="agn-colhead"><span class="agn-cname">span · type</span>'
+            '<span class="agn-c agn-dur">duration</span><span class="agn-c agn-tok">tokens</span>'
+            '<span class="agn-c agn-cost">cost</span></div>'
+        )
+
+    def _header_value(self, rows: list[Row]) -> str:
+        return _css() + self._header_part + self._status_html(rows)
+
+    @property
+    def status(self) -> Any:
+        """The widget with the rows note ("N of M spans shown"): the header."""
+        return self.header
+
+    def _rows_children(self, rows: list[Row]) -> list[Any]:
+        """The children of the rows box: one run of rows, or the rows up to the selected
+        one, its details pane, and the rows after it."""
+        selected = self.state.selected
+        cut = None
+        if selected is not None:
+            for position, row in enumerate(rows):
+                if row.kind == "span" and row.node.span_id == selected:
+                    cut = position + 1
+                    break
+        if cut is None:
+            return [self._segment(0, rows, False).box]
+        node = rows[cut - 1].node
+        self._draw_details(node)
+        children = [self._segment(0, rows[:cut], True).box, self.details]
+        if cut < len(rows):
+            children.append(self._segment(1, rows[cut:], False).box)
+        return children
+
+    def _segment_state(self, rows: list[Row], selected: bool) -> dict[str, Any]:
+        labels = [row_label(row, self.state.page_size) for row in rows]
+        tooltips = []
+        lines = []
+        for row in rows:
+            if row.kind == "more":
+                tooltips.append("show more")
+                lines.append('<div class="agn-line"></div>')
+                continue
+            node = row.node
+            if row.expandable:
+                hint = "details, and collapse" if row.expanded else "details and expand"
+            else:
+                hint = "details"
+            tooltips.append(f"{node.name[:500]}\n(click: {hint}; again: close)")
+            lines.append(f'<div class="agn-line">{row_figures_html(node)}</div>')
+        if selected and lines:
+            lines[-1] = lines[-1].replace('"agn-line"', '"agn-line agn-selected"', 1)
+        return {
+            "options": [(text, index) for index, text in enumerate(labels)],
+            "labels": tuple(labels),
+            "tooltips": tuple(tooltips),
+            "classes": ("agn-names", "agn-sel") if selected else ("agn-names",),
+            "lines": lines,
+            "figures": "".join(lines),
+        }
+
+    def _segment(self, number: int, rows: list[Row], selected: bool) -> _Segment:
+        """Segment `number` (0 or 1) drawn with `rows`: made the first time, else updated
+        (traits set to their current value send nothing)."""
+        state = self._segment_state(rows, selected)
+        if number < len(self._segments):
+            segment = self._segments[number]
+            segment.rows, segment.lines = rows, state["lines"]
+            names = segment.names
+            if names._options_labels != state["labels"] or names.tooltips != state["tooltips"]:
+                with names.hold_sync():
+                    names.options = state["options"]
+                    names.tooltips = state["tooltips"]
+                    names.index = None
+            names._dom_classes = state["classes"]
+            segment.figures.value = state["figures"]
+            return segment
+        names = self._own(
+            widgets.ToggleButtons(
+                options=state["options"],
+                index=None,
+                tooltips=state["tooltips"],
+                layout=self._layout,
+                style=self._names_style,
+                _dom_classes=state["classes"],
+            )
+        )
+        names.on_msg(lambda widget, content, _buffers: self._on_names_msg(number, content))
+        figures = self._html(state["figures"], "agn-figs")
+        box = self._own(
+            widgets.HBox([names, figures], layout=self._layout, _dom_classes=("agn-seg",))
+        )
+        segment = _Segment(box, names, figures)
+        segment.rows, segment.lines = rows, state["lines"]
+        self._segments.append(segment)
+        return segment
+
+    def _on_names_msg(self, number: int, content: Any) -> None:
+        if not isinstance(content, dict) or content.get("event") != "click":
+            return
+        with self._lock:
+            if self._closed or number >= len(self._segments):
+                return
+            segment = self._segments[number]
+            index = segment.names.index
+            if index is None or not 0 <= index < len(segment.rows):
+                return
+            row = segment.rows[index]
+            # The buttons are not a selection: the clicked one must not stay "pressed".
+            segment.names.index = None
+            if row.kind == "more":
+                self.state.show_more(row.node.span_id)
+            else:
+                self._click(row.node.span_id)
             self._render()
 
     def _render(self) -> None:
         state = self.state
         tree = state.tree
         if self._header_for is not tree:
-            self.header.value = _css() + header_html(self.trace.summary())
+            self._header_part = header_html(self.trace.summary())
             self._sync_type_options()
             self._header_for = tree
+        self._drawn_tree = tree
         rows = state.rows()
-        children: list[Any] = []
-        visible: set[int] = set()
-        selected = state.selected
-        for row in rows:
-            if row.kind == "more":
-                button = self._more_button_for(row)
-                children.append(button)
-                continue
-            span_id = row.node.span_id
-            visible.add(span_id)
-            row_widgets = self._rows.get(span_id)
-            if row_widgets is None:
-                row_widgets = self._new_row(row, span_id == selected)
-            else:
-                self._draw_row(row_widgets, row, span_id == selected)
-            children.append(row_widgets.box)
-            if span_id == selected:
-                self._draw_details(row.node)
-                children.append(self.details)
-        self.rows_box.children = tuple(children)
-        shown = sum(1 for row in rows if row.kind == "span")
-        total = len(tree.nodes)
-        note = f"{shown:,} of {total:,} spans shown"
-        if state.filter_active:
-            note += " (filtered)"
-        if state.truncated:
-            note += f" · stopped at {state.max_rows:,} rows: collapse or filter to see others"
-        self.status.value = (
-            f'<div class="agn-note">{escape(note, None)}</div>'
-            '<div class="agn-colhead"><span class="agn-cname">span · type</span>'
-            '<span class="agn-c agn-dur">duration</span><span class="agn-c agn-tok">tokens</span>'
-            '<span class="agn-c agn-cost">cost</span></div>'
-        )
-        if len(self._rows) > ROW_CACHE:
-            self._evict(visible)
-
-    def _row_state(self, row: Row, selected: bool) -> dict[str, Any]:
-        node = row.node
-        classes = ["agn-row", f"agn-lv{min(row.depth, MAX_INDENT)}"]
-        if selected:
-            classes.append("agn-selected")
-        if node.is_error_origin:
-            classes.append("agn-error")
-        if node.running:
-            classes.append("agn-running")
-        return {
-            "toggle": {
-                "description": ("▾" if row.expanded else "▸") if row.expandable else "",
-                "disabled": not row.expandable,
-                "tooltip": ("collapse" if row.expanded else "expand") if row.expandable else "",
-            },
-            "name": {
-                "description": label(node),
-                "tooltip": node.name[:500],
-            },
-            "figures": row_figures_html(node),
-            "box": tuple(classes),
-        }
-
-    def _new_row(self, row: Row, selected: bool) -> _RowWidgets:
-        span_id = row.node.span_id
-        state = self._row_state(row, selected)
-        toggle = self._button(lambda: self.state.toggle(span_id), "agn-toggle", **state["toggle"])
-        name = self._button(lambda: self.state.select(span_id), "agn-name", **state["name"])
-        figures = self._html(state["figures"], "agn-figs")
-        box = self._own(
-            widgets.HBox([toggle, name, figures], layout=self._layout, _dom_classes=state["box"])
-        )
-        row_widgets = _RowWidgets(box, toggle, name, figures)
-        self._rows[span_id] = row_widgets
-        return row_widgets
-
-    def _draw_row(self, row_widgets: _RowWidgets, row: Row, selected: bool) -> None:
-        state = self._row_state(row, selected)
-        # Traits set to their current value send nothing, so an unchanged row is free.
-        with row_widgets.toggle.hold_sync():
-            for key, value in state["toggle"].items():
-                setattr(row_widgets.toggle, key, value)
-        with row_widgets.name.hold_sync():
-            for key, value in state["name"].items():
-                setattr(row_widgets.name, key, value)
-        row_widgets.figures.value = state["figures"]
-        row_widgets.box._dom_classes = state["box"]
-
-    def _more_button_for(self, row: Row) -> Any:
-        parent_id = row.node.span_id
-        step = min(self.state.page_size, row.remaining)
-        description = f"show {step:,} more ({row.remaining:,} not shown)"
-        classes = ("agn-more", f"agn-lv{min(row.depth, MAX_INDENT)}")
-        button = self._more.get(parent_id)
-        if button is None:
-            button = self._button(
-                lambda: self.state.show_more(parent_id), *classes, description=description
-            )
-            self._more[parent_id] = button
-        else:
-            with button.hold_sync():
-                button.description = description
-                button._dom_classes = classes
-        return button
+        self.rows_box.children = tuple(self._rows_children(rows))
+        self.header.value = self._header_value(rows)
 
     def _draw_details(self, node: SpanNode) -> None:
         if self._details_for is not None and self._details_for[1] is node:
             return
         self._details_for = (node.span_id, node)
-        self.details.value = details_html(node)
-
-    def _evict(self, visible: set[int]) -> None:
-        for span_id in [s for s in self._rows if s not in visible]:
-            for part in self._rows.pop(span_id).parts:
-                self._created.pop(id(part), None)
-                part.close()
+        value = details_html(node)
+        if self._details is None:
+            self._details = self._html(value, "agn-details-box")
+        else:
+            self._details.value = value
 
     # -- output -----------------------------------------------------------------------
     def view_bundle(self) -> dict[str, Any]:
@@ -739,10 +907,13 @@ class TraceView:
             self._closed = True
             created = list(self._created.values())
             self._created.clear()
-            self._rows.clear()
-            self._more.clear()
+            self._segments.clear()
         for widget in reversed(created):
             try:
                 widget.close()
             except Exception:  # a half-torn-down kernel must not stop the others closing
                 pass
+
+
+# Made at import, so that they never count as a view's models.
+_shared_models()

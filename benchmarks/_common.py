@@ -11,7 +11,7 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 #: CPU time of this process: on a shared machine it is much steadier than wall time.
@@ -26,6 +26,17 @@ def best_of(repeats: int, run: Callable[[], Any]) -> float:
         run()
         best = min(best, clock() - started)
     return best
+
+
+def plain_pass(spans: Iterable[Any]) -> int:
+    """The baseline of the roll-up timings: one plain pass over finished SDK spans that
+    reads one attribute of each (how many are LLM-typed)."""
+    llm = 0
+    for span in spans:
+        attributes = span.attributes
+        if attributes is not None and attributes.get("ag.type.node") == "llm":
+            llm += 1
+    return llm
 
 
 def _first_line(path: str, prefix: str) -> str | None:

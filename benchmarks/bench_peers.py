@@ -27,7 +27,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PEERS_VENV = HERE / ".venv-peers"
@@ -100,12 +99,11 @@ def _child(calls: int, rounds: int) -> None:
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     store = tempfile.mkdtemp(prefix="agenta-bench-mlflow-")
-    import mlflow
-    from mlflow.entities.trace_location import MlflowExperimentLocation
-    from mlflow.tracing.client import TracingClient
-    from mlflow.tracing.display import disable_notebook_display
-
+    import mlflow  # type: ignore[import-not-found, unused-ignore]
     from _common import BARE_ATTRIBUTES, bare_opentelemetry, clock
+    from mlflow.entities.trace_location import MlflowExperimentLocation  # type: ignore[import-not-found, unused-ignore]
+    from mlflow.tracing.client import TracingClient  # type: ignore[import-not-found, unused-ignore]
+    from mlflow.tracing.display import disable_notebook_display  # type: ignore[import-not-found, unused-ignore]
 
     uri = Path(store).as_uri()
     mlflow.set_tracking_uri(uri)
@@ -113,7 +111,7 @@ def _child(calls: int, rounds: int) -> None:
     mlflow.tracing.set_destination(MlflowExperimentLocation(experiment))
     disable_notebook_display()
 
-    @mlflow.trace(span_type="LLM")
+    @mlflow.trace(span_type="LLM")  # type: ignore[untyped-decorator, unused-ignore]
     def traced_call() -> None:
         span = mlflow.get_current_active_span()
         assert span is not None, "MLflow tracing is not recording"
@@ -155,7 +153,9 @@ def _child(calls: int, rounds: int) -> None:
         "version": mlflow.__version__,
         "peer_per_call": min(peer_times) / calls,
         "bare_per_call": min(bare_times) / calls,
-        "median_ratio": statistics.median(p / b for p, b in zip(peer_times, bare_times)),
+        "median_ratio": statistics.median(
+            p / b for p, b in zip(peer_times, bare_times, strict=True)
+        ),
         "traces_written": written,
     }
     print("PEER " + json.dumps(result), flush=True)

@@ -8,6 +8,7 @@ import time
 from decimal import Decimal
 
 import ipywidgets
+import pytest
 from conftest import RecordFactory
 
 import agenta_notebook as an
@@ -15,7 +16,7 @@ from agenta_notebook.collector import Collector
 from agenta_notebook.display import MIN_INTERVAL, TraceDisplay, open_view_count
 from agenta_notebook.html import format_money, format_tokens
 from agenta_notebook.tree import SpanEvent, SpanRecord, Trace
-from agenta_notebook.widget import PAGE_SIZE, TraceView, live_widget_count
+from agenta_notebook.widget import PAGE_SIZE, Row, TraceView, live_widget_count
 
 LLM = "llm"
 
@@ -47,16 +48,34 @@ def wide_trace(records: RecordFactory, groups: int = 5, per_group: int = 300) ->
 
 
 def names(view: TraceView) -> list[str]:
-    """The span names of the rows in the rows box, in order."""
-    shown = []
-    by_box = {id(w.box): span_id for span_id, w in view._rows.items()}
-    for child in view.rows_box.children:
-        span_id = by_box.get(id(child))
-        if span_id is not None:
-            node = view.state.node(span_id)
-            assert node is not None
-            shown.append(node.name)
-    return shown
+    """The span names of the visible rows, in order."""
+    return [row.node.name for row, _label, _line in view.visible if row.kind == "span"]
+
+
+class RowView:
+    """One visible row as the tests look at it: its button text and its figures line."""
+
+    def __init__(self, view: TraceView, row: Row, label: str, figures: str) -> None:
+        self.view = view
+        self.row = row
+        self.label = label
+        self.figures = figures
+
+    def click(self) -> None:
+        """Click the row's button (where the row is now), through the front end's protocol."""
+        for position, (row, _label, _line) in enumerate(self.view.visible):
+            if row.kind == self.row.kind and row.node is self.row.node:
+                self.view.click_row(position)
+                return
+        raise AssertionError("the row is not shown")
+
+
+def row_of(view: TraceView, span_id: int, kind: str = "span") -> RowView | None:
+    """The visible row of a span (or its "show more" row), if shown."""
+    for row, label, line in view.visible:
+        if row.kind == kind and row.node.span_id == span_id:
+            return RowView(view, row, label, line)
+    return None
 
 
 def test_rows_show_the_core_figures(records: RecordFactory) -> None:
@@ -65,22 +84,22 @@ def test_rows_show_the_core_figures(records: RecordFactory) -> None:
     try:
         assert names(view) == ["root", "agent", "plan", "local", "tool"]
         for node in trace.nodes:
-            widgets = view.row_widgets(node.span_id)
+            widgets = row_of(view, node.span_id)
             assert widgets is not None
-            figures = widgets.figures.value
+            figures = widgets.figures
             assert format_tokens(node.subtotal.total_tokens) in figures
             cost = format_money(node.subtotal.cost, node.subtotal.unpriced_calls)
             assert cost in figures
-            assert widgets.name.description.startswith(node.name)
-        root = view.row_widgets(trace.root.span_id)
+            assert node.name in widgets.label
+        root = row_of(view, trace.root.span_id)
         assert root is not None
-        assert "+ 1 unpriced" in root.figures.value
+        assert "+ 1 unpriced" in root.figures
         agent = trace.find("agent")
         assert agent.mismatch is not None
-        agent_row = view.row_widgets(agent.span_id)
-        assert agent_row is not None and "roll-up" in agent_row.figures.value
-        tool_row = view.row_widgets(trace.find("tool").span_id)
-        assert tool_row is not None and "✖ error" in tool_row.figures.value
+        agent_row = row_of(view, agent.span_id)
+        assert agent_row is not None and "roll-up" in agent_row.figures
+        tool_row = row_of(view, trace.find("tool").span_id)
+        assert tool_row is not None and "✖ error" in tool_row.figures
         header = view.header.value
         totals = trace.totals
         assert format_money(totals.cost, totals.unpriced_calls) in header
@@ -100,11 +119,11 @@ def test_own_cost_shows_where_it_differs() -> None:
     try:
         outer = trace.find("outer")
         assert outer.own.cost is not None and outer.own.cost != outer.subtotal.cost
-        widgets = view.row_widgets(outer.span_id)
+        widgets = row_of(view, outer.span_id)
         assert widgets is not None
-        assert f"own {format_money(outer.own.cost, 0)}" in widgets.figures.value
-        inner = view.row_widgets(trace.find("inner").span_id)
-        assert inner is not None and "own" not in inner.figures.value
+        assert f"own {format_money(outer.own.cost, 0)}" in widgets.figures
+        inner = row_of(view, trace.find("inner").span_id)
+        assert inner is not None and "own" not in inner.figures
     finally:
         view.close()
 
@@ -119,31 +138,34 @@ def test_children_are_created_on_first_expansion_and_paged(records: RecordFactor
         first = live_widget_count() - before
         assert first == view.widget_count
         group = trace.find("group 1")
-        group_row = view.row_widgets(group.span_id)
+        group_row = row_of(view, group.span_id)
         assert group_row is not None
-        assert trace.find("call 1.0").span_id not in view._rows
+        assert row_of(view, trace.find("call 1.0").span_id) is None
 
-        group_row.toggle.click()
+        group_row.click()  # opens its details and expands it
         shown = names(view)
         assert shown[shown.index("group 1") + 1 : shown.index("group 2")] == [
             f"call 1.{i}" for i in range(PAGE_SIZE)
         ]
-        # one HBox, two buttons and one HTML per row, plus one "show more" button
-        assert live_widget_count() - before == first + 4 * PAGE_SIZE + 1
-        more = view.more_button(group.span_id)
-        assert more is not None and more.description == "show 100 more (200 not shown)"
+        # No widget per row: the details pane and the run of rows after it are new.
+        assert view.details in view.rows_box.children
+        assert live_widget_count() - before == first + 4
+        more = row_of(view, group.span_id, "more")
+        assert more is not None and more.label.endswith(" show 100 more (200 not shown)")
 
         more.click()
         assert names(view).count("call 1.199") == 1 and "call 1.200" not in names(view)
-        assert more.description == "show 100 more (100 not shown)"
+        more = row_of(view, group.span_id, "more")
+        assert more is not None and more.label.endswith(" show 100 more (100 not shown)")
         more.click()
         assert "call 1.299" in names(view)
-        assert more not in view.rows_box.children
+        assert row_of(view, group.span_id, "more") is None
 
-        group_row.toggle.click()  # collapse: the rows go, their widgets are kept
+        group_row.click()  # again: collapse
         assert "call 1.0" not in names(view)
+        assert view.details not in view.rows_box.children
         count = live_widget_count()
-        group_row.toggle.click()
+        group_row.click()
         assert live_widget_count() == count
         assert "call 1.299" in names(view)
     finally:
@@ -227,7 +249,7 @@ def test_filters_keep_matches_and_their_ancestors(records: RecordFactory) -> Non
         assert names(view) == ["root", "retrieve"]
         view.type_control.value = ""
         assert len(names(view)) == len(trace.nodes)
-        assert failing.span_id in view._rows
+        assert row_of(view, failing.span_id) is not None
     finally:
         view.close()
 
@@ -276,12 +298,15 @@ def test_details_pane(records: RecordFactory) -> None:
     view = TraceView(trace)
     try:
         assert view.details not in view.rows_box.children
-        widgets = view.row_widgets(call.span_id)
+        widgets = row_of(view, call.span_id)
         assert widgets is not None
-        widgets.name.click()
+        widgets.click()
         children = list(view.rows_box.children)
-        assert children[children.index(widgets.box) + 1] is view.details
-        assert "agn-selected" in widgets.box._dom_classes
+        assert children.index(view.details) == 1  # right after the run ending at "call"
+        selected = row_of(view, call.span_id)
+        assert selected is not None and "agn-selected" in view.visible[-1][2]
+        assert "agn-sel" in view._segments[0].names._dom_classes
+        assert view._segments[0].rows[-1].node.span_id == call.span_id
         text = view.details.value
         assert "ValueError" in text and "bad &lt;input&gt;" in text
         assert "Traceback (most recent call last)" in text
@@ -291,7 +316,7 @@ def test_details_pane(records: RecordFactory) -> None:
         assert node.warnings and any("abc" in w for w in node.warnings)
         assert all(html.escape(w) in text for w in node.warnings)
         assert "own (counted)" in text and "subtotal" in text
-        widgets.name.click()  # again: closes
+        widgets.click()  # again: closes
         assert view.details not in view.rows_box.children
     finally:
         view.close()
@@ -308,12 +333,12 @@ def test_span_strings_never_reach_html_unescaped() -> None:
     try:
         view.select(2)
         values = [view.header.value, view.status.value, view.details.value]
-        values += [w.figures.value for w in view._rows.values()]
+        values += [line for _row, _label, line in view.visible]
         assert all(payload not in value for value in values)
         assert "&lt;img src=x onerror=alert(1)&gt;" in view.details.value
         # Button labels are text (the front end sets textContent), shown verbatim.
-        row = view.row_widgets(2)
-        assert row is not None and row.name.description.startswith(payload)
+        row = row_of(view, 2)
+        assert row is not None and payload in row.label
     finally:
         view.close()
 
@@ -351,10 +376,10 @@ def test_live_refresh_is_coalesced_and_keeps_expansion(records: RecordFactory) -
         visible = names(view)
         assert "call 0.0" in visible and "call 0.1" in visible  # under steps 0 and 1
         assert "call 0.2" not in visible  # step 2 stayed collapsed
-        root_row = view.row_widgets(root.span_id)
+        root_row = row_of(view, root.span_id)
         assert root_row is not None
-        assert format_tokens(trace.totals.total_tokens) in root_row.figures.value
-        assert "running" not in root_row.figures.value
+        assert format_tokens(trace.totals.total_tokens) in root_row.figures
+        assert "running" not in root_row.figures
 
         # A span that ends after finish() still reaches the view.
         late = records.add("late call", steps[0], type=LLM, **usage(10))
@@ -427,14 +452,15 @@ def test_output_bundle_in_a_real_kernel() -> None:
         "import agenta_notebook as an\n"
         "from agenta_notebook.display import show_trace\n"
         "from agenta_notebook.widget import live_widget_count\n"
+        "before = live_widget_count()\n"
         "with an.trace('kernel demo') as t:\n"
         "    shown = show_trace(t)\n"
         "    with an.span('call', type='llm'):\n"
         "        an.record_usage(model='gpt-4o-mini', input_tokens=100, output_tokens=10)\n"
         "shown.finish()\n"
-        "created = live_widget_count()\n"
+        "created = live_widget_count() - before\n"
         "shown.close()\n"
-        "print(created, live_widget_count())\n"
+        "print(created, live_widget_count() - before)\n"
     )
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(code)]
@@ -457,13 +483,106 @@ def test_running_and_detached_markers(records: RecordFactory) -> None:
     trace = Trace(records.trace_id, "root", root_span_id=root.span_id, records=records.all)
     view = TraceView(trace)
     try:
-        going = view.row_widgets(trace.find("still going").span_id)
-        orphan = view.row_widgets(trace.find("orphan").span_id)
-        done = view.row_widgets(trace.root.span_id)
+        going = row_of(view, trace.find("still going").span_id)
+        orphan = row_of(view, trace.find("orphan").span_id)
+        done = row_of(view, trace.root.span_id)
         assert going is not None and orphan is not None and done is not None
-        assert "⏳ running" in going.figures.value and "agn-running" in going.box._dom_classes
-        assert "⤴ detached" in orphan.figures.value
-        assert "detached" not in going.figures.value and "running" not in orphan.figures.value
+        assert "⏳ running" in going.figures
+        assert "⤴ detached" in orphan.figures
+        assert "detached" not in going.figures and "running" not in orphan.figures
         assert "(2 running)" in view.header.value
     finally:
         view.close()
+
+
+def _count_updates(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records the widget state updates sent to the front end (one message each)."""
+    sent: list[str] = []
+    original = ipywidgets.Widget.send_state
+
+    def send_state(self: ipywidgets.Widget, key: object = None) -> None:
+        sent.append(type(self).__name__)
+        original(self, key)
+
+    monkeypatch.setattr(ipywidgets.Widget, "send_state", send_state)
+    return sent
+
+
+def test_a_plain_display_is_cheap(records: RecordFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No controls and no details pane until used; two widgets per row; widgets made with
+    their final state, so creating the view sends no updates."""
+    trace = small_trace(records)
+    sent = _count_updates(monkeypatch)
+    before = live_widget_count()
+    view = TraceView(trace)
+    try:
+        assert sent == []
+        rows = len(names(view))
+        assert rows == len(trace.nodes)
+        # header, options, rows box, root box, and one run of rows: row buttons, figures
+        # and their box; layout and styles are shared. No widget per row.
+        assert live_widget_count() - before == 7 == view.widget_count
+        assert view._controls is None and view._details is None
+        assert len(view.rows_box.children) == 1 and len(view.visible) == rows
+
+        view.update()  # nothing changed: nothing is sent
+        assert sent == []
+        view.toggle_options()
+        assert view.controls in view.widget.children
+        assert view.options_button.description == "⚙ hide options"
+        view.toggle_options()
+        assert view.controls not in view.widget.children
+        assert view.options_button.description == "⚙ options"
+    finally:
+        view.close()
+    assert live_widget_count() == before
+
+
+def test_clicking_a_row_opens_details_and_expands(records: RecordFactory) -> None:
+    trace = wide_trace(records, groups=2, per_group=3)
+    view = TraceView(trace, auto_budget=1)
+    try:
+        assert names(view) == ["root", "group 0", "group 1"]
+        group = trace.find("group 0")
+        row = row_of(view, group.span_id)
+        assert row is not None and row.label == "\u2003▸ group 0 · agent"  # indented
+        row.click()
+        assert names(view) == ["root", "group 0", "call 0.0", "call 0.1", "call 0.2", "group 1"]
+        assert view.state.selected == group.span_id
+        opened = row_of(view, group.span_id)
+        assert opened is not None and opened.label == "\u2003▾ group 0 · agent"
+        leaf = row_of(view, trace.find("call 0.1").span_id)
+        assert leaf is not None
+        leaf.click()  # another row: its details; group 0 stays open
+        assert view.state.selected == trace.find("call 0.1").span_id
+        assert "call 0.2" in names(view)
+        row.click()  # group 0 again: selected, already open
+        assert "call 0.2" in names(view) and view.state.selected == group.span_id
+        row.click()  # the selected row: details close and it collapses
+        assert names(view) == ["root", "group 0", "group 1"]
+        assert view.state.selected is None and view.details not in view.rows_box.children
+    finally:
+        view.close()
+
+
+def test_finish_sends_the_output_again_only_when_it_changed(records: RecordFactory) -> None:
+    class Handle:
+        def __init__(self) -> None:
+            self.updates = 0
+
+        def update(self, _data: object, raw: bool = False) -> None:
+            self.updates += 1
+
+    trace = small_trace(records)
+    shown = TraceDisplay(trace, widget=True)
+    handle = Handle()
+    try:
+        shown._handle, shown._shown = handle, shown.bundle()
+        shown.finish()
+        assert handle.updates == 0
+        trace.add_records([records.add("late", type=LLM, **usage(10))])
+        shown.finish()
+        assert handle.updates == 1
+        assert "late" in names(shown.view)
+    finally:
+        shown.close()

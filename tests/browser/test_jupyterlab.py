@@ -220,17 +220,34 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, str]]:
         shutil.copy(tmp_path / "jupyter.log", OUTPUT / "jupyterlab-server.log")
 
 
+ROW_BUTTON = ".agn-names .widget-toggle-button"
+
+
 def _row(page: Any, name: str) -> Any:
-    """The row whose name button shows exactly `name` (with its type)."""
-    return page.locator(".agn-row").filter(
-        has=page.locator(".agn-name", has_text=re.compile("^" + re.escape(name) + "( · |$)"))
+    """The row button that shows exactly `name` (after its indentation and ▸/▾ toggle,
+    with its type)."""
+    return page.locator(ROW_BUTTON).filter(
+        has_text=re.compile(r"^[\s\u2003▸▾]*" + re.escape(name) + "( · |$)")
     )
 
 
+def _cells(row: Any) -> Any:
+    """The figure columns of a row: the line at the same place in the figures beside it,
+    which must sit on the same line of the screen as the row's button."""
+    index = row.evaluate("b => Array.from(b.parentElement.children).indexOf(b)")
+    segment = row.locator("xpath=ancestor::div[contains(@class, 'agn-seg')][1]")
+    line = segment.locator(".agn-figs .agn-line").nth(index)
+    button_box, line_box = row.bounding_box(), line.bounding_box()
+    assert button_box is not None and line_box is not None
+    assert abs(button_box["y"] - line_box["y"]) <= 1.5, (button_box, line_box)
+    return line
+
+
 def _figures(row: Any) -> tuple[str, str]:
+    cells = _cells(row)
     return (
-        row.locator(".agn-cost").first.inner_text().split("own")[0].strip(),
-        row.locator(".agn-tok").inner_text().strip(),
+        cells.locator(".agn-cost").first.inner_text().split("own")[0].strip(),
+        cells.locator(".agn-tok").inner_text().strip(),
     )
 
 
@@ -360,39 +377,48 @@ def _drive(page: Any, base: str, token: str, expected: dict[str, str]) -> None:
     header = page.locator(".agn-header").first.inner_text()
     assert expected["browser demo cost"] in header
 
-    # Collapse everything, then expand level by level.
+    # The controls are behind "⚙ options": collapse everything, then expand level by level
+    # (clicking a row opens its details and expands it).
     output = page.locator(".jp-Cell").first.locator(".agn-root")
+    assert output.locator(".agn-controls").count() == 0
+    output.get_by_role("button", name="⚙ options").click()
     output.get_by_role("button", name="collapse all").click()
     page.wait_for_function(
-        "() => document.querySelectorAll('.jp-Cell:first-child .agn-row').length === 1"
+        "() => document.querySelectorAll("
+        "'.jp-Cell:first-child .agn-names .widget-toggle-button').length === 1"
     )
-    root.locator(".agn-toggle").click()
+    root.click()
     agent = _row(page, "agent")
     agent.wait_for()
     assert _figures(agent) == (expected["agent cost"], expected["agent tokens"])
     assert _row(page, "plan").count() == 0
-    agent.locator(".agn-toggle").click()
+    agent.click()
     for name in ("plan", "tools", "answer"):
         row = _row(page, name)
         row.wait_for()
         assert _figures(row) == (expected[name + " cost"], expected[name + " tokens"])
     tools = _row(page, "tools")
-    tools.locator(".agn-toggle").click()
+    tools.click()
     payload = _row(page, "<img src=x onerror=alert(1)>")
     payload.wait_for()
     error_row = _row(page, "search <script>alert(2)</script>")
     error_row.wait_for()
-    assert "error" in error_row.locator(".agn-marks").inner_text()
-    assert "unpriced" in payload.locator(".agn-marks").inner_text()
+    assert "error" in _cells(error_row).locator(".agn-marks").inner_text()
+    assert "unpriced" in _cells(payload).locator(".agn-marks").inner_text()
 
     # Clicking a row opens its details; span strings show as text.
-    error_row.locator(".agn-name").click()
+    # (Expanding "tools" above opened its details: wait for the clicked row's.)
+    error_row.click()
     details = page.locator(".agn-details").first
     details.wait_for()
+    page.wait_for_function(
+        "() => document.querySelector('.agn-details').innerText.includes('search <script>')"
+    )
+    assert page.locator(".agn-details").count() == 1
     text = details.inner_text()
     assert "ValueError" in text and "no results for <b>query</b>" in text
     assert "attributes" in text and "subtotal" in text
-    payload.locator(".agn-name").click()
+    payload.click()
     page.wait_for_function(
         "() => document.querySelector('.agn-details')"
         " && document.querySelector('.agn-details').innerText.includes('price source')"
@@ -407,11 +433,11 @@ def _drive(page: Any, base: str, token: str, expected: dict[str, str]) -> None:
     # The second cell fills in while it runs, then settles.
     _run_cell(page, 1)
     live = page.locator(".jp-Cell").nth(1)
-    live.locator(".agn-name", has_text="live step 2").wait_for(timeout=30_000)
+    live.locator(ROW_BUTTON, has_text="live step 2").wait_for(timeout=30_000)
     still_running = page.locator(".jp-Notebook-ExecutionIndicator[data-status='busy']").count()
     assert still_running == 1, "the live view should fill in before the cell ends"
     _wait_idle(page)
-    live.locator(".agn-name", has_text="live step 7").wait_for(timeout=10_000)
+    live.locator(ROW_BUTTON, has_text="live step 7").wait_for(timeout=10_000)
     page.wait_for_function(
         "() => !document.querySelectorAll('.jp-Cell')[1].innerText.includes('running')"
     )

@@ -224,6 +224,38 @@ print(f"sum of the own costs: ${frame['cost'].sum():.6f}")
 print(f"root subtotal:        ${frame['subtotal_cost'].iloc[0]:.6f}")
 """)
 md("""
+## 6. A real OpenAI client
+
+`instrument_openai()` records every call made with the `openai` client, priced, with no
+`record_usage`. `demo.client()` talks to a stand-in for the OpenAI API that this package
+runs on 127.0.0.1 (deterministic answers, realistic usage), unless `OPENAI_API_KEY` is
+set: then the same cell calls OpenAI.
+""")
+code("""
+from agenta_notebook import demo
+
+an.instrument_openai()
+client = demo.client()
+""")
+code(
+    """
+%%agenta_trace openai -o openai_trace
+@span(type="agent")
+def ask(question: str) -> str:
+    reply = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": question}]
+    )
+    return reply.choices[0].message.content
+
+
+ask("What is a trace?");
+""",
+    IGNORE,
+)
+code("""
+show_tree(openai_trace)
+""")
+md("""
 ## More
 
 - `%%agenta_trace --quiet` records without showing anything; `%%agenta_trace --save
