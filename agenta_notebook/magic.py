@@ -383,6 +383,10 @@ class TraceMagics(Magics):
             # Registered before anything slow, so that post_run_cell always ends it.
             self._open[id(info)] = (info, run)
             self._by_cell[key] = run
+            # Forget cells whose trace retention dropped (their views are closed already),
+            # so that this map never keeps a dropped trace alive.
+            for stale in [k for k, old in self._by_cell.items() if old.trace.dropped]:
+                del self._by_cell[stale]
             while len(self._by_cell) > REMEMBERED_CELLS:
                 self._by_cell.popitem(last=False)
             run.show()
