@@ -60,3 +60,74 @@ def test_readme_snippets_run_in_a_kernel(tmp_path: Path) -> None:
     assert summary["names"][0] == "answer a question"
     assert summary["openai_calls"] == 1
     assert (tmp_path / "answer.otlp.json").exists()
+
+
+def test_demo_command_opens_the_quickstart_in_jupyterlab(tmp_path: Path) -> None:
+    """The README's first command, as written: installs (into this venv) and serves Lab
+    with the quickstart open. `--no-browser` and the port/token are passed through."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = "readme-demo-test"
+    environment = dict(os.environ, VENV=sys.prefix)
+    environment.pop("OPENAI_API_KEY", None)
+    log = (tmp_path / "demo.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(README.parent / "run"),
+            "demo",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+        ],
+        cwd=README.parent,
+        env=environment,
+        stdout=log,  # a file, not a pipe: pip's output must never block the command
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        contents = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(
+                    f"{base}/api/contents/quickstart.ipynb?token={token}", timeout=5
+                ) as response:
+                    contents = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(1)
+        if contents is None:
+            lines = (tmp_path / "demo.log").read_text(errors="replace").splitlines()
+            shown = "\n".join(line for line in lines if "is ignored" not in line)[-4000:]
+            raise AssertionError(f"JupyterLab did not come up (exit {process.poll()}):\n{shown}")
+        assert contents["type"] == "notebook"
+        assert any(
+            "%%agenta_trace" in "".join(cell["source"]) for cell in contents["content"]["cells"]
+        )
+        # Given a notebook, jupyter-server serves its folder (notebooks/) and Lab opens it.
+        with urllib.request.urlopen(
+            f"{base}/lab/tree/quickstart.ipynb?token={token}", timeout=10
+        ) as response:
+            assert response.status == 200
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
