@@ -673,3 +673,113 @@ def test_genai_agent_span_with_run_totals_is_a_claim() -> None:
     assert trace.totals.input_tokens == 300 and trace.totals.output_tokens == 30
     assert trace.totals.model_calls == 2
     assert trace.totals.cost == expected_cost("gpt-4o", 100, 10) + expected_cost("gpt-4o", 200, 20)
+
+
+# -- the official OpenTelemetry GenAI instrumentation ------------------------------------
+OFFICIAL_SCRIPT = r"""
+import asyncio, json, os, sys, warnings
+import openai
+import agenta_notebook as an
+from agenta_notebook import demo
+from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+an.get_collector()  # our provider is the global one: the instrumentor's spans reach us
+OpenAIInstrumentor().instrument()
+messages = json.loads(sys.argv[1])
+with demo.start() as server:
+    os.environ["OPENAI_API_KEY"] = "sk-dummy-for-the-stand-in"
+    client = openai.OpenAI(base_url=server.base_url, max_retries=0, timeout=10)
+    aclient = openai.AsyncOpenAI(base_url=server.base_url, max_retries=0, timeout=10)
+    usages = []
+    with an.trace("official") as trace:
+        with an.span("agent", type="agent"):
+            reply = client.chat.completions.create(model="gpt-4o", messages=messages)
+            usages.append(reply.usage.model_dump())
+            stream = client.chat.completions.create(
+                model="gpt-4o-mini", messages=messages, stream=True,
+                stream_options={"include_usage": True},
+            )
+            for chunk in stream:
+                if chunk.usage is not None:
+                    usages.append(chunk.usage.model_dump())
+
+            async def fan_out():
+                return await asyncio.gather(*(
+                    aclient.chat.completions.create(model="gpt-4o-mini", messages=messages)
+                    for _ in range(2)
+                ))
+
+            usages.extend(r.usage.model_dump() for r in asyncio.run(fan_out()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = an.instrument_openai()
+    with an.trace("after") as after:
+        client.chat.completions.create(model="gpt-4o", messages=messages)
+    nodes = [
+        {
+            "name": node.name,
+            "parent": node.parent.name if node.parent is not None else None,
+            "model_call": node.usage.is_model_call,
+            "model": node.usage.model,
+            "input": node.own.input_tokens,
+            "output": node.own.output_tokens,
+            "cost": str(node.own.cost),
+            "matched": node.priced.matched_model if node.priced else None,
+        }
+        for node in trace.nodes
+    ]
+    print(json.dumps({
+        "nodes": nodes,
+        "usages": usages,
+        "totals": {"cost": str(trace.totals.cost), "calls": trace.totals.model_calls,
+                   "input": trace.totals.input_tokens, "output": trace.totals.output_tokens},
+        "ours": ours,
+        "warnings": [str(w.message) for w in caught],
+        "after_calls": after.totals.model_calls,
+    }))
+"""
+
+
+def test_official_genai_instrumentation_is_costed_the_same_way() -> None:
+    """Spans of `opentelemetry-instrumentation-openai-v2` (gen_ai.* attributes), made by the
+    real client against the stand-in, in a subprocess (instrumentors patch openai globally):
+    each call once, under its parent, with the tokens the client saw and the table's price;
+    and `instrument_openai()` refuses to add a second instrumentor on top (each call would
+    otherwise be two nested model calls, both counted by rule 2)."""
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-c", OFFICIAL_SCRIPT, json.dumps(MESSAGES)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    calls = [node for node in data["nodes"] if node["model_call"]]
+    assert len(calls) == 4 == len(data["usages"])
+    assert all(node["parent"] == "agent" for node in calls)
+    assert [node["model"] for node in calls].count("gpt-4o") == 1
+    total = Decimal(0)
+    # The async calls may end in either order: match calls to usages as multisets.
+    seen = sorted((node["model"], node["input"], node["output"]) for node in calls)
+    models = ["gpt-4o", "gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini"]
+    wanted = sorted(
+        (model, usage["prompt_tokens"], usage["completion_tokens"])
+        for model, usage in zip(models, data["usages"], strict=True)
+    )
+    assert seen == wanted
+    for node in calls:
+        # this instrumentor version writes no cache-read or reasoning counts: the table
+        # prices what it does write
+        cost = expected_cost(node["model"], node["input"], node["output"])
+        assert Decimal(node["cost"]) == cost, node
+        assert node["matched"] == f"openai/{node['model']}"
+        total += cost
+    assert Decimal(data["totals"]["cost"]) == total
+    assert data["totals"]["calls"] == 4
+    assert data["totals"]["input"] == sum(u["prompt_tokens"] for u in data["usages"])
+    assert data["ours"] is False
+    assert any("opentelemetry-instrumentation-openai-v2" in w for w in data["warnings"])
+    assert data["after_calls"] == 1

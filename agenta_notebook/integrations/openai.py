@@ -20,6 +20,13 @@ trace's root span ends, with status unset, no usage (none was received) and the
 attribute `agenta_notebook.stream.abandoned = True`. The stream itself is left
 open, so code that resumes reading it later behaves exactly as without tracing.
 
+OpenTelemetry's own instrumentation (`opentelemetry-instrumentation-openai-v2`) works
+too, without this function: its `gen_ai.*` spans go to the global provider the collector
+is on, and are read and priced the same way. Its current version (2.4b0) records input
+and output tokens only, no cache-read or reasoning counts, so cached input is priced at
+the full input rate. Use one instrumentor, not both: `instrument_openai()` warns and does
+nothing when the official one is active (each call would be two nested model calls).
+
 Instrument when the extension loads: set the environment variable
 `AGENTA_NOTEBOOK_INSTRUMENT_OPENAI=1` (or `true`, `yes`, `on`) before
 `%load_ext agenta_notebook`; the extension calls `maybe_instrument_on_load()`.
@@ -171,6 +178,15 @@ async def _async_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
     return response
 
 
+def _official_instrumentor_active() -> bool:
+    """True when OpenTelemetry's own OpenAI instrumentor (openai-v2) is instrumenting."""
+    try:
+        module = importlib.import_module("opentelemetry.instrumentation.openai_v2")
+        return bool(module.OpenAIInstrumentor().is_instrumented_by_opentelemetry)
+    except Exception:  # not installed, or an install that does not import
+        return False
+
+
 def instrument_openai() -> bool:
     """Trace every `openai` client call (sync and async) into agenta_notebook's traces.
 
@@ -196,6 +212,16 @@ def instrument_openai() -> bool:
                 "`openinference-instrumentation-openai` packages: "
                 "pip install 'agenta-notebook[openai]'"
             ) from error
+        if _official_instrumentor_active():
+            warnings.warn(
+                "agenta_notebook: OpenAI calls are already traced by the official "
+                "opentelemetry-instrumentation-openai-v2; instrument_openai() does not add "
+                "OpenInference's instrumentor on top, or every call would be recorded "
+                "twice (two nested model calls, both counted). Its gen_ai.* spans are "
+                "costed as they are; to switch, call its OpenAIInstrumentor().uninstrument().",
+                stacklevel=2,
+            )
+            return False
         collector.get_collector()
         provider = collector._provider
         instrumentor = OpenAIInstrumentor()
