@@ -39,6 +39,7 @@ are not traced.
 from __future__ import annotations
 
 import ast
+import keyword
 import re
 import sys
 import threading
@@ -46,9 +47,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import (
     Magics,
     cell_magic,
@@ -79,6 +82,8 @@ CELL_ID_ATTRIBUTE: Final = "agenta_notebook.cell_id"
 
 _HEADER: Final = re.compile(r"[ \t]*%%" + MAGIC_NAME + r"(?:[ \t]+(?P<args>.*?))?[ \t]*\r?\n?\Z")
 _NAME_LENGTH: Final = 80
+#: The code of the method that runs a cell's compiled code (see `_inside_a_running_cell`).
+_RUN_CODE: Final = InteractiveShell.run_code.__code__
 #: How IPython's own transformer spells a cell magic that is left in the cell.
 _MAGIC_CALL: Final = f"get_ipython().run_cell_magic({MAGIC_NAME!r}"
 
@@ -91,6 +96,19 @@ class CellOptions:
     output: str | None = None
     quiet: bool = False
     save: str | None = None
+
+
+def _inside_a_running_cell() -> bool:
+    """True when called from code that a cell is running (IPython's `run_code` is on the
+    stack): a magic transforming its body, or a nested `run_cell`; False for the
+    transformation of a cell about to run."""
+    code = _RUN_CODE
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _header_index(lines: list[str]) -> int | None:
@@ -317,10 +335,16 @@ class TraceMagics(Magics):
     # -- parsing ---------------------------------------------------------------------------
     def parse_line(self, line: str) -> CellOptions:
         """Parse the magic's line; raises `UsageError` (one line) on a bad option."""
-        args = parse_argstring(self.agenta_trace, line)  # type: ignore[no-untyped-call]
+        try:
+            args = parse_argstring(self.agenta_trace, line)  # type: ignore[no-untyped-call]
+        except ValueError as error:  # shlex: "No closing quotation", "No escaped character"
+            raise UsageError(f"%%{MAGIC_NAME}: {error} in {line!r}") from None
+        output = _unquote(args.output)
+        if output is not None and (not output.isidentifier() or keyword.iskeyword(output)):
+            raise UsageError(f"%%{MAGIC_NAME}: -o needs a variable name, not {output!r}")
         return CellOptions(
             name=_unquote(args.name),
-            output=_unquote(args.output),
+            output=output,
             quiet=args.quiet,
             save=_unquote(args.save),
         )
@@ -359,8 +383,25 @@ class TraceMagics(Magics):
         index = _header_index(lines)
         if index is None or self._try_options(_header_arguments(lines[index])) is None:
             return lines
+        if _inside_a_running_cell():
+            # A cell magic around this one (`%%time`, `%%capture`) transforms its body
+            # while the cell runs: no cell event will come for it, so the line is left
+            # for IPython to call the magic function, which traces the body itself.
+            return lines
         header = lines[index].strip()
-        return [f"# {header}\n", *lines[index + 1 :]]
+        body = lines[index + 1 :]
+        first = next((i for i, line in enumerate(body) if line.strip()), None)
+        if first is not None and body[first].startswith("%%"):
+            # Another cell magic next (`%%time`, `%%capture`): IPython only recognises
+            # one on the cell's first line, so the header goes rather than being kept
+            # as a comment; the inner magic runs inside this cell's root span.
+            return body[first:]
+        if first is not None and body[first][:1] in (" ", "\t"):
+            # IPython removes a cell's common indent by looking at its first line, which
+            # was this header: do the same for the body.
+            indent = body[first][: len(body[first]) - len(body[first].lstrip(" \t"))]
+            body = [line[len(indent) :] if line.startswith(indent) else line for line in body]
+        return [f"# {header}\n", *body]
 
     # -- execution events ------------------------------------------------------------------
     def pre_run_cell(self, info: Any) -> None:
@@ -465,26 +506,30 @@ def _run_body(shell: Any, body: str) -> Any:
     """Run `body` like a cell in the user namespace; return its last expression's value."""
     source = shell.transform_cell(body)
     try:
-        module = shell.compile.ast_parse(source)
+        module = shell.transform_ast(shell.compile.ast_parse(source))
+        last: ast.expr | None = None
+        if module.body and isinstance(module.body[-1], ast.Expr):
+            last = module.body.pop().value
+        # Both parts compiled before anything runs: `ast.parse` accepts a top-level
+        # `await`, compiling it outside a coroutine is what fails.
+        statements = shell.compile(module, "<agenta_trace cell>", "exec") if module.body else None
+        expression = (
+            shell.compile(ast.Expression(last), "<agenta_trace cell>", "eval")
+            if last is not None
+            else None
+        )
     except SyntaxError as error:
         if "await" in str(error.msg):
             raise UsageError(
                 "top-level await needs %%agenta_trace on the first line of the cell"
             ) from None
         raise
-    module = shell.transform_ast(module)
-    last: ast.expr | None = None
-    if module.body and isinstance(module.body[-1], ast.Expr):
-        last = module.body.pop().value
     namespace = shell.user_ns
-    if module.body:
-        exec(shell.compile(module, "<agenta_trace cell>", "exec"), shell.user_global_ns, namespace)
-    if last is None:
+    if statements is not None:
+        exec(statements, shell.user_global_ns, namespace)
+    if expression is None:
         return None
-    expression = ast.Expression(last)
-    return eval(
-        shell.compile(expression, "<agenta_trace cell>", "eval"), shell.user_global_ns, namespace
-    )
+    return eval(expression, shell.user_global_ns, namespace)
 
 
 _SHELL_ATTRIBUTE: Final = "_agenta_notebook_magics"

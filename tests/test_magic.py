@@ -207,6 +207,47 @@ def test_magics_inside_the_cell_still_work(kernel: Kernel) -> None:
     assert [n["name"] for n in kernel.summary()["nodes"]].count("call") == 1
 
 
+def test_inside_another_cell_magic(kernel: Kernel) -> None:
+    """`%%time` (or `%%capture`) on the first line runs its body, magic line included,
+    through IPython's transformer while the cell runs: the magic function traces it."""
+    cell = kernel.run("%%time\n%%agenta_trace timed -o timed_run --quiet\ntm = call(11)")
+    assert "Wall time" in stdout(cell)
+    assert kernel.value("tm") == 11
+    assert kernel.value("timed_run.name") == "timed"
+    summary = kernel.summary()
+    assert summary["name"] == "timed"
+    assert [(n["name"], n["parent"]) for n in summary["nodes"]] == [
+        ("timed", None),
+        ("call", "timed"),
+    ]
+
+
+def test_another_cell_magic_after_it(kernel: Kernel) -> None:
+    cell = kernel.run("%%agenta_trace outer --quiet\n\n%%time\nti = call(12)")
+    assert "Wall time" in stdout(cell)
+    assert kernel.value("ti") == 12
+    summary = kernel.summary()
+    assert summary["name"] == "outer"
+    assert [(n["name"], n["parent"]) for n in summary["nodes"]] == [
+        ("outer", None),
+        ("call", "outer"),
+    ]
+    captured = kernel.run("%%agenta_trace --quiet\n%%capture cap\nprint('hidden')\ncall(13)")
+    assert stdout(captured) == ""
+    assert kernel.value("cap.stdout") == "hidden\n"
+    assert [n["name"] for n in kernel.summary()["nodes"]] == ["%%capture cap", "call"]
+
+
+def test_indented_body_runs_as_without_the_magic(kernel: Kernel) -> None:
+    plain = kernel.run("    ind = call(14)\n    ind")
+    traced = kernel.run(
+        "%%agenta_trace --quiet\n    ind2 = call(14)\n    if ind2:\n        ind2 += 0\n    ind2"
+    )
+    for cell in (plain, traced):
+        assert [r["data"]["text/plain"] for r in outputs(cell, "execute_result")] == ["14"]
+    assert by_name(kernel.summary(), "call")
+
+
 # -- async ----------------------------------------------------------------------------------
 
 
@@ -557,6 +598,16 @@ def test_bad_option_is_a_one_line_usage_error(kernel: Kernel) -> None:
     assert kernel.value("not_set_by_bad_cell") is True, "the body did not run"
     missing = kernel.run("%%agenta_trace -o\ncall(1)", fails=True)
     assert stdout(missing) == "UsageError: argument -o/--output: expected one argument\n"
+    quote = kernel.run('%%agenta_trace "my run -o r\nnot_set_by_bad_cell = 1', fails=True)
+    assert outputs(quote, "error") == []
+    assert stdout(quote) == (
+        "UsageError: %%agenta_trace: No closing quotation in '\"my run -o r'\n"
+    )
+    for bad in ("1bad", "''", "class", "a.b"):
+        cell = kernel.run(f"%%agenta_trace -o {bad}\nnot_set_by_bad_cell = 2", fails=True)
+        assert outputs(cell, "error") == []
+        assert stdout(cell).startswith("UsageError: %%agenta_trace: -o needs a variable name")
+    assert kernel.value("not_set_by_bad_cell") is True, "no bad cell ran its body"
 
 
 def test_help_lists_the_options(kernel: Kernel) -> None:
@@ -588,6 +639,14 @@ def test_direct_call_of_the_magic(kernel: Kernel) -> None:
     assert [e["ename"] for e in outputs(failing, "error")] == ["ValueError"]
     assert kernel.summary()["root_error"]
     assert kernel.value("context_leaked()") is False
+    awaiting = kernel.run(
+        "get_ipython().run_cell_magic('agenta_trace', '--quiet', 'await asyncio.sleep(0)')",
+        fails=True,
+    )
+    assert outputs(awaiting, "error") == []
+    assert stdout(awaiting) == (
+        "UsageError: top-level await needs %%agenta_trace on the first line of the cell\n"
+    )
 
 
 def test_save_writes_the_trace_once_complete(kernel: Kernel, tmp_path: Path) -> None:
