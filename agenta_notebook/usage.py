@@ -172,8 +172,11 @@ def parse_token_count(value: Any) -> int | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
-            return int(text)
+        if text.isascii() and text.isdigit():
+            try:
+                return int(text)
+            except ValueError:  # more digits than int() converts (4,300 by default)
+                return None
         try:
             number = float(text)
         except ValueError:
@@ -210,18 +213,29 @@ def parse_cost(value: Any) -> Decimal | None:
 
 
 def _span_type(attributes: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """(the span's type, is it a model call). The type shown is the first vocabulary
+    present (Agenta's, OpenInference's kind, the GenAI operation); the span is a model
+    call when ANY of them says so (rollup.md, "model-call span")."""
+    span_type: str | None = None
     declared = attributes.get(AG_TYPE)
     if isinstance(declared, str) and declared:
         span_type = declared.lower()
-        return span_type, span_type in MODEL_CALL_TYPES
+        if span_type in MODEL_CALL_TYPES:
+            return span_type, True
     kind = attributes.get(OPENINFERENCE_KIND)
     if isinstance(kind, str) and kind:
-        return kind.lower(), kind.upper() in _OPENINFERENCE_MODEL_KINDS
+        if span_type is None:
+            span_type = kind.lower()
+        if kind.upper() in _OPENINFERENCE_MODEL_KINDS:
+            return span_type, True
     operation = attributes.get(GENAI_OPERATION)
     if isinstance(operation, str) and operation:
         operation = operation.lower()
-        return operation, operation not in _GENAI_NON_MODEL_OPERATIONS
-    return None, False
+        if span_type is None:
+            span_type = operation
+        if operation not in _GENAI_NON_MODEL_OPERATIONS:
+            return span_type, True
+    return span_type, False
 
 
 def _first_text(
@@ -262,6 +276,15 @@ def _type_only_usage(attributes: Mapping[str, Any]) -> Usage:
     return cached
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A bad value as a warning quotes it: its repr, shortened."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
 def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
     """Read a span's own usage from its attributes (rollup.md, "Where usage is read from").
 
@@ -287,7 +310,7 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
             raw = attributes[key]
             count = parse_token_count(raw)
             if count is None:
-                warnings.append(f"ignored {key}={raw!r}: not a non-negative token count")
+                warnings.append(f"ignored {key}={_shown(raw)}: not a non-negative token count")
                 continue
             break
         counts[field] = count
@@ -298,7 +321,7 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
         raw = attributes[key]
         cost = parse_cost(raw)
         if cost is None:
-            warnings.append(f"ignored {key}={raw!r}: not a non-negative cost")
+            warnings.append(f"ignored {key}={_shown(raw)}: not a non-negative cost")
             continue
         break
     span_type, is_model_call = _span_type(attributes)

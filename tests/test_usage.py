@@ -145,6 +145,33 @@ def test_type_is_case_insensitive_and_agenta_type_wins() -> None:
     assert usage.span_type == "llm" and usage.is_model_call
 
 
+@pytest.mark.parametrize(
+    ("attributes", "span_type"),
+    [
+        # our span()'s default type with GenAI's chat operation (what an instrumentation
+        # adds to a span a user opened)
+        ({AG_TYPE: "task", "gen_ai.operation.name": "chat"}, "task"),
+        ({AG_TYPE: "agent", "openinference.span.kind": "LLM"}, "agent"),
+        ({"openinference.span.kind": "CHAIN", "gen_ai.operation.name": "embeddings"}, "chain"),
+    ],
+)
+def test_any_vocabulary_can_make_a_model_call(attributes: dict[str, Any], span_type: str) -> None:
+    """rollup.md: a model-call span is one whose type OR OpenInference kind OR GenAI
+    operation says so; the type shown is the first vocabulary present."""
+    usage = read_usage({**attributes, "gen_ai.usage.input_tokens": 5})
+    assert usage.is_model_call and usage.span_type == span_type
+    assert read_usage(attributes).is_model_call
+
+
+def test_agent_operations_and_kinds_do_not_make_a_model_call() -> None:
+    for attributes in (
+        {AG_TYPE: "agent", "gen_ai.operation.name": "invoke_agent"},
+        {"openinference.span.kind": "AGENT", "gen_ai.operation.name": "execute_tool"},
+        {AG_TYPE: "tool", "openinference.span.kind": "TOOL"},
+    ):
+        assert not read_usage({**attributes, "gen_ai.usage.input_tokens": 5}).is_model_call
+
+
 def test_zero_is_not_absent() -> None:
     usage = read_usage({AG_INPUT_TOKENS: 0, AG_COST: 0})
     assert usage.input_tokens == 0 and usage.cost == Decimal(0)
@@ -175,6 +202,9 @@ def test_zero_is_not_absent() -> None:
         (None, None),
         ([1], None),
         ((1,), None),
+        ("\u00b2", None),  # superscript two: str.isdigit() says yes, int() says no
+        ("9" * 5000, None),  # more digits than int() converts
+        ("\u0661\u0662", 12),  # Arabic-Indic digits are numbers to Python
     ],
 )
 def test_parse_token_count(value: Any, expected: int | None) -> None:
@@ -224,6 +254,23 @@ def test_bad_values_become_warnings_and_never_raise() -> None:
     assert len(usage.warnings) == 4
     assert any("'abc'" in warning for warning in usage.warnings)
     assert not usage.reports_usage
+
+
+def test_one_bad_field_leaves_the_others() -> None:
+    usage = read_usage(
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "gpt-4o",
+            "gen_ai.usage.input_tokens": "\u00b2",
+            "gen_ai.usage.output_tokens": 50,
+            "gen_ai.usage.reasoning.output_tokens": "9" * 5000,
+        }
+    )
+    assert usage.is_model_call and usage.model == "gpt-4o"
+    assert usage.input_tokens is None and usage.output_tokens == 50
+    assert usage.reasoning_tokens is None
+    assert len(usage.warnings) == 2
+    assert all(len(warning) < 150 for warning in usage.warnings), "long values are shortened"
 
 
 def test_usage_attributes_writes_agenta_keys_and_skips_none() -> None:
