@@ -336,7 +336,7 @@ def price_usage(usage: Usage) -> PricedCost:
     return PricedCost(priced[0], "price table", priced[1])
 
 
-def _usage_from_mapping(usage: Mapping[str, Any]) -> dict[str, int | None]:
+def _usage_from_mapping(usage: Mapping[str, Any], keep_bad: bool = False) -> dict[str, Any]:
     """Token counts from a usage dict in OpenAI's, GenAI's or Anthropic's names.
 
     Anthropic's `input_tokens` leaves out the cache tokens (`cache_read_input_tokens`,
@@ -344,10 +344,16 @@ def _usage_from_mapping(usage: Mapping[str, Any]) -> dict[str, int | None]:
     everywhere else (rollup.md rule 5).
     """
 
-    def first(*keys: str) -> int | None:
+    def count(value: Any) -> Any:
+        parsed = parse_token_count(value)
+        # `keep_bad`: a value that is not a count is passed on as it is, for the span to
+        # carry it and show the warning (rollup.md rule 7), instead of vanishing here.
+        return value if parsed is None and keep_bad and value is not None else parsed
+
+    def first(*keys: str) -> Any:
         for key in keys:
             if key in usage and usage[key] is not None:
-                return parse_token_count(usage[key])
+                return count(usage[key])
         return None
 
     input_tokens = first("input_tokens", "prompt_tokens")
@@ -357,17 +363,19 @@ def _usage_from_mapping(usage: Mapping[str, Any]) -> dict[str, int | None]:
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     if isinstance(details, Mapping):
         if cache_read is None:
-            cache_read = parse_token_count(details.get("cached_tokens"))
+            cache_read = count(details.get("cached_tokens"))
         if cache_write is None:
-            cache_write = parse_token_count(details.get("cache_write_tokens"))
+            cache_write = count(details.get("cache_write_tokens"))
     details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
     if reasoning is None and isinstance(details, Mapping):
-        reasoning = parse_token_count(details.get("reasoning_tokens"))
+        reasoning = count(details.get("reasoning_tokens"))
     anthropic_read = first("cache_read_input_tokens")
     anthropic_write = first("cache_creation_input_tokens")
     if anthropic_read is not None or anthropic_write is not None:
-        if input_tokens is not None:
-            input_tokens += (anthropic_read or 0) + (anthropic_write or 0)
+        if type(input_tokens) is int:
+            for extra in (anthropic_read, anthropic_write):
+                if type(extra) is int:
+                    input_tokens += extra
         cache_read = anthropic_read if cache_read is None else cache_read
         cache_write = anthropic_write if cache_write is None else cache_write
     return {
@@ -380,9 +388,14 @@ def _usage_from_mapping(usage: Mapping[str, Any]) -> dict[str, int | None]:
     }
 
 
-def usage_from_any(usage: Usage | Mapping[str, Any] | Any) -> dict[str, int | None]:
+def usage_from_any(
+    usage: Usage | Mapping[str, Any] | Any, keep_bad: bool = False
+) -> dict[str, Any]:
     """Token counts from our `Usage`, a dict (OpenAI or GenAI names), or an object
-    with such attributes (an OpenAI `CompletionUsage`, say)."""
+    with such attributes (an OpenAI `CompletionUsage`, say).
+
+    A value that is not a token count is `None`, or with `keep_bad` the value itself
+    (what `record_usage` writes on the span, so that the span warns about it)."""
     if isinstance(usage, Usage):
         return {
             "input_tokens": usage.input_tokens,
@@ -393,18 +406,19 @@ def usage_from_any(usage: Usage | Mapping[str, Any] | Any) -> dict[str, int | No
             "reasoning_tokens": usage.reasoning_tokens,
         }
     if isinstance(usage, Mapping):
-        return _usage_from_mapping(usage)
+        return _usage_from_mapping(usage, keep_bad)
     dump = getattr(usage, "model_dump", None)
     if callable(dump):
         dumped = dump()
         if isinstance(dumped, Mapping):
-            return _usage_from_mapping(dumped)
+            return _usage_from_mapping(dumped, keep_bad)
     return _usage_from_mapping(
         {
             key: getattr(usage, key)
             for key in ("input_tokens", "output_tokens", "prompt_tokens", "completion_tokens")
             if hasattr(usage, key)
-        }
+        },
+        keep_bad,
     )
 
 

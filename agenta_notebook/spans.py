@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import warnings
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Final, ParamSpec, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
@@ -22,9 +23,24 @@ R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fails(error: BaseException) -> bool:
-    # Closing a generator early is how consumers stop it, not a failure.
-    return not isinstance(error, GeneratorExit)
+#: Set (True) on a span whose code was cancelled (`asyncio.CancelledError`).
+CANCELLED_ATTRIBUTE: Final = "agenta_notebook.cancelled"
+
+
+def _settle(span: otel_trace.Span, error: BaseException) -> None:
+    """Record how `error` ended `span`.
+
+    Closing a generator early is how consumers stop it, not a failure. A cancelled task
+    is not a failure either: when one task of an `asyncio.TaskGroup` (or a `gather`)
+    fails, its siblings are cancelled, and counting each as an error would count one
+    exception several times (rollup.md rule 8); the span is marked cancelled instead.
+    """
+    if isinstance(error, GeneratorExit):
+        return
+    if isinstance(error, asyncio.CancelledError):
+        span.set_attribute(CANCELLED_ATTRIBUTE, True)
+        return
+    fail_span(span, error)
 
 
 class SpanSpec:
@@ -66,7 +82,7 @@ class SpanSpec:
                         _record_returned_usage(span, result)
                     return result
                 except BaseException as error:
-                    fail_span(span, error)
+                    _settle(span, error)
                     raise
                 finally:
                     otel_context.detach(token)
@@ -84,7 +100,7 @@ class SpanSpec:
                     _record_returned_usage(span, result)
                 return result
             except BaseException as error:
-                fail_span(span, error)
+                _settle(span, error)
                 raise
             finally:
                 otel_context.detach(token)
@@ -106,8 +122,8 @@ class SpanSpec:
         traceback: TracebackType | None,
     ) -> None:
         span, token = _close_block(self)
-        if exc is not None and _fails(exc):
-            fail_span(span, exc)
+        if exc is not None:
+            _settle(span, exc)
         otel_context.detach(token)
         span.end()
 
@@ -183,8 +199,7 @@ def _generator_wrapper(
                 except BaseException as error:
                     to_throw = error
         except BaseException as error:
-            if _fails(error):
-                fail_span(span, error)
+            _settle(span, error)
             raise
         finally:
             span.end()
@@ -230,8 +245,7 @@ def _async_generator_wrapper(
                 except BaseException as error:
                     to_throw = error
         except BaseException as error:
-            if _fails(error):
-                fail_span(span, error)
+            _settle(span, error)
             raise
         finally:
             span.end()
@@ -280,7 +294,9 @@ def _record_returned_usage(span: otel_trace.Span, result: Any) -> None:
     if not isinstance(result, Mapping) or not ("usage" in result or "cost" in result):
         return
     raw_usage = result.get("usage")
-    counts: dict[str, Any] = usage_from_any(raw_usage) if raw_usage is not None else {}
+    counts: dict[str, Any] = (
+        usage_from_any(raw_usage, keep_bad=True) if raw_usage is not None else {}
+    )
     model = result.get("model")
     span.set_attributes(
         usage_attributes(
@@ -337,7 +353,7 @@ def record_usage(
             )
         )
         return
-    counts: dict[str, Any] = usage_from_any(usage)
+    counts: dict[str, Any] = usage_from_any(usage, keep_bad=True)
     given = {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,

@@ -8,6 +8,7 @@ Bad values never raise: they are dropped for that field and become a warning.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -170,6 +171,10 @@ def parse_token_count(value: Any) -> int | None:
         if math.isfinite(value) and value >= 0 and value.is_integer():
             return int(value)
         return None
+    if isinstance(value, numbers.Integral):  # numpy and other integer types
+        return parse_token_count(int(value))
+    if isinstance(value, numbers.Real):  # numpy float32, fractions
+        return parse_token_count(float(value))
     if isinstance(value, str):
         text = value.strip()
         if text.isascii() and text.isdigit():
@@ -200,6 +205,10 @@ def parse_cost(value: Any) -> Decimal | None:
         if not math.isfinite(value):
             return None
         number = Decimal(repr(value))
+    elif isinstance(value, numbers.Integral):
+        number = Decimal(int(value))
+    elif isinstance(value, numbers.Real):
+        return parse_cost(float(value))
     elif isinstance(value, str):
         try:
             number = Decimal(value.strip())
@@ -374,9 +383,17 @@ def usage_attributes(
         if value is None:
             continue
         if type(value) not in _ATTRIBUTE_TYPES:
+            # OpenTelemetry carries str, bool, int and float: a Decimal cost travels as a
+            # float (what Agenta's backend reads), exact to 17 significant digits.
             if isinstance(value, Decimal):
                 value = float(value)
-            elif not isinstance(value, str | bool | int | float):
+            elif isinstance(value, str | bool | int | float):
+                pass
+            elif isinstance(value, numbers.Integral):  # numpy integers
+                value = int(value)
+            elif isinstance(value, numbers.Real):  # numpy floats
+                value = float(value)
+            else:
                 value = repr(value)
         attributes[key] = value
     return attributes

@@ -189,6 +189,38 @@ def test_rule_3_claim_counts_only_once_even_when_nested(records: RecordFactory) 
     assert node(tree, "agent").role == node(tree, "chain").role == "claim not counted"
 
 
+def test_rule_3_a_claimed_cost_that_differs_is_flagged(records: RecordFactory) -> None:
+    root = records.add("root")
+    agent = records.add(
+        "agent", root, type="agent", **{"ag.metrics.unit.costs.total": 0.5}, **genai(total=300)
+    )
+    records.add("a", agent, type="llm", **{"ag.metrics.unit.costs.total": 0.1}, **genai(total=300))
+    tree = build_tree(records.all)
+    assert tree.totals.cost == Decimal("0.1")
+    mismatch = node(tree, "agent").mismatch
+    assert mismatch is not None and "cost 0.5 vs 0.1" in mismatch
+    assert "tokens" not in mismatch, "the tokens agree"
+
+
+def test_a_model_call_without_usage_over_calls_that_report_is_a_wrapper(
+    records: RecordFactory,
+) -> None:
+    """An llm-typed function wrapping an instrumented client call (which reports): one
+    model call, not two; a lone llm span with no usage is one unreported (unpriced) call."""
+    root = records.add("root")
+    wrapper = records.add("ask_llm", root, type="llm")
+    records.add("chat", wrapper, type="llm", **genai(input=10, output=5, model="gpt-4o"))
+    records.add("lonely", root, type="llm")
+    tree = build_tree(records.all)
+    assert node(tree, "ask_llm").role == "model call wrapper"
+    assert node(tree, "ask_llm").own.model_calls == 0
+    assert node(tree, "ask_llm").subtotal.model_calls == 1
+    assert node(tree, "lonely").role == "unreported model call"
+    assert tree.totals.model_calls == 2
+    assert tree.totals.unpriced_calls == 1
+    assert tree.totals.total_tokens == 15
+
+
 def test_rule_3_with_real_spans_and_the_mismatch_warning() -> None:
     with an.trace("agent run") as result:
         with an.span("agent", type="agent"):

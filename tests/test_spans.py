@@ -463,3 +463,67 @@ def test_spans_outside_a_trace_are_not_kept() -> None:
         pass
     after = {t.trace_id for t in an.get_collector().traces()}
     assert after <= before
+
+
+def test_numpy_counts_and_costs_are_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    with an.trace("numpy") as trace:
+        with an.span("direct", type="llm"):
+            an.record_usage(
+                model="gpt-4o", input_tokens=np.int64(1000), output_tokens=np.int32(100)
+            )
+        with an.span("dict", type="llm"):
+            an.record_usage(
+                model="gpt-4o",
+                usage={"prompt_tokens": np.int64(1000), "completion_tokens": np.uint16(100)},
+                cost=np.float32(0.5),
+            )
+    direct, through_dict = trace.nodes[1:]
+    for node in (direct, through_dict):
+        assert (node.own.input_tokens, node.own.output_tokens) == (1000, 100)
+        assert not node.warnings
+    assert direct.own.cost == an.calculate_cost(
+        "gpt-4o", {"input_tokens": 1000, "output_tokens": 100}
+    )
+    assert through_dict.own.cost == Decimal("0.5")
+
+
+def test_bad_values_in_a_usage_dict_are_warned_on_the_span() -> None:
+    @an.span(type="llm")
+    def legacy() -> dict[str, Any]:
+        return {"cost": 0.01, "usage": {"prompt_tokens": "abc", "completion_tokens": -5}}
+
+    with an.trace("bad dicts") as trace:
+        with an.span("via usage=", type="llm"):
+            an.record_usage(model="gpt-4o", usage={"prompt_tokens": "abc", "completion_tokens": 7})
+        legacy()
+    via_usage, returned = trace.nodes[1:]
+    assert via_usage.own.output_tokens == 7 and via_usage.own.input_tokens is None
+    assert [w for w in via_usage.warnings if "'abc'" in w]
+    assert len(returned.warnings) == 2 and returned.own.cost == Decimal("0.01")
+
+
+def test_cancelled_siblings_are_not_errors() -> None:
+    """One failure in an asyncio.TaskGroup cancels the siblings: one error origin, and
+    the cancelled spans say so (rollup.md rule 8)."""
+
+    @an.span(type="llm")
+    async def call(index: int) -> None:
+        if index == 0:
+            await asyncio.sleep(0.01)
+            raise ValueError("one failure")
+        await asyncio.sleep(5)
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as group:
+            for index in range(4):
+                group.create_task(call(index))
+
+    with pytest.raises(ExceptionGroup), an.trace("group") as trace:
+        asyncio.run(main())
+    calls = [node for node in trace.nodes if node.type == "llm"]
+    assert len(calls) == 4
+    assert trace.totals.errors == 1
+    assert sum(node.is_error_origin for node in calls) == 1
+    cancelled = [n for n in calls if n.record.attributes.get("agenta_notebook.cancelled")]
+    assert len(cancelled) == 3 and all(n.record.status == "UNSET" for n in cancelled)
