@@ -126,6 +126,10 @@ def _record_from_public_api(span: ReadableSpan) -> SpanRecord:
     )
 
 
+#: Dropped traces still waiting for open spans, at most (spans that never end).
+MAX_DRAINING: Final = 256
+
+
 class Collector(SpanProcessor):
     """Keeps the spans of traces opened by `trace()` or the cell magic, by trace id.
 
@@ -139,6 +143,9 @@ class Collector(SpanProcessor):
         self.max_traces = max_traces
         self.max_spans = max_spans
         self._traces: OrderedDict[int, Trace] = OrderedDict()
+        # Dropped traces that still had open spans: they get those spans when they end
+        # (rollup.md rule 10, and `--save`, which waits for them), then are forgotten.
+        self._draining: OrderedDict[int, Trace] = OrderedDict()
         self._lock = threading.Lock()
         self._drop_listeners: list[DropListener] = []
 
@@ -165,6 +172,12 @@ class Collector(SpanProcessor):
                 if context.span_id == trace.root_span_id:
                     # A finished block may now be dropped, and may have passed the bound.
                     self._retain()
+            elif self._draining:
+                trace = self._draining.get(context.trace_id)
+                if trace is not None:
+                    trace._span_ended(context.span_id, span)
+                    if not trace.running:
+                        self._draining.pop(context.trace_id, None)
         except Exception:
             pass
 
@@ -222,6 +235,11 @@ class Collector(SpanProcessor):
 
     def _dropped(self, trace: Trace) -> None:
         trace.dropped = True
+        if trace.running:
+            with self._lock:
+                self._draining[trace.trace_id] = trace
+                while len(self._draining) > MAX_DRAINING:
+                    self._draining.popitem(last=False)
         for listener in tuple(self._drop_listeners):
             try:
                 listener(trace)

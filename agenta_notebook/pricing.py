@@ -313,13 +313,23 @@ def price_usage(usage: Usage) -> PricedCost:
     cache_read = min(usage.cache_read_tokens or 0, input_tokens)
     cache_write = min(usage.cache_write_tokens or 0, input_tokens - cache_read)
     reasoning = min(usage.reasoning_tokens or 0, output_tokens)
+    # The response's model first; then the one asked for (a provider answering
+    # "gpt-4o-2024-08-06" or "my-llama:latest" to a request for "gpt-4o" / "my-llama").
+    names = (model,) if usage.request_model is None else (model, usage.request_model)
     try:
         if _overrides:
-            prices = _override_for(model, usage.provider)
-            if prices is not None:
-                cost = _override_cost(prices, input_tokens, output_tokens, cache_read, cache_write)
-                return PricedCost(cost, "override", model)
-        known = _table_match(model, usage.provider)
+            for name in names:
+                prices = _override_for(name, usage.provider)
+                if prices is not None:
+                    cost = _override_cost(
+                        prices, input_tokens, output_tokens, cache_read, cache_write
+                    )
+                    return PricedCost(cost, "override", name)
+        known = None
+        for name in names:
+            known = _table_match(name, usage.provider)
+            if known is not None:
+                break
         if known is None:
             return UNPRICED
         linear = _linear_price(*known)

@@ -92,6 +92,7 @@ _MODEL_KEYS: Final = (
     "llm.model_name",
     "embedding.model_name",
 )
+_REQUEST_MODEL_KEYS: Final = (AG_REQUEST_MODEL, "gen_ai.request.model")
 _PROVIDER_KEYS: Final = (
     AG_PROVIDER,
     "gen_ai.provider.name",
@@ -127,6 +128,9 @@ class Usage:
     span_type: str | None = None
     is_model_call: bool = False
     warnings: tuple[str, ...] = ()
+    #: The model asked for, when the span names one that differs from `model` (the
+    #: response's): prices set or known for it apply when `model` has none.
+    request_model: str | None = None
 
     @property
     def reports_usage(self) -> bool:
@@ -334,6 +338,8 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
             continue
         break
     span_type, is_model_call = _span_type(attributes)
+    model = _first_text(attributes, _MODEL_KEYS, present)
+    request_model = _first_text(attributes, _REQUEST_MODEL_KEYS, present)
     return Usage(
         input_tokens=counts["input_tokens"],
         output_tokens=counts["output_tokens"],
@@ -342,7 +348,8 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
         cache_write_tokens=counts["cache_write_tokens"],
         reasoning_tokens=counts["reasoning_tokens"],
         cost=cost,
-        model=_first_text(attributes, _MODEL_KEYS, present),
+        model=model,
+        request_model=request_model if request_model != model else None,
         provider=_first_text(attributes, _PROVIDER_KEYS, present),
         span_type=span_type,
         is_model_call=is_model_call,

@@ -176,6 +176,42 @@ def test_retention_never_drops_a_trace_whose_block_is_still_running(
     assert [t.name for t in collector.traces()] == ["outer"]
 
 
+def test_a_late_span_still_reaches_its_trace_after_retention_dropped_it(
+    collector: Collector,
+) -> None:
+    """rollup.md rule 10: nothing that ended is dropped, even when retention dropped
+    the trace while a background span was still open."""
+    import contextvars
+    import threading
+
+    collector.clear()
+    an.set_retention(max_traces=2)
+    started, release = threading.Event(), threading.Event()
+
+    def work() -> None:
+        with an.span("late", type="llm"):
+            started.set()
+            release.wait(10)
+            an.record_usage(model="gpt-4o", input_tokens=40, output_tokens=2)
+
+    with an.trace("early") as early:
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(work,))
+        thread.start()
+        assert started.wait(10)
+    for index in range(2):
+        with an.trace(f"later {index}"):
+            pass
+    assert early.dropped and early.running
+    changes: list[int] = []
+    early.add_listener(lambda trace: changes.append(1))
+    release.set()
+    thread.join(10)
+    assert not early.running, "the late span's end reached the dropped trace"
+    assert changes, "its listeners heard of it"
+    assert early.totals.total_tokens == 42 and early.totals.model_calls == 1
+    assert not collector._draining, "forgotten once nothing is open"
+
+
 def test_shrinking_retention_drops_at_once(collector: Collector) -> None:
     collector.clear()
     for index in range(4):

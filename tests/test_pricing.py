@@ -191,6 +191,39 @@ def test_user_prices_win_over_the_table_and_price_unknown_models() -> None:
     assert price_usage(usage) is UNPRICED
 
 
+def test_the_requested_model_prices_a_response_model_with_no_price() -> None:
+    """Providers answer with a dated or tagged name: a user price for the model asked for
+    applies, and so does the table's when only the requested name is in it."""
+    set_prices("my-llama", input=1, output=2)
+    tagged = read_usage(
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": "my-llama",
+            "gen_ai.response.model": "my-llama:latest",
+            "gen_ai.usage.input_tokens": 10**6,
+            "gen_ai.usage.output_tokens": 10**6,
+        }
+    )
+    assert tagged.model == "my-llama:latest" and tagged.request_model == "my-llama"
+    assert price_usage(tagged) == PricedCost(Decimal(3), "override", "my-llama")
+    set_prices("gpt-4o", input=1, output=1)
+    dated = Usage(
+        input_tokens=10**6, output_tokens=0, model="gpt-4o-2024-08-06", request_model="gpt-4o"
+    )
+    assert price_usage(dated) == PricedCost(Decimal(1), "override", "gpt-4o")
+    clear_prices()
+    # no user price: the response's own model is in the table, and wins
+    assert price_usage(dated).cost == table("gpt-4o-2024-08-06", "openai", input_tokens=10**6)
+    # an unknown response name falls back to the table price of the requested model
+    odd = Usage(input_tokens=1000, output_tokens=0, model="gpt-4o-xyz-9", request_model="gpt-4o")
+    assert price_usage(odd).cost == table("gpt-4o", "openai", input_tokens=1000)
+    assert price_usage(Usage(input_tokens=1000, output_tokens=0, model="gpt-4o-xyz-9")) is (
+        UNPRICED
+    )
+    same = read_usage({"gen_ai.request.model": "gpt-4o", "gen_ai.response.model": "gpt-4o"})
+    assert same.request_model is None
+
+
 def test_user_cache_write_rate_defaults_to_the_input_rate() -> None:
     set_prices("house-model", input=3, output=15, cache_write="3.75")
     usage = Usage(
