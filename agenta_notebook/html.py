@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from .tree import Figures, ModelBreakdown, SpanEvent, SpanNode, Trace, TraceSummary
+from .usage import shorten
 
 #: Longest span-derived string put into a row (names, types, messages).
 MAX_LABEL: Final = 160
@@ -41,8 +42,8 @@ STATIC_OPEN_BUDGET: Final = 60
 def escape(value: object, limit: int | None = MAX_LABEL) -> str:
     """`value` as text that HTML shows verbatim, cut to `limit` characters."""
     text = value if isinstance(value, str) else str(value)
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 1] + "…"
+    if limit is not None:
+        text = shorten(text, limit)
     return _html.escape(text, quote=True)
 
 
@@ -199,7 +200,7 @@ def cost_cell(node: SpanNode) -> tuple[str, str | None]:
 
 def label(node: SpanNode) -> str:
     """Name and type as plain text (callers escape it)."""
-    name = node.name if len(node.name) <= MAX_LABEL else node.name[: MAX_LABEL - 1] + "…"
+    name = shorten(node.name, MAX_LABEL)
     return f"{name} · {node.type}" if node.type else name
 
 

@@ -66,6 +66,7 @@ from opentelemetry import trace as otel_trace
 from .collector import _set_last_trace, fail_span, get_collector, start_root
 from .threads import disable_thread_propagation, enable_thread_propagation
 from .tree import Trace
+from .usage import shorten
 
 if TYPE_CHECKING:
     from contextvars import Token
@@ -135,9 +136,7 @@ def cell_name(body: str) -> str:
     for line in body.splitlines():
         text = line.strip()
         if text:
-            if len(text) > _NAME_LENGTH:
-                text = text[: _NAME_LENGTH - 1] + "…"
-            return text
+            return shorten(text, _NAME_LENGTH)
     return "cell"
 
 

@@ -289,13 +289,18 @@ def _type_only_usage(attributes: Mapping[str, Any]) -> Usage:
     return cached
 
 
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, the last one "…" when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _shown(value: Any, limit: int = 60) -> str:
     """A bad value as a warning quotes it: its repr, shortened."""
     try:
         text = repr(value)
     except Exception:
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+    return shorten(text, limit)
 
 
 def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
@@ -390,17 +395,14 @@ def usage_attributes(
         if value is None:
             continue
         if type(value) not in _ATTRIBUTE_TYPES:
-            # OpenTelemetry carries str, bool, int and float: a Decimal cost travels as a
-            # float (what Agenta's backend reads), exact to 17 significant digits.
-            if isinstance(value, Decimal):
-                value = float(value)
-            elif isinstance(value, str | bool | int | float):
-                pass
-            elif isinstance(value, numbers.Integral):  # numpy integers
+            # OpenTelemetry carries str, bool, int and float: numpy numbers become those;
+            # a Decimal cost travels as a float (what Agenta's backend reads), exact to 17
+            # significant digits; anything else as its repr, for the span to warn about.
+            if isinstance(value, numbers.Integral):
                 value = int(value)
-            elif isinstance(value, numbers.Real):  # numpy floats
+            elif isinstance(value, Decimal | numbers.Real):
                 value = float(value)
-            else:
+            elif not isinstance(value, str):
                 value = repr(value)
         attributes[key] = value
     return attributes

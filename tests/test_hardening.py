@@ -24,12 +24,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nbclient import NotebookClient
-from nbformat import NotebookNode
+from live_kernel import Kernel, new_client
 
 import agenta_notebook as an
 from agenta_notebook.frame import trace_dataframe
@@ -37,24 +35,6 @@ from agenta_notebook.html import static_html, text_summary
 from agenta_notebook.tree import SpanEvent, SpanRecord, Trace
 
 # -- a real kernel -------------------------------------------------------------------------
-
-
-class Kernel:
-    """Run cells one by one in a live kernel, as a notebook frontend would."""
-
-    def __init__(self, client: NotebookClient) -> None:
-        self.client = client
-
-    def run(self, source: str) -> NotebookNode:
-        cell: NotebookNode = nbformat.v4.new_code_cell(source)  # type: ignore[no-untyped-call]
-        self.client.nb.cells.append(cell)
-        self.client.execute_cell(cell, len(self.client.nb.cells) - 1)
-        return cell
-
-    def value(self, expression: str) -> Any:
-        cell = self.run(f"print('VALUE ' + json.dumps({expression}))")
-        text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
-        return json.loads(text.split("VALUE ", 1)[1])
 
 
 KERNEL_HELPERS = r"""
@@ -135,13 +115,7 @@ def check_concurrent_parents(parents: dict[str, list[str | None]]) -> None:
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
-    path = tmp_path_factory.mktemp("hardening")
-    client = NotebookClient(
-        nbformat.v4.new_notebook(),  # type: ignore[no-untyped-call]
-        timeout=120,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(path)}},
-    )
+    client = new_client(tmp_path_factory.mktemp("hardening"))
     with client.setup_kernel():
         live = Kernel(client)
         live.run("%load_ext agenta_notebook")

@@ -21,7 +21,8 @@ from typing import Any
 import nbformat
 import pytest
 from jupyter_core.utils import run_sync
-from nbclient import NotebookClient
+from live_kernel import Kernel as LiveKernel
+from live_kernel import new_client, stdout
 from nbclient.exceptions import CellExecutionError
 from nbformat import NotebookNode
 
@@ -101,35 +102,12 @@ def record_displays(on=True):
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class Kernel:
-    """A live kernel: run cells one by one, as a notebook frontend would."""
-
-    def __init__(self, client: NotebookClient) -> None:
-        self.client = client
-
-    def run(self, source: str, *, fails: bool = False) -> NotebookNode:
-        cell = nbformat.v4.new_code_cell(source)
-        nb = self.client.nb
-        nb.cells.append(cell)
-        index = len(nb.cells) - 1
-        if fails:
-            with pytest.raises(CellExecutionError):
-                self.client.execute_cell(cell, index)
-        else:
-            self.client.execute_cell(cell, index)
-        return cell
+class Kernel(LiveKernel):
+    """A live kernel with this module's HELPERS loaded."""
 
     def summary(self, expression: str = "") -> dict[str, Any]:
         cell = self.run(f"show({expression})")
         return json.loads(stdout(cell).split("SUMMARY ", 1)[1])
-
-    def value(self, expression: str) -> Any:
-        cell = self.run(f"print('VALUE ' + json.dumps({expression}))")
-        return json.loads(stdout(cell).split("VALUE ", 1)[1])
-
-
-def stdout(cell: NotebookNode) -> str:
-    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
 
 
 def outputs(cell: NotebookNode, kind: str) -> list[NotebookNode]:
@@ -143,13 +121,6 @@ def by_name(summary: dict[str, Any], name: str) -> list[dict[str, Any]]:
 def plain_traceback(error: NotebookNode) -> list[str]:
     lines = [ANSI.sub("", line) for line in error["traceback"]]
     return [re.sub(r"In\[\d+\]", "In[N]", line) for line in lines]
-
-
-def new_client(tmp: Path) -> NotebookClient:
-    nb = nbformat.v4.new_notebook()
-    return NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp)}}
-    )
 
 
 @pytest.fixture(scope="module")
