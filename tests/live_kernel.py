@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nbformat
 import pytest
@@ -50,3 +52,18 @@ class Kernel:
         """The value of `expression` in the kernel, through JSON."""
         cell = self.run(f"import json\nprint('VALUE ' + json.dumps({expression}))")
         return json.loads(stdout(cell).split("VALUE ", 1)[1])
+
+
+K = TypeVar("K", bound=Kernel)
+
+
+@contextmanager
+def started(kind: type[K], path: Path, *setup: str) -> Iterator[K]:
+    """A kernel in `path` with the extension loaded and the `setup` cells run."""
+    client = new_client(path)
+    with client.setup_kernel():
+        live = kind(client)
+        live.run("%load_ext agenta_notebook")
+        for source in setup:
+            live.run(source)
+        yield live

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from live_kernel import Kernel, new_client
+from live_kernel import Kernel, started
 
 import agenta_notebook as an
 from agenta_notebook.frame import trace_dataframe
@@ -115,11 +115,7 @@ def check_concurrent_parents(parents: dict[str, list[str | None]]) -> None:
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
-    client = new_client(tmp_path_factory.mktemp("hardening"))
-    with client.setup_kernel():
-        live = Kernel(client)
-        live.run("%load_ext agenta_notebook")
-        live.run(KERNEL_HELPERS)
+    with started(Kernel, tmp_path_factory.mktemp("hardening"), KERNEL_HELPERS) as live:
         yield live
 
 

@@ -22,7 +22,7 @@ import nbformat
 import pytest
 from jupyter_core.utils import run_sync
 from live_kernel import Kernel as LiveKernel
-from live_kernel import new_client, stdout
+from live_kernel import new_client, started, stdout
 from nbclient.exceptions import CellExecutionError
 from nbformat import NotebookNode
 
@@ -125,11 +125,7 @@ def plain_traceback(error: NotebookNode) -> list[str]:
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
-    client = new_client(tmp_path_factory.mktemp("magic"))
-    with client.setup_kernel():
-        live = Kernel(client)
-        live.run("%load_ext agenta_notebook")
-        live.run(HELPERS)
+    with started(Kernel, tmp_path_factory.mktemp("magic"), HELPERS) as live:
         yield live
 
 
