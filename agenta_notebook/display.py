@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any, Final
 
+from .pricing import add_price_listener
 from .tree import Trace
 
 #: Redraw a live view at most this often (seconds); slower for big trees (see `refresh`).
@@ -43,11 +44,20 @@ def _on_trace_dropped(trace: Trace) -> None:
         view.close()
 
 
+def _on_prices_changed() -> None:
+    """New user prices: every open view redraws with them (rule 15)."""
+    with _registry_lock:
+        views = [view for group in _views_by_trace.values() for view in group]
+    for view in views:
+        view.refresh()
+
+
 def _register(trace: Trace, view: Any) -> None:
     global _drop_listener_for
     from .collector import get_collector
 
     collector = get_collector()
+    add_price_listener(_on_prices_changed)
     with _registry_lock:
         if _drop_listener_for is not collector:
             collector.add_drop_listener(_on_trace_dropped)

@@ -57,9 +57,6 @@ COLUMNS: Final[dict[str, str]] = {
 }
 
 
-_COUNTED_ROLES: Final = frozenset({"model call", "unreported model call", "claim counted"})
-
-
 def _cost(cost: Decimal | None) -> float | None:
     return None if cost is None else float(cost)
 
@@ -78,7 +75,7 @@ def _columns(traces: Iterable[Trace]) -> dict[str, list[Any]]:
     usages = [node.usage for node in nodes]
     owns: list[Figures] = [node.own for node in nodes]
     subtotals: list[Figures] = [node.subtotal for node in nodes]
-    priced = [node.priced if node.role in _COUNTED_ROLES else None for node in nodes]
+    priced = [node.priced if node.counts_usage else None for node in nodes]
     columns: dict[str, list[Any]] = {
         "trace_id": trace_ids,
         "trace_name": trace_names,

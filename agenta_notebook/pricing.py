@@ -7,7 +7,7 @@ auto-update, so nothing is fetched from the network.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -46,6 +46,28 @@ UNPRICED: Final = PricedCost(None, "unpriced")
 
 _overrides: dict[str, ModelPrices] = {}
 _overrides_lock = threading.Lock()
+#: Grows with every change of the user's prices: a tree built under an older version is
+#: stale (rule 15: prices apply when a tree is built, never frozen into a kept copy).
+_prices_version = 0
+_price_listeners: list[Callable[[], None]] = []
+
+
+def prices_version() -> int:
+    """A number that changes whenever `set_prices` or `clear_prices` changes a price."""
+    return _prices_version
+
+
+def add_price_listener(listener: Callable[[], None]) -> None:
+    """Call `listener()` after every change of the user's prices (open views redraw)."""
+    if listener not in _price_listeners:
+        _price_listeners.append(listener)
+
+
+def _prices_changed() -> None:
+    global _prices_version
+    _prices_version += 1
+    for listener in tuple(_price_listeners):
+        listener()
 
 
 def _decimal(value: float | int | str | Decimal) -> Decimal:
@@ -88,6 +110,7 @@ def set_prices(
             raise ValueError(f"prices must be finite and non-negative, got {value}")
     with _overrides_lock:
         _overrides[model.strip().lower()] = prices
+    _prices_changed()
 
 
 def clear_prices(model: str | None = None) -> None:
@@ -97,6 +120,7 @@ def clear_prices(model: str | None = None) -> None:
             _overrides.clear()
         else:
             _overrides.pop(model.strip().lower(), None)
+    _prices_changed()
 
 
 def _override_for(model: str, provider: str | None) -> ModelPrices | None:

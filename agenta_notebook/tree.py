@@ -10,15 +10,29 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import MAX_EMAX, MIN_EMIN, ROUND_HALF_EVEN, Context, Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
-from .pricing import UNPRICED, PricedCost, price_usage
-from .usage import EMPTY_USAGE, Usage, read_usage
+from .pricing import UNPRICED, PricedCost, price_usage, prices_version
+from .usage import (
+    EMPTY_USAGE,
+    GENAI_RESPONSE_ID,
+    REPORTS_CACHE_READ,
+    REPORTS_CACHE_WRITE,
+    REPORTS_COST,
+    REPORTS_INPUT,
+    REPORTS_OUTPUT,
+    REPORTS_REASONING,
+    REPORTS_TOKENS,
+    REPORTS_TOTAL,
+    Usage,
+    read_usage,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -149,11 +163,13 @@ def _add_cost(left: Decimal | None, right: Decimal | None) -> Decimal | None:
 
 #: How a span's own usage entered the roll-up.
 Role = Literal[
-    "model call",  # a model-call span: its own usage counts (rule 2)
-    "unreported model call",  # a model call with no usage anywhere below: counted, unpriced
-    "model call wrapper",  # a model-call span with no usage of its own over calls that report
-    "claim counted",  # not a model call, reports usage, nothing below does (rule 3)
-    "claim not counted",  # not a model call, reports usage, spans below do (rule 3)
+    "model call",  # a lowest model-call span that reports usage (rules 2, 3)
+    "unreported model call",  # a lowest model call reporting nothing: counted, unpriced
+    "failed model call",  # refused with an HTTP error, no usage: 1 call, not unpriced (14)
+    "model call wrapper",  # a model-call span over model-call spans: 0 calls (rule 3)
+    "recorded twice",  # the same call as another span of another scope (rule 13)
+    "claim counted",  # not a model call; reports a figure nothing below reports (rule 2)
+    "claim not counted",  # not a model call; spans below report what it reports (rule 2)
     "none",  # reports nothing
 ]
 
@@ -176,6 +192,12 @@ class SpanNode:
     synthetic: bool = False
     mismatch: str | None = None
     warnings: tuple[str, ...] = ()
+    #: the span counted for the same model call, when this one recorded it too (rule 13)
+    duplicate_of: SpanNode | None = None
+    #: `REPORTS_*` bits of every figure reported in this subtree, this span included
+    reports_in_subtree: int = 0
+    #: a model-call span is in this subtree, this span included
+    call_in_subtree: bool = False
 
     @property
     def span_id(self) -> int:
@@ -196,6 +218,21 @@ class SpanNode:
     @property
     def is_error(self) -> bool:
         return self.record.status == "ERROR"
+
+    @property
+    def counts_usage(self) -> bool:
+        """True when some token count, cost or model call of this span's own is counted."""
+        own = self.own
+        return own is not NO_FIGURES and (
+            own.model_calls > 0
+            or own.cost is not None
+            or own.input_tokens is not None
+            or own.output_tokens is not None
+            or own.total_tokens is not None
+            or own.cache_read_tokens is not None
+            or own.cache_write_tokens is not None
+            or own.reasoning_tokens is not None
+        )
 
     @property
     def duration_ms(self) -> float | None:
@@ -255,7 +292,7 @@ class TraceTree:
         """Counted usage per model, most expensive first."""
         groups: dict[str, list[Figures]] = {}
         for node in self.nodes:
-            if node.role in _COUNTED_ROLES:
+            if node.counts_usage:
                 model = node.priced.matched_model or node.usage.model or "(unknown model)"
                 groups.setdefault(model, []).append(node.own)
         rows = []
@@ -283,65 +320,74 @@ class TraceTree:
         )
 
 
-#: Roles whose own usage is counted in the trace (rules 2 and 3).
-_COUNTED_ROLES: Final = frozenset({"model call", "unreported model call", "claim counted"})
-
-
-def _count_own(node: SpanNode, below_reports: bool, below: Sequence[Figures]) -> None:
-    """Set `role`, `own` and `mismatch` of one node (rules 2, 3, 4, 5, 6, 8)."""
-    usage = node.usage
-    errors = 1 if node.is_error_origin else 0
-    if usage.is_model_call:
-        if usage.reports_usage:
-            node.role = "model call"
-        elif below_reports:
-            node.role = "model call wrapper"
-            node.own = _ONE_ERROR if errors else NO_FIGURES
-            return
-        else:
-            node.role = "unreported model call"
-            node.own = Figures(model_calls=1, unpriced_calls=1, errors=errors)
-            return
-    elif usage.reports_usage:
-        if below_reports:
-            node.role = "claim not counted"
-            summed = _sum_figures(below) if below else NO_FIGURES
-            node.mismatch = _claim_mismatch(usage, summed)
-            node.own = _ONE_ERROR if errors else NO_FIGURES
-            return
-        node.role = "claim counted"
-    else:
-        node.own = _ONE_ERROR if errors else NO_FIGURES
-        return
-    priced = price_usage(usage)
-    node.priced = priced
-    node.own = Figures(
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.effective_total_tokens,
-        usage.cache_read_tokens,
-        usage.cache_write_tokens,
-        usage.reasoning_tokens,
-        _exact_cost(priced.cost),
-        1 if node.role == "model call" else 0,
-        1 if priced.cost is None else 0,
-        errors,
-    )
-
-
-def _claim_mismatch(usage: Usage, below: Figures) -> str | None:
+def _claim_mismatch(usage: Usage, claimed: int, below: Figures) -> str | None:
+    """The visible warning of a claim that differs from what its subtree counts (rule 2)."""
     differences = []
-    for label, claimed, summed in (
-        ("input tokens", usage.input_tokens, below.input_tokens),
-        ("output tokens", usage.output_tokens, below.output_tokens),
-        ("total tokens", usage.effective_total_tokens, below.total_tokens),
-        ("cost", usage.cost, below.cost),
+    for bit, label, stated, summed in (
+        (REPORTS_INPUT, "input tokens", usage.input_tokens, below.input_tokens),
+        (REPORTS_OUTPUT, "output tokens", usage.output_tokens, below.output_tokens),
+        (REPORTS_TOTAL, "total tokens", usage.effective_total_tokens, below.total_tokens),
+        (REPORTS_CACHE_READ, "cache-read tokens", usage.cache_read_tokens, below.cache_read_tokens),
+        (
+            REPORTS_CACHE_WRITE,
+            "cache-write tokens",
+            usage.cache_write_tokens,
+            below.cache_write_tokens,
+        ),
+        (REPORTS_REASONING, "reasoning tokens", usage.reasoning_tokens, below.reasoning_tokens),
     ):
-        if claimed is not None and claimed != (summed or 0):
-            differences.append(f"{label} {claimed} vs {summed if summed is not None else 0}")
+        if claimed & bit and stated is not None and stated != (summed or 0):
+            differences.append(f"{label} {stated} vs {summed if summed is not None else 0}")
+    cost = usage.cost
+    # Only a cost the span states is compared, and only with a fully priced subtree: another
+    # price table may round differently, so costs agree within a relative 1e-6.
+    if claimed & REPORTS_COST and cost is not None and not below.unpriced_calls:
+        summed_cost = below.cost or Decimal(0)
+        if abs(cost - summed_cost) > _COST_TOLERANCE * max(cost, summed_cost):
+            differences.append(f"cost {cost} vs {summed_cost}")
     if not differences:
         return None
     return "roll-up mismatch: this span claims " + ", ".join(differences) + " summed below"
+
+
+_COST_TOLERANCE: Final = Decimal("1e-6")
+
+# Exception types and messages of a request that got an HTTP error response (billed by no
+# provider), told apart from a timeout or a dropped connection (which may have been).
+_HTTP_REFUSAL: Final = re.compile(
+    r"StatusError|BadRequest|Authentication|PermissionDenied|NotFound|Conflict"
+    r"|UnprocessableEntity|RateLimit|InternalServer|ServiceUnavailable|Overloaded"
+    r"|Error code: [45]\d\d|HTTP [45]\d\d|\b[45]\d\d\b"
+)
+_NOT_A_RESPONSE: Final = re.compile(r"Timeout|TimedOut|Connection|Network|Disconnect", re.I)
+
+
+def failed_with_http_response(record: SpanRecord) -> bool:
+    """True when the span failed with an HTTP error response from the provider (rule 14).
+
+    Read from the HTTP status attributes when present, else from `error.type`, the status
+    message and the exception events' type and message.
+    """
+    if record.status != "ERROR":
+        return False
+    attributes = record.attributes
+    for key in ("http.response.status_code", "http.status_code"):
+        code = attributes.get(key)
+        if isinstance(code, int | str) and str(code).isdigit():
+            return 400 <= int(code) < 600
+    texts: list[str] = []
+    for value in (attributes.get("error.type"), record.status_message):
+        if isinstance(value, str):
+            texts.append(value)
+    for event in record.events:
+        if event.name == "exception":
+            for key in ("exception.type", "exception.message"):
+                value = event.attributes.get(key)
+                if isinstance(value, str):
+                    texts.append(value[:2000])
+    if not texts or any(_NOT_A_RESPONSE.search(text) for text in texts):
+        return False
+    return any(_HTTP_REFUSAL.search(text) for text in texts)
 
 
 def _new_node(record: SpanRecord) -> SpanNode:
@@ -439,38 +485,161 @@ def _build_tree(records: Iterable[SpanRecord], root_span_id: int | None, name: s
                 seen.update(id(n) for n in _preorder(node, set()))
         order = _preorder(root)
 
+    _pair_recorded_twice(order)
     _roll_up(order)
     return TraceTree(trace_id, root, tuple(order), by_id)
 
 
+# Scopes of frameworks and wrappers: when they record a call that a client library's
+# instrumentation records too, the client's span (closest to the HTTP request) counts.
+_FRAMEWORK_SCOPE: Final = re.compile(
+    r"langchain|langgraph|litellm|llama[_-]?index|agenta|crewai|dspy|haystack|agents"
+    r"|autogen|instructor|guardrails|pydantic[_-]ai|mcp|beeai|smolagents",
+    re.IGNORECASE,
+)
+# A provider's response id inside an OpenInference `output.value` (a JSON document).
+_RESPONSE_ID_IN_OUTPUT: Final = re.compile(
+    r'"id"\s*:\s*"((?:chatcmpl|cmpl|resp|msg|gen|req|compl)[-_][A-Za-z0-9_-]{4,200})"'
+)
+_DATE_SUFFIX: Final = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+
+
+def _closeness_to_request(node: SpanNode) -> tuple[int, int, int, int]:
+    """Sort key: client-library spans first, then the innermost (shortest) span."""
+    record = node.record
+    framework = 1 if record.scope and _FRAMEWORK_SCOPE.search(record.scope) else 0
+    end = record.end_time_ns or record.start_time_ns
+    return framework, end - record.start_time_ns, record.start_time_ns, record.span_id
+
+
+def _response_ids(node: SpanNode) -> frozenset[str]:
+    attributes = node.record.attributes
+    ids: set[str] = set()
+    stated = attributes.get(GENAI_RESPONSE_ID)
+    if isinstance(stated, str) and stated:
+        ids.add(stated)
+    output = attributes.get("output.value")
+    if isinstance(output, str) and '"id"' in output:
+        ids.update(_RESPONSE_ID_IN_OUTPUT.findall(output[:200_000]))
+    return frozenset(ids)
+
+
+def _call_key(node: SpanNode) -> tuple[str, int | None, int | None, bool] | None:
+    """What two records of one call share when no response id tells them apart: the
+    model (without provider prefix or date suffix) and the token counts (both inclusive
+    of cache tokens, rule 5). A failed call without usage is keyed by its model alone."""
+    usage = node.usage
+    model = usage.model
+    if model is None:
+        return None
+    name = _DATE_SUFFIX.sub("", model.strip().lower().rsplit("/", 1)[-1])
+    failed = node.record.status == "ERROR"
+    if usage.input_tokens is None and usage.output_tokens is None and not failed:
+        return None
+    return name, usage.input_tokens, usage.output_tokens, failed
+
+
+def _contains(outer: SpanNode, inner: SpanNode) -> bool:
+    """One span's time interval contains the other's (either way round)."""
+    a, b = outer.record, inner.record
+    if a.end_time_ns is None or b.end_time_ns is None:
+        return False
+    return (a.start_time_ns <= b.start_time_ns and b.end_time_ns <= a.end_time_ns) or (
+        b.start_time_ns <= a.start_time_ns and a.end_time_ns <= b.end_time_ns
+    )
+
+
+def _pair_recorded_twice(order: list[SpanNode]) -> None:
+    """Rule 13: one call recorded by two instrumentations side by side counts once.
+
+    Only lowest model-call spans (no model call below them) of different scopes are
+    paired, so a pair is never nested (nesting is rule 2's case). A span is the same call
+    as an earlier one when both carry a response id and share it, or else when model and
+    token counts are equal and one time interval contains the other. Spans are taken
+    client-library first, innermost first, so the one closest to the HTTP request is the
+    one counted, whatever the order of arrival; each counted span takes at most one twin
+    per scope, and spans of the same scope are never twins.
+    """
+    calls = [
+        node
+        for node in order
+        if node.usage.is_model_call and not node.synthetic and node.record.end_time_ns is not None
+    ]
+    if len(calls) < 2 or len({node.record.scope for node in calls}) < 2:
+        return
+    call_above: set[int] = set()  # ids of nodes that have a model-call span below them
+    for node in reversed(order):
+        parent = node.parent
+        if parent is not None and (node.usage.is_model_call or id(node) in call_above):
+            call_above.add(id(parent))
+    lowest = sorted(
+        (node for node in calls if id(node) not in call_above), key=_closeness_to_request
+    )
+    by_response_id: dict[str, list[SpanNode]] = {}
+    by_key: dict[tuple[str, int | None, int | None, bool], list[SpanNode]] = {}
+    identified: dict[int, frozenset[str]] = {}
+    scopes: dict[int, set[str | None]] = {}
+    for node in lowest:
+        ids = _response_ids(node)
+        key = _call_key(node)
+        twin: SpanNode | None = None
+        for response_id in ids:
+            for counted in by_response_id.get(response_id, ()):
+                if node.record.scope not in scopes[id(counted)]:
+                    twin = counted
+                    break
+            if twin is not None:
+                break
+        if twin is None and key is not None:
+            for counted in by_key.get(key, ()):
+                if (
+                    node.record.scope not in scopes[id(counted)]
+                    and not (ids and identified[id(counted)])
+                    and _contains(counted, node)
+                ):
+                    twin = counted
+                    break
+        if twin is not None:
+            node.duplicate_of = twin
+            scopes[id(twin)].add(node.record.scope)
+            continue
+        scopes[id(node)] = {node.record.scope}
+        identified[id(node)] = ids
+        for response_id in ids:
+            by_response_id.setdefault(response_id, []).append(node)
+        if key is not None:
+            by_key.setdefault(key, []).append(node)
+
+
 def _roll_up(order: list[SpanNode]) -> None:
     """Count each node's own figures and its subtotal, children before parents."""
-    # ids of the nodes whose subtree, the node included, reports usage (rule 3)
-    reporting: set[int] = set()
     for node in reversed(order):
         children = node.children
         usage = node.usage
-        reports = False
+        below = 0  # REPORTS_* bits reported anywhere below this node
+        call_below = False
+        child_error = False
         # the subtotals that are not empty: only those cost an addition
         parts: list[Figures] = []
-        if children:
-            child_error = False
-            for child in children:
-                part = child.subtotal
-                if part is not NO_FIGURES:
-                    parts.append(part)
-                if child.record.status == "ERROR":
-                    child_error = True
-                if not reports and id(child) in reporting:
-                    reports = True
-            node.is_error_origin = node.record.status == "ERROR" and not child_error
-        else:
-            node.is_error_origin = node.record.status == "ERROR"
-        own_reports = usage.reports_usage
-        if own_reports or reports:
-            reporting.add(id(node))
-        if own_reports or usage.is_model_call:
-            _count_own(node, reports, parts)
+        for child in children:
+            part = child.subtotal
+            if part is not NO_FIGURES:
+                parts.append(part)
+            below |= child.reports_in_subtree
+            if child.call_in_subtree:
+                call_below = True
+            if child.record.status == "ERROR":
+                child_error = True
+        node.is_error_origin = node.record.status == "ERROR" and not child_error
+        own_reports = usage.reported_fields
+        node.reports_in_subtree = below | own_reports
+        node.call_in_subtree = call_below or usage.is_model_call
+        covers_unpriced = False
+        if node.duplicate_of is not None:
+            node.role = "recorded twice"
+            node.is_error_origin = False  # the counted twin carries the error (rule 13)
+        elif own_reports or usage.is_model_call:
+            covers_unpriced = _count_own(node, below, call_below, parts)
         elif node.is_error_origin:
             node.own = _ONE_ERROR
         if node.own is not NO_FIGURES:
@@ -481,16 +650,86 @@ def _roll_up(order: list[SpanNode]) -> None:
             node.subtotal = parts[0]
         else:
             node.subtotal = _sum_figures(parts)
-        if usage.warnings or node.mismatch or node.detached:
+        if covers_unpriced and node.subtotal.unpriced_calls:
+            # This span's own cost prices the calls below that had none (rule 2).
+            node.subtotal = replace(node.subtotal, unpriced_calls=0)
+        if usage.warnings or node.mismatch or node.detached or node.duplicate_of is not None:
             warnings = list(usage.warnings)
             if node.mismatch:
                 warnings.append(node.mismatch)
+            twin = node.duplicate_of
+            if twin is not None:
+                warnings.append(
+                    f"recorded twice by {twin.record.scope or 'an unnamed scope'} and "
+                    f"{node.record.scope or 'an unnamed scope'}: counted at span "
+                    f"{twin.record.span_id:016x} ({twin.name})"
+                )
             if node.detached:
                 warnings.append(
                     f"detached: parent span {node.record.parent_span_id or 0:016x} "
                     "is not in this trace"
                 )
             node.warnings = tuple(warnings)
+
+
+def _count_own(node: SpanNode, below: int, call_below: bool, parts: Sequence[Figures]) -> bool:
+    """Set `role`, `own`, `priced` and `mismatch` of a span that reports usage or is a
+    model call (rules 2, 3, 4, 5, 6, 14). True when its own cost prices the calls below.
+
+    Each figure counts at the lowest span that reports it: the figures this span reports
+    and nothing below it does are counted here; the others are a claim, checked against
+    the sum below.
+    """
+    usage = node.usage
+    reported = usage.reported_fields
+    counted = reported & ~below
+    errors = 1 if node.is_error_origin else 0
+    lowest_call = usage.is_model_call and not call_below
+    cost_known_below = any(part.cost is not None for part in parts)
+    # A cost is known below when a span there states one or is priced from its tokens.
+    claimed = reported & (below | REPORTS_COST) if cost_known_below else reported & below
+    summed = _sum_figures(parts) if claimed and parts else NO_FIGURES
+    if claimed:
+        node.mismatch = _claim_mismatch(usage, claimed, summed)
+    cost: Decimal | None = None
+    if not cost_known_below and reported:
+        node.priced = price_usage(usage)
+        cost = _exact_cost(node.priced.cost)
+    if usage.is_model_call:
+        if call_below:
+            node.role = "model call wrapper"
+        elif reported:
+            node.role = "model call"
+        elif failed_with_http_response(node.record):
+            node.role = "failed model call"
+        else:
+            node.role = "unreported model call"
+    else:
+        node.role = "claim counted" if counted or cost is not None else "claim not counted"
+    unpriced = 0
+    if cost is None:
+        if lowest_call:
+            unpriced = 0 if node.role == "failed model call" else 1
+        elif counted & REPORTS_TOKENS and not cost_known_below:
+            # Tokens counted here with no price: unpriced once, unless the calls below
+            # that these tokens belong to are unpriced already.
+            unpriced = 0 if any(part.unpriced_calls for part in parts) else 1
+    if not counted and cost is None and not lowest_call:
+        node.own = _ONE_ERROR if errors else NO_FIGURES
+        return False
+    node.own = Figures(
+        usage.input_tokens if counted & REPORTS_INPUT else None,
+        usage.output_tokens if counted & REPORTS_OUTPUT else None,
+        usage.effective_total_tokens if counted & REPORTS_TOTAL else None,
+        usage.cache_read_tokens if counted & REPORTS_CACHE_READ else None,
+        usage.cache_write_tokens if counted & REPORTS_CACHE_WRITE else None,
+        usage.reasoning_tokens if counted & REPORTS_REASONING else None,
+        cost,
+        1 if lowest_call else 0,
+        unpriced,
+        errors,
+    )
+    return cost is not None and not lowest_call
 
 
 def _sum_figures(parts: Sequence[Figures]) -> Figures:
@@ -600,7 +839,7 @@ class Trace:
         self._open_raw: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._version = 0
-        self._built_version = -1
+        self._built_version: tuple[int, int] = (-1, -1)
         self._tree: TraceTree | None = None
         self._summary: tuple[TraceTree, TraceSummary] | None = None
         self._listeners: list[Listener] = []
@@ -662,7 +901,9 @@ class Trace:
     @property
     def tree(self) -> TraceTree:
         """The tree with every subtotal, built from the spans seen so far."""
-        version = self._version
+        # Prices apply when a tree is built: a change of the user's prices makes it stale
+        # (rule 15), like a new span does.
+        version = (self._version, prices_version())
         tree = self._tree
         if tree is None or self._built_version != version:
             with _collector_paused():

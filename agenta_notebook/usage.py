@@ -7,6 +7,7 @@ Bad values never raise: they are dropped for that field and become a warning.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Mapping
@@ -19,7 +20,10 @@ AG_TYPE: Final = "ag.type.node"
 AG_INPUT_TOKENS: Final = "ag.metrics.unit.tokens.prompt"
 AG_OUTPUT_TOKENS: Final = "ag.metrics.unit.tokens.completion"
 AG_TOTAL_TOKENS: Final = "ag.metrics.unit.tokens.total"
-AG_CACHE_READ_TOKENS: Final = "ag.metrics.unit.tokens.cached"
+#: The key Agenta's SDK writes for cache reads (its LiteLLM callback, say).
+AG_CACHE_READ_TOKENS: Final = "ag.metrics.unit.tokens.cache_read"
+#: What agenta-notebook 0.1.0 wrote for cache reads: still read, so old files load the same.
+AG_LEGACY_CACHED_TOKENS: Final = "ag.metrics.unit.tokens.cached"
 AG_REASONING_TOKENS: Final = "ag.metrics.unit.tokens.reasoning"
 AG_COST: Final = "ag.metrics.unit.costs.total"
 AG_MODEL: Final = "ag.meta.response.model"
@@ -30,6 +34,8 @@ GENAI_CACHE_WRITE_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
 
 OPENINFERENCE_KIND: Final = "openinference.span.kind"
 GENAI_OPERATION: Final = "gen_ai.operation.name"
+GENAI_RESPONSE_ID: Final = "gen_ai.response.id"
+OPENINFERENCE_INVOCATION_PARAMETERS: Final = "llm.invocation_parameters"
 
 MODEL_CALL_TYPES: Final = frozenset({"llm", "chat", "completion", "embedding", "rerank"})
 _OPENINFERENCE_MODEL_KINDS: Final = frozenset({"LLM", "EMBEDDING", "RERANKER"})
@@ -39,16 +45,9 @@ _GENAI_NON_MODEL_OPERATIONS: Final = frozenset(
     {"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"}
 )
 
-TOKEN_FIELDS: Final = (
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
-
-# field -> keys, in order of preference
+# field -> keys, in order of preference. Every key here follows the inclusive convention
+# (input counts the cache tokens, output the reasoning ones) except those listed in
+# `_EXCLUSIVE_CACHE_KEYS` below.
 _TOKEN_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "input_tokens": (
         AG_INPUT_TOKENS,
@@ -70,20 +69,27 @@ _TOKEN_KEYS: Final[dict[str, tuple[str, ...]]] = {
     ),
     "cache_read_tokens": (
         AG_CACHE_READ_TOKENS,
+        AG_LEGACY_CACHED_TOKENS,
         "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.cache_read_input_tokens",
+        "gen_ai.usage.input_tokens.cached",
         "llm.token_count.prompt_details.cache_read",
     ),
     "cache_write_tokens": (
         GENAI_CACHE_WRITE_TOKENS,
+        "gen_ai.usage.cache_write.input_tokens",
+        "gen_ai.usage.cache_creation_input_tokens",
+        "gen_ai.usage.input_tokens.cache_write",
         "llm.token_count.prompt_details.cache_write",
     ),
     "reasoning_tokens": (
         AG_REASONING_TOKENS,
         "gen_ai.usage.reasoning.output_tokens",
+        "gen_ai.usage.reasoning_tokens",
         "llm.token_count.completion_details.reasoning",
     ),
 }
-_COST_KEYS: Final = (AG_COST, "llm.cost.total")
+_COST_KEYS: Final = (AG_COST, "gen_ai.usage.cost", "llm.cost.total")
 _MODEL_KEYS: Final = (
     AG_MODEL,
     "gen_ai.response.model",
@@ -108,7 +114,7 @@ USAGE_KEYS: Final = frozenset(
     + list(_COST_KEYS)
     + list(_MODEL_KEYS)
     + list(_PROVIDER_KEYS)
-    + [AG_TYPE, OPENINFERENCE_KIND, GENAI_OPERATION]
+    + [AG_TYPE, OPENINFERENCE_KIND, GENAI_OPERATION, OPENINFERENCE_INVOCATION_PARAMETERS]
 )
 
 
@@ -146,6 +152,26 @@ class Usage:
         )
 
     @property
+    def reported_fields(self) -> int:
+        """The figures this span states itself, as a mask of the `REPORTS_*` bits."""
+        mask = 0
+        if self.input_tokens is not None:
+            mask |= REPORTS_INPUT | REPORTS_TOTAL
+        if self.output_tokens is not None:
+            mask |= REPORTS_OUTPUT | REPORTS_TOTAL
+        if self.total_tokens is not None:
+            mask |= REPORTS_TOTAL
+        if self.cache_read_tokens is not None:
+            mask |= REPORTS_CACHE_READ
+        if self.cache_write_tokens is not None:
+            mask |= REPORTS_CACHE_WRITE
+        if self.reasoning_tokens is not None:
+            mask |= REPORTS_REASONING
+        if self.cost is not None:
+            mask |= REPORTS_COST
+        return mask
+
+    @property
     def effective_total_tokens(self) -> int | None:
         """Total as reported, else input + output (rule 5), else `None`."""
         if self.total_tokens is not None:
@@ -157,8 +183,24 @@ class Usage:
 
 EMPTY_USAGE: Final = Usage()
 
+# One bit per figure a span can report (rule 2 counts usage field by field). The total
+# counts as reported when input or output is, since it is then their sum (rule 5).
+REPORTS_INPUT: Final = 1
+REPORTS_OUTPUT: Final = 2
+REPORTS_TOTAL: Final = 4
+REPORTS_CACHE_READ: Final = 8
+REPORTS_CACHE_WRITE: Final = 16
+REPORTS_REASONING: Final = 32
+REPORTS_COST: Final = 64
+REPORTS_TOKENS: Final = REPORTS_INPUT | REPORTS_OUTPUT | REPORTS_TOTAL
+
 # A cost of 1e40 dollars or more is not a cost; refusing it keeps exact sums bounded.
 _MAX_COST_DIGITS: Final = 40
+
+
+#: The largest token count read (a signed 64-bit integer, what OTLP carries); anything
+#: larger is a bad value (rule 7), not a number to round.
+MAX_TOKEN_COUNT: Final = 2**63 - 1
 
 
 def parse_token_count(value: Any) -> int | None:
@@ -170,9 +212,9 @@ def parse_token_count(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
+        return value if 0 <= value <= MAX_TOKEN_COUNT else None
     if isinstance(value, float):
-        if math.isfinite(value) and value >= 0 and value.is_integer():
+        if math.isfinite(value) and 0 <= value <= MAX_TOKEN_COUNT and value.is_integer():
             return int(value)
         return None
     if isinstance(value, numbers.Integral):  # numpy and other integer types
@@ -182,10 +224,9 @@ def parse_token_count(value: Any) -> int | None:
     if isinstance(value, str):
         text = value.strip()
         if text.isascii() and text.isdigit():
-            try:
-                return int(text)
-            except ValueError:  # more digits than int() converts (4,300 by default)
+            if len(text.lstrip("0")) > 19:  # past MAX_TOKEN_COUNT (and int()'s digit limit)
                 return None
+            return parse_token_count(int(text))
         try:
             number = float(text)
         except ValueError:
@@ -303,6 +344,23 @@ def _shown(value: Any, limit: int = 60) -> str:
     return shorten(text, limit)
 
 
+def _model_in_parameters(parameters: Any) -> str | None:
+    """The model named in OpenInference's `llm.invocation_parameters` (a JSON object)."""
+    if not isinstance(parameters, str) or len(parameters) > 100_000:
+        return None
+    try:
+        decoded = json.loads(parameters)
+    except ValueError:
+        return None
+    if not isinstance(decoded, dict):
+        return None
+    for key in ("model", "model_name"):
+        value = decoded.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
     """Read a span's own usage from its attributes (rollup.md, "Where usage is read from").
 
@@ -328,7 +386,7 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
             raw = attributes[key]
             count = parse_token_count(raw)
             if count is None:
-                warnings.append(f"ignored {key}={_shown(raw)}: not a non-negative token count")
+                warnings.append(f"ignored {key}={_shown(raw)}: not a token count (0 to 2**63 - 1)")
                 continue
             break
         counts[field] = count
@@ -345,6 +403,12 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
     span_type, is_model_call = _span_type(attributes)
     model = _first_text(attributes, _MODEL_KEYS, present)
     request_model = _first_text(attributes, _REQUEST_MODEL_KEYS, present)
+    if OPENINFERENCE_INVOCATION_PARAMETERS in present and (model is None or request_model is None):
+        # OpenInference names the requested model only inside the call's parameters; a
+        # call that failed before a response has no other model name (rule 14).
+        asked = _model_in_parameters(attributes[OPENINFERENCE_INVOCATION_PARAMETERS])
+        model = model or asked
+        request_model = request_model or asked
     return Usage(
         input_tokens=counts["input_tokens"],
         output_tokens=counts["output_tokens"],

@@ -105,25 +105,32 @@ def test_rule_1_every_figure_is_own_plus_children(records: RecordFactory) -> Non
 # --- rule 2: a model call's own usage always counts --------------------------------------
 
 
-def test_rule_2_llm_50_calling_llm_20_shows_70(records: RecordFactory) -> None:
+def test_rule_2_llm_50_over_llm_20_counts_the_lower_layer(records: RecordFactory) -> None:
+    # Revised rule 2: usage counts at the lowest layer that reports it; the outer model
+    # call is a wrapper (rule 3) whose differing claim is flagged.
     root = records.add("root")
     outer = records.add("outer", root, type="llm", **genai(total=50))
     records.add("inner", outer, type="llm", **genai(total=20))
     tree = build_tree(records.all)
-    assert node(tree, "outer").subtotal.total_tokens == 70
-    assert tree.totals.total_tokens == 70
-    assert tree.totals.model_calls == 2
+    assert node(tree, "outer").subtotal.total_tokens == 20
+    assert tree.totals.total_tokens == 20
+    assert tree.totals.model_calls == 1
+    assert node(tree, "outer").role == "model call wrapper"
+    assert node(tree, "outer").mismatch == (
+        "roll-up mismatch: this span claims total tokens 50 vs 20 summed below"
+    )
 
 
 def test_rule_2_with_real_spans() -> None:
     with an.trace("nested calls") as result:
         with an.span("outer", type="llm"):
-            an.record_usage(total_tokens=50)
+            an.record_usage(total_tokens=20)
             with an.span("inner", type="llm"):
                 an.record_usage(total_tokens=20)
-    assert result.find("outer").subtotal.total_tokens == 70
-    assert result.totals.total_tokens == 70
-    assert result.totals.model_calls == 2
+    assert result.find("outer").subtotal.total_tokens == 20
+    assert result.totals.total_tokens == 20
+    assert result.totals.model_calls == 1
+    assert result.find("outer").mismatch is None
 
 
 def test_rule_2_openinference_and_genai_operation_mark_model_calls(
@@ -137,8 +144,9 @@ def test_rule_2_openinference_and_genai_operation_mark_model_calls(
     tree = build_tree(records.all)
     assert node(tree, "kind").usage.is_model_call
     assert node(tree, "operation").usage.is_model_call
-    assert tree.totals.total_tokens == 12
-    assert tree.totals.model_calls == 2
+    assert tree.totals.total_tokens == 7  # the lower layer's 3 + 4; the 5 above is a claim
+    assert tree.totals.model_calls == 1
+    assert node(tree, "kind").mismatch is not None
 
 
 # --- rule 3: claims ---------------------------------------------------------------------
@@ -261,9 +269,12 @@ def test_rule_4_counted_claim_brings_its_cost_along(records: RecordFactory) -> N
     assert (tree.totals.total_tokens, tree.totals.cost) == (30, Decimal("0.03"))
 
 
-def test_rule_4_a_span_whose_tokens_do_not_count_adds_no_cost(records: RecordFactory) -> None:
-    # The claim reports tokens and cost; its children report tokens only. The claim's
-    # cost must not sneak in where its tokens did not.
+def test_rule_2_a_reported_cost_above_an_unpriced_call_is_its_cost(
+    records: RecordFactory,
+) -> None:
+    # Revised rule 2, field by field: the claim's tokens are not added (the call below
+    # reports them), but nothing below has a cost, so the claim's reported cost is the
+    # call's cost and the call is no longer unpriced.
     root = records.add("root")
     agent = records.add(
         "agent", root, type="agent", **genai(total=40), **keys({"llm.cost.total": "9.99"})
@@ -271,8 +282,27 @@ def test_rule_4_a_span_whose_tokens_do_not_count_adds_no_cost(records: RecordFac
     records.add("call", agent, type="llm", **genai(total=40, model="my-local-llama"))
     tree = build_tree(records.all)
     assert tree.totals.total_tokens == 40
-    assert tree.totals.cost is None
-    assert tree.totals.unpriced_calls == 1
+    assert tree.totals.cost == Decimal("9.99")
+    assert tree.totals.unpriced_calls == 0
+    assert tree.totals.model_calls == 1
+    assert node(tree, "agent").role == "claim counted"
+    assert node(tree, "agent").mismatch is None
+
+
+def test_rule_4_a_cost_known_below_keeps_the_claims_cost_out(records: RecordFactory) -> None:
+    # The claim reports tokens and a cost; the call below is priced from the table. The
+    # claim's cost must not sneak in on top of it.
+    root = records.add("root")
+    agent = records.add(
+        "agent", root, type="agent", **genai(total=40), **keys({"llm.cost.total": "9.99"})
+    )
+    records.add("call", agent, type="llm", **genai(30, 10, model="gpt-4o"))
+    tree = build_tree(records.all)
+    expected = calculate_cost("gpt-4o", {"input_tokens": 30, "output_tokens": 10})
+    assert tree.totals.total_tokens == 40
+    assert tree.totals.cost == expected
+    assert node(tree, "agent").mismatch is not None
+    assert "cost 9.99 vs" in (node(tree, "agent").mismatch or "")
 
 
 # --- rule 5: inclusive token convention --------------------------------------------------
@@ -557,12 +587,15 @@ def test_rule_9_parent_cycle_is_cut_and_every_span_counts_once(records: RecordFa
     from agenta_notebook.tree import SpanRecord
 
     root = records.add("root")
-    llm = {"ag.type.node": "llm", **genai(total=4)}
-    loop_a = SpanRecord(records.trace_id, 100, 101, "loop a", 50, 60, attributes=llm)
-    loop_b = SpanRecord(records.trace_id, 101, 100, "loop b", 51, 61, attributes=llm)
+    # each reports a figure the other does not, so each figure counts once, wherever the
+    # cycle is cut
+    a = {"ag.type.node": "task", "gen_ai.usage.input_tokens": 4}
+    b = {"ag.type.node": "task", "gen_ai.usage.output_tokens": 5}
+    loop_a = SpanRecord(records.trace_id, 100, 101, "loop a", 50, 60, attributes=a)
+    loop_b = SpanRecord(records.trace_id, 101, 100, "loop b", 51, 61, attributes=b)
     tree = build_tree([root, loop_a, loop_b])
     assert sorted(n.name for n in tree.nodes) == ["loop a", "loop b", "root"]
-    assert tree.totals.total_tokens == 8
+    assert (tree.totals.input_tokens, tree.totals.output_tokens) == (4, 5)
     assert sum(1 for n in tree.nodes if n.detached) == 1
 
 

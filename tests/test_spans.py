@@ -383,7 +383,7 @@ def test_record_usage_writes_agenta_keys() -> None:
     assert attributes["ag.metrics.unit.tokens.prompt"] == 100
     assert attributes["ag.metrics.unit.tokens.completion"] == 20
     assert attributes["ag.metrics.unit.tokens.total"] == 120
-    assert attributes["ag.metrics.unit.tokens.cached"] == 50
+    assert attributes["ag.metrics.unit.tokens.cache_read"] == 50
     assert attributes["gen_ai.usage.cache_creation.input_tokens"] == 10
     assert attributes["ag.metrics.unit.tokens.reasoning"] == 5
     assert attributes["ag.metrics.unit.costs.total"] == 0.0125

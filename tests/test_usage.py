@@ -289,7 +289,7 @@ def test_usage_attributes_writes_agenta_keys_and_skips_none() -> None:
         "ag.meta.system": "openai",
         AG_INPUT_TOKENS: 10,
         AG_OUTPUT_TOKENS: 2,
-        "ag.metrics.unit.tokens.cached": 4,
+        "ag.metrics.unit.tokens.cache_read": 4,
         "gen_ai.usage.cache_creation.input_tokens": 1,
         "ag.metrics.unit.tokens.reasoning": 1,
         AG_COST: 0.5,
