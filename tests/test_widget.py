@@ -108,7 +108,9 @@ def test_rows_show_the_core_figures(records: RecordFactory) -> None:
         view.close()
 
 
-def test_own_cost_shows_where_it_differs() -> None:
+def test_a_wrapper_row_shows_the_calls_cost_not_its_claim() -> None:
+    # Revised rule 2: the outer model call's 1000 tokens are a claim over the inner call,
+    # so its row shows the inner call's cost and a roll-up marker, and no "own" cost.
     records = [
         SpanRecord(1, 1, None, "root", 0, 100),
         SpanRecord(1, 2, 1, "outer", 1, 90, attributes={"ag.type.node": LLM, **usage(1000)}),
@@ -118,12 +120,12 @@ def test_own_cost_shows_where_it_differs() -> None:
     view = TraceView(trace)
     try:
         outer = trace.find("outer")
-        assert outer.own.cost is not None and outer.own.cost != outer.subtotal.cost
+        inner = trace.find("inner")
+        assert outer.own.cost is None and outer.subtotal.cost == inner.own.cost
         widgets = row_of(view, outer.span_id)
         assert widgets is not None
-        assert f"own {format_money(outer.own.cost, 0)}" in widgets.figures
-        inner = row_of(view, trace.find("inner").span_id)
-        assert inner is not None and "own" not in inner.figures
+        assert format_money(inner.own.cost, 0) in widgets.figures
+        assert "own" not in widgets.figures and "roll-up" in widgets.figures
     finally:
         view.close()
 
