@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 from .collector import get_collector, last_trace, set_retention, trace
 from .frame import spans_dataframe
+from .integrations.instrument import instrument, uninstrument
 from .integrations.openai import instrument_openai, uninstrument_openai
 from .otlp import export_to, stop_export
 from .persist import TraceFileError, load, load_all
@@ -51,6 +52,7 @@ __all__ = [
     "clear_prices",
     "export_to",
     "get_collector",
+    "instrument",
     "instrument_openai",
     "last_trace",
     "load",
@@ -63,5 +65,6 @@ __all__ = [
     "spans_dataframe",
     "stop_export",
     "trace",
+    "uninstrument",
     "uninstrument_openai",
 ]

@@ -1,15 +1,21 @@
 """The one `SpanProcessor` that keeps the spans of the traces we opened, and its wiring.
 
-If the process already has an SDK `TracerProvider` (the user's, or Agenta's SDK's), the
-collector is added to it and the user's processors keep working. Otherwise an SDK
-provider is installed as the global one, so that instrumentation libraries, which use
-`opentelemetry.trace.get_tracer(...)`, are recorded too.
+The collector is added to every OpenTelemetry SDK `TracerProvider` of the process, the
+ones that exist when it is installed and every one made later (the user's, Agenta's
+`ag.init()`, Logfire's, an SDK's private one), so no span of a traced cell is lost
+whoever made its provider; what those providers export is unchanged. When no provider is
+global yet, a provider of ours is installed as the global one, so that instrumentation
+libraries, which use `opentelemetry.trace.get_tracer(...)`, are recorded too; it gives
+way to a provider set later (see `_FollowingTracerProvider`).
 """
 
 from __future__ import annotations
 
+import functools
+import gc
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +25,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.trace import Status, StatusCode
+
+try:  # OpenTelemetry's context manager that also decorates async functions
+    from opentelemetry.util._decorator import _agnosticcontextmanager
+except ImportError:  # pragma: no cover - a future API without it
+    from contextlib import contextmanager as _agnosticcontextmanager  # type: ignore[assignment]
 
 from .tree import SpanEvent, SpanRecord, Trace
 from .usage import AG_TYPE
@@ -277,11 +288,20 @@ class Collector(SpanProcessor):
         self._drop_listeners.append(listener)
 
 
-_install_lock = threading.Lock()
+_install_lock = threading.RLock()
 _collector: Collector | None = None
 _provider: TracerProvider | None = None
 _tracer: otel_trace.Tracer | None = None
 _last_trace: Trace | None = None
+
+#: Processors added to every SDK tracer provider of the process, the collector first.
+_everywhere: list[SpanProcessor] = []
+#: The SDK providers they were added to (weakly: a provider may be thrown away).
+_providers: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
+#: On a provider: the list of our processors added to it, or `None` once `detach`ed.
+_ATTACHED: Final = "_agenta_notebook_attached"
+#: On the SDK's `TracerProvider` class: the function its wrapped `__init__` calls.
+_ON_NEW_PROVIDER: Final = "_agenta_notebook_on_new_provider"
 
 
 def _move_first(multi: Any, processor: SpanProcessor) -> None:
@@ -324,39 +344,298 @@ def keep_first(provider: TracerProvider, processor: SpanProcessor) -> bool:
     return True
 
 
+# -- every SDK provider of the process -------------------------------------------------------
+#
+# Spans are collected by trace id, whichever provider made them: a traced cell's root may
+# come from one provider and its children from others (Agenta's `ag.init()` provider, an
+# SDK's private one, Logfire's, MLflow's). So the collector is added to every SDK
+# `TracerProvider` there is: the ones that exist when it is installed (one scan of the
+# garbage collector's objects) and every one made later (the SDK class's `__init__` is
+# wrapped once). Adding a span processor changes nothing of what a provider exports.
+
+
+class _Shared(SpanProcessor):
+    """A processor shared by every provider, as added to one of them.
+
+    Shutting a provider down shuts its processors down: a library tearing down a provider
+    of its own must not stop what every provider shares (the OTLP export, say). Only our
+    own provider's shutdown (at exit) reaches the shared processor.
+    """
+
+    def __init__(self, processor: SpanProcessor, provider: TracerProvider) -> None:
+        self.processor = processor
+        self._provider = weakref.ref(provider)
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        self.processor.on_start(span, parent_context=parent_context)
+
+    def _on_ending(self, span: Span) -> None:
+        on_ending = getattr(self.processor, "_on_ending", None)
+        if on_ending is not None:
+            on_ending(span)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.processor.on_end(span)
+
+    def shutdown(self) -> None:
+        if self._provider() is _provider:
+            self.processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.processor.force_flush(timeout_millis)
+
+
+def _attach(provider: TracerProvider) -> None:
+    """Add our processors (`_everywhere`) to `provider`, the collector first. Never raises."""
+    try:
+        with _install_lock:
+            if not _everywhere:
+                return
+            # (processor, what was added for it): the collector itself, others wrapped.
+            attached: list[tuple[SpanProcessor, SpanProcessor]] | None
+            attached = provider.__dict__.get(_ATTACHED, [])
+            if attached is None:  # `detach`ed: left alone for good
+                return
+            collector = _everywhere[0]
+            for processor in _everywhere:
+                if not any(known is processor for known, _ in attached):
+                    added = processor if processor is collector else _Shared(processor, provider)
+                    provider.add_span_processor(added)
+                    attached.append((processor, added))
+            provider.__dict__[_ATTACHED] = attached
+            keep_first(provider, collector)
+            provider.__dict__["_agenta_notebook_collector"] = collector
+            _providers.add(provider)
+    except Exception:  # a provider of an odd kind: never break the code that made it
+        pass
+
+
+def _hook_new_providers() -> None:
+    """Wrap `TracerProvider.__init__` (once per process) so each new provider is attached.
+
+    The wrapper looks its callback up on the class at each call, so a reloaded copy of
+    this module takes over instead of wrapping a second time.
+    """
+    cls = TracerProvider
+    setattr(cls, _ON_NEW_PROVIDER, _attach)
+    if getattr(cls.__init__, "_agenta_notebook_hook", False):
+        return
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self: TracerProvider, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        callback = getattr(TracerProvider, _ON_NEW_PROVIDER, None)
+        if callback is not None:
+            callback(self)
+
+    __init__._agenta_notebook_hook = True  # type: ignore[attr-defined]
+    setattr(cls, "__init__", __init__)  # noqa: B010 - mypy refuses assigning a method
+
+
+def _existing_providers() -> list[TracerProvider]:
+    """Every SDK provider alive now. By exact type, never `isinstance`: that reads an
+    object's `__class__`, which a lazy proxy (openai's, say) answers by importing."""
+    objects = gc.get_objects()
+    kinds: dict[type, bool] = {}
+    found: list[TracerProvider] = []
+    for obj in objects:
+        kind = type(obj)
+        is_provider = kinds.get(kind)
+        if is_provider is None:
+            is_provider = kinds[kind] = issubclass(kind, TracerProvider)
+        if is_provider:
+            found.append(obj)
+    return found
+
+
+def attach_everywhere(processor: SpanProcessor) -> None:
+    """Add `processor` to every SDK tracer provider of the process, now and to come.
+
+    What the collector gets, for a processor that must see the spans of our traces
+    whichever provider made them (the OTLP export, say). Added once per provider.
+    """
+    get_collector()
+    with _install_lock:
+        if not any(known is processor for known in _everywhere):
+            _everywhere.append(processor)
+        providers = list(_providers)
+    for provider in providers:
+        _attach(provider)
+
+
+def detach(provider: TracerProvider) -> None:
+    """Take our processors off `provider` and leave it alone from now on.
+
+    For a provider that must stay bare (a benchmark's baseline): it no longer feeds the
+    collector, so spans made with it are not part of any trace.
+    """
+    with _install_lock:
+        added = [processor for _, processor in provider.__dict__.get(_ATTACHED) or []]
+        provider.__dict__[_ATTACHED] = None
+        _providers.discard(provider)
+        multi: Any = getattr(provider, "_active_span_processor", None)
+        lock = getattr(multi, "_lock", None)
+        if multi is None or lock is None or not added:
+            return
+        with lock:
+            multi._span_processors = tuple(
+                p for p in multi._span_processors if not any(p is a for a in added)
+            )
+
+
+def attached_providers() -> list[TracerProvider]:
+    """The SDK tracer providers the collector is attached to (alive ones)."""
+    with _install_lock:
+        return list(_providers)
+
+
+# -- our own provider, which follows the global one ----------------------------------------
+#
+# When nobody has set a global provider yet, instrumentation libraries (which take their
+# tracers from the global proxy) would record nothing, so one must be set. But the API's
+# `set_tracer_provider` works once per process: taking the global for good would make a
+# later `ag.init()` or `logfire.configure()` fail ("Overriding of current TracerProvider is
+# not allowed") and lose its spans to our provider. So the provider we set is a following
+# one: its tracers start each span on whatever provider is global at that moment if it is
+# a real one set by someone else, else on itself; and after setting it, the API's set-once
+# guard is re-armed so that the next `set_tracer_provider` succeeds, quietly. A later
+# library then behaves as if we were not there: its provider is global, its exporter gets
+# the spans of every instrumentation, and ours (with the collector on every SDK provider)
+# still sees them.
+
+
+def _records_for_us(provider: otel_trace.TracerProvider) -> bool:
+    """True if spans started through `provider` reach an SDK provider (and so the collector)."""
+    if isinstance(provider, TracerProvider):
+        return True
+    if isinstance(provider, otel_trace.NoOpTracerProvider | otel_trace.ProxyTracerProvider):
+        return False
+    try:  # a wrapper around an SDK provider (Logfire's, say)
+        return any(issubclass(type(value), TracerProvider) for value in vars(provider).values())
+    except TypeError:
+        return False
+
+
+def _global_provider() -> otel_trace.TracerProvider | None:
+    """The provider set with `set_tracer_provider`, or None (no proxy, no loading)."""
+    provider: otel_trace.TracerProvider | None = getattr(otel_trace, "_TRACER_PROVIDER", None)
+    return provider
+
+
+class _FollowingTracer(otel_trace.Tracer):
+    """Starts each span on the real global provider of the moment, else on our own."""
+
+    def __init__(
+        self,
+        home: TracerProvider,
+        own: otel_trace.Tracer,
+        scope: tuple[str, str | None, str | None, Any],
+    ) -> None:
+        self._home = home
+        self._own = own
+        self._scope = scope
+        self._delegate: tuple[otel_trace.TracerProvider, otel_trace.Tracer | None] | None = None
+
+    def _target(self) -> otel_trace.Tracer:
+        current = _global_provider()
+        if current is None or current is self._home:
+            return self._own
+        cached = self._delegate
+        if cached is None or cached[0] is not current:
+            tracer = current.get_tracer(*self._scope) if _records_for_us(current) else None
+            cached = self._delegate = (current, tracer)
+        return cached[1] or self._own
+
+    def start_span(self, *args: Any, **kwargs: Any) -> otel_trace.Span:
+        return self._target().start_span(*args, **kwargs)
+
+    @_agnosticcontextmanager
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Iterator[otel_trace.Span]:
+        with self._target().start_as_current_span(*args, **kwargs) as span:
+            yield span
+
+
+class _FollowingTracerProvider(otel_trace.ProxyTracerProvider, TracerProvider):
+    """Our own SDK provider; its tracers follow the global provider (see above).
+
+    It is an SDK `TracerProvider` (code that checks for one and adds its processors keeps
+    working) and also passes for the API's `ProxyTracerProvider`, which libraries such as
+    OpenLLMetry and Langfuse read as "no provider configured yet": they then install their
+    own, as they would if this package were not loaded.
+    """
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Any = None,
+    ) -> otel_trace.Tracer:
+        own = TracerProvider.get_tracer(
+            self, instrumenting_module_name, instrumenting_library_version, schema_url, attributes
+        )
+        scope = (instrumenting_module_name, instrumenting_library_version, schema_url, attributes)
+        return _FollowingTracer(self, own, scope)
+
+
+def _rearm_set_once() -> bool:
+    """Let the next `set_tracer_provider` succeed (with no warning). False if impossible."""
+    once = getattr(otel_trace, "_TRACER_PROVIDER_SET_ONCE", None)
+    if once is None or not isinstance(getattr(once, "_done", None), bool):
+        return False
+    once._done = False
+    return True
+
+
 def get_collector() -> Collector:
-    """The process's collector, attached to the tracer provider on first use."""
+    """The process's collector, attached to every SDK tracer provider on first use."""
     global _collector, _provider
     if _collector is not None:
         return _collector
     with _install_lock:
         if _collector is not None:
             return _collector
-        provider = otel_trace.get_tracer_provider()
-        existing = getattr(provider, "_agenta_notebook_collector", None)
-        if isinstance(existing, Collector) and isinstance(provider, TracerProvider):
-            _collector, _provider = existing, provider
-            return existing
-        collector = Collector()
-        if not isinstance(provider, TracerProvider):
-            candidate = TracerProvider()
-            otel_trace.set_tracer_provider(candidate)
-            if otel_trace.get_tracer_provider() is not candidate:
+        current = otel_trace.get_tracer_provider()  # may load OTEL_PYTHON_TRACER_PROVIDER
+        existing = getattr(current, "_agenta_notebook_collector", None)
+        if isinstance(existing, Collector) and isinstance(current, TracerProvider):
+            collector = existing  # a reloaded copy of this module: keep the one in place
+        else:
+            collector = Collector()
+        if not any(known is collector for known in _everywhere):
+            _everywhere.insert(0, collector)
+        _hook_new_providers()
+        for provider in _existing_providers():
+            _attach(provider)
+        global_provider = _global_provider()
+        if isinstance(global_provider, TracerProvider):
+            own: TracerProvider = global_provider
+        else:
+            own = _FollowingTracerProvider()  # attached by the hook
+            if global_provider is None:
+                otel_trace.set_tracer_provider(own)
+                if _global_provider() is own:
+                    _rearm_set_once()
+            elif not _records_for_us(global_provider):
                 warnings.warn(
                     "agenta_notebook: the global OpenTelemetry tracer provider is not the "
-                    "SDK's, so only spans from agenta_notebook itself are recorded.",
+                    f"SDK's ({type(global_provider).__name__}), so spans made through it "
+                    "are not recorded; agenta_notebook's own spans and those of every SDK "
+                    "tracer provider are.",
                     stacklevel=2,
                 )
-            provider = candidate
-        provider.add_span_processor(collector)
-        keep_first(provider, collector)
-        provider._agenta_notebook_collector = collector  # type: ignore[attr-defined]
-        _collector, _provider = collector, provider
+        _attach(own)
+        _collector, _provider = collector, own
         return collector
 
 
 def get_tracer() -> otel_trace.Tracer:
-    """The tracer this package's spans are made with."""
+    """The tracer this package's spans are made with.
+
+    On a provider this package installed, it follows the global provider: once a
+    library (Agenta's `ag.init()`, Logfire) sets its own, our spans are made there too,
+    so its exporter receives the whole tree.
+    """
     global _tracer
     if _tracer is None:
         get_collector()

@@ -28,8 +28,9 @@ calls the magic function, which raises IPython's one-line ``UsageError``. Callin
 magic directly (``get_ipython().run_cell_magic("agenta_trace", "", code)``) also works,
 without top-level ``await``.
 
-Threads inherit the cell's span through OpenTelemetry's ``ThreadingInstrumentor``,
-turned on when the extension loads; opt out with the environment variable
+Threads inherit the cell's span through `agenta_notebook.threads` (the same
+propagation as OpenTelemetry's ``ThreadingInstrumentor``), turned on when the extension
+loads; opt out with the environment variable
 ``AGENTA_NOTEBOOK_THREADS=0`` (see `agenta_notebook.threads`).
 
 Cells run with ``silent=True`` (frontends' internal requests) fire no cell events and

@@ -8,10 +8,16 @@ id), to the official OTLP HTTP/protobuf exporter behind a `BatchSpanProcessor`:
 - The traced code never waits on the network: a span's end only appends it to the
   batch processor's queue; the exporter sends from its own thread. `force_flush` on the
   provider does not wait on us either; call `OtlpExport.flush()` to wait for delivery.
-- Spans keep their attributes as they are: this package's own spans carry Agenta's
-  keys (`ag.type.node`, `ag.metrics.unit.tokens.*`, `ag.metrics.unit.costs.total`), so
-  an Agenta backend rolls them up the same way; spans of instrumentors (OpenInference,
-  GenAI) keep their own vocabulary.
+- Spans keep every attribute they have, and speak the receiver's vocabulary too: next
+  to Agenta's keys (`ag.type.node`, `ag.metrics.unit.tokens.*`, ...), which an Agenta
+  backend rolls up, each span gets the OpenTelemetry GenAI conventions' and
+  OpenInference's keys for its kind, model and the usage counted at it
+  (`agenta_notebook.vocabulary`), so Phoenix, Langfuse or any GenAI-aware backend shows
+  our own model calls as model calls, and a sum over its spans gives our totals. The
+  keys are added on the exporter's thread, never on the traced code's path, never over
+  a key the span has. What is counted where is known once the tree is finished, so the
+  spans of a block still running wait for its root span (at most `HOLD_SECONDS`, or
+  until `flush()`), then go out with the keys of the tree as it is then.
 - An endpoint that is down, slow or failing never fails the traced code and never
   touches the in-notebook trace. The exporter's own per-batch log lines are silenced
   (a logging filter on its loggers, for our exporter's thread only) and one
@@ -32,9 +38,10 @@ import logging
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
@@ -42,7 +49,9 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from . import collector as _collector_module
-from .collector import Collector, get_collector
+from .collector import Collector, get_collector, record_from_span
+from .tree import TraceTree, build_tree
+from .vocabulary import receiver_attributes
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -55,6 +64,13 @@ SUPPORTED_PROTOCOL: Final = "http/protobuf"
 DEFAULT_MAX_QUEUE_SIZE: Final = 20_000
 #: How long a shutdown (kernel exit, a new `export_to`) may wait for the last batches.
 SHUTDOWN_WAIT_SECONDS: Final = 2.0
+#: Spans of a trace whose root span is still open are held (to be sent with the
+#: receivers' keys of the finished tree) for at most this long, and at most this many.
+HOLD_SECONDS: Final = 10.0
+MAX_HELD_SPANS: Final = DEFAULT_MAX_QUEUE_SIZE
+#: A running trace whose tree took t seconds to build holds its next spans for at least
+#: this many times t, so that rebuilding a huge tree stays a small part of the work.
+HOLD_PER_BUILD_SECOND: Final = 20.0
 
 #: Loggers of the exporter, its HTTP transport and the batch processor: their records
 #: are dropped while our exporter's thread (or our `on_end`) is the one logging.
@@ -145,12 +161,37 @@ def _install_log_filter() -> None:
     _filter_installed = True
 
 
+class _Held:
+    """The spans of one running trace that wait for its root span, and until when."""
+
+    __slots__ = ("spans", "until")
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+        self.spans: list[ReadableSpan] = []
+
+
 class _WatchedExporter(SpanExporter):
     """Wraps the OTLP exporter: counts, never raises, one warning per outage."""
 
-    def __init__(self, inner: SpanExporter, endpoint: str) -> None:
+    def __init__(
+        self, inner: SpanExporter, endpoint: str, collector: Collector | None = None
+    ) -> None:
         self._inner = inner
         self.endpoint = endpoint
+        self._collector = collector
+        #: spans sent with the receivers' keys added (see `agenta_notebook.vocabulary`)
+        self.spans_translated = 0
+        self._held: dict[int, _Held] = {}
+        self._held_count = 0
+        self._held_lock = threading.Lock()
+        #: seconds the last tree of each running trace took to build (see `_tree_of`)
+        self._build_seconds: dict[int, float] = {}
+        #: the batch queue's size, and how many spans went into it and came out
+        self.max_queue_size = DEFAULT_MAX_QUEUE_SIZE
+        self._emitted = 0
+        self._arrived = 0
+        self._emit_lock = threading.Lock()
         self._lock = threading.Lock()
         self.spans_sent = 0
         self.spans_failed = 0
@@ -163,11 +204,18 @@ class _WatchedExporter(SpanExporter):
         self.last_error: str | None = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self._arrived += len(spans)  # out of the batch queue (one caller at a time)
+        ready = self._hold_or_release(spans)
+        if not ready:
+            return SpanExportResult.SUCCESS
+        return self._send(ready)
+
+    def _send(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         outer = _quiet.active
         _quiet.active = True
         _quiet.first_message = _quiet.last_message = None
         try:
-            result = self._inner.export(spans)
+            result = self._inner.export(self._in_receiver_vocabulary(spans))
             reason = _quiet.reason()
         except Exception as error:  # a broken exporter must not stop the worker
             result, reason = SpanExportResult.FAILURE, f"{type(error).__name__}: {error}"
@@ -178,6 +226,121 @@ class _WatchedExporter(SpanExporter):
         else:
             self._failed(len(spans), reason or "the exporter reported a failure")
         return result
+
+    def _hold_or_release(self, spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
+        """The spans to send now: spans of a trace whose root span is still open wait.
+
+        What the receivers' keys say about usage depends on the finished tree (a span
+        whose children report usage is a claim; a call recorded twice is known when its
+        twin has ended), and building a growing tree for every batch would cost the
+        traced code CPU. So a running trace's spans are held until its root span ends,
+        or for at most `HOLD_SECONDS` (a long cell's spans still reach the backend while
+        it runs), or until `flush()`; then they go out with the tree as it is, built once.
+        """
+        collector = self._collector
+        if collector is None:
+            return list(spans)
+        now = time.monotonic()
+        ready: list[ReadableSpan] = []
+        with self._held_lock:
+            held = self._held
+            for span in spans:
+                context = span.context
+                trace_id = context.trace_id if context is not None else None
+                if trace_id is not None:
+                    trace = collector.get(trace_id)
+                    if trace is not None and not trace._root_ended:
+                        waiting = held.get(trace_id)
+                        if waiting is None:
+                            hold = HOLD_SECONDS
+                            built = self._build_seconds.get(trace_id)
+                            if built is not None:
+                                hold = max(hold, HOLD_PER_BUILD_SECOND * built)
+                            held[trace_id] = waiting = _Held(now + hold)
+                        waiting.spans.append(span)
+                        self._held_count += 1
+                        continue
+                ready.append(span)
+            if held:
+                for trace_id in list(held):
+                    waiting = held[trace_id]
+                    trace = collector.get(trace_id)
+                    done = trace is None or trace._root_ended
+                    if done or now >= waiting.until or self._held_count > MAX_HELD_SPANS:
+                        del held[trace_id]
+                        self._held_count -= len(waiting.spans)
+                        ready.extend(waiting.spans)
+                    if done:
+                        self._build_seconds.pop(trace_id, None)
+        return ready
+
+    def release_held(self) -> SpanExportResult:
+        """Send every held span now (`flush`, shutdown)."""
+        with self._held_lock:
+            spans = [span for waiting in self._held.values() for span in waiting.spans]
+            self._held.clear()
+            self._held_count = 0
+            self._build_seconds.clear()
+        if not spans:
+            return SpanExportResult.SUCCESS
+        return self._send(spans)
+
+    @property
+    def spans_held(self) -> int:
+        """Spans of running traces waiting for their root span (or `HOLD_SECONDS`)."""
+        return self._held_count
+
+    def _in_receiver_vocabulary(self, spans: Sequence[ReadableSpan]) -> Sequence[ReadableSpan]:
+        """`spans`, each with the receivers' keys its trace's tree gives it added.
+
+        Runs on the exporter's thread. The tree is the trace's own (built once per
+        version, shared with the notebook's views); for a trace the collector no longer
+        keeps, the tree of this batch's spans of it. Should anything fail, the spans go
+        out as they are: the export never loses a span over its vocabulary.
+        """
+        if self._collector is None:
+            return spans
+        try:
+            groups: dict[int, list[int]] = {}
+            for index, span in enumerate(spans):
+                context = span.context
+                if context is not None:
+                    groups.setdefault(context.trace_id, []).append(index)
+            out = list(spans)
+            translated = 0
+            for trace_id, indexes in groups.items():
+                tree = self._tree_of(trace_id, [spans[index] for index in indexes])
+                for index in indexes:
+                    span = spans[index]
+                    context = span.context
+                    node = tree.by_id.get(context.span_id) if context is not None else None
+                    if node is None:
+                        continue
+                    extra = receiver_attributes(node)
+                    if extra:
+                        out[index] = _ExportedSpan(span, extra)
+                        translated += 1
+            self.spans_translated += translated
+            return out
+        except Exception:
+            _logger.debug("agenta_notebook: receiver keys not added", exc_info=True)
+            return spans
+
+    def _tree_of(self, trace_id: int, spans: Sequence[ReadableSpan]) -> TraceTree:
+        collector = self._collector
+        trace = collector.get(trace_id) if collector is not None else None
+        if trace is None and collector is not None:
+            trace = collector._draining.get(trace_id)
+        if trace is not None:
+            started = time.monotonic()
+            tree = trace.tree
+            if not trace._root_ended:
+                self._build_seconds[trace_id] = time.monotonic() - started
+            if all(
+                span.context is not None and span.context.span_id in tree.by_id for span in spans
+            ):
+                return tree
+        return build_tree(record_from_span(span) for span in spans)
 
     def note_dropped(self, count: int) -> None:
         with self._lock:
@@ -222,6 +385,8 @@ class _WatchedExporter(SpanExporter):
             )
 
     def shutdown(self) -> None:
+        if not self.failing:  # the last held spans, unless the endpoint is down
+            self.release_held()
         outer = _quiet.active
         _quiet.active = True
         try:
@@ -233,6 +398,42 @@ class _WatchedExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+class _ExportedSpan(ReadableSpan):
+    """A finished span as exported: the same span, with the receivers' keys added.
+
+    A light copy made on the exporter's thread; the span itself is never changed.
+    """
+
+    def __init__(self, span: ReadableSpan, extra: Mapping[str, Any]) -> None:
+        super().__init__(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes={**(span.attributes or {}), **extra},
+            events=span.events,
+            links=span.links,
+            kind=span.kind,
+            status=span.status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+        self._dropped = (span.dropped_attributes, span.dropped_events, span.dropped_links)
+
+    @property
+    def dropped_attributes(self) -> int:
+        return self._dropped[0]
+
+    @property
+    def dropped_events(self) -> int:
+        return self._dropped[1]
+
+    @property
+    def dropped_links(self) -> int:
+        return self._dropped[2]
 
 
 def _warn(message: str) -> None:
@@ -276,6 +477,17 @@ class OtlpExport:
         return self._exporter.spans_dropped
 
     @property
+    def spans_held(self) -> int:
+        """Spans of traced blocks still running, waiting for the block to end (at most
+        `HOLD_SECONDS`) to be sent with what the finished tree counts at each."""
+        return self._exporter.spans_held
+
+    @property
+    def spans_translated(self) -> int:
+        """Spans handed to the exporter with receivers' keys added (kind, model, usage)."""
+        return self._exporter.spans_translated
+
+    @property
     def failing(self) -> bool:
         """True from a failed batch until a batch gets through again."""
         return self._exporter.failing
@@ -300,7 +512,10 @@ class OtlpExport:
         """
         if self.stopped:
             return False
-        return self._processor.force_flush()
+        flushed = self._processor.force_flush()
+        # Spans of a trace still running were held for its root span: send them too.
+        self._exporter.release_held()
+        return flushed
 
     def stop(self, wait: float = SHUTDOWN_WAIT_SECONDS) -> None:
         """Stop exporting; queued spans get up to `wait` seconds to be sent."""
@@ -342,17 +557,27 @@ class _ExportProcessor(SpanProcessor):
         context = span.context
         if context is None or self._collector.get(context.trace_id) is None:
             return
+        exporter = export._exporter
         outer = _quiet.active
         _quiet.active = True  # "queue full" is counted, and reported once by the exporter
         _quiet.dropped = 0
+        refused = False
         try:
-            export._emit(span)
+            # A full queue is decided here, under one lock, rather than by the batch
+            # processor: its own check races with its worker (it may report a span
+            # dropped that was not), and the count must be exact.
+            with exporter._emit_lock:
+                if exporter._emitted - exporter._arrived >= exporter.max_queue_size:
+                    refused = True
+                else:
+                    exporter._emitted += 1
+                    export._emit(span)
         except Exception:
             pass
         finally:
             _quiet.active = outer
-        if _quiet.dropped:
-            export._exporter.note_dropped(_quiet.dropped)
+        if refused or _quiet.dropped:
+            exporter.note_dropped(_quiet.dropped + (1 if refused else 0))
 
     def shutdown(self) -> None:
         export, self.export = self.export, None
@@ -430,9 +655,10 @@ def export_to(
     url = resolve_endpoint(endpoint)
     _install_log_filter()
     inner = OTLPSpanExporter(endpoint=url, headers=dict(headers or {}), timeout=timeout)
-    watched = _WatchedExporter(inner, url)
-    if max_queue_size is None and not os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE"):
-        max_queue_size = DEFAULT_MAX_QUEUE_SIZE
+    watched = _WatchedExporter(inner, url, get_collector())
+    if max_queue_size is None:
+        max_queue_size = _queue_size_from_environment()
+    watched.max_queue_size = max_queue_size
     batch = BatchSpanProcessor(
         watched,
         max_queue_size=max_queue_size,
@@ -447,13 +673,23 @@ def export_to(
             if provider is None:  # pragma: no cover - get_collector always sets it
                 raise RuntimeError("agenta_notebook: no tracer provider to export from")
             _processor = _ExportProcessor(collector)
-            provider.add_span_processor(_processor)
+            # On every SDK provider: spans of our traces may come from any of them.
+            _collector_module.attach_everywhere(_processor)
         previous, _processor.export = _processor.export, export
     if previous is not None:
         threading.Thread(
             target=previous.stop, name="agenta_notebook OTLP stop", daemon=True
         ).start()
     return export
+
+
+def _queue_size_from_environment() -> int:
+    """`OTEL_BSP_MAX_QUEUE_SIZE` when it is a positive integer, else our default."""
+    try:
+        size = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "").strip())
+    except ValueError:
+        return DEFAULT_MAX_QUEUE_SIZE
+    return size if size > 0 else DEFAULT_MAX_QUEUE_SIZE
 
 
 def current_export() -> OtlpExport | None:

@@ -23,6 +23,13 @@ Decisions where OTLP is silent:
   Text is written as UTF-8 and round-trips exactly, except a lone surrogate (a Python
   str that is not valid Unicode, which no OTLP reader accepts): it is saved as U+FFFD,
   as Go's and Rust's JSON readers would read it anyway.
+- Spans are saved in the receiver's vocabulary too, as the OTLP export sends them: next
+  to the keys a span has, the OpenTelemetry GenAI conventions' and OpenInference's keys
+  for its kind, model and the usage counted at it (`agenta_notebook.vocabulary`), so
+  a file imported into Phoenix or any GenAI-aware tool shows our model calls with their
+  tokens. A key the span has is never overwritten, and the keys added never change
+  what `load` reads: a loaded trace has the same figures. `trace_to_otlp(trace,
+  receiver_keys=False)` gives the spans exactly as recorded.
 - A file with several traces: `load` returns the first (in order of first appearance)
   or the one whose id you pass; `load_all` returns all of them. A trace's spans may be
   spread over several lines, as the Collector writes them.
@@ -51,6 +58,7 @@ from typing import Any, Final
 
 from .collector import ROOT_MARKER
 from .tree import SpanEvent, SpanRecord, StatusCode, Trace
+from .vocabulary import exported_attributes
 
 #: Scope attributes that carry a trace's own metadata in our files.
 TRACE_NAME_KEY: Final = "agenta_notebook.trace.name"
@@ -144,8 +152,8 @@ def encode_attributes(attributes: Mapping[str, Any] | None) -> list[dict[str, An
     ]
 
 
-def encode_span(record: SpanRecord) -> dict[str, Any]:
-    """One `SpanRecord` as an OTLP JSON `Span`."""
+def encode_span(record: SpanRecord, attributes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One `SpanRecord` as an OTLP JSON `Span` (with `attributes` instead of its own)."""
     span: dict[str, Any] = {
         "traceId": _hex_id(record.trace_id, 32, "trace id"),
         "spanId": _hex_id(record.span_id, 16, "span id"),
@@ -157,7 +165,7 @@ def encode_span(record: SpanRecord) -> dict[str, Any]:
     span["startTimeUnixNano"] = str(record.start_time_ns)
     # OTLP has no "running": an end time of 0 says the span had not ended when saved.
     span["endTimeUnixNano"] = str(record.end_time_ns if record.end_time_ns is not None else 0)
-    span["attributes"] = encode_attributes(record.attributes)
+    span["attributes"] = encode_attributes(record.attributes if attributes is None else attributes)
     span["events"] = [
         {
             "timeUnixNano": str(event.timestamp_ns),
@@ -176,12 +184,22 @@ def encode_span(record: SpanRecord) -> dict[str, Any]:
     return span
 
 
-def trace_to_otlp(trace: Trace) -> dict[str, Any]:
+def trace_to_otlp(trace: Trace, *, receiver_keys: bool = True) -> dict[str, Any]:
     """The trace as one OTLP JSON `ExportTraceServiceRequest` (a plain dict).
 
-    Spans are grouped by resource and instrumentation scope, as OTLP requires.
+    Spans are grouped by resource and instrumentation scope, as OTLP requires. With
+    `receiver_keys` (the default), each span also carries the GenAI conventions' and
+    OpenInference's keys for its kind, model and counted usage (see the module's doc).
     """
-    records = sorted(trace.records(), key=lambda r: (r.start_time_ns, r.span_id))
+    attributes: dict[int, Mapping[str, Any]] = {}
+    if receiver_keys:
+        # One snapshot: the records and the tree that says what is counted at each.
+        nodes = trace.tree.by_id.values()
+        unsorted = [node.record for node in nodes]
+        attributes = {node.span_id: exported_attributes(node) for node in nodes}
+    else:
+        unsorted = trace.records()
+    records = sorted(unsorted, key=lambda r: (r.start_time_ns, r.span_id))
     metadata: dict[str, Any] = {
         TRACE_NAME_KEY: trace.name,
         TRACE_ID_KEY: _hex_id(trace.trace_id, 32, "trace id"),
@@ -196,7 +214,9 @@ def trace_to_otlp(trace: Trace) -> dict[str, Any]:
         key = json.dumps(resource, sort_keys=True)
         if key not in groups:
             groups[key] = (resource, {})
-        groups[key][1].setdefault(record.scope, []).append(encode_span(record))
+        groups[key][1].setdefault(record.scope, []).append(
+            encode_span(record, attributes.get(record.span_id))
+        )
 
     resource_spans = []
     for resource, scopes in groups.values():

@@ -97,6 +97,18 @@ BARE_ATTRIBUTES: dict[str, str | int] = {
 }
 
 
+def bare_provider() -> Any:
+    """A plain SDK `TracerProvider` that stays bare: agenta_notebook attaches its collector
+    to every SDK provider made in the process, so the baseline's is detached again."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from agenta_notebook.collector import detach
+
+    provider = TracerProvider()
+    detach(provider)
+    return provider
+
+
 def bare_opentelemetry() -> tuple[Callable[[], None], Callable[[], Any], Callable[[], int]]:
     """A bare OpenTelemetry span per call, on its own SDK provider (not the global one).
 
@@ -104,12 +116,11 @@ def bare_opentelemetry() -> tuple[Callable[[], None], Callable[[], Any], Callabl
     `root()` is a context manager for the enclosing span, and `finished()` returns how
     many spans the in-memory exporter holds, then clears it.
     """
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = bare_provider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("bench")
 

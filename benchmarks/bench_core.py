@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _common import best_of, clock, machine_line, plain_pass  # noqa: E402
+from _common import bare_provider, best_of, clock, machine_line, plain_pass  # noqa: E402
 
 # -- (a) per-call overhead -------------------------------------------------------------
 
@@ -50,7 +50,7 @@ def bench_span_overhead(calls: int, rounds: int) -> tuple[float, float, float]:
     """Seconds per call for our span and the bare SDK span (best round of each), and
     the median over rounds of the ratio of the two, each pair measured back to back."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = bare_provider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     bare_tracer = provider.get_tracer("bench")
     attributes: dict[str, str | int] = {

@@ -44,6 +44,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from _common import (  # noqa: E402
+    bare_provider,
     best_of,
     clock,
     machine_line,
@@ -187,7 +188,6 @@ def _replay(plan: list[tuple[int, int | None, str, dict[str, Any]]], tracer: Any
 def retained_per_span(count: int) -> dict[str, float]:
     """Bytes per span kept by the collector (spans; then tree) and by a bare exporter."""
     from bench_core import make_spans
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -215,7 +215,7 @@ def retained_per_span(count: int) -> dict[str, float]:
     gc.collect()
     baseline_before = tracemalloc.get_traced_memory()[0]
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = bare_provider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     _replay(plan, provider.get_tracer("bench"))
     gc.collect()

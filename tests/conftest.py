@@ -83,16 +83,15 @@ def collector() -> Iterator[Collector]:
 
 @pytest.fixture
 def threads_propagate_context() -> Iterator[None]:
-    """OpenTelemetry's ThreadingInstrumentor on (as the IPython extension turns it on).
+    """Thread context propagation on (as the IPython extension turns it on).
 
     Undone afterwards only if this fixture turned it on.
     """
-    from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+    from agenta_notebook import threads
 
-    instrumentor = ThreadingInstrumentor()
-    already = instrumentor.is_instrumented_by_opentelemetry
+    already = threads.is_propagating()
     if not already:
-        instrumentor.instrument(skip_dep_check=True)
+        assert threads.enable_thread_propagation()
     yield
     if not already:
-        instrumentor.uninstrument()
+        threads.disable_thread_propagation()

@@ -19,6 +19,8 @@ from nbformat import NotebookNode
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 import agenta_notebook as an
+from agenta_notebook import collector as collector_module
+from agenta_notebook import otlp as otlp_module
 from agenta_notebook.collector import get_tracer
 from agenta_notebook.otlp import (
     OtlpExport,
@@ -30,6 +32,7 @@ from agenta_notebook.otlp import (
     stop_export,
 )
 from agenta_notebook.tree import SpanEvent, SpanRecord, Trace, build_tree
+from agenta_notebook.vocabulary import RECEIVER_KEYS
 
 #: The exporter's per-request timeout in these tests (seconds).
 TIMEOUT = 3.0
@@ -109,6 +112,7 @@ def as_record(span: ReceivedSpan) -> SpanRecord:
         status_message=span.status_message or None,
         attributes=span.attributes,
         events=tuple(SpanEvent(name, 0, attributes) for name, attributes in span.events),
+        scope=span.scope or None,
     )
 
 
@@ -159,13 +163,36 @@ def test_every_span_of_a_traced_block_arrives_once(
         span = by_id[span_id]
         assert span.parent_span_id == record.parent_span_id
         assert span.name == record.name
-        assert span.attributes == dict(record.attributes)
+        # Every key the span has, as it is; and only receivers' keys added.
+        assert {k: span.attributes[k] for k in record.attributes} == dict(record.attributes)
+        assert set(span.attributes) - set(record.attributes) <= RECEIVER_KEYS
         assert span.start_time_ns == record.start_time_ns
         assert span.end_time_ns == record.end_time_ns
     llm = next(span for span in received if span.name == "llm 0")
     assert llm.attributes["ag.type.node"] == "llm"
     assert llm.attributes["ag.metrics.unit.tokens.prompt"] == 100
     assert llm.attributes["ag.metrics.unit.tokens.completion"] == 20
+    # ... and the receivers' vocabulary: a model call with its tokens for any backend.
+    assert llm.attributes["openinference.span.kind"] == "LLM"
+    assert llm.attributes["gen_ai.operation.name"] == "chat"
+    assert llm.attributes["llm.model_name"] == "gpt-4o"
+    assert llm.attributes["gen_ai.request.model"] == "gpt-4o"
+    assert llm.attributes["llm.token_count.prompt"] == 100
+    assert llm.attributes["llm.token_count.completion"] == 20
+    assert llm.attributes["llm.token_count.total"] == 120
+    assert llm.attributes["gen_ai.usage.input_tokens"] == 100
+    assert llm.attributes["gen_ai.usage.output_tokens"] == 20
+    kinds = {span.name: span.attributes.get("openinference.span.kind") for span in received}
+    assert kinds == {
+        "exported": "CHAIN",
+        "agent": "AGENT",
+        "llm 0": "LLM",
+        "llm 1": "LLM",
+        "local": "LLM",
+        "tool": "TOOL",
+        "deep": "CHAIN",
+    }
+    assert export.spans_translated == len(records)
     root = by_id[trace.root_span_id or 0]
     assert root.attributes["agenta_notebook.root"] is True
     deep = next(span for span in received if span.name == "deep")
@@ -506,3 +533,112 @@ def test_spans_that_end_after_the_block_are_exported_too(
     assert received.keys() == {"with a late span", "ends after the block"}
     assert received["ends after the block"].parent_span_id == trace.root_span_id
     assert trace.find("ends after the block").parent is trace.root
+
+
+# -- the receivers' vocabulary ----------------------------------------------------------------
+
+USAGE_PREFIXES = ("gen_ai.usage.", "llm.token_count.", "llm.cost.")
+
+
+def usage_keys_of(span: ReceivedSpan) -> dict[str, Any]:
+    return {k: v for k, v in span.attributes.items() if k.startswith(USAGE_PREFIXES)}
+
+
+def test_spans_of_a_running_block_wait_for_it_and_carry_the_finished_trees_keys(
+    receiver: OtlpReceiver,
+) -> None:
+    # Each span would go out alone as soon as it ends (batches of one, 10 ms delay):
+    # the spans of the running block are held, and translated once the tree is whole.
+    export = export_to(
+        receiver.url, timeout=TIMEOUT, schedule_delay_millis=10, max_export_batch_size=1
+    )
+    framework = get_tracer_of("openinference.instrumentation.langchain")
+    client = get_tracer_of("opentelemetry.instrumentation.openai_v2")
+    call = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.usage.input_tokens": 12,
+        "gen_ai.usage.output_tokens": 3,
+    }
+    with an.trace("held") as trace:
+        with an.span("agent", type="agent"):
+            an.record_usage(input_tokens=300, output_tokens=30)  # a claim over the two below
+            for name, tokens in (("llm 100", 100), ("llm 200", 200)):
+                with an.span(name, type="llm"):
+                    an.record_usage(model="gpt-4o", input_tokens=tokens, output_tokens=10)
+        # One call recorded by a framework and by the client, side by side (rule 13).
+        outer = framework.start_span("ChatOpenAI", attributes=call)
+        time.sleep(0.001)
+        client.start_span("chat gpt-4o-mini", attributes=call).end()
+        time.sleep(0.3)  # the worker ran many times: nothing of this block went out yet
+        assert receiver.spans_of(trace.trace_id) == []
+        assert export.spans_held == 4
+        outer.end()
+    assert export.flush()
+    count = len(trace.records())
+    received = {span.name: span for span in receiver.wait_for(trace.trace_id, count)}
+    assert len(received) == count and export.spans_held == 0
+    assert trace.find("ChatOpenAI").role == "recorded twice"
+    assert not usage_keys_of(received["agent"])
+    assert received["agent"].attributes["openinference.span.kind"] == "AGENT"
+    assert usage_keys_of(received["llm 100"])["llm.token_count.prompt"] == 100
+    assert usage_keys_of(received["chat gpt-4o-mini"])["llm.token_count.prompt"] == 12
+    assert "llm.token_count.prompt" not in received["ChatOpenAI"].attributes
+    assert received["ChatOpenAI"].attributes["openinference.span.kind"] == "LLM"
+    # A backend summing its spans gets the notebook's totals.
+    summed = sum(int(span.attributes.get("llm.token_count.total", 0)) for span in received.values())
+    assert summed == trace.totals.total_tokens == 300 + 20 + 15
+    rebuilt = build_tree([as_record(span) for span in received.values()], trace.root_span_id)
+    assert rebuilt.totals.total_tokens == trace.totals.total_tokens
+
+
+def get_tracer_of(scope: str) -> Any:
+    """A tracer of another instrumentation scope, on the provider the collector is on."""
+    get_tracer()
+    provider = collector_module._provider
+    assert provider is not None
+    return provider.get_tracer(scope)
+
+
+def test_flush_sends_the_spans_of_a_block_still_running(receiver: OtlpReceiver) -> None:
+    export = export_to(receiver.url, timeout=TIMEOUT, schedule_delay_millis=10)
+    with an.trace("flushed while running") as trace:
+        with an.span("call", type="llm"):
+            an.record_usage(model="gpt-4o", input_tokens=7, output_tokens=1)
+        assert export.flush()
+        [call] = receiver.wait_for(trace.trace_id, 1)
+        assert call.attributes["llm.token_count.total"] == 8
+        assert export.spans_held == 0
+    assert export.flush()
+    assert len(receiver.wait_for(trace.trace_id, 2)) == 2
+
+
+def test_a_long_block_sends_its_spans_after_the_hold_time(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(otlp_module, "HOLD_SECONDS", 0.2)
+    export = export_to(
+        receiver.url, timeout=TIMEOUT, schedule_delay_millis=10, max_export_batch_size=1
+    )
+    with an.trace("long block") as trace:
+        with an.span("early", type="llm"):
+            an.record_usage(model="gpt-4o", input_tokens=5, output_tokens=1)
+        time.sleep(0.4)
+        with an.span("later", type="tool"):
+            pass
+        # No flush: the hold time passed, so the next export sent what was waiting.
+        arrived = receiver.wait_for(trace.trace_id, 1, timeout=5.0)
+        assert [span.name for span in arrived][:1] == ["early"]
+        assert arrived[0].attributes["llm.token_count.prompt"] == 5
+    assert export.flush()
+    assert len(receiver.wait_for(trace.trace_id, 3)) == 3
+
+
+def test_nothing_is_added_on_the_traced_codes_path(
+    receiver: OtlpReceiver, export: OtlpExport
+) -> None:
+    trace, _ = traced_block("hot path", calls=1)
+    assert export.flush()
+    receiver.wait_for(trace.trace_id, len(trace.records()))
+    for record in trace.records():  # the spans themselves keep only what was set
+        assert not set(record.attributes) & RECEIVER_KEYS, record.name

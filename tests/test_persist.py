@@ -8,6 +8,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from agenta_notebook.persist import (
     trace_to_otlp,
 )
 from agenta_notebook.tree import SpanEvent, SpanRecord, Trace
+from agenta_notebook.vocabulary import RECEIVER_KEYS
 
 UNICODE = "naïve café — 東京 🚀 עברית\u200f e\u0301 \u0000 tab\tnew\nline \U0001f9ea"
 LONE_SURROGATE = "broken \ud800 half"
@@ -96,12 +98,30 @@ def tree_figures(trace: Trace) -> list[tuple[Any, ...]]:
     ]
 
 
-def assert_same_trace(loaded: Trace, original: Trace) -> None:
+def without_receiver_keys(record: SpanRecord, original: SpanRecord) -> SpanRecord:
+    """`record` (loaded) less the receivers' keys the save added to `original`'s.
+
+    Checks that only those keys were added, and never over a key the span had.
+    """
+    added = set(record.attributes) - set(original.attributes)
+    assert added <= RECEIVER_KEYS, added - RECEIVER_KEYS
+    attributes = {k: v for k, v in record.attributes.items() if k not in added}
+    return replace(record, attributes=attributes)
+
+
+def assert_same_trace(loaded: Trace, original: Trace, *, exact: bool = False) -> None:
+    """Same trace, same figures. Unless `exact` (a file saved without receiver keys),
+    the loaded spans may carry the receivers' keys the save added, and nothing else."""
     assert loaded.name == original.name
     assert loaded.trace_id == original.trace_id
     assert loaded.root_span_id == original.root_span_id
-    original_records = sorted(map(record_key, original.records()))
-    loaded_records = sorted(map(record_key, loaded.records()))
+    originals = {record.span_id: record for record in original.records()}
+    loaded_list = loaded.records()
+    assert sorted(r.span_id for r in loaded_list) == sorted(originals)
+    if not exact:
+        loaded_list = [without_receiver_keys(r, originals[r.span_id]) for r in loaded_list]
+    original_records = sorted(map(record_key, originals.values()))
+    loaded_records = sorted(map(record_key, loaded_list))
     assert len(loaded_records) == len(original_records)
     for got, expected in zip(loaded_records, original_records, strict=True):
         assert got == expected
@@ -265,6 +285,16 @@ def test_real_trace_round_trips(tmp_path: Path) -> None:
         running.end()
 
 
+def test_without_receiver_keys_a_trace_round_trips_exactly(tmp_path: Path) -> None:
+    trace, running = rich_trace()
+    try:
+        path = tmp_path / "exact.otlp.json"
+        path.write_text(json.dumps(trace_to_otlp(trace, receiver_keys=False)))
+        assert_same_trace(load(path), trace, exact=True)
+    finally:
+        running.end()
+
+
 def test_handmade_odd_spans_round_trip(tmp_path: Path) -> None:
     original = Trace(0xABC, "handmade", records=handmade_records())
     path = tmp_path / "handmade.json"
@@ -387,7 +417,8 @@ def test_saved_file_is_valid_otlp_json_for_protobuf(tmp_path: Path) -> None:
         assert span.status.code == {"UNSET": 0, "OK": 1, "ERROR": 2}[record.status]
         assert span.kind == 1  # SPAN_KIND_INTERNAL
         parsed = {a.key: a.value for a in span.attributes}
-        assert parsed.keys() == record.attributes.keys()
+        assert parsed.keys() >= record.attributes.keys()
+        assert parsed.keys() - record.attributes.keys() <= RECEIVER_KEYS
         for key, value in record.attributes.items():
             which = parsed[key].WhichOneof("value")
             if isinstance(value, bool):

@@ -40,10 +40,17 @@ def test_readme_snippets_run_in_a_kernel(tmp_path: Path) -> None:
             "import json\n"
             "print(json.dumps({'tokens': run.totals.total_tokens,"
             " 'calls': run.totals.model_calls, 'names': [n.name for n in run.nodes],"
-            " 'openai_calls': call.totals.model_calls}))"
+            " 'openai_calls': call.totals.model_calls,"
+            " 'anthropic_calls': claude_call.totals.model_calls,"
+            " 'anthropic_tokens': claude_call.totals.total_tokens,"
+            " 'anthropic_usage': message.usage.input_tokens + message.usage.output_tokens}))"
         )
     )
-    environment = {key: value for key, value in os.environ.items() if key != "OPENAI_API_KEY"}
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+    }
     environment["PYTHONPATH"] = str(README.parent)
     client = NotebookClient(
         notebook,
@@ -59,6 +66,9 @@ def test_readme_snippets_run_in_a_kernel(tmp_path: Path) -> None:
     assert summary["calls"] == 3
     assert summary["names"][0] == "answer a question"
     assert summary["openai_calls"] == 1
+    # The Anthropic SDK's own span, read from the global provider (no cache tokens here).
+    assert summary["anthropic_calls"] == 1
+    assert summary["anthropic_tokens"] == summary["anthropic_usage"]
     assert (tmp_path / "answer.otlp.json").exists()
 
 

@@ -242,8 +242,8 @@ def instrument_openai() -> bool:
         wrap_function_wrapper(openai, "AsyncOpenAI.request", _async_request)
         if _processor is None:
             _processor = _StreamWatch()
-            if provider is not None:
-                provider.add_span_processor(_processor)
+            if provider is not None:  # on every SDK provider: a root may come from any
+                collector.attach_everywhere(_processor)
         _watch = _processor
         return True
 
