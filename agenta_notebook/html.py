@@ -151,10 +151,14 @@ class Marker:
 
 
 def markers(node: SpanNode) -> list[Marker]:
-    """The badges of one row: error, unpriced, roll-up mismatch, running, detached, warnings."""
+    """The badges of one row: error, unpriced, roll-up mismatch, running, detached, a call
+    recorded twice (rule 13), warnings."""
     found: list[Marker] = []
+    twin = node.duplicate_of
     if node.is_error_origin:
         found.append(Marker("✖ error", node.record.status_message or "error", "agn-m-error"))
+    elif node.is_error and twin is not None:
+        found.append(Marker("✖", "the same failed call is counted at its twin", "agn-m-error-up"))
     elif node.is_error:
         found.append(Marker("✖", "error raised below and propagated here", "agn-m-error-up"))
     elif node.subtotal.errors:
@@ -176,7 +180,14 @@ def markers(node: SpanNode) -> list[Marker]:
         found.append(Marker("⏳ running", "this span has not ended yet", "agn-m-running"))
     if node.detached:
         found.append(Marker("⤴ detached", "its parent span is not in this trace", "agn-m-detached"))
-    others = [w for w in node.warnings if w != node.mismatch and not w.startswith("detached:")]
+    if twin is not None:
+        twin_note = next((w for w in node.warnings if w.startswith("recorded twice")), "")
+        found.append(Marker("⧉ recorded twice", twin_note, "agn-m-twice"))
+    others = [
+        w
+        for w in node.warnings
+        if w != node.mismatch and not w.startswith(("detached:", "recorded twice"))
+    ]
     if others:
         found.append(Marker(f"⚠ {len(others)}", "; ".join(others), "agn-m-warning"))
     return found

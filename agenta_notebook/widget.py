@@ -357,6 +357,7 @@ def _css() -> str:
         ".agn-m-mismatch{background:#f3e5f5;color:#6a1b9a}"
         ".agn-m-running{background:#e3f2fd;color:#0d47a1}"
         ".agn-m-detached{background:#eceff1;color:#37474f}"
+        ".agn-m-twice{background:#e8eaf6;color:#283593}"
         ".agn-m-warning{background:#fff8e1;color:#8d6e00}"
         ".agn-root .agn-header .agn-title{font-weight:600;font-size:14px}"
         ".agn-root .agn-models{border-collapse:collapse;font-size:12px;margin:4px 0}"

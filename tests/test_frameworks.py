@@ -31,8 +31,6 @@ import ipaddress
 import itertools
 import json
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
@@ -49,6 +47,7 @@ from google.genai import types as genai_types
 from langchain_core.messages import AIMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
+from nbval_run import run_nbval
 
 import agenta_notebook as an
 from agenta_notebook import demo
@@ -670,30 +669,6 @@ def test_frameworks_notebook_validates_with_nbval() -> None:
     """notebooks/frameworks.ipynb (built by tests/notebooks/build_frameworks.py) in a real
     kernel under nbval: every output is compared (ids through tests/nbval_sanitize.cfg),
     except the live view's."""
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OPENAI_", "ANTHROPIC_", "LITELLM_", "AGENTA_NOTEBOOK"))
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--nbval",
-            "--nbval-current-env",
-            "--nbval-sanitize-with",
-            str(ROOT / "tests" / "nbval_sanitize.cfg"),
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            str(ROOT / "notebooks" / "frameworks.ipynb"),
-        ],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_nbval(
+        "frameworks.ipynb", drop_env=("OPENAI_", "ANTHROPIC_", "LITELLM_", "AGENTA_NOTEBOOK_")
     )
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout

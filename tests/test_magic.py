@@ -9,10 +9,7 @@ of a trace.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +22,7 @@ from live_kernel import Kernel as LiveKernel
 from live_kernel import new_client, started, stdout
 from nbclient.exceptions import CellExecutionError
 from nbformat import NotebookNode
+from nbval_run import run_nbval
 
 HELPERS = r'''
 import asyncio, json, os, threading, time
@@ -107,7 +105,9 @@ class Kernel(LiveKernel):
 
     def summary(self, expression: str = "") -> dict[str, Any]:
         cell = self.run(f"show({expression})")
-        return json.loads(stdout(cell).split("SUMMARY ", 1)[1])
+        text = stdout(cell)
+        assert "SUMMARY " in text, f"no summary printed; outputs: {cell.outputs}"
+        return json.loads(text.split("SUMMARY ", 1)[1])
 
 
 def outputs(cell: NotebookNode, kind: str) -> list[NotebookNode]:
@@ -368,6 +368,14 @@ def test_real_interrupt_from_the_frontend(kernel: Kernel) -> None:
         reply = get_shell(timeout=30)
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] in ("KeyboardInterrupt", "CancelledError")
+    idle = False
+    while not idle:  # everything the interrupted cell sends has arrived
+        msg = get_iopub(timeout=30)
+        idle = (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"]["execution_state"] == "idle"
+        )
     summary = kernel.summary()
     assert summary["name"] == "stopped" and summary["root_error"]
     assert by_name(summary, "waiting")[0]["error"]
@@ -709,32 +717,5 @@ def test_thread_propagation_can_be_turned_off(kernel: Kernel) -> None:
 def test_quickstart_notebook_validates_with_nbval() -> None:
     """notebooks/quickstart.ipynb in a real kernel under nbval: every output is compared
     (ids and times through tests/nbval_sanitize.cfg), except the live views'."""
-    root = Path(__file__).resolve().parent.parent
     # No key: the OpenAI section talks to the offline stand-in, deterministically.
-    environment = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("AGENTA_NOTEBOOK_THREADS", "OPENAI_API_KEY")
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--nbval",
-            "--nbval-current-env",
-            "--nbval-sanitize-with",
-            str(root / "tests" / "nbval_sanitize.cfg"),
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            str(root / "notebooks" / "quickstart.ipynb"),
-        ],
-        cwd=root,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout
+    run_nbval("quickstart.ipynb", drop_env=("AGENTA_NOTEBOOK_THREADS", "OPENAI_API_KEY"))

@@ -13,13 +13,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import genai_prices
 import openai
 import pandas as pd
 import pytest
+from nbval_run import run_nbval
 from openinference.instrumentation.openai import OpenAIInstrumentor
 
 import agenta_notebook as an
@@ -631,33 +631,11 @@ def test_a_wrong_claim_is_flagged_not_added() -> None:
 def test_openai_notebook_runs_against_the_stand_in() -> None:
     """notebooks/openai.ipynb in a real kernel under nbval: every output is compared,
     except the interactive view's (it shows timings)."""
-    root = Path(__file__).resolve().parent.parent
-    notebook = root / "notebooks" / "openai.ipynb"
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", integration.INSTRUMENT_ON_LOAD_ENV)
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--nbval",
-            "--nbval-current-env",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            str(notebook),
-        ],
-        cwd=root,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_nbval(
+        "openai.ipynb",
+        drop_env=("OPENAI_API_KEY", "OPENAI_BASE_URL", integration.INSTRUMENT_ON_LOAD_ENV),
+        sanitize=False,
     )
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
 
 
 def test_genai_agent_span_with_run_totals_is_a_claim() -> None:

@@ -14,7 +14,10 @@ import json
 import subprocess
 import sys
 import textwrap
+from decimal import Decimal
 from typing import Any
+
+import genai_prices
 
 # Printed by every scenario: the trace as (name, parent name, detached) rows.
 PRELUDE = """
@@ -452,3 +455,251 @@ def test_a_library_shutting_its_provider_down_does_not_stop_shared_processors() 
         """
     )
     assert result == {"after_library": 0, "after_ours": 1}
+
+
+# -- the real Logfire ------------------------------------------------------------------------
+#
+# `logfire.configure()` builds an SDK provider, wraps it in a provider of Logfire's own class
+# (re-pointed at a new SDK provider on each `configure`) and sets that wrapper global. Both
+# orders must work in a notebook: the extension loaded before or after `configure`.
+
+#: Runs before each Logfire scenario: no Logfire/OTel settings from the environment, and a
+#: socket guard that refuses (and records) every connection or lookup beyond 127.0.0.1; at
+#: exit (after the providers' own shutdown) a refused attempt fails the interpreter.
+LOGFIRE_PRELUDE = """
+import atexit, ipaddress, os, socket, sys, warnings
+
+for key in list(os.environ):
+    if key.startswith(("LOGFIRE_", "OTEL_")):
+        del os.environ[key]
+
+refused = []
+
+
+def local(host):
+    if host is None:
+        return True
+    if isinstance(host, bytes):
+        host = host.decode()
+    host = str(host).split("%")[0]
+    if host in ("", "localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse(what):
+    refused.append(what)
+    raise OSError("no network beyond 127.0.0.1 in this test: " + what)
+
+
+connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+sendto, getaddrinfo = socket.socket.sendto, socket.getaddrinfo
+
+
+def guarded_connect(self, address):
+    if isinstance(address, tuple) and not local(address[0]):
+        refuse("connect %r" % (address,))
+    return connect(self, address)
+
+
+def guarded_connect_ex(self, address):
+    if isinstance(address, tuple) and not local(address[0]):
+        refuse("connect %r" % (address,))
+    return connect_ex(self, address)
+
+
+def guarded_sendto(self, data, *args):
+    address = args[-1]
+    if isinstance(address, tuple) and not local(address[0]):
+        refuse("sendto %r" % (address,))
+    return sendto(self, data, *args)
+
+
+def guarded_getaddrinfo(host, *args, **kwargs):
+    if not local(host):
+        refuse("resolve %r" % (host,))
+    return getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect = guarded_connect
+socket.socket.connect_ex = guarded_connect_ex
+socket.socket.sendto = guarded_sendto
+socket.getaddrinfo = guarded_getaddrinfo
+
+
+@atexit.register  # registered first, so it runs last
+def no_network_at_exit():
+    if refused:
+        sys.stderr.write("tried to leave the machine: %r\\n" % (refused,))
+        sys.stderr.flush()
+        os._exit(3)
+
+
+logfire_logged = Logged()
+logging.getLogger("logfire").addHandler(logfire_logged)
+caught = warnings.catch_warnings(record=True)
+caught_warnings = caught.__enter__()
+warnings.simplefilter("always")
+
+
+def configure_logfire():
+    import logfire
+
+    exporter = InMemorySpanExporter()
+    logfire.configure(
+        send_to_logfire=False,
+        console=False,
+        additional_span_processors=[SimpleSpanProcessor(exporter)],
+        # `python -c` code has no source to read: Logfire would log that as a span.
+        inspect_arguments=False,
+    )
+    return exporter
+
+
+def traced_cell(name, early):
+    # Logfire's span around our LLM span around instrumentations' spans: `early` took its
+    # tracer before anything was configured, `late` takes it now.
+    import logfire
+    import agenta_notebook as an
+
+    late = trace.get_tracer("instrumentation.late")
+    with an.trace(name) as t:
+        with logfire.span("step"):
+            with early.start_as_current_span("library call"):
+                with an.span("inner", type="llm"):
+                    an.record_usage(
+                        model="gpt-4o-mini", provider="openai", input_tokens=100,
+                        output_tokens=20,
+                    )
+                    with late.start_as_current_span("http request"):
+                        pass
+    return t
+
+
+def exported_tree(exporter):
+    spans = exporter.get_finished_spans()
+    names = {s.context.span_id: s.name for s in spans}
+    return sorted(
+        [s.name, names.get(s.parent.span_id) if s.parent is not None else None]
+        for s in spans
+    )
+
+
+def logfire_wiring():
+    from agenta_notebook import collector
+
+    global_provider = trace.get_tracer_provider()
+    inner = getattr(global_provider, "provider", None)  # the SDK provider Logfire wraps
+    multi = getattr(inner, "_active_span_processor", None)
+    processors = getattr(multi, "_span_processors", ())
+    return {
+        "global": type(global_provider).__module__ + "." + type(global_provider).__name__,
+        "inner_attached": inner in collector.attached_providers(),
+        "collector_first": processors[:1] == (collector.get_collector(),),
+    }
+
+
+def summary(t, exporter, **more):
+    caught.__exit__(None, None, None)
+    return json.dumps({
+        "rows": rows(t),
+        "tokens": t.totals.total_tokens,
+        "calls": t.totals.model_calls,
+        "cost": str(t.totals.cost),
+        "exported": exported_tree(exporter),
+        "wiring": logfire_wiring(),
+        "overriding": overriding(),
+        "logfire_logged": logfire_logged.messages,
+        "warnings": [f"{w.category.__name__}: {w.message}" for w in caught_warnings],
+        "refused": refused,
+        **more,
+    })
+"""
+
+#: The cell's spans, each under its parent: in our trace and in what Logfire exported.
+LOGFIRE_TREE: list[list[Any]] = [
+    ["cell", None],
+    ["step", "cell"],
+    ["library call", "step"],
+    ["inner", "library call"],
+    ["http request", "inner"],
+]
+
+
+def run_logfire(code: str) -> dict[str, Any]:
+    return run_python(LOGFIRE_PRELUDE + textwrap.dedent(code))
+
+
+def assert_logfire_scenario(result: dict[str, Any]) -> None:
+    assert result["refused"] == []
+    # Logfire set its provider global, quietly, and the collector is on the SDK provider
+    # it wraps, first.
+    assert not result["overriding"]
+    assert result["wiring"] == {
+        "global": "logfire._internal.tracer.ProxyTracerProvider",
+        "inner_attached": True,
+        "collector_first": True,
+    }
+    assert result["rows"] == [[name, parent, False] for name, parent in LOGFIRE_TREE]
+    # Logfire's exporter got the whole cell: its span, the instrumentations' (Logfire's
+    # provider is the global one) and ours, with the same parents.
+    assert result["exported"] == sorted(LOGFIRE_TREE)
+    usage = genai_prices.Usage(input_tokens=100, output_tokens=20)
+    price = genai_prices.calc_price(usage, "gpt-4o-mini", provider_id="openai").total_price
+    assert (result["tokens"], result["calls"]) == (120, 1)
+    assert Decimal(result["cost"]) == price
+    assert result["logfire_logged"] == []
+    assert result["warnings"] == []
+
+
+def test_logfire_configured_after_the_extension_loaded() -> None:
+    result = run_logfire(
+        """
+        early = trace.get_tracer("instrumentation.early")  # at import time: a proxy
+
+        import agenta_notebook as an
+        from agenta_notebook import collector
+
+        an.get_collector()  # what %load_ext does
+        ours_was_global = trace.get_tracer_provider() is collector._provider
+        exporter = configure_logfire()
+        t = traced_cell("cell", early)
+
+        # A notebook runs the configure cell again: a new SDK provider behind the same
+        # global wrapper; the old one is shut down.
+        second_exporter = configure_logfire()
+        again = traced_cell("cell", early)
+        print(summary(
+            t,
+            exporter,
+            ours_was_global=ours_was_global,
+            again_rows=rows(again),
+            again_exported=exported_tree(second_exporter),
+            first_exported_once=len(exporter.get_finished_spans()),
+        ))
+        """
+    )
+    assert_logfire_scenario(result)
+    assert result["ours_was_global"]
+    assert result["again_rows"] == [[name, parent, False] for name, parent in LOGFIRE_TREE]
+    assert result["again_exported"] == sorted(LOGFIRE_TREE)
+    assert result["first_exported_once"] == len(LOGFIRE_TREE)
+
+
+def test_logfire_configured_before_the_extension_loaded() -> None:
+    result = run_logfire(
+        """
+        early = trace.get_tracer("instrumentation.early")  # at import time: a proxy
+        exporter = configure_logfire()
+
+        import agenta_notebook as an
+
+        an.get_collector()  # what %load_ext does
+        t = traced_cell("cell", early)
+        print(summary(t, exporter))
+        """
+    )
+    assert_logfire_scenario(result)

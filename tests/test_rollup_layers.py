@@ -717,3 +717,34 @@ def test_record_usage_writes_agentas_cache_read_key() -> None:
     attributes = trace.find("call").record.attributes
     assert attributes["ag.metrics.unit.tokens.cache_read"] == 64
     assert "ag.metrics.unit.tokens.cached" not in attributes
+
+
+def test_a_twin_row_is_badged_recorded_twice_not_as_an_error_origin() -> None:
+    from agenta_notebook.html import markers
+
+    spans = Spans()
+    root = spans.add("root", None, 0, 1000)
+    spans.add(
+        "anthropic.chat",
+        root,
+        10,
+        100,
+        scope=OPENLLMETRY_ANTHROPIC_SCOPE,
+        status="ERROR",
+        **{"gen_ai.operation.name": "chat", "gen_ai.request.model": "claude-sonnet-4-5"},
+        **{"error.type": "InternalServerError"},
+    )
+    spans.add(
+        "anthropic.messages.create",
+        root,
+        20,
+        90,
+        scope=ANTHROPIC_SDK_SCOPE,
+        status="ERROR",
+        **{"gen_ai.operation.name": "chat", "gen_ai.request.model": "claude-sonnet-4-5"},
+        **{"http.response.status_code": 500},
+    )
+    tree = build_tree(spans.all)
+    labels = [m.label for m in markers(node(tree, "anthropic.chat"))]
+    assert labels == ["✖", "⧉ recorded twice"]
+    assert [m.label for m in markers(node(tree, "anthropic.messages.create"))] == ["✖ error"]

@@ -12,26 +12,13 @@ stand-ins on 127.0.0.1, so the figures are the same on every run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import nbformat
-from nbclient import NotebookClient
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from _build import IGNORE, Cells, execute_and_write
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "frameworks.ipynb"
-IGNORE = ["nbval-ignore-output"]
-cells: list[Any] = []
-
-
-def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip()))
-
-
-def code(text: str, tags: list[str] | None = None) -> None:
-    cell = new_code_cell(text.strip())
-    if tags:
-        cell.metadata["tags"] = list(tags)
-    cells.append(cell)
+cells = Cells()
+md = cells.md
+code = cells.code
 
 
 md("""
@@ -180,26 +167,7 @@ an.uninstrument()
 
 
 def main() -> None:
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.metadata["language_info"] = {"name": "python"}
-    client = NotebookClient(
-        nb,
-        timeout=180,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    )
-    client.execute()
-    nb.metadata.pop("widgets", None)
-    for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
-    nbformat.write(nb, NOTEBOOK)
-    print(f"wrote {NOTEBOOK}")
+    execute_and_write(cells, NOTEBOOK, timeout=180)
 
 
 if __name__ == "__main__":
