@@ -443,6 +443,33 @@ def test_late_span_is_added_to_its_cell_and_refreshes_the_view(kernel: Kernel) -
     assert late_refreshes and late_refreshes[-1][2] is False, "the view shows the late span"
 
 
+def test_set_prices_after_a_cell_updates_its_output(kernel: Kernel) -> None:
+    """Rule 15 in a real kernel: the output of a cell already shown is redrawn with the
+    prices set afterwards (the static text the notebook keeps, not only the widget)."""
+    cell = kernel.run(
+        "%%agenta_trace priced_later\n"
+        "with span('house call', type='llm'):\n"
+        "    record_usage(model='house-model-99', input_tokens=2_000_000, output_tokens=0)"
+    )
+
+    def shown_text() -> str:
+        return "".join(
+            output["data"]["text/plain"]
+            for output in cell.outputs
+            if output.get("output_type") in ("display_data", "update_display_data")
+            and "text/plain" in output.get("data", {})
+        )
+
+    assert "1 unpriced" in shown_text()
+    try:
+        # The redraw comes from the view's timer thread, while this cell is running.
+        kernel.run("an.set_prices('house-model-99', input=0.5, output=1); time.sleep(2)")
+        assert "unpriced" not in shown_text(), shown_text()
+        assert "$1" in shown_text()
+    finally:
+        kernel.run("an.clear_prices('house-model-99')")
+
+
 def test_earlier_background_work_never_leaks_into_a_later_cell(kernel: Kernel) -> None:
     kernel.run(
         "%%agenta_trace --quiet -o ticker_trace\n"
