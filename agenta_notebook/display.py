@@ -232,17 +232,8 @@ def trace_mimebundle(trace: Trace) -> dict[str, Any]:
     """What `Trace._repr_mimebundle_` returns: a finished display's bundle."""
     shown = TraceDisplay(trace)
     # Settled already: spans that end later redraw the view and no output handle exists.
-    # The view closes with the trace (retention) or `close_views(trace)`.
+    # The view closes when retention drops the trace.
     shown._finished = True
     if shown.view is None:
         shown.close()
     return shown.bundle()
-
-
-def close_views(trace: Trace) -> int:
-    """Close every open view of `trace`; returns how many there were."""
-    with _registry_lock:
-        views = _views_by_trace.pop(id(trace), [])
-    for view in views:
-        view.close()
-    return len(views)

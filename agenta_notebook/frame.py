@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
 
 from .tree import Figures, SpanNode, Trace, _collector_paused
-
-if TYPE_CHECKING:
-    pass
 
 _TOKEN_COLUMNS: Final = (
     "input_tokens",

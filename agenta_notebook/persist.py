@@ -64,7 +64,6 @@ from .vocabulary import exported_attributes
 TRACE_NAME_KEY: Final = "agenta_notebook.trace.name"
 TRACE_ID_KEY: Final = "agenta_notebook.trace.id"
 ROOT_SPAN_ID_KEY: Final = "agenta_notebook.trace.root_span_id"
-_META_KEYS: Final = (TRACE_NAME_KEY, TRACE_ID_KEY, ROOT_SPAN_ID_KEY)
 
 _KIND_TO_CODE: Final = {
     "UNSPECIFIED": 0,

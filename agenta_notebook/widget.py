@@ -54,7 +54,6 @@ MAX_ROWS: Final = 1_000
 MAX_INDENT: Final = 16
 #: Width of the name column (pixels) at depth 0; indentation is taken from it.
 NAME_WIDTH: Final = 340
-INDENT: Final = 16
 
 
 _shared: list[tuple[Any, Any, Any, Any]] = []
@@ -528,10 +527,6 @@ class TraceView:
             if self._controls is None:
                 self._controls = self._make_controls()
             return self._controls
-
-    @property
-    def options_open(self) -> bool:
-        return self._options_open
 
     def _toggle_options(self) -> None:
         controls = self.controls
