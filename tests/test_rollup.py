@@ -1,4 +1,4 @@
-"""The roll-up rules of /work/shared/design/rollup.md, one test group per numbered rule,
+"""The roll-up rules of docs/rollup.md, one test group per numbered rule,
 and every listed case, on hand-made records (`build_tree`) and on real spans."""
 
 from __future__ import annotations
