@@ -27,10 +27,8 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 os.environ["LITELLM_OFFLINE_MODE"] = "true"
 
 import asyncio
-import ipaddress
 import itertools
 import json
-import socket
 import threading
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
@@ -47,6 +45,7 @@ from google.genai import types as genai_types
 from langchain_core.messages import AIMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
+from loopback_guard import Guard
 from nbval_run import run_nbval
 
 import agenta_notebook as an
@@ -185,46 +184,14 @@ def server() -> Iterator[demo.DemoServer]:
 
 
 @pytest.fixture()
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+def loopback_only() -> Iterator[list[str]]:
     """Refuse (and record) every connection or name lookup that would leave 127.0.0.1."""
-    refused: list[Any] = []
-    connect = socket.socket.connect
-    connect_ex = socket.socket.connect_ex
-    getaddrinfo = socket.getaddrinfo
-
-    def local(host: Any) -> bool:
-        if isinstance(host, bytes):
-            host = host.decode()
-        if not isinstance(host, str) or host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-        except ValueError:
-            return False
-
-    def guarded_connect(self: socket.socket, address: Any) -> Any:
-        if self.family in (socket.AF_INET, socket.AF_INET6) and not local(address[0]):
-            refused.append(address)
-            raise OSError(f"test: no connection outside 127.0.0.1 ({address})")
-        return connect(self, address)
-
-    def guarded_connect_ex(self: socket.socket, address: Any) -> Any:
-        if self.family in (socket.AF_INET, socket.AF_INET6) and not local(address[0]):
-            refused.append(address)
-            return 111
-        return connect_ex(self, address)
-
-    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host is not None and not local(host):
-            refused.append(host)
-            raise socket.gaierror(f"test: no lookup of {host!r}")
-        return getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
-    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
-    yield refused
-    assert refused == [], f"something tried to leave the machine: {refused}"
+    guard = Guard().install()
+    try:
+        yield guard.refused
+    finally:
+        guard.uninstall()
+    assert guard.refused == [], f"something tried to leave the machine: {guard.refused}"
 
 
 @pytest.fixture()

@@ -51,57 +51,12 @@ INGEST_SECONDS = 20.0
 #: Runs Phoenix's server with Python's sockets guarded: a connection or a name lookup
 #: beyond this machine is written to OUTBOUND_LOG and refused.
 LAUNCHER = r"""
-import ipaddress, os, runpy, socket, sys
+import os, runpy, sys
 
-LOG = os.environ["AGENTA_TEST_OUTBOUND_LOG"]
+sys.path.insert(0, os.environ["AGENTA_TEST_GUARD_PATH"])
+from loopback_guard import Guard
 
-
-def local(host):
-    if host is None:
-        return True
-    if isinstance(host, bytes):
-        host = host.decode()
-    host = str(host).split("%")[0]
-    if host in ("", "localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_unspecified
-
-
-def refuse(what):
-    with open(LOG, "a", encoding="utf-8") as log:
-        log.write(what + "\n")
-    raise OSError("this test allows no network beyond 127.0.0.1: " + what)
-
-
-connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
-getaddrinfo = socket.getaddrinfo
-
-
-def guarded_connect(self, address):
-    if isinstance(address, tuple) and not local(address[0]):
-        refuse("connect %r" % (address,))
-    return connect(self, address)
-
-
-def guarded_connect_ex(self, address):
-    if isinstance(address, tuple) and not local(address[0]):
-        refuse("connect %r" % (address,))
-    return connect_ex(self, address)
-
-
-def guarded_getaddrinfo(host, *args, **kwargs):
-    if not local(host):
-        refuse("resolve %r" % (host,))
-    return getaddrinfo(host, *args, **kwargs)
-
-
-socket.socket.connect = guarded_connect
-socket.socket.connect_ex = guarded_connect_ex
-socket.getaddrinfo = guarded_getaddrinfo
+Guard(log_path=os.environ["AGENTA_TEST_OUTBOUND_LOG"]).install()
 sys.argv = ["phoenix", "serve"]
 runpy.run_module("phoenix.server.main", run_name="__main__")
 """
@@ -184,6 +139,7 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
             "PHOENIX_DISABLE_AGENT_ASSISTANT": "true",
             "PHOENIX_ENABLE_MCP_SERVER": "false",
             "AGENTA_TEST_OUTBOUND_LOG": str(directory / "outbound.log"),
+            "AGENTA_TEST_GUARD_PATH": str(Path(__file__).resolve().parent),
         }
     )
     log = directory / "phoenix.log"

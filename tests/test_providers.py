@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import genai_prices
@@ -467,67 +468,16 @@ def test_a_library_shutting_its_provider_down_does_not_stop_shared_processors() 
 #: socket guard that refuses (and records) every connection or lookup beyond 127.0.0.1; at
 #: exit (after the providers' own shutdown) a refused attempt fails the interpreter.
 LOGFIRE_PRELUDE = """
-import atexit, ipaddress, os, socket, sys, warnings
+import atexit, os, sys, warnings
 
 for key in list(os.environ):
     if key.startswith(("LOGFIRE_", "OTEL_")):
         del os.environ[key]
 
-refused = []
+sys.path.insert(0, GUARD_FOLDER)
+from loopback_guard import Guard
 
-
-def local(host):
-    if host is None:
-        return True
-    if isinstance(host, bytes):
-        host = host.decode()
-    host = str(host).split("%")[0]
-    if host in ("", "localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def refuse(what):
-    refused.append(what)
-    raise OSError("no network beyond 127.0.0.1 in this test: " + what)
-
-
-connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
-sendto, getaddrinfo = socket.socket.sendto, socket.getaddrinfo
-
-
-def guarded_connect(self, address):
-    if isinstance(address, tuple) and not local(address[0]):
-        refuse("connect %r" % (address,))
-    return connect(self, address)
-
-
-def guarded_connect_ex(self, address):
-    if isinstance(address, tuple) and not local(address[0]):
-        refuse("connect %r" % (address,))
-    return connect_ex(self, address)
-
-
-def guarded_sendto(self, data, *args):
-    address = args[-1]
-    if isinstance(address, tuple) and not local(address[0]):
-        refuse("sendto %r" % (address,))
-    return sendto(self, data, *args)
-
-
-def guarded_getaddrinfo(host, *args, **kwargs):
-    if not local(host):
-        refuse("resolve %r" % (host,))
-    return getaddrinfo(host, *args, **kwargs)
-
-
-socket.socket.connect = guarded_connect
-socket.socket.connect_ex = guarded_connect_ex
-socket.socket.sendto = guarded_sendto
-socket.getaddrinfo = guarded_getaddrinfo
+refused = Guard().install().refused
 
 
 @atexit.register  # registered first, so it runs last
@@ -617,7 +567,7 @@ def summary(t, exporter, **more):
         "refused": refused,
         **more,
     })
-"""
+""".replace("GUARD_FOLDER", repr(str(Path(__file__).resolve().parent)))
 
 #: The cell's spans, each under its parent: in our trace and in what Logfire exported.
 LOGFIRE_TREE: list[list[Any]] = [
