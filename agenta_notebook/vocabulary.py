@@ -118,11 +118,9 @@ _GENAI_OPERATIONS: Final = {
     "embedding": "embeddings",
 }
 
+
 #: Roles of the tree whose own figures are never a receiver's usage: a model call that
 #: another recorder's span already counts.
-_NOT_COUNTED_ROLES: Final = frozenset({"recorded twice", "duplicate"})
-
-
 def openinference_kind(span_type: str | None, is_model_call: bool) -> str | None:
     """The OpenInference span kind for a span of this type (None: no type, no kind).
 
@@ -158,11 +156,6 @@ def _text(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
         if isinstance(value, str) and value:
             return value
     return None
-
-
-def _is_counted_role(node: SpanNode) -> bool:
-    role = str(node.role).lower()
-    return role not in _NOT_COUNTED_ROLES and "twice" not in role
 
 
 def _cost_value(cost: Decimal) -> float | str:
@@ -201,11 +194,10 @@ def receiver_attributes(node: SpanNode) -> dict[str, Any]:
     is_model_call = usage.is_model_call
     span_type = usage.span_type
     own = node.own
-    counted = _is_counted_role(node)
-    counted_fields = (
-        [field for field in USAGE_KEYS if getattr(own, field, None) is not None] if counted else []
-    )
-    reported_cost = counted and usage.cost is not None and own.cost is not None
+    # `own` holds exactly the figures counted at this span: none on a claim, a wrapper or
+    # a call recorded twice (the roll-up leaves those empty), so it alone decides.
+    counted_fields = [field for field in USAGE_KEYS if getattr(own, field) is not None]
+    reported_cost = usage.cost is not None and own.cost is not None
 
     described: dict[str, Any] = {}
     _add(described, attributes, OPENINFERENCE_KIND, openinference_kind(span_type, is_model_call))
