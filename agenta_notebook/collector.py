@@ -6,7 +6,12 @@ ones that exist when it is installed and every one made later (the user's, Agent
 whoever made its provider; what those providers export is unchanged. When no provider is
 global yet, a provider of ours is installed as the global one, so that instrumentation
 libraries, which use `opentelemetry.trace.get_tracer(...)`, are recorded too; it gives
-way to a provider set later (see `_FollowingTracerProvider`).
+way to a provider set later (see `FollowingTracerProvider`).
+
+This module holds no state of its own: which processors go everywhere, which providers
+they are on and which provider is ours are kept by `agenta_notebook.runtime`, which
+calls the functions below with them. What is process-wide by nature is marked so: the
+wrapped `TracerProvider.__init__` and OpenTelemetry's global provider.
 """
 
 from __future__ import annotations
@@ -17,8 +22,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -31,8 +35,11 @@ try:  # OpenTelemetry's context manager that also decorates async functions
 except ImportError:  # pragma: no cover - a future API without it
     from contextlib import contextmanager as _agnosticcontextmanager  # type: ignore[assignment]
 
-from .tree import SpanEvent, SpanRecord, Trace
-from .usage import AG_TYPE
+from agenta_notebook.core.pricing import NO_USER_PRICES, UserPrices
+from agenta_notebook.core.rollup import SpanEvent, SpanRecord
+from agenta_notebook.core.usage import AG_TYPE
+from agenta_notebook.errors import internal_error
+from agenta_notebook.live import Trace, UserPricesSource
 
 #: Attribute that marks the root span of a trace opened by this package.
 ROOT_MARKER: Final = "agenta_notebook.root"
@@ -41,6 +48,10 @@ DEFAULT_MAX_TRACES: Final = 200
 DEFAULT_MAX_SPANS: Final = 2_000_000
 
 DropListener = Callable[[Trace], None]
+
+
+def _no_user_prices() -> UserPrices:
+    return NO_USER_PRICES
 
 
 def _copy_attributes(attributes: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -149,10 +160,16 @@ class Collector(SpanProcessor):
     """
 
     def __init__(
-        self, max_traces: int = DEFAULT_MAX_TRACES, max_spans: int = DEFAULT_MAX_SPANS
+        self,
+        max_traces: int = DEFAULT_MAX_TRACES,
+        max_spans: int = DEFAULT_MAX_SPANS,
+        *,
+        user_prices: UserPricesSource = _no_user_prices,
     ) -> None:
         self.max_traces = max_traces
         self.max_spans = max_spans
+        #: where the traces it opens read the user's prices (the runtime's snapshot)
+        self.user_prices = user_prices
         self._traces: OrderedDict[int, Trace] = OrderedDict()
         # Dropped traces that still had open spans: they get those spans when they end
         # (rollup.md rule 10, and `--save`, which waits for them), then are forgotten.
@@ -170,37 +187,43 @@ class Collector(SpanProcessor):
                     trace = self._register(context.trace_id, span.name, context.span_id)
                 else:
                     return
-            trace._span_started(context.span_id, span)
+            trace.span_started(context.span_id, span)
         except Exception:  # never break the user's code from inside a processor
-            pass
+            internal_error("the collector's on_start")
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
             context = span.context
             trace = self._traces.get(context.trace_id)
             if trace is not None:
-                trace._span_ended(context.span_id, span)
+                trace.span_ended(context.span_id, span)
                 if context.span_id == trace.root_span_id:
                     # A finished block may now be dropped, and may have passed the bound.
                     self._retain()
             elif self._draining:
                 trace = self._draining.get(context.trace_id)
                 if trace is not None:
-                    trace._span_ended(context.span_id, span)
+                    trace.span_ended(context.span_id, span)
                     if not trace.running:
                         self._draining.pop(context.trace_id, None)
-        except Exception:
-            pass
+        except Exception:  # never break the user's code from inside a processor
+            internal_error("the collector's on_end")
 
     def shutdown(self) -> None:
-        pass
+        """Nothing to release: the traces stay readable after the provider shuts down."""
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
 
     # -- traces ------------------------------------------------------------------------
     def _register(self, trace_id: int, name: str, root_span_id: int) -> Trace:
-        trace = Trace(trace_id, name, root_span_id=root_span_id, converter=record_from_span)
+        trace = Trace(
+            trace_id,
+            name,
+            root_span_id=root_span_id,
+            converter=record_from_span,
+            user_prices=self.user_prices,
+        )
         trace.closed = False
         dropped: list[Trace] = []
         with self._lock:
@@ -226,7 +249,7 @@ class Collector(SpanProcessor):
 
         def drop_oldest() -> Trace | None:
             for trace_id, trace in self._traces.items():
-                if trace._root_ended:
+                if trace.root_ended:
                     del self._traces[trace_id]
                     dropped.append(trace)
                     return trace
@@ -254,11 +277,22 @@ class Collector(SpanProcessor):
         for listener in tuple(self._drop_listeners):
             try:
                 listener(trace)
-            except Exception:
-                pass
+            except Exception:  # a view failing to close must not stop retention
+                internal_error("a listener of dropped traces")
 
     def get(self, trace_id: int) -> Trace | None:
+        """The retained trace `trace_id`, or None."""
         return self._traces.get(trace_id)
+
+    def find(self, trace_id: int) -> Trace | None:
+        """The trace `trace_id`: retained, or dropped but still waiting for open spans."""
+        trace = self._traces.get(trace_id)
+        return trace if trace is not None else self._draining.get(trace_id)
+
+    @property
+    def draining(self) -> int:
+        """Dropped traces still waiting for spans that have not ended."""
+        return len(self._draining)
 
     def traces(self) -> list[Trace]:
         """Retained traces, oldest first."""
@@ -287,21 +321,39 @@ class Collector(SpanProcessor):
         """Call `listener(trace)` when a trace is dropped by retention or `clear()`."""
         self._drop_listeners.append(listener)
 
+    def remove_drop_listener(self, listener: DropListener) -> None:
+        """Stop calling `listener` (nothing happens if it was not added)."""
+        if listener in self._drop_listeners:
+            self._drop_listeners.remove(listener)
 
-_install_lock = threading.RLock()
-_collector: Collector | None = None
-_provider: TracerProvider | None = None
-_tracer: otel_trace.Tracer | None = None
-_last_trace: Trace | None = None
+    @property
+    def drop_listeners(self) -> tuple[DropListener, ...]:
+        return tuple(self._drop_listeners)
 
-#: Processors added to every SDK tracer provider of the process, the collector first.
-_everywhere: list[SpanProcessor] = []
-#: The SDK providers they were added to (weakly: a provider may be thrown away).
-_providers: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
-#: On a provider: the list of our processors added to it, or `None` once `detach`ed.
+    def reset(self, drop_listeners: Iterable[DropListener] = ()) -> None:
+        """Back to a new collector's state: no trace (the dropped ones' listeners are
+        told), default retention, and only `drop_listeners` listening from now on."""
+        self.clear()
+        with self._lock:
+            self._draining.clear()
+            self.max_traces, self.max_spans = DEFAULT_MAX_TRACES, DEFAULT_MAX_SPANS
+        self._drop_listeners[:] = list(drop_listeners)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Collector traces={len(self._traces)} max_traces={self.max_traces} "
+            f"max_spans={self.max_spans} draining={len(self._draining)}>"
+        )
+
+
+#: On a provider: our processors added to it, or `None` once it is left alone for good.
 _ATTACHED: Final = "_agenta_notebook_attached"
+#: On a provider: the collector attached to it (found again by a reloaded package).
+_COLLECTOR: Final = "_agenta_notebook_collector"
 #: On the SDK's `TracerProvider` class: the function its wrapped `__init__` calls.
 _ON_NEW_PROVIDER: Final = "_agenta_notebook_on_new_provider"
+
+ProviderCallback = Callable[[TracerProvider], None]
 
 
 def _move_first(multi: Any, processor: SpanProcessor) -> None:
@@ -352,6 +404,7 @@ def keep_first(provider: TracerProvider, processor: SpanProcessor) -> bool:
 # `TracerProvider` there is: the ones that exist when it is installed (one scan of the
 # garbage collector's objects) and every one made later (the SDK class's `__init__` is
 # wrapped once). Adding a span processor changes nothing of what a provider exports.
+# What was added to a provider is noted on the provider itself (`_ATTACHED`).
 
 
 class _Shared(SpanProcessor):
@@ -359,12 +412,18 @@ class _Shared(SpanProcessor):
 
     Shutting a provider down shuts its processors down: a library tearing down a provider
     of its own must not stop what every provider shares (the OTLP export, say). Only our
-    own provider's shutdown (at exit) reaches the shared processor.
+    own provider's shutdown (at exit), `home()`, reaches the shared processor.
     """
 
-    def __init__(self, processor: SpanProcessor, provider: TracerProvider) -> None:
+    def __init__(
+        self,
+        processor: SpanProcessor,
+        provider: TracerProvider,
+        home: Callable[[], TracerProvider | None],
+    ) -> None:
         self.processor = processor
         self._provider = weakref.ref(provider)
+        self._home = home
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
         self.processor.on_start(span, parent_context=parent_context)
@@ -378,46 +437,90 @@ class _Shared(SpanProcessor):
         self.processor.on_end(span)
 
     def shutdown(self) -> None:
-        if self._provider() is _provider:
+        if self._provider() is self._home():
             self.processor.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.processor.force_flush(timeout_millis)
 
 
-def _attach(provider: TracerProvider) -> None:
-    """Add our processors (`_everywhere`) to `provider`, the collector first. Never raises."""
-    try:
-        with _install_lock:
-            if not _everywhere:
-                return
-            # (processor, what was added for it): the collector itself, others wrapped.
-            attached: list[tuple[SpanProcessor, SpanProcessor]] | None
-            attached = provider.__dict__.get(_ATTACHED, [])
-            if attached is None:  # `detach`ed: left alone for good
-                return
-            collector = _everywhere[0]
-            for processor in _everywhere:
-                if not any(known is processor for known, _ in attached):
-                    added = processor if processor is collector else _Shared(processor, provider)
-                    provider.add_span_processor(added)
-                    attached.append((processor, added))
-            provider.__dict__[_ATTACHED] = attached
-            keep_first(provider, collector)
-            provider.__dict__["_agenta_notebook_collector"] = collector
-            _providers.add(provider)
-    except Exception:  # a provider of an odd kind: never break the code that made it
-        pass
+def add_processors(
+    provider: TracerProvider,
+    processors: Sequence[SpanProcessor],
+    home: Callable[[], TracerProvider | None],
+) -> bool:
+    """Add `processors` to `provider`, each once; the first (the collector) is kept first.
+
+    The others are wrapped so that only `home()`'s shutdown reaches them (see `_Shared`).
+    False, and nothing added, when `provider` was left alone for good (see
+    `remove_processors`) or `processors` is empty.
+    """
+    if not processors:
+        return False
+    # (processor, what was added for it): the collector itself, others wrapped.
+    attached: list[tuple[SpanProcessor, SpanProcessor]] | None
+    attached = provider.__dict__.get(_ATTACHED, [])
+    if attached is None:  # left alone for good
+        return False
+    collector = processors[0]
+    for processor in processors:
+        if not any(known is processor for known, _ in attached):
+            added = processor if processor is collector else _Shared(processor, provider, home)
+            provider.add_span_processor(added)
+            attached.append((processor, added))
+    provider.__dict__[_ATTACHED] = attached
+    keep_first(provider, collector)
+    provider.__dict__[_COLLECTOR] = collector
+    return True
 
 
-def _hook_new_providers() -> None:
-    """Wrap `TracerProvider.__init__` (once per process) so each new provider is attached.
+def remove_processors(
+    provider: TracerProvider, processors: Iterable[SpanProcessor] | None, *, for_good: bool
+) -> None:
+    """Take `processors` (every one of ours when None) off `provider`.
 
-    The wrapper looks its callback up on the class at each call, so a reloaded copy of
-    this module takes over instead of wrapping a second time.
+    `for_good`: the provider is left alone from now on (`add_processors` adds nothing).
+    """
+    attached = provider.__dict__.get(_ATTACHED, [])
+    if attached is None:  # left alone for good already: nothing of ours is on it
+        return
+    if processors is None:
+        leaving = list(attached)
+    else:
+        chosen = list(processors)
+        leaving = [pair for pair in attached if any(pair[0] is p for p in chosen)]
+    provider.__dict__[_ATTACHED] = (
+        None if for_good else [pair for pair in attached if pair not in leaving]
+    )
+    multi: Any = getattr(provider, "_active_span_processor", None)
+    lock = getattr(multi, "_lock", None)
+    if multi is None or lock is None or not leaving:
+        return
+    added = [pair[1] for pair in leaving]
+    with lock:
+        multi._span_processors = tuple(
+            p for p in multi._span_processors if not any(p is a for a in added)
+        )
+
+
+def collector_on(provider: object) -> Collector | None:
+    """The collector attached to `provider`, if any: a reloaded package keeps using it."""
+    found = getattr(provider, _COLLECTOR, None)
+    if isinstance(found, Collector) and isinstance(provider, TracerProvider):
+        return found
+    return None
+
+
+def hook_new_providers(callback: ProviderCallback) -> None:
+    """Have every SDK `TracerProvider` made from now on passed to `callback`.
+
+    Process-wide by nature: the SDK class's `__init__` is wrapped once per process and
+    never unwrapped (someone may have wrapped it again since). The wrapper looks its
+    callback up on the class at each call, so a later call (a reloaded package, a new
+    runtime) replaces the callback instead of wrapping a second time.
     """
     cls = TracerProvider
-    setattr(cls, _ON_NEW_PROVIDER, _attach)
+    setattr(cls, _ON_NEW_PROVIDER, callback)
     if getattr(cls.__init__, "_agenta_notebook_hook", False):
         return
     original = cls.__init__
@@ -425,15 +528,15 @@ def _hook_new_providers() -> None:
     @functools.wraps(original)
     def __init__(self: TracerProvider, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
-        callback = getattr(TracerProvider, _ON_NEW_PROVIDER, None)
-        if callback is not None:
-            callback(self)
+        on_new = getattr(TracerProvider, _ON_NEW_PROVIDER, None)
+        if on_new is not None:
+            on_new(self)
 
     __init__._agenta_notebook_hook = True  # type: ignore[attr-defined]
     setattr(cls, "__init__", __init__)  # noqa: B010 - mypy refuses assigning a method
 
 
-def _existing_providers() -> list[TracerProvider]:
+def existing_providers() -> list[TracerProvider]:
     """Every SDK provider alive now. By exact type, never `isinstance`: that reads an
     object's `__class__`, which a lazy proxy (openai's, say) answers by importing."""
     objects = gc.get_objects()
@@ -447,47 +550,6 @@ def _existing_providers() -> list[TracerProvider]:
         if is_provider:
             found.append(obj)
     return found
-
-
-def attach_everywhere(processor: SpanProcessor) -> None:
-    """Add `processor` to every SDK tracer provider of the process, now and to come.
-
-    What the collector gets, for a processor that must see the spans of our traces
-    whichever provider made them (the OTLP export, say). Added once per provider.
-    """
-    get_collector()
-    with _install_lock:
-        if not any(known is processor for known in _everywhere):
-            _everywhere.append(processor)
-        providers = list(_providers)
-    for provider in providers:
-        _attach(provider)
-
-
-def detach(provider: TracerProvider) -> None:
-    """Take our processors off `provider` and leave it alone from now on.
-
-    For a provider that must stay bare (a benchmark's baseline): it no longer feeds the
-    collector, so spans made with it are not part of any trace.
-    """
-    with _install_lock:
-        added = [processor for _, processor in provider.__dict__.get(_ATTACHED) or []]
-        provider.__dict__[_ATTACHED] = None
-        _providers.discard(provider)
-        multi: Any = getattr(provider, "_active_span_processor", None)
-        lock = getattr(multi, "_lock", None)
-        if multi is None or lock is None or not added:
-            return
-        with lock:
-            multi._span_processors = tuple(
-                p for p in multi._span_processors if not any(p is a for a in added)
-            )
-
-
-def attached_providers() -> list[TracerProvider]:
-    """The SDK tracer providers the collector is attached to (alive ones)."""
-    with _install_lock:
-        return list(_providers)
 
 
 # -- our own provider, which follows the global one ----------------------------------------
@@ -505,7 +567,7 @@ def attached_providers() -> list[TracerProvider]:
 # still sees them.
 
 
-def _records_for_us(provider: otel_trace.TracerProvider) -> bool:
+def records_for_us(provider: otel_trace.TracerProvider) -> bool:
     """True if spans started through `provider` reach an SDK provider (and so the collector)."""
     if isinstance(provider, TracerProvider):
         return True
@@ -517,7 +579,7 @@ def _records_for_us(provider: otel_trace.TracerProvider) -> bool:
         return False
 
 
-def _global_provider() -> otel_trace.TracerProvider | None:
+def global_provider() -> otel_trace.TracerProvider | None:
     """The provider set with `set_tracer_provider`, or None (no proxy, no loading)."""
     provider: otel_trace.TracerProvider | None = getattr(otel_trace, "_TRACER_PROVIDER", None)
     return provider
@@ -538,12 +600,12 @@ class _FollowingTracer(otel_trace.Tracer):
         self._delegate: tuple[otel_trace.TracerProvider, otel_trace.Tracer | None] | None = None
 
     def _target(self) -> otel_trace.Tracer:
-        current = _global_provider()
+        current = global_provider()
         if current is None or current is self._home:
             return self._own
         cached = self._delegate
         if cached is None or cached[0] is not current:
-            tracer = current.get_tracer(*self._scope) if _records_for_us(current) else None
+            tracer = current.get_tracer(*self._scope) if records_for_us(current) else None
             cached = self._delegate = (current, tracer)
         return cached[1] or self._own
 
@@ -556,7 +618,7 @@ class _FollowingTracer(otel_trace.Tracer):
             yield span
 
 
-class _FollowingTracerProvider(otel_trace.ProxyTracerProvider, TracerProvider):
+class FollowingTracerProvider(otel_trace.ProxyTracerProvider, TracerProvider):
     """Our own SDK provider; its tracers follow the global provider (see above).
 
     It is an SDK `TracerProvider` (code that checks for one and adds its processors keeps
@@ -588,97 +650,30 @@ def _rearm_set_once() -> bool:
     return True
 
 
-def get_collector() -> Collector:
-    """The process's collector, attached to every SDK tracer provider on first use."""
-    global _collector, _provider
-    if _collector is not None:
-        return _collector
-    with _install_lock:
-        if _collector is not None:
-            return _collector
-        current = otel_trace.get_tracer_provider()  # may load OTEL_PYTHON_TRACER_PROVIDER
-        existing = getattr(current, "_agenta_notebook_collector", None)
-        if isinstance(existing, Collector) and isinstance(current, TracerProvider):
-            collector = existing  # a reloaded copy of this module: keep the one in place
-        else:
-            collector = Collector()
-        if not any(known is collector for known in _everywhere):
-            _everywhere.insert(0, collector)
-        _hook_new_providers()
-        for provider in _existing_providers():
-            _attach(provider)
-        global_provider = _global_provider()
-        if isinstance(global_provider, TracerProvider):
-            own: TracerProvider = global_provider
-        else:
-            own = _FollowingTracerProvider()  # attached by the hook
-            if global_provider is None:
-                otel_trace.set_tracer_provider(own)
-                if _global_provider() is own:
-                    _rearm_set_once()
-            elif not _records_for_us(global_provider):
-                warnings.warn(
-                    "agenta_notebook: the global OpenTelemetry tracer provider is not the "
-                    f"SDK's ({type(global_provider).__name__}), so spans made through it "
-                    "are not recorded; agenta_notebook's own spans and those of every SDK "
-                    "tracer provider are.",
-                    stacklevel=2,
-                )
-        _attach(own)
-        _collector, _provider = collector, own
-        return collector
+def home_provider() -> TracerProvider:
+    """The SDK provider this package's own spans are made with.
 
-
-def get_tracer() -> otel_trace.Tracer:
-    """The tracer this package's spans are made with.
-
-    On a provider this package installed, it follows the global provider: once a
-    library (Agenta's `ag.init()`, Logfire) sets its own, our spans are made there too,
-    so its exporter receives the whole tree.
+    The global provider when it is an SDK one; else a new `FollowingTracerProvider`,
+    made the global one if there is none yet (process-wide: OpenTelemetry's global
+    provider), with the set-once guard re-armed so that a library may still set its own.
     """
-    global _tracer
-    if _tracer is None:
-        get_collector()
-        assert _provider is not None
-        from . import __version__
-
-        _tracer = _provider.get_tracer(TRACER_NAME, __version__)
-    return _tracer
-
-
-def set_retention(max_traces: int | None = None, max_spans: int | None = None) -> None:
-    """Bound what the session keeps: at most `max_traces` traces and `max_spans` spans.
-
-    The oldest traces are dropped first. Defaults: 200 traces, 2,000,000 spans.
-    """
-    get_collector().set_retention(max_traces, max_spans)
-
-
-def last_trace() -> Trace | None:
-    """The trace of the last traced block or cell, or `None` if there was none."""
-    return _last_trace
-
-
-def _set_last_trace(trace: Trace) -> None:
-    global _last_trace
-    _last_trace = trace
-
-
-def start_root(
-    name: str, attributes: Mapping[str, Any] | None = None
-) -> tuple[otel_trace.Span, Trace]:
-    """Start the root span of a new trace and register it; the caller must end the span."""
-    collector = get_collector()
-    root_attributes: dict[str, Any] = {AG_TYPE: "workflow", ROOT_MARKER: True}
-    if attributes:
-        root_attributes.update(attributes)
-    # An empty context: a traced block always starts its own trace (rollup.md rule 9).
-    root = get_tracer().start_span(name, context=otel_context.Context(), attributes=root_attributes)
-    span_context = root.get_span_context()
-    trace = collector.get(span_context.trace_id)
-    if trace is None:  # not sampled, or a provider that is not ours: an empty trace
-        trace = Trace(span_context.trace_id, name)
-    return root, trace
+    current = global_provider()
+    if isinstance(current, TracerProvider):
+        return current
+    own = FollowingTracerProvider()
+    if current is None:
+        otel_trace.set_tracer_provider(own)
+        if global_provider() is own:
+            _rearm_set_once()
+    elif not records_for_us(current):
+        warnings.warn(
+            "agenta_notebook: the global OpenTelemetry tracer provider is not the "
+            f"SDK's ({type(current).__name__}), so spans made through it "
+            "are not recorded; agenta_notebook's own spans and those of every SDK "
+            "tracer provider are.",
+            stacklevel=3,
+        )
+    return own
 
 
 def fail_span(span: otel_trace.Span, error: BaseException) -> None:
@@ -687,28 +682,9 @@ def fail_span(span: otel_trace.Span, error: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
-@contextmanager
-def trace(name: str = "trace", *, attributes: Mapping[str, Any] | None = None) -> Iterator[Trace]:
-    """Run a block inside one root span and yield its `Trace`, complete when it exits.
-
-    >>> from agenta_notebook import trace, span
-    >>> with trace("demo") as t:
-    ...     with span("step"):
-    ...         pass
-    >>> [node.name for node in t.nodes]
-    ['demo', 'step']
-    """
-    root, result = start_root(name, attributes)
-    token = otel_context.attach(otel_trace.set_span_in_context(root))
-    try:
-        yield result
-    except BaseException as error:
-        fail_span(root, error)
-        raise
-    finally:
-        otel_context.detach(token)
-        try:
-            root.end()  # may raise: a user's span processor (the SDK does not catch)
-        finally:
-            result.closed = True
-            _set_last_trace(result)
+def root_attributes(attributes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The attributes of a traced block's root span: marked as ours, typed workflow."""
+    marked: dict[str, Any] = {AG_TYPE: "workflow", ROOT_MARKER: True}
+    if attributes:
+        marked.update(attributes)
+    return marked

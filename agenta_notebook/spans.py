@@ -14,9 +14,15 @@ from typing import Any, Final, ParamSpec, TypeVar, overload
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
-from .collector import fail_span, get_tracer
-from .pricing import usage_from_any
-from .usage import AG_TYPE, MODEL_CALL_TYPES, usage_attributes
+from agenta_notebook.collector import fail_span
+from agenta_notebook.core.pricing import usage_from_any
+from agenta_notebook.core.usage import (
+    AG_TYPE,
+    MODEL_CALL_TYPES,
+    figure_attributes,
+    usage_attributes,
+)
+from agenta_notebook.runtime import get_tracer
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -338,31 +344,19 @@ def record_usage(
     if not target.is_recording():
         warnings.warn("record_usage: no recording span is current", stacklevel=2)
         return
-    if usage is None:  # the common case, kept short: this runs once per model call
-        target.set_attributes(
-            usage_attributes(
-                model=model,
-                provider=provider,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                total_tokens=total_tokens,
-                cache_read_tokens=cache_read_tokens,
-                cache_write_tokens=cache_write_tokens,
-                reasoning_tokens=reasoning_tokens,
-                cost=cost,
-            )
-        )
-        return
-    counts: dict[str, Any] = usage_from_any(usage, keep_bad=True)
-    given = {
+    # The figures of the signature, by name (tests/test_fields.py checks that they are
+    # every figure a span states, `fields.STATED`).
+    figures: dict[str, Any] = {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "total_tokens": total_tokens,
         "cache_read_tokens": cache_read_tokens,
         "cache_write_tokens": cache_write_tokens,
         "reasoning_tokens": reasoning_tokens,
+        "cost": cost,
     }
-    for key, value in given.items():
-        if value is not None or key not in counts:
-            counts[key] = value if value is not None else counts.get(key)
-    target.set_attributes(usage_attributes(model=model, provider=provider, cost=cost, **counts))
+    if usage is not None:  # fills the figures not given
+        for name, value in usage_from_any(usage, keep_bad=True).items():
+            if figures.get(name) is None:
+                figures[name] = value
+    target.set_attributes(figure_attributes(figures, model=model, provider=provider))

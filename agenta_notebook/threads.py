@@ -35,6 +35,8 @@ from typing import Any, Final, TypeVar
 
 from opentelemetry import context as otel_context
 
+from agenta_notebook.runtime import RUNTIME, ThreadPropagation
+
 #: Environment variable that turns thread propagation off when set to 0/false/no/off.
 ENV_VAR: Final = "AGENTA_NOTEBOOK_THREADS"
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -46,10 +48,9 @@ _WRAPPER_MARK: Final = "_agenta_notebook_propagates"
 
 R = TypeVar("R")
 
-_lock = threading.Lock()
-# The wrappers are installed once and never removed (removing a wrapper that someone else
-# wrapped again would remove theirs too): turning propagation off makes them pass through.
-_state: dict[str, bool] = {"active": False}
+# Whether propagation is on is the runtime's (`RUNTIME.threads`). The wrappers are
+# process-wide: installed once and never removed (removing a wrapper that someone else
+# wrapped again would remove theirs too); turning propagation off makes them pass through.
 
 
 def propagation_wanted() -> bool:
@@ -64,23 +65,19 @@ def _official_instrumentor_active() -> bool:
         return False
     try:
         return bool(module.ThreadingInstrumentor().is_instrumented_by_opentelemetry)
-    except Exception:
+    except AttributeError:  # a version without these: not the instrumentor we know
         return False
-
-
-def _ours_active() -> bool:
-    return _state["active"]
 
 
 def is_propagating() -> bool:
     """True when threads started now inherit the current span (by us or by anyone)."""
-    return _ours_active() or _official_instrumentor_active()
+    return RUNTIME.threads.active or _official_instrumentor_active()
 
 
-def _wrap_start(original: Callable[..., None]) -> Callable[..., None]:
+def _wrap_start(original: Callable[..., None], state: ThreadPropagation) -> Callable[..., None]:
     @functools.wraps(original)
     def start(self: threading.Thread, *args: Any, **kwargs: Any) -> None:
-        if _state["active"]:
+        if state.active:
             setattr(self, _CONTEXT_ATTR, otel_context.get_current())
         original(self, *args, **kwargs)
 
@@ -88,7 +85,7 @@ def _wrap_start(original: Callable[..., None]) -> Callable[..., None]:
     return start
 
 
-def _wrap_run(original: Callable[..., None]) -> Callable[..., None]:
+def _wrap_run(original: Callable[..., None], state: ThreadPropagation) -> Callable[..., None]:
     @functools.wraps(original)
     def run(self: threading.Thread, *args: Any, **kwargs: Any) -> None:
         captured = self.__dict__.get(_CONTEXT_ATTR)
@@ -116,12 +113,14 @@ def _in_context(captured: otel_context.Context, fn: Callable[..., R]) -> Callabl
     return in_context
 
 
-def _wrap_submit(original: Callable[..., futures.Future[Any]]) -> Callable[..., Any]:
+def _wrap_submit(
+    original: Callable[..., futures.Future[Any]], state: ThreadPropagation
+) -> Callable[..., Any]:
     @functools.wraps(original)
     def submit(
         self: futures.ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> futures.Future[Any]:
-        if _state["active"]:
+        if state.active:
             fn = _in_context(otel_context.get_current(), fn)
         return original(self, fn, *args, **kwargs)
 
@@ -129,18 +128,23 @@ def _wrap_submit(original: Callable[..., futures.Future[Any]]) -> Callable[..., 
     return submit
 
 
-def _install(owner: type, name: str, wrap: Callable[[Any], Any]) -> None:
+def _install(
+    owner: type,
+    name: str,
+    wrap: Callable[[Any, ThreadPropagation], Any],
+    state: ThreadPropagation,
+) -> None:
     current = owner.__dict__.get(name)
     if current is None or getattr(current, _WRAPPER_MARK, False):
         return
-    setattr(owner, name, wrap(current))
+    setattr(owner, name, wrap(current, state))
 
 
-def _install_wrappers() -> None:
-    _install(threading.Thread, "start", _wrap_start)  # threading.Timer inherits it
-    _install(threading.Thread, "run", _wrap_run)
-    _install(threading.Timer, "run", _wrap_run)
-    _install(futures.ThreadPoolExecutor, "submit", _wrap_submit)
+def _install_wrappers(state: ThreadPropagation) -> None:
+    _install(threading.Thread, "start", _wrap_start, state)  # threading.Timer inherits it
+    _install(threading.Thread, "run", _wrap_run, state)
+    _install(threading.Timer, "run", _wrap_run, state)
+    _install(futures.ThreadPoolExecutor, "submit", _wrap_submit, state)
 
 
 def enable_thread_propagation() -> bool:
@@ -151,15 +155,17 @@ def enable_thread_propagation() -> bool:
     """
     if not propagation_wanted():
         return False
-    with _lock:
+    state = RUNTIME.threads
+    with state.lock:
         if _official_instrumentor_active():
             return True
-        _install_wrappers()
-        _state["active"] = True
+        _install_wrappers(state)
+        state.active = True
         return True
 
 
 def disable_thread_propagation() -> None:
     """Undo `enable_thread_propagation` (an official instrumentor is left as it is)."""
-    with _lock:
-        _state["active"] = False
+    state = RUNTIME.threads
+    with state.lock:
+        state.active = False

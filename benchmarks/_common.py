@@ -102,7 +102,7 @@ def bare_provider() -> Any:
     to every SDK provider made in the process, so the baseline's is detached again."""
     from opentelemetry.sdk.trace import TracerProvider
 
-    from agenta_notebook.collector import detach
+    from agenta_notebook.runtime import detach
 
     provider = TracerProvider()
     detach(provider)

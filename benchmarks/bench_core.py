@@ -28,9 +28,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import agenta_notebook as an
 from agenta_notebook.collector import record_from_span
-from agenta_notebook.frame import trace_dataframe
-from agenta_notebook.tree import Trace
-from agenta_notebook.usage import AG_INPUT_TOKENS, AG_MODEL, AG_OUTPUT_TOKENS, AG_TYPE
+from agenta_notebook.core.usage import AG_INPUT_TOKENS, AG_MODEL, AG_OUTPUT_TOKENS, AG_TYPE
+from agenta_notebook.io.frame import trace_dataframe
+from agenta_notebook.live import Trace
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -145,7 +145,7 @@ def fresh_trace(template: Trace, raw: Sequence[ReadableSpan]) -> Trace:
         converter=record_from_span,
     )
     for span in raw:
-        trace._span_ended(span.context.span_id, span)
+        trace.span_ended(span.context.span_id, span)
     return trace
 
 

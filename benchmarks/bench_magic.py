@@ -36,7 +36,7 @@ def nested(depth=10):
 # Time spent inside the view (show_trace and the view's methods), to split the added
 # cost between the magic and the display.
 import time as _time
-import agenta_notebook.display as _display
+import agenta_notebook.views.display as _display
 _show_trace = _display.show_trace
 VIEW_SECONDS = [0.0]
 
@@ -164,7 +164,7 @@ def main() -> None:
         f"baseline mean {base_mean * 1e3:.2f} ms"
     )
     print(
-        f"inside the kernel, the view (show_trace + refresh/finish) took {view_ms:.2f} ms "
+        f"inside the kernel, the view (show_trace and finish) took {view_ms:.2f} ms "
         "per displayed cell; the rest of the added cost is the magic and the messages"
     )
     sys.stdout.flush()

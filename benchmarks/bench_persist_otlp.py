@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from otlp_receiver import OtlpReceiver
 
 import agenta_notebook as an
-from agenta_notebook.otlp import OtlpExport, export_to, stop_export
-from agenta_notebook.persist import trace_to_otlp
-from agenta_notebook.tree import Trace
-from agenta_notebook.vocabulary import receiver_attributes
+from agenta_notebook.core.vocabulary import receiver_attributes
+from agenta_notebook.io.otlp import OtlpExport, export_to, stop_export
+from agenta_notebook.io.persist import trace_to_otlp
+from agenta_notebook.live import Trace
 
 
 def best_of(repeats: int, run: Callable[[], Any]) -> float:

@@ -7,8 +7,10 @@ nothing about time. Every baseline is measured in the same process and run:
     long trace), against calling `genai_prices.calc_price` directly for each: the
     caches should make ours much cheaper than the table lookups it replaces.
 (b) The same with every usage distinct (no repeated token counts), the worst case for
-    the per-count cache.
-(c) One chat completion against the offline stand-in with `instrument_openai()`, inside
+    the per-count cache. "cold" starts with every cache of `core.pricing` empty.
+(c) The first price of each model in a process: finding it in the table and measuring
+    its rates with `calc_price` (what "cold" pays once per model).
+(d) One chat completion against the offline stand-in with `instrument_openai()`, inside
     `trace()`, against the same call with no instrumentation (the HTTP round trip on
     127.0.0.1 is the baseline).
 """
@@ -25,8 +27,9 @@ import genai_prices
 import openai
 
 import agenta_notebook as an
-from agenta_notebook import demo, pricing
-from agenta_notebook.usage import Usage
+from agenta_notebook import demo
+from agenta_notebook.core import pricing
+from agenta_notebook.core.usage import Usage
 
 MODELS = [
     "gpt-4o",
@@ -95,14 +98,33 @@ def bench_pricing(count: int) -> None:
     for label, distinct in (("repeated counts", False), ("distinct counts", True)):
         batch = usages(count, distinct)
         baseline = best_of(3, lambda batch=batch: direct(batch))  # type: ignore[misc]
-        pricing._table_cost.cache_clear()
-        pricing._table_match.cache_clear()
+        clear_caches()
         cold = best_of(1, lambda batch=batch: ours(batch))  # type: ignore[misc]
         warm = best_of(3, lambda batch=batch: ours(batch))  # type: ignore[misc]
         print(
             f"price {count:,} usages ({label}): calc_price directly {baseline * 1e3:8.1f} ms;"
-            f" price_usage cold {cold / baseline:5.2f}x, warm {warm / baseline:5.3f}x"
+            f" price_usage cold {cold * 1e3:7.1f} ms ({cold / baseline:5.2f}x),"
+            f" warm {warm * 1e3:7.1f} ms ({warm / baseline:5.3f}x)"
         )
+
+
+def clear_caches() -> None:
+    for cache in (pricing._table_match, pricing._linear_price, pricing._table_cost):
+        cache.cache_clear()
+
+
+def bench_first_price(repeats: int) -> None:
+    first = usages(len(MODELS), distinct=False)
+
+    def run() -> None:
+        clear_caches()
+        ours(first)
+
+    took = best_of(repeats, run)
+    print(
+        f"first price of each of {len(MODELS)} models (table lookup + rates):"
+        f" {took * 1e3:6.1f} ms, {took / len(MODELS) * 1e3:5.2f} ms per model"
+    )
 
 
 def bench_openai(calls: int) -> None:
@@ -137,6 +159,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     arguments = parser.parse_args()
     bench_pricing(10_000 if arguments.quick else 100_000)
+    bench_first_price(3 if arguments.quick else 10)
     bench_openai(20 if arguments.quick else 100)
 
 

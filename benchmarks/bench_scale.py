@@ -69,9 +69,9 @@ def measure(count: int) -> dict[str, Any]:
     """Run inside a kernel: make `count` spans, then time every phase on them."""
     from bench_core import fresh_trace, make_spans
 
-    from agenta_notebook.display import show_trace
-    from agenta_notebook.html import static_html
-    from agenta_notebook.widget import live_widget_count
+    from agenta_notebook.views.display import show_trace
+    from agenta_notebook.views.html import static_html
+    from agenta_notebook.views.widget import live_widget_count
 
     repeats = _repeats(count)
     warm_up, _ = make_spans(10)  # first use of the widget modules, outside the timings
@@ -236,8 +236,9 @@ def traced_cells(cells: int, spans_per_cell: int = 10) -> dict[str, float]:
     from opentelemetry import trace as otel_trace
 
     import agenta_notebook as an
-    from agenta_notebook.collector import DEFAULT_MAX_TRACES, _set_last_trace, start_root
-    from agenta_notebook.html import static_html
+    from agenta_notebook.collector import DEFAULT_MAX_TRACES
+    from agenta_notebook.runtime import set_last_trace, start_root
+    from agenta_notebook.views.html import static_html
 
     collector = an.get_collector()
     collector.set_retention(DEFAULT_MAX_TRACES)
@@ -253,7 +254,7 @@ def traced_cells(cells: int, spans_per_cell: int = 10) -> dict[str, float]:
             otel_context.detach(token)
             root.end()
             trace.closed = True
-            _set_last_trace(trace)
+            set_last_trace(trace)
         static_html(trace)
 
     cell(-1)

@@ -24,7 +24,7 @@ SIZES = (1_000, 10_000, 100_000)
 
 def synthetic_records(count: int) -> list[Any]:
     """An agent run of `count` spans: root -> steps -> (llm call, tool -> llm call, ...)."""
-    from agenta_notebook.tree import SpanRecord
+    from agenta_notebook.core.rollup import SpanRecord
 
     trace_id = 0xABC
     records = [SpanRecord(trace_id, 1, None, "agent run", 0, 10 * count + 10)]
@@ -93,9 +93,9 @@ def measure(count: int) -> dict[str, Any]:
     """Run inside a kernel: build, then first display, then close."""
     import gc
 
-    from agenta_notebook.display import show_trace
-    from agenta_notebook.tree import Trace
-    from agenta_notebook.widget import live_widget_count
+    from agenta_notebook.live import Trace
+    from agenta_notebook.views.display import show_trace
+    from agenta_notebook.views.widget import live_widget_count
 
     records = synthetic_records(count)
     builds = []

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from agenta_notebook.collector import Collector, get_collector
-from agenta_notebook.tree import SpanEvent, SpanRecord, StatusCode
-from agenta_notebook.usage import AG_TYPE
+# Our own failures raise under the test suite instead of being logged (errors.py): set
+# before the package is imported, and inherited by every kernel and interpreter a test starts.
+os.environ["AGENTA_NOTEBOOK_STRICT"] = "1"
+
+from agenta_notebook.collector import Collector
+from agenta_notebook.core.rollup import SpanEvent, SpanRecord, StatusCode
+from agenta_notebook.core.usage import AG_TYPE
+from agenta_notebook.runtime import RUNTIME, Runtime, get_collector
 
 TRACE_ID = 0xABC
 
@@ -73,12 +79,25 @@ def records() -> RecordFactory:
 
 
 @pytest.fixture
+def fresh_runtime() -> Iterator[Runtime]:
+    """The default runtime, reset before and after the test (`RUNTIME.reset()`): no
+    trace, no user price, no export, no instrumentation, no open view, default
+    retention, thread propagation off. A module opts in for all its tests with
+    `pytestmark = pytest.mark.usefixtures("fresh_runtime")`."""
+    RUNTIME.reset()
+    yield RUNTIME
+    RUNTIME.reset()
+
+
+@pytest.fixture
 def collector() -> Iterator[Collector]:
-    """The process's collector, with its retention settings restored afterwards."""
+    """The process's collector, fresh: no trace, default retention, no other drop
+    listener than the runtime's; the same again afterwards (the rest of the runtime,
+    an export or thread propagation, is left as it is)."""
     collector = get_collector()
-    max_traces, max_spans = collector.max_traces, collector.max_spans
+    RUNTIME.tracing.reset()
     yield collector
-    collector.set_retention(max_traces, max_spans)
+    RUNTIME.tracing.reset()
 
 
 @pytest.fixture

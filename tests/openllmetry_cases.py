@@ -29,7 +29,8 @@ from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor as OpenAI
 
 import agenta_notebook as an
 from agenta_notebook import demo
-from agenta_notebook.tree import SpanNode, Trace
+from agenta_notebook.core.rollup import SpanNode
+from agenta_notebook.live import Trace
 
 SCOPE = "opentelemetry.instrumentation.openai.v1"
 MESSAGES: list[Any] = [

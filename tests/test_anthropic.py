@@ -23,7 +23,8 @@ from opentelemetry.instrumentation.anthropic import AnthropicInstrumentor as Ope
 
 import agenta_notebook as an
 from agenta_notebook import demo
-from agenta_notebook.tree import SpanNode, Trace
+from agenta_notebook.core.rollup import SpanNode
+from agenta_notebook.live import Trace
 
 SDK_SCOPE = "com.anthropic.sdk.python"
 OPENINFERENCE_SCOPE = "openinference.instrumentation.anthropic"

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 from typing import Any
 
 import pytest
@@ -17,8 +18,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
 import agenta_notebook as an
-from agenta_notebook.collector import Collector, get_collector, last_trace
-from agenta_notebook.tree import Trace
+from agenta_notebook.collector import Collector
+from agenta_notebook.live import Trace
+from agenta_notebook.runtime import get_collector, last_trace
 
 
 def run_python(code: str) -> dict[str, Any]:
@@ -129,8 +131,6 @@ def test_retention_drops_the_oldest_traces_first(collector: Collector) -> None:
         dropped.append(trace.name)
 
     collector.add_drop_listener(listener)
-    collector.clear()
-    dropped.clear()
     an.set_retention(max_traces=3)
     made: list[Trace] = []
     for index in range(5):
@@ -143,11 +143,11 @@ def test_retention_drops_the_oldest_traces_first(collector: Collector) -> None:
     # a dropped trace keeps what it had; it only stops growing
     assert [n.name for n in made[0].nodes] == ["t0", "step"]
     assert list(an.spans_dataframe()["trace_name"].unique()) == ["t2", "t3", "t4"]
-    collector._drop_listeners.remove(listener)
+    collector.remove_drop_listener(listener)
+    assert listener not in collector.drop_listeners
 
 
 def test_retention_by_span_count(collector: Collector) -> None:
-    collector.clear()
     an.set_retention(max_traces=100, max_spans=10)
     for index in range(4):
         with an.trace(f"s{index}"):  # 4 spans per trace
@@ -163,7 +163,6 @@ def test_retention_by_span_count(collector: Collector) -> None:
 def test_retention_never_drops_a_trace_whose_block_is_still_running(
     collector: Collector,
 ) -> None:
-    collector.clear()
     an.set_retention(max_traces=1)
     with an.trace("outer") as outer:
         with an.trace("inner") as inner:
@@ -184,7 +183,6 @@ def test_a_late_span_still_reaches_its_trace_after_retention_dropped_it(
     import contextvars
     import threading
 
-    collector.clear()
     an.set_retention(max_traces=2)
     started, release = threading.Event(), threading.Event()
 
@@ -209,11 +207,10 @@ def test_a_late_span_still_reaches_its_trace_after_retention_dropped_it(
     assert not early.running, "the late span's end reached the dropped trace"
     assert changes, "its listeners heard of it"
     assert early.totals.total_tokens == 42 and early.totals.model_calls == 1
-    assert not collector._draining, "forgotten once nothing is open"
+    assert collector.draining == 0, "forgotten once nothing is open"
 
 
 def test_shrinking_retention_drops_at_once(collector: Collector) -> None:
-    collector.clear()
     for index in range(4):
         with an.trace(f"r{index}"):
             pass
@@ -222,7 +219,6 @@ def test_shrinking_retention_drops_at_once(collector: Collector) -> None:
 
 
 def test_late_spans_of_a_dropped_trace_are_not_kept(collector: Collector) -> None:
-    collector.clear()
     an.set_retention(max_traces=1)
     with an.trace("old") as old:
         pending = an.span("pending")
@@ -268,7 +264,7 @@ def test_user_provider_configured_first_keeps_its_exporter() -> None:
             pass
         print(json.dumps({
             "same_provider": trace.get_tracer_provider() is provider,
-            "collector_on_user_provider": an.collector._provider is provider,
+            "collector_on_user_provider": an.RUNTIME.tracing.provider is provider,
             "exported": sorted(s.name for s in exporter.get_finished_spans()),
             "traced": [n.name for n in t.nodes],
             "tokens": t.totals.total_tokens,
@@ -351,15 +347,16 @@ def test_collector_attaches_once_to_a_provider() -> None:
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
         import agenta_notebook as an
-        from agenta_notebook import collector as module
+        from agenta_notebook.collector import Collector
+        from agenta_notebook.runtime import Runtime
 
-        first = module.get_collector()
-        module._collector = None  # as after a reload of the module
-        second = module.get_collector()
+        first = an.get_collector()
+        # as after a reload of the package: a new runtime finds the collector in place
+        second = Runtime().tracing.get_collector()
         processors = provider._active_span_processor._span_processors
         print(json.dumps({
             "same": first is second,
-            "ours": sum(isinstance(p, module.Collector) for p in processors),
+            "ours": sum(isinstance(p, Collector) for p in processors),
         }))
         """
     )
@@ -430,7 +427,8 @@ def test_a_running_span_is_converted_with_a_copy_of_its_attributes() -> None:
 def test_building_a_tree_pauses_the_garbage_collector_and_restores_it() -> None:
     import gc
 
-    from agenta_notebook.tree import SpanRecord, build_tree
+    from agenta_notebook.core.rollup import SpanRecord
+    from agenta_notebook.live import Trace
 
     seen: list[bool] = []
 
@@ -439,14 +437,43 @@ def test_building_a_tree_pauses_the_garbage_collector_and_restores_it() -> None:
             seen.append(gc.isenabled())
             return super().__iter__()
 
-    records = [SpanRecord(1, 1, None, "root", 0, 1, attributes=Spy({"x": 1}))]
+    def build() -> None:
+        records = [SpanRecord(1, 1, None, "root", 0, 1, attributes=Spy({"x": 1}))]
+        assert Trace(1, "t", records=records).tree.root.name == "root"
+
     assert gc.isenabled()
-    build_tree(records)
+    build()
     assert gc.isenabled()
     gc.disable()
     try:
-        build_tree(records)
+        build()
         assert not gc.isenabled()  # a collector the user turned off stays off
     finally:
         gc.enable()
     assert seen == [False, False]
+
+
+def test_the_pause_of_the_garbage_collector_is_counted_across_threads() -> None:
+    """Two builds that overlap (a redraw timer's and the notebook's): the collector stays
+    off until the last one ends, then comes back on."""
+    import gc
+
+    from agenta_notebook.memory import gc_paused
+
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other_build() -> None:
+        with gc_paused():
+            inside.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=other_build)
+    assert gc.isenabled()
+    with gc_paused():
+        worker.start()
+        assert inside.wait(5)
+    assert not gc.isenabled()  # the other build is still running
+    release.set()
+    worker.join(5)
+    assert gc.isenabled()

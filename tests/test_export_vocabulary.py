@@ -20,18 +20,18 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Status, StatusCode
 
 import agenta_notebook as an
-from agenta_notebook import collector as collector_module
-from agenta_notebook.collector import get_collector
-from agenta_notebook.persist import load, trace_to_otlp
-from agenta_notebook.tree import SpanRecord, Trace, build_tree
-from agenta_notebook.usage import read_usage
-from agenta_notebook.vocabulary import (
+from agenta_notebook.core.rollup import SpanRecord, build_tree
+from agenta_notebook.core.usage import read_usage
+from agenta_notebook.core.vocabulary import (
     RECEIVER_KEYS,
     exported_attributes,
     genai_operation,
     openinference_kind,
     receiver_attributes,
 )
+from agenta_notebook.io.persist import load, trace_to_otlp
+from agenta_notebook.live import Trace
+from agenta_notebook.runtime import RUNTIME, get_collector
 
 INPUT_KEYS = ("gen_ai.usage.input_tokens", "llm.token_count.prompt")
 OUTPUT_KEYS = ("gen_ai.usage.output_tokens", "llm.token_count.completion")
@@ -41,7 +41,7 @@ USAGE_KEY_PREFIXES = ("gen_ai.usage.", "llm.token_count.", "llm.cost.")
 def tracer(scope: str) -> otel_trace.Tracer:
     """A tracer of another instrumentation scope, on the provider our collector watches."""
     get_collector()
-    provider = collector_module._provider
+    provider = RUNTIME.tracing.provider
     assert provider is not None
     return provider.get_tracer(scope)
 

@@ -10,7 +10,7 @@ from conftest import RecordFactory, keys
 
 import agenta_notebook as an
 from agenta_notebook.collector import Collector
-from agenta_notebook.frame import COLUMNS, traces_dataframe
+from agenta_notebook.io.frame import COLUMNS, traces_dataframe
 
 REQUIRED = [
     "trace_id",
@@ -162,7 +162,6 @@ def test_empty_frame_keeps_columns_and_dtypes() -> None:
 
 
 def test_spans_dataframe_covers_retained_traces(collector: Collector) -> None:
-    collector.clear()
     with an.trace("first"), an.span("a"):
         pass
     with an.trace("second"):

@@ -50,7 +50,8 @@ from nbval_run import run_nbval
 
 import agenta_notebook as an
 from agenta_notebook import demo
-from agenta_notebook.tree import SpanNode, Trace
+from agenta_notebook.core.rollup import SpanNode
+from agenta_notebook.live import Trace
 
 ROOT = Path(__file__).resolve().parent.parent
 LANGCHAIN_SCOPE = "openinference.instrumentation.langchain"

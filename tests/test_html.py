@@ -1,4 +1,4 @@
-"""The static renderings: `text/html` twin and `text/plain` summary (agenta_notebook.html)."""
+"""The static renderings: `text/html` twin and `text/plain` summary (agenta_notebook.views.html)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from html.parser import HTMLParser
 import pytest
 from conftest import RecordFactory
 
-from agenta_notebook.html import (
+from agenta_notebook.core.rollup import SpanEvent, SpanRecord
+from agenta_notebook.live import Trace
+from agenta_notebook.views.html import (
     STATIC_MAX_NODES,
     details_html,
     format_cost,
@@ -18,7 +20,6 @@ from agenta_notebook.html import (
     static_html,
     text_summary,
 )
-from agenta_notebook.tree import SpanEvent, SpanRecord, Trace
 
 PAYLOADS = (
     "<img src=x onerror=alert(1)>",

@@ -65,7 +65,7 @@ def run_script(script: str, *arguments: str, **environment: str) -> dict[str, An
 def test_an_unknown_library_is_refused_before_anything_is_done() -> None:
     with pytest.raises(ValueError, match=r"unknown library 'llamaindex'.*openai, anthropic"):
         an.instrument("openai", "llamaindex")
-    assert openai_integration._watch is None  # openai was not instrumented either
+    assert not openai_integration.is_instrumented()  # openai was not instrumented either
     with pytest.raises(ValueError, match="unknown library"):
         an.uninstrument("bedrock")
 
@@ -136,7 +136,7 @@ def test_spans_go_to_the_tracer_provider_given(
     ]
     # Undone entirely: the instrumentor put on that provider, and instrument_openai's part.
     assert not OpenAIInstrumentor().is_instrumented_by_opentelemetry
-    assert openai_integration._watch is None
+    assert not openai_integration.is_instrumented()
     exporter.clear()
     chat.invoke("Anyone?")
     assert exporter.get_finished_spans() == ()
@@ -174,7 +174,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("error")
     outcome = an.instrument("openai")["openai"]
 result["openai"] = [outcome.status, outcome.detail]
-result["openai_watch"] = openai_integration._watch is not None
+result["openai_watch"] = openai_integration.is_instrumented()
 OfficialInstrumentor().uninstrument()
 # OpenLLMetry's (traceloop) OpenAI instrumentor likewise.
 from opentelemetry.instrumentation.openai import OpenAIInstrumentor as TraceloopInstrumentor

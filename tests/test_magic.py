@@ -71,22 +71,25 @@ def context_leaked():
     return _otel.get_current_span().get_span_context().is_valid
 
 class Recorder:
-    """Wraps the real TraceDisplay and records what the magic asks of it."""
+    """Wraps the real TraceDisplay: records what the magic asks of it and, as "redraw",
+    each redraw the display makes of itself (it follows the trace on its own)."""
     def __init__(self, inner, trace):
         self.inner, self.trace, self.events = inner, trace, []
+        redraw = inner._redraw
+        def recorded_redraw(*, settle):
+            self._note("redraw"); redraw(settle=settle)
+        inner._redraw = recorded_redraw
     def _note(self, what):
         self.events.append([what, self.trace.span_count, self.trace.running])
     def show(self):
         self._note("show"); self.inner.show()
-    def refresh(self):
-        self._note("refresh"); self.inner.refresh()
     def finish(self):
         self._note("finish"); self.inner.finish()
     def close(self):
         self._note("close"); self.inner.close()
 
 RECORDERS = []
-import agenta_notebook.display as _display
+import agenta_notebook.views.display as _display
 _real_show_trace = _display.show_trace
 def record_displays(on=True):
     def recording_show_trace(trace):
@@ -420,7 +423,7 @@ def test_late_span_is_added_to_its_cell_and_refreshes_the_view(kernel: Kernel) -
     kernel.run(
         "release.set(); bg.join()\n"
         "deadline = time.monotonic() + 10  # the trailing refresh comes within the interval\n"
-        "while RECORDERS[0].events[-1][:1] != ['refresh'] or RECORDERS[0].events[-1][2]:\n"
+        "while RECORDERS[0].events[-1][:1] != ['redraw'] or RECORDERS[0].events[-1][2]:\n"
         "    if time.monotonic() > deadline: break\n"
         "    time.sleep(0.05)"
     )
@@ -439,8 +442,8 @@ def test_late_span_is_added_to_its_cell_and_refreshes_the_view(kernel: Kernel) -
     assert names[0] == "show" and "finish" in names
     finish = names.index("finish")
     assert events[finish][2] is True, "at the end of the cell a span is still running"
-    late_refreshes = [e for e in events[finish + 1 :] if e[0] == "refresh"]
-    assert late_refreshes and late_refreshes[-1][2] is False, "the view shows the late span"
+    late_redraws = [e for e in events[finish + 1 :] if e[0] == "redraw"]
+    assert late_redraws and late_redraws[-1][2] is False, "the view shows the late span"
 
 
 def test_set_prices_after_a_cell_updates_its_output(kernel: Kernel) -> None:
@@ -509,7 +512,8 @@ def test_two_cells_and_a_rerun_get_their_own_traces(kernel: Kernel) -> None:
     kernel.run("record_displays(False)")
     assert len({first["trace_id"], second["trace_id"], rerun["trace_id"]}) == 3
     assert [len(t["nodes"]) for t in (first, second, rerun)] == [2, 3, 2]
-    names = [[event[0] for event in run] for run in events]
+    # What the magic asked of each view (the views' own redraws left out).
+    names = [[event[0] for event in run if event[0] != "redraw"] for run in events]
     assert names[0][-1] == "close", "the re-run closes the cell's previous view"
     assert "close" not in names[1], "another cell's view is left alone"
     assert names[2][-1] == "finish"
@@ -535,7 +539,7 @@ def test_reruns_are_keyed_by_the_cell_id_when_the_frontend_sends_one(kernel: Ker
     _execute_with_cell_id(kernel, same_text, "cell-a")
     _execute_with_cell_id(kernel, same_text, "cell-b")  # another cell, same text
     _execute_with_cell_id(kernel, "%%agenta_trace 'keyed again'\ncall(2);", "cell-a")  # edited
-    events = kernel.value("[[e[0] for e in r.events] for r in RECORDERS]")
+    events = kernel.value("[[e[0] for e in r.events if e[0] != 'redraw'] for r in RECORDERS]")
     cell_ids = kernel.value(
         "[r.trace.root.record.attributes.get('agenta_notebook.cell_id') for r in RECORDERS]"
     )
@@ -557,10 +561,12 @@ def test_live_view_is_refreshed_at_most_every_interval(kernel: Kernel) -> None:
     )
     events = kernel.value("[e[0] for e in RECORDERS[0].events]")
     elapsed = kernel.value("elapsed")
-    interval = kernel.value("__import__('agenta_notebook.magic').magic.REFRESH_INTERVAL")
+    interval = kernel.value("_display.MIN_INTERVAL")
     kernel.run("record_displays(False)")
-    refreshes = events[: events.index("finish")].count("refresh")
-    assert 1 <= refreshes <= elapsed / interval + 1, (refreshes, elapsed)
+    # The display redraws itself (one throttle, in display.py); the magic only settles it.
+    redraws = events[: events.index("finish")].count("redraw")
+    assert 1 <= redraws <= elapsed / interval + 1, (redraws, elapsed)
+    assert events[events.index("finish") + 1] == "redraw", "finish draws the final state"
 
 
 # -- options --------------------------------------------------------------------------------
@@ -652,7 +658,7 @@ def test_direct_call_of_the_magic(kernel: Kernel) -> None:
 
 
 def test_save_writes_the_trace_once_complete(kernel: Kernel, tmp_path: Path) -> None:
-    pytest.importorskip("agenta_notebook.persist", reason="persist.py is not written yet")
+    pytest.importorskip("agenta_notebook.io.persist", reason="persist.py is not written yet")
     path = tmp_path / "saved.json"
     kernel.run("gate = threading.Event()")
     kernel.run(
@@ -666,10 +672,38 @@ def test_save_writes_the_trace_once_complete(kernel: Kernel, tmp_path: Path) -> 
     )
     assert not path.exists(), "not while a span of the trace is still running"
     kernel.run("gate.set(); saver.join()")
+    # Written by the magic's save worker, not by the thread that ended the last span.
+    kernel.run("assert get_ipython()._agenta_notebook_magics.saver.wait(30)")
     assert path.exists()
-    kernel.run("from agenta_notebook.persist import load as load_trace")
+    kernel.run("from agenta_notebook.io.persist import load as load_trace")
     loaded = kernel.value(f"sorted(n.name for n in load_trace({str(path)!r}).nodes)")
     assert loaded == ["call", "later", "saved"]
+
+
+def test_save_of_a_complete_trace_is_written_when_the_cell_ends(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    path = tmp_path / "at once.json"
+    kernel.run(f"%%agenta_trace at_once --quiet --save {str(path)!r}\ncall(1);")
+    # No span outlives the cell: written on the kernel's thread before the cell returned.
+    assert path.exists()
+    kernel.run("from agenta_notebook.io.persist import load as load_trace")
+    loaded = kernel.value(f"sorted(n.name for n in load_trace({str(path)!r}).nodes)")
+    assert loaded == ["at_once", "call"]
+
+
+def test_save_to_a_path_that_cannot_be_written_is_one_line_in_the_cell(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    path = tmp_path / "missing folder" / "trace.json"
+    cell = kernel.run(f"%%agenta_trace --quiet --save {str(path)!r}\nprint('ran'); call(1);")
+    assert outputs(cell, "error") == [], "the cell itself succeeded"
+    errors = [o["text"] for o in outputs(cell, "stream") if o["name"] == "stderr"]
+    assert len(errors) == 1 and errors[0].count("\n") == 1, errors
+    assert errors[0].startswith(f"agenta_notebook: could not save the trace to {path}: ")
+    assert "No such file or directory" in errors[0]
+    assert stdout(cell).startswith("ran\n")
+    assert kernel.summary()["tokens"] == 15, "the trace is kept all the same"
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -679,9 +713,9 @@ COUNT_HOOKS = (
     " sum(_is_ours(f) for f in get_ipython().events.callbacks['post_run_cell']),"
     " sum(_is_ours(f) for f in get_ipython().input_transformers_cleanup),"
     " sum(type(p).__name__ == 'Collector' for p in"
-    "     an.get_collector() and __import__('agenta_notebook.collector').collector._provider"
+    "     an.get_collector() and an.RUNTIME.tracing.provider"
     "     ._active_span_processor._span_processors)])"
-    "(__import__('agenta_notebook.magic').magic._is_ours)"
+    "(__import__('agenta_notebook.ipython.magic').ipython.magic._is_ours)"
 )
 
 

@@ -23,9 +23,11 @@ from nbval_run import run_nbval
 from openinference.instrumentation.openai import OpenAIInstrumentor
 
 import agenta_notebook as an
-from agenta_notebook import collector, demo
+from agenta_notebook import demo
+from agenta_notebook.core.rollup import SpanNode
 from agenta_notebook.integrations import openai as integration
-from agenta_notebook.tree import SpanNode, Trace
+from agenta_notebook.live import Trace
+from agenta_notebook.runtime import RUNTIME, get_collector
 
 MESSAGES: list[Any] = [
     {"role": "system", "content": "You are a research assistant. Be brief, precise and kind."},
@@ -437,9 +439,9 @@ def test_instrument_is_idempotent(client: openai.OpenAI) -> None:
 
 
 def test_calls_outside_a_trace_are_not_kept(client: openai.OpenAI) -> None:
-    before = len(collector.get_collector().traces())
+    before = len(get_collector().traces())
     client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    assert len(collector.get_collector().traces()) == before
+    assert len(get_collector().traces()) == before
 
 
 def test_instrument_on_load_follows_the_environment(
@@ -468,9 +470,9 @@ def test_instrument_on_load_follows_the_environment(
 # -- the same rules for every vocabulary ------------------------------------------------
 def _hand_made_span(name: str, attributes: dict[str, Any]) -> None:
     """A span written by another instrumentation: same provider, its own tracer."""
-    collector.get_collector()
-    assert collector._provider is not None
-    tracer = collector._provider.get_tracer("tests.other_instrumentation")
+    get_collector()
+    assert RUNTIME.tracing.provider is not None
+    tracer = RUNTIME.tracing.provider.get_tracer("tests.other_instrumentation")
     with tracer.start_as_current_span(name, attributes=attributes):
         pass
 
@@ -648,9 +650,9 @@ def test_genai_agent_span_with_run_totals_is_a_claim() -> None:
             "gen_ai.usage.input_tokens": 300,
             "gen_ai.usage.output_tokens": 30,
         }
-        collector.get_collector()
-        assert collector._provider is not None
-        tracer = collector._provider.get_tracer("tests.other_instrumentation")
+        get_collector()
+        assert RUNTIME.tracing.provider is not None
+        tracer = RUNTIME.tracing.provider.get_tracer("tests.other_instrumentation")
         with tracer.start_as_current_span("invoke_agent planner", attributes=agent_attributes):
             _hand_made_span("chat a", _genai("gpt-4o", (100, 10, 0, 0)))
             _hand_made_span("chat b", _genai("gpt-4o", (200, 20, 0, 0)))

@@ -19,10 +19,10 @@ from nbformat import NotebookNode
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 import agenta_notebook as an
-from agenta_notebook import collector as collector_module
-from agenta_notebook import otlp as otlp_module
-from agenta_notebook.collector import get_tracer
-from agenta_notebook.otlp import (
+from agenta_notebook.core.rollup import SpanEvent, SpanRecord, build_tree
+from agenta_notebook.core.vocabulary import RECEIVER_KEYS
+from agenta_notebook.io import otlp as otlp_module
+from agenta_notebook.io.otlp import (
     OtlpExport,
     OtlpExportWarning,
     current_export,
@@ -31,8 +31,8 @@ from agenta_notebook.otlp import (
     resolve_endpoint,
     stop_export,
 )
-from agenta_notebook.tree import SpanEvent, SpanRecord, Trace, build_tree
-from agenta_notebook.vocabulary import RECEIVER_KEYS
+from agenta_notebook.live import Trace
+from agenta_notebook.runtime import RUNTIME, get_tracer
 
 #: The exporter's per-request timeout in these tests (seconds).
 TIMEOUT = 3.0
@@ -414,7 +414,7 @@ def test_second_outage_warns_again(receiver: OtlpReceiver, export: OtlpExport) -
 KERNEL_SETUP = """
 import json, time
 import agenta_notebook as an
-from agenta_notebook.otlp import maybe_export_on_load
+from agenta_notebook.io.otlp import maybe_export_on_load
 export = maybe_export_on_load()
 print("STARTED", export is not None)
 """
@@ -595,7 +595,7 @@ def test_spans_of_a_running_block_wait_for_it_and_carry_the_finished_trees_keys(
 def get_tracer_of(scope: str) -> Any:
     """A tracer of another instrumentation scope, on the provider the collector is on."""
     get_tracer()
-    provider = collector_module._provider
+    provider = RUNTIME.tracing.provider
     assert provider is not None
     return provider.get_tracer(scope)
 

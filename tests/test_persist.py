@@ -23,9 +23,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 import agenta_notebook as an
-from agenta_notebook import collector as collector_module
-from agenta_notebook.collector import get_collector, get_tracer
-from agenta_notebook.persist import (
+from agenta_notebook.core.rollup import SpanEvent, SpanRecord
+from agenta_notebook.core.vocabulary import RECEIVER_KEYS
+from agenta_notebook.io.persist import (
     TraceFileError,
     decode_value,
     encode_span,
@@ -35,8 +35,8 @@ from agenta_notebook.persist import (
     save_trace,
     trace_to_otlp,
 )
-from agenta_notebook.tree import SpanEvent, SpanRecord, Trace
-from agenta_notebook.vocabulary import RECEIVER_KEYS
+from agenta_notebook.live import Trace
+from agenta_notebook.runtime import RUNTIME, get_collector, get_tracer
 
 UNICODE = "naïve café — 東京 🚀 עברית\u200f e\u0301 \u0000 tab\tnew\nline \U0001f9ea"
 LONE_SURROGATE = "broken \ud800 half"
@@ -456,9 +456,9 @@ def otel_sdk_spans() -> tuple[Trace, list[ReadableSpan]]:
     global _capture
     if _capture is None:
         get_collector()
-        assert collector_module._provider is not None
+        assert RUNTIME.tracing.provider is not None
         _capture = SpanCapture()
-        collector_module._provider.add_span_processor(_capture)
+        RUNTIME.tracing.provider.add_span_processor(_capture)
     _capture.active = True
     try:
         with an.trace("from the sdk") as trace:

@@ -40,7 +40,7 @@ import pytest
 
 import agenta_notebook as an
 from agenta_notebook import demo
-from agenta_notebook.tree import Trace
+from agenta_notebook.live import Trace
 
 PHOENIX_VENV = Path(__file__).resolve().parent.parent / ".venv-phoenix"
 #: Phoenix takes 15-40 s to start on the 2-core CI machine (its first start compiles).

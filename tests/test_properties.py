@@ -10,21 +10,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agenta_notebook.tree import (
-    FIGURE_FIELDS,
-    SpanNode,
-    SpanRecord,
-    Trace,
-    TraceTree,
-    build_tree,
-)
-from agenta_notebook.usage import (
-    REPORTS_CACHE_READ,
-    REPORTS_INPUT,
-    REPORTS_OUTPUT,
-    REPORTS_REASONING,
-    REPORTS_TOTAL,
-)
+from agenta_notebook.core.fields import FIGURE_FIELDS, TOKEN_FIGURES
+from agenta_notebook.core.rollup import SpanNode, SpanRecord, TraceTree, build_tree
+from agenta_notebook.live import Trace
 
 TRACE_ID = 0x5EED
 MISSING_PARENT = 0xFFFF_FFFF  # a parent that is not in the trace: detached
@@ -190,13 +178,11 @@ def test_root_is_the_exact_sum_and_order_does_not_matter(case: Case) -> None:
         assert node.own.model_calls == (1 if usage.is_model_call and not call_below else 0)
         if usage.is_model_call and call_below:
             assert node.role == "model call wrapper"
-        for field, bit, value in (
-            ("input_tokens", REPORTS_INPUT, usage.input_tokens),
-            ("output_tokens", REPORTS_OUTPUT, usage.output_tokens),
-            ("total_tokens", REPORTS_TOTAL, usage.effective_total_tokens),
-            ("cache_read_tokens", REPORTS_CACHE_READ, usage.cache_read_tokens),
-            ("reasoning_tokens", REPORTS_REASONING, usage.reasoning_tokens),
-        ):
+        for figure in TOKEN_FIGURES:
+            field, bit, value = figure.name, figure.bit, getattr(usage, figure.name)
+            if field == "total_tokens" and value is None:  # rule 5: else input + output
+                stated = [v for v in (usage.input_tokens, usage.output_tokens) if v is not None]
+                value = sum(stated) if stated else None
             counted_here = usage.reported_fields & bit and not reported_below & bit
             assert getattr(node.own, field) == (value if counted_here else None), field
         if not usage.reports_usage and not usage.is_model_call:

@@ -83,7 +83,7 @@ def test_private_provider_made_after_load_is_collected_and_keeps_its_exporter() 
     result = run_python(
         """
         import agenta_notebook as an
-        from agenta_notebook import collector
+        from agenta_notebook import runtime
 
         an.get_collector()  # what %load_ext does
         provider, exporter = provider_with_exporter()  # never made global
@@ -104,7 +104,7 @@ def test_private_provider_made_after_load_is_collected_and_keeps_its_exporter() 
             "tokens": t.totals.total_tokens,
             "exported": exported(exporter),
             "collector_first": processors[0] is an.get_collector(),
-            "attached": provider in collector.attached_providers(),
+            "attached": provider in runtime.attached_providers(),
             "global_untouched": trace.get_tracer_provider() is not provider,
         }))
         """
@@ -336,7 +336,7 @@ def test_detach_leaves_a_provider_bare_and_attach_everywhere_reaches_all() -> No
         """
         from opentelemetry.sdk.trace import SpanProcessor
         import agenta_notebook as an
-        from agenta_notebook import collector
+        from agenta_notebook import runtime
 
 
         class Names(SpanProcessor):
@@ -348,10 +348,10 @@ def test_detach_leaves_a_provider_bare_and_attach_everywhere_reaches_all() -> No
 
 
         bare, bare_exporter = provider_with_exporter()
-        collector.detach(bare)
+        runtime.detach(bare)
         names = Names()
-        collector.attach_everywhere(names)
-        collector.attach_everywhere(names)  # once per provider
+        runtime.attach_everywhere(names)
+        runtime.attach_everywhere(names)  # once per provider
         other, _ = provider_with_exporter()
         with an.trace("cell") as t:
             with bare.get_tracer("bare").start_as_current_span("bare span"):
@@ -436,7 +436,7 @@ def test_a_library_shutting_its_provider_down_does_not_stop_shared_processors() 
         """
         from opentelemetry.sdk.trace import SpanProcessor
         import agenta_notebook as an
-        from agenta_notebook import collector
+        from agenta_notebook import runtime
 
 
         class Stoppable(SpanProcessor):
@@ -447,11 +447,11 @@ def test_a_library_shutting_its_provider_down_does_not_stop_shared_processors() 
 
 
         shared = Stoppable()
-        collector.attach_everywhere(shared)
+        runtime.attach_everywhere(shared)
         library, _ = provider_with_exporter()
         library.shutdown()
         after_library = shared.stopped
-        collector._provider.shutdown()  # what the SDK does for it at exit
+        runtime.RUNTIME.tracing.provider.shutdown()  # what the SDK does for it at exit
         print(json.dumps({"after_library": after_library, "after_ours": shared.stopped}))
         """
     )
@@ -539,7 +539,7 @@ def exported_tree(exporter):
 
 
 def logfire_wiring():
-    from agenta_notebook import collector
+    from agenta_notebook import runtime
 
     global_provider = trace.get_tracer_provider()
     inner = getattr(global_provider, "provider", None)  # the SDK provider Logfire wraps
@@ -547,8 +547,8 @@ def logfire_wiring():
     processors = getattr(multi, "_span_processors", ())
     return {
         "global": type(global_provider).__module__ + "." + type(global_provider).__name__,
-        "inner_attached": inner in collector.attached_providers(),
-        "collector_first": processors[:1] == (collector.get_collector(),),
+        "inner_attached": inner in runtime.attached_providers(),
+        "collector_first": processors[:1] == (runtime.get_collector(),),
     }
 
 
@@ -611,10 +611,10 @@ def test_logfire_configured_after_the_extension_loaded() -> None:
         early = trace.get_tracer("instrumentation.early")  # at import time: a proxy
 
         import agenta_notebook as an
-        from agenta_notebook import collector
+        from agenta_notebook import runtime
 
         an.get_collector()  # what %load_ext does
-        ours_was_global = trace.get_tracer_provider() is collector._provider
+        ours_was_global = trace.get_tracer_provider() is runtime.RUNTIME.tracing.provider
         exporter = configure_logfire()
         t = traced_cell("cell", early)
 

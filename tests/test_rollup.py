@@ -17,8 +17,9 @@ from conftest import RecordFactory, keys
 from opentelemetry import trace as otel_trace
 
 import agenta_notebook as an
-from agenta_notebook.pricing import calculate_cost, clear_prices, set_prices
-from agenta_notebook.tree import FIGURE_FIELDS, Figures, SpanNode, TraceTree, build_tree
+from agenta_notebook.core.fields import FIGURE_FIELDS
+from agenta_notebook.core.pricing import NO_USER_PRICES, calculate_cost, parse_prices
+from agenta_notebook.core.rollup import Figures, SpanNode, TraceTree, build_tree
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -347,16 +348,7 @@ def test_rule_5_reported_total_wins_and_output_alone_gives_total(
 # --- rule 6: cost precedence, unpriced is not zero ----------------------------------------
 
 
-@pytest.fixture
-def no_user_prices() -> Any:
-    clear_prices()
-    yield
-    clear_prices()
-
-
-def test_rule_6_reported_beats_override_beats_table(
-    records: RecordFactory, no_user_prices: None
-) -> None:
+def test_rule_6_reported_beats_override_beats_table(records: RecordFactory) -> None:
     root = records.add("root")
     records.add(
         "reported",
@@ -367,8 +359,8 @@ def test_rule_6_reported_beats_override_beats_table(
     )
     records.add("table", root, type="llm", **genai(1000, 100, model="gpt-4o"))
     records.add("override", root, type="llm", **genai(1_000_000, 0, model="my-local-llama"))
-    set_prices("my-local-llama", input=2, output=4)
-    tree = build_tree(records.all)
+    prices = NO_USER_PRICES.with_price("my-local-llama", parse_prices(input=2, output=4))
+    tree = build_tree(records.all, user_prices=prices)
     assert node(tree, "reported").own.cost == Decimal("0.5")
     assert node(tree, "reported").priced.source == "reported"
     table_cost = calculate_cost("gpt-4o", {"input_tokens": 1000, "output_tokens": 100})
@@ -378,8 +370,12 @@ def test_rule_6_reported_beats_override_beats_table(
     assert node(tree, "override").own.cost == Decimal(2)
     assert node(tree, "override").priced.source == "override"
     assert tree.totals.cost == Decimal("0.5") + table_cost + 2
-    set_prices("gpt-4o", input=1, output=1)
-    assert build_tree(records.all).totals.cost == Decimal("0.5") + Decimal("0.0011") + 2
+    prices = prices.with_price("gpt-4o", parse_prices(input=1, output=1))
+    assert build_tree(records.all, user_prices=prices).totals.cost == (
+        Decimal("0.5") + Decimal("0.0011") + 2
+    )
+    # The prices are an argument: without them, the table and unpriced again.
+    assert build_tree(records.all).totals.cost == Decimal("0.5") + table_cost
 
 
 def test_rule_6_unknown_model_next_to_a_priced_call(records: RecordFactory) -> None:
@@ -584,7 +580,7 @@ def test_rule_9_no_single_root_gives_a_synthetic_one(records: RecordFactory) -> 
 
 
 def test_rule_9_parent_cycle_is_cut_and_every_span_counts_once(records: RecordFactory) -> None:
-    from agenta_notebook.tree import SpanRecord
+    from agenta_notebook.core.rollup import SpanRecord
 
     root = records.add("root")
     # each reports a figure the other does not, so each figure counts once, wherever the

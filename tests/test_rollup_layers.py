@@ -19,10 +19,11 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
 import agenta_notebook as an
-from agenta_notebook.display import TraceDisplay
-from agenta_notebook.pricing import clear_prices, set_prices
-from agenta_notebook.tree import SpanEvent, SpanNode, SpanRecord, Trace, TraceTree, build_tree
-from agenta_notebook.usage import read_usage
+from agenta_notebook.core.rollup import SpanEvent, SpanNode, SpanRecord, TraceTree, build_tree
+from agenta_notebook.core.usage import read_usage
+from agenta_notebook.live import Trace
+from agenta_notebook.runtime import clear_prices, set_prices
+from agenta_notebook.views.display import TraceDisplay
 
 TRACE = 0x7E57
 OPENAI_SCOPE = "openinference.instrumentation.openai"
@@ -720,7 +721,7 @@ def test_record_usage_writes_agentas_cache_read_key() -> None:
 
 
 def test_a_twin_row_is_badged_recorded_twice_not_as_an_error_origin() -> None:
-    from agenta_notebook.html import markers
+    from agenta_notebook.views.html import markers
 
     spans = Spans()
     root = spans.add("root", None, 0, 1000)

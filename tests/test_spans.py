@@ -14,8 +14,8 @@ import pytest
 from opentelemetry import trace as otel_trace
 
 import agenta_notebook as an
+from agenta_notebook.core.rollup import SpanNode
 from agenta_notebook.spans import SpanSpec
-from agenta_notebook.tree import SpanNode
 
 
 def names(result: an.Trace) -> list[tuple[int, str]]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
 
-from agenta_notebook.usage import (
+from agenta_notebook.core.usage import (
     AG_COST,
     AG_INPUT_TOKENS,
     AG_MODEL,
@@ -254,6 +255,27 @@ def test_bad_values_become_warnings_and_never_raise() -> None:
     assert len(usage.warnings) == 4
     assert any("'abc'" in warning for warning in usage.warnings)
     assert not usage.reports_usage
+
+
+def test_numbers_past_a_float_and_json_past_the_parsers_depth_are_bad_values() -> None:
+    usage = read_usage(
+        {
+            "openinference.span.kind": "LLM",
+            "llm.token_count.prompt": Fraction(10**400),
+            "llm.cost.total": Fraction(10**400, 3),
+            "llm.invocation_parameters": "[" * 50_000,
+        }
+    )
+    assert usage.is_model_call and usage.model is None
+    assert usage.input_tokens is None and usage.cost is None
+    assert len(usage.warnings) == 2
+    assert parse_token_count(Fraction(7, 1)) == 7 and parse_cost(Fraction(1, 4)) == Decimal("0.25")
+
+
+def test_type_only_spans_with_unhashable_values_are_read_too() -> None:
+    usage = read_usage({AG_TYPE: ["llm"], "openinference.span.kind": "LLM"})
+    assert usage.is_model_call and usage.span_type == "llm"
+    assert read_usage({AG_TYPE: ["x"]}) == EMPTY_USAGE
 
 
 def test_one_bad_field_leaves_the_others() -> None:

@@ -10,13 +10,15 @@ from decimal import Decimal
 import ipywidgets
 import pytest
 from conftest import RecordFactory
+from opentelemetry import context as otel_context
 
 import agenta_notebook as an
 from agenta_notebook.collector import Collector
-from agenta_notebook.display import MIN_INTERVAL, TraceDisplay, open_view_count
-from agenta_notebook.html import format_money, format_tokens
-from agenta_notebook.tree import SpanEvent, SpanRecord, Trace
-from agenta_notebook.widget import PAGE_SIZE, Row, TraceView, live_widget_count
+from agenta_notebook.core.rollup import SpanEvent, SpanRecord
+from agenta_notebook.live import Trace
+from agenta_notebook.views.display import MIN_INTERVAL, TraceDisplay, open_view_count
+from agenta_notebook.views.html import format_money, format_tokens
+from agenta_notebook.views.widget import PAGE_SIZE, Row, TraceView, live_widget_count
 
 LLM = "llm"
 
@@ -396,6 +398,96 @@ def test_live_refresh_is_coalesced_and_keeps_expansion(records: RecordFactory) -
     assert view.closed
 
 
+def _drawn_tokens(view: TraceView, trace: Trace) -> str | None:
+    """The figures line of the root row, as drawn."""
+    assert trace.root_span_id is not None
+    row = row_of(view, trace.root_span_id)
+    return None if row is None else row.figures
+
+
+def test_a_burst_of_spans_is_redrawn_a_few_times_and_the_last_state_always(
+    collector: Collector, threads_propagate_context: None
+) -> None:
+    """One throttle (the display's): N spans ending from 4 threads cause at most one
+    redraw per MIN_INTERVAL, and the redraw after the burst shows every span."""
+    per_thread, workers = 100, 4
+    final = format_tokens(per_thread * workers * 5)  # 3 + 2 tokens per call
+    with an.trace("burst") as trace:
+        shown = TraceDisplay(trace, widget=True)  # listens to the trace itself
+        view = shown.view
+        assert isinstance(view, TraceView)
+        try:
+
+            def work(worker: int) -> None:
+                for index in range(per_thread):
+                    with an.span(f"call {worker}.{index}", type=LLM):
+                        an.record_usage(model="gpt-4o-mini", input_tokens=3, output_tokens=2)
+                    time.sleep(0.002)
+
+            threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+            started = time.monotonic()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            ended = time.monotonic()
+            # Nobody calls refresh() or finish(): the trailing redraw comes by itself.
+            deadline = ended + 10
+            while final not in (_drawn_tokens(view, trace) or "") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            drawn_at = time.monotonic()
+            assert final in (_drawn_tokens(view, trace) or ""), "the final state is drawn"
+            assert drawn_at - ended < 2 * MIN_INTERVAL + 1, "soon after the burst"
+            time.sleep(MIN_INTERVAL)  # the redraw that drew it has counted itself by now
+            redraws = shown.redraws
+            # The first redraw waits MIN_INTERVAL; then at most one per MIN_INTERVAL.
+            bound = 1 + (drawn_at - started) / MIN_INTERVAL
+            assert 1 <= redraws <= bound, (redraws, bound)
+            assert redraws < workers * per_thread / 10
+            time.sleep(3 * MIN_INTERVAL)
+            assert shown.redraws == redraws, "no redraw without a new span"
+        finally:
+            shown.close()
+
+
+def test_a_span_ending_during_a_redraw_is_drawn_by_the_next_one(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A span that ends while a redraw is under way (after it read the tree) is not lost:
+    it schedules the next redraw, which shows it."""
+    with an.trace("during") as trace:
+        shown = TraceDisplay(trace, widget=True)
+        view = shown.view
+        assert isinstance(view, TraceView)
+        real_update = view.update
+        arrived = threading.Event()
+        in_the_trace = otel_context.get_current()
+
+        def update_then_a_span_ends() -> None:
+            real_update()  # draws the tree as it is now...
+            if arrived.is_set():
+                return
+            arrived.set()
+            token = otel_context.attach(in_the_trace)  # (on the redraw's timer thread)
+            try:
+                with an.span("arrives mid-redraw", type=LLM):  # ...then one more span ends
+                    an.record_usage(model="gpt-4o-mini", input_tokens=7, output_tokens=0)
+            finally:
+                otel_context.detach(token)
+
+        monkeypatch.setattr(view, "update", update_then_a_span_ends)
+        try:
+            with an.span("first", type=LLM):
+                an.record_usage(model="gpt-4o-mini", input_tokens=1, output_tokens=0)
+            deadline = time.monotonic() + 10
+            while shown.redraws < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert arrived.is_set() and shown.redraws == 2, shown.redraws
+            assert format_tokens(8) in (_drawn_tokens(view, trace) or ""), "both spans drawn"
+        finally:
+            shown.close()
+
+
 def _fields(record: SpanRecord) -> dict[str, object]:
     return {name: getattr(record, name) for name in SpanRecord.__slots__}
 
@@ -452,8 +544,8 @@ def test_output_bundle_in_a_real_kernel() -> None:
 
     code = (
         "import agenta_notebook as an\n"
-        "from agenta_notebook.display import show_trace\n"
-        "from agenta_notebook.widget import live_widget_count\n"
+        "from agenta_notebook.views.display import show_trace\n"
+        "from agenta_notebook.views.widget import live_widget_count\n"
         "before = live_widget_count()\n"
         "with an.trace('kernel demo') as t:\n"
         "    shown = show_trace(t)\n"

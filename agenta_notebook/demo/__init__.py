@@ -66,8 +66,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ._common import CREATED, DEFAULT_SLOW_SECONDS, DEMO_API_KEY, count_tokens
-from ._server import DemoServer, start
+from agenta_notebook.demo._common import CREATED, DEFAULT_SLOW_SECONDS, DEMO_API_KEY, count_tokens
+from agenta_notebook.demo._server import DemoServer, start
 
 if TYPE_CHECKING:
     import anthropic

@@ -15,7 +15,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._common import Reply, count_tokens, limit, new_id, pieces, reply_text, text_of
+from agenta_notebook.demo._common import (
+    Reply,
+    count_tokens,
+    limit,
+    new_id,
+    pieces,
+    reply_text,
+    text_of,
+)
 
 #: The `error.type` of Anthropic's error envelope for each HTTP status.
 ERROR_TYPES: Final = {

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._common import (
+from agenta_notebook.demo._common import (
     CREATED,
     Reply,
     count_tokens,

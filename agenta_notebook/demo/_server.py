@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from . import _anthropic, _openai
-from ._common import DEFAULT_SLOW_SECONDS, ERROR_MODEL, SLOW_MODEL, Reply
+from agenta_notebook.demo import _anthropic, _openai
+from agenta_notebook.demo._common import DEFAULT_SLOW_SECONDS, ERROR_MODEL, SLOW_MODEL, Reply
 
 _OPENAI_ROUTES: dict[str, Callable[[Mapping[str, Any], str], Reply]] = {
     "/chat/completions": _openai.chat,

@@ -7,8 +7,12 @@ supported client at once; it is not re-exported here, so that
 
 from __future__ import annotations
 
-from .instrument import Outcome, uninstrument
-from .openai import instrument_openai, maybe_instrument_on_load, uninstrument_openai
+from agenta_notebook.integrations.instrument import Outcome, uninstrument
+from agenta_notebook.integrations.openai import (
+    instrument_openai,
+    maybe_instrument_on_load,
+    uninstrument_openai,
+)
 
 __all__ = [
     "Outcome",

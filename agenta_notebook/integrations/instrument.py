@@ -45,15 +45,15 @@ import importlib
 import importlib.util
 import os
 import sys
-import threading
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from .. import collector
-from . import openai as openai_integration
+from agenta_notebook.errors import internal_error
+from agenta_notebook.integrations import openai as openai_integration
+from agenta_notebook.runtime import RUNTIME, get_collector
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -241,13 +241,8 @@ _LITELLM_CALLBACK_LISTS: Final = (
 )
 ANTHROPIC_TRACES_ENV: Final = "ANTHROPIC_OPEN_TELEMETRY"
 
-_lock = threading.RLock()
-#: library -> how to undo it, for the libraries `instrument()` instrumented
-_undo: dict[str, Callable[[], None]] = {}
-#: library -> the provider to use, for the libraries waiting for their first import
-_pending: dict[str, TracerProvider | None] = {}
-#: post-import hooks cannot be removed: one per library, inert unless pending
-_hooked: set[str] = set()
+# What instrument() did, what waits for an import and which post-import hooks exist are
+# the runtime's (`RUNTIME.instruments`: `undo`, `pending`, `import_hooks`).
 
 
 def _library(name: str) -> _Library:
@@ -321,9 +316,9 @@ def _litellm_callback() -> str | None:
 
 def _instrumented_by(library: _Library) -> str | None:
     """Who records this library's calls already, or None."""
-    if library.name in _pending:
+    if library.name in RUNTIME.instruments.pending:
         return f"{library.ours.label} (when it is imported)"
-    if library.name == "openai" and openai_integration._watch is not None:
+    if library.name == "openai" and openai_integration.is_instrumented():
         return library.ours.label
     if _is_active(library.ours):
         return library.ours.label
@@ -353,14 +348,14 @@ def _anthropic_traces_itself() -> bool:
 
 
 def _default_provider() -> TracerProvider | None:
-    collector.get_collector()
-    return collector._provider
+    get_collector()
+    return RUNTIME.tracing.provider
 
 
 def _instrument_openai(provider: TracerProvider | None) -> Outcome:
     label = LIBRARIES[0].ours.label
     undo: list[Callable[[], None]] = []
-    if provider is not None and provider is not collector._provider:
+    if provider is not None and provider is not RUNTIME.tracing.provider:
         # instrument_openai() uses the collector's provider: put the instrumentor on the
         # one asked for first, then let it add what it adds around the client.
         from openinference.instrumentation.openai import OpenAIInstrumentor
@@ -382,7 +377,7 @@ def _instrument_openai(provider: TracerProvider | None) -> Outcome:
         for step in undo:
             step()
 
-    _undo["openai"] = uninstrument_openai
+    RUNTIME.instruments.undo["openai"] = uninstrument_openai
     return Outcome("openai", "instrumented", label)
 
 
@@ -400,6 +395,7 @@ def _instrument_with(
         conflict = getattr(error, "conflict", None)  # DependencyConflictError: wrong version
         if conflict is not None:
             return Outcome(library.name, "failed", str(conflict))
+        internal_error(f"{library.ours.label}'s instrument()")  # logged with its traceback
         return Outcome(library.name, "failed", f"{library.ours.label} raised {error!r}")
     if not instrumentor.is_instrumented_by_opentelemetry:
         return Outcome(library.name, "failed", f"{library.ours.label} refused to instrument")
@@ -419,21 +415,22 @@ def _instrument_now(library: _Library, provider: TracerProvider | None) -> Outco
     try:
         module = importlib.import_module(library.ours.module)
         cls = getattr(module, library.ours.name)
-    except Exception as error:
+    except (ImportError, AttributeError) as error:  # an install that is broken or too old
         return Outcome(library.name, "failed", f"{library.ours.label} does not import: {error!r}")
     undo: list[Callable[[], None]] = []
     outcome = _instrument_with(library, cls, provider, undo)
     if undo:
-        _undo[library.name] = undo[0]
+        RUNTIME.instruments.undo[library.name] = undo[0]
     return outcome
 
 
 def _on_import(name: str) -> Callable[[Any], None]:
     def hook(module: Any) -> None:
-        with _lock:
-            if name not in _pending:
+        state = RUNTIME.instruments
+        with state.lock:
+            if name not in state.pending:
                 return  # uninstrumented before the import, or never pending
-            provider = _pending.pop(name)
+            provider = state.pending.pop(name)
             library = _BY_NAME[name]
             who = _instrumented_by(library)
             if who is not None:
@@ -441,6 +438,7 @@ def _on_import(name: str) -> Callable[[Any], None]:
             try:
                 outcome = _instrument_now(library, provider)
             except Exception as error:  # never break the import that triggered this
+                internal_error(f"instrumenting {name} when it was imported")
                 outcome = Outcome(name, "failed", repr(error))
         if outcome.status != "instrumented":
             warnings.warn(f"agenta_notebook.instrument: {outcome}", stacklevel=2)
@@ -454,12 +452,13 @@ def _defer(library: _Library, provider: TracerProvider | None) -> Outcome | None
         from wrapt import register_post_import_hook
     except ImportError:
         return None
-    _pending[library.name] = provider
-    if library.name not in _hooked:
-        _hooked.add(library.name)
+    state = RUNTIME.instruments
+    state.pending[library.name] = provider
+    if library.name not in state.import_hooks:
+        state.import_hooks.add(library.name)
         # Runs the hook at once if the module was imported since the check.
         register_post_import_hook(_on_import(library.name), library.module)
-    if library.name in _pending:
+    if library.name in state.pending:
         return Outcome(library.name, "instrumented", library.ours.label, on_import=True)
     return Outcome(library.name, "instrumented", library.ours.label)
 
@@ -494,7 +493,7 @@ def instrument(
     collector is on, so that traced cells and `trace(...)` see them.
     """
     chosen = _selected(libraries)
-    with _lock:
+    with RUNTIME.instruments.lock:
         provider = tracer_provider if tracer_provider is not None else _default_provider()
         outcomes = {library.name: _instrument_one(library, provider) for library in chosen}
     for outcome in outcomes.values():
@@ -510,13 +509,14 @@ def uninstrument(*libraries: str) -> list[str]:
     """
     chosen = _selected(libraries)
     undone: list[str] = []
-    with _lock:
+    state = RUNTIME.instruments
+    with state.lock:
         for library in chosen:
-            if library.name in _pending:
-                del _pending[library.name]
+            if library.name in state.pending:
+                del state.pending[library.name]
                 undone.append(library.name)
                 continue
-            undo = _undo.pop(library.name, None)
+            undo = state.undo.pop(library.name, None)
             if undo is not None:
                 undo()
                 undone.append(library.name)

@@ -9,7 +9,7 @@ is on, so calls made inside `trace(...)` or a traced cell appear in its tree: ch
 completions (sync, async, streamed), the Responses API, embeddings and the legacy
 completions. The instrumentor writes `openinference.span.kind`, `llm.model_name`,
 `llm.system` / `llm.provider` and `llm.token_count.*` (with cache-read, cache-write
-and reasoning details), which `agenta_notebook.usage` reads and `pricing` costs.
+and reasoning details), which `agenta_notebook.core.usage` reads and `pricing` costs.
 
 Streams: usage is read from the final chunk, so pass
 `stream_options={"include_usage": True}` to chat completions (the Responses API
@@ -39,18 +39,21 @@ import os
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from .. import collector
+from agenta_notebook.errors import internal_error
+from agenta_notebook.runtime import RUNTIME, attach_everywhere, get_collector
 
 __all__ = [
     "ABANDONED_STREAM",
     "INSTRUMENT_ON_LOAD_ENV",
     "instrument_openai",
+    "is_instrumented",
     "maybe_instrument_on_load",
     "uninstrument_openai",
 ]
@@ -132,7 +135,7 @@ class _StreamWatch(SpanProcessor):
             try:
                 _finish_abandoned(stream)
             except Exception:  # never break the code that ended the root
-                pass
+                internal_error("ending the span of an abandoned stream")
 
     def shutdown(self) -> None:
         with self._lock:
@@ -142,17 +145,18 @@ class _StreamWatch(SpanProcessor):
         return True
 
 
-_lock = threading.Lock()
-#: Set while instrumented; the processor itself is added to the provider only once and
-#: stays (a provider cannot remove a processor), inert while this is None.
-_watch: _StreamWatch | None = None
-_processor: _StreamWatch | None = None
-_instrumented_by_us = False
-_originals: dict[str, Any] = {}
+# What instrument_openai() did is the runtime's (`RUNTIME.instruments`): the stream watch
+# while instrumented (its processor is added once to every provider and stays, inert
+# while no watch is set), and how to undo the rest.
+
+
+def is_instrumented() -> bool:
+    """True while `instrument_openai()` is in effect."""
+    return RUNTIME.instruments.stream_watch is not None
 
 
 def _watch_stream(response: Any) -> None:
-    watch = _watch
+    watch = RUNTIME.instruments.stream_watch
     if watch is None or not hasattr(response, "_self_with_span"):
         return  # not a stream the instrumentor is tracing
     span_context = otel_trace.get_current_span().get_span_context()
@@ -164,8 +168,8 @@ def _sync_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     response = wrapped(*args, **kwargs)
     try:
         _watch_stream(response)
-    except Exception:
-        pass
+    except Exception:  # the user's call succeeded: never fail it over our bookkeeping
+        internal_error("watching an OpenAI stream")
     return response
 
 
@@ -173,8 +177,8 @@ async def _async_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
     response = await wrapped(*args, **kwargs)
     try:
         _watch_stream(response)
-    except Exception:
-        pass
+    except Exception:  # the user's call succeeded: never fail it over our bookkeeping
+        internal_error("watching an OpenAI stream")
     return response
 
 
@@ -182,9 +186,12 @@ def _official_instrumentor_active() -> bool:
     """True when OpenTelemetry's own OpenAI instrumentor (openai-v2) is instrumenting."""
     try:
         module = importlib.import_module("opentelemetry.instrumentation.openai_v2")
-        return bool(module.OpenAIInstrumentor().is_instrumented_by_opentelemetry)
-    except Exception:  # not installed, or an install that does not import
+    except ImportError:  # not installed, or an install whose dependencies are missing
         return False
+    instrumentor = getattr(module, "OpenAIInstrumentor", None)
+    if instrumentor is None:  # a version we do not know: not the one we look for
+        return False
+    return bool(instrumentor().is_instrumented_by_opentelemetry)
 
 
 def instrument_openai() -> bool:
@@ -198,9 +205,9 @@ def instrument_openai() -> bool:
     >>> _ = instrument_openai()
     >>> # with trace("answer"): client.chat.completions.create(...)   -> one priced span
     """
-    global _watch, _processor, _instrumented_by_us
-    with _lock:
-        if _watch is not None:
+    state = RUNTIME.instruments
+    with state.lock:
+        if state.stream_watch is not None:
             return False
         try:
             openai = importlib.import_module("openai")
@@ -222,9 +229,10 @@ def instrument_openai() -> bool:
                 stacklevel=2,
             )
             return False
-        collector.get_collector()
-        provider = collector._provider
+        get_collector()
+        provider = RUNTIME.tracing.provider
         instrumentor = OpenAIInstrumentor()
+        instrumented_by_us = False
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(tracer_provider=provider)
             if not instrumentor.is_instrumented_by_opentelemetry:
@@ -234,36 +242,46 @@ def instrument_openai() -> bool:
                     stacklevel=2,
                 )
                 return False
-            _instrumented_by_us = True
+            instrumented_by_us = True
         # Outermost wrappers: they see the stream proxies the instrumentor returns.
-        _originals["OpenAI.request"] = openai.OpenAI.request
-        _originals["AsyncOpenAI.request"] = openai.AsyncOpenAI.request
+        originals = (openai.OpenAI.request, openai.AsyncOpenAI.request)
         wrap_function_wrapper(openai, "OpenAI.request", _sync_request)
         wrap_function_wrapper(openai, "AsyncOpenAI.request", _async_request)
-        if _processor is None:
-            _processor = _StreamWatch()
-            if provider is not None:  # on every SDK provider: a root may come from any
-                collector.attach_everywhere(_processor)
-        _watch = _processor
+        watch = state.stream_processor
+        if not isinstance(watch, _StreamWatch):
+            watch = _StreamWatch()
+            state.stream_processor = watch
+            # On every SDK provider: a root may come from any.
+            attach_everywhere(watch)
+        state.stream_watch = watch
+        state.openai_undo = _undo(openai, originals, instrumented_by_us)
         return True
+
+
+def _undo(openai: Any, originals: tuple[Any, Any], instrumented_by_us: bool) -> Callable[[], None]:
+    """How to undo one `instrument_openai()`: put back what it replaced."""
+
+    def undo() -> None:
+        openai.OpenAI.request, openai.AsyncOpenAI.request = originals
+        if instrumented_by_us:
+            from openinference.instrumentation.openai import OpenAIInstrumentor
+
+            OpenAIInstrumentor().uninstrument()
+
+    return undo
 
 
 def uninstrument_openai() -> None:
     """Undo `instrument_openai()`: OpenAI calls are no longer traced."""
-    global _watch, _instrumented_by_us
-    with _lock:
-        if _watch is None:
+    state = RUNTIME.instruments
+    with state.lock:
+        watch, undo = state.stream_watch, state.openai_undo
+        if watch is None:
             return
-        openai = importlib.import_module("openai")
-        openai.OpenAI.request = _originals.pop("OpenAI.request")
-        openai.AsyncOpenAI.request = _originals.pop("AsyncOpenAI.request")
-        if _instrumented_by_us:
-            from openinference.instrumentation.openai import OpenAIInstrumentor
-
-            OpenAIInstrumentor().uninstrument()
-            _instrumented_by_us = False
-        _watch.shutdown()  # forget the streams it watched; it stays on the provider, inert
-        _watch = None
+        state.stream_watch = state.openai_undo = None
+        if undo is not None:
+            undo()
+        watch.shutdown()  # forget the streams it watched; it stays on the provider, inert
 
 
 def maybe_instrument_on_load() -> bool:
@@ -276,6 +294,9 @@ def maybe_instrument_on_load() -> bool:
         return False
     try:
         return instrument_openai()
-    except Exception as error:
+    except ImportError as error:  # the packages are missing: say so, load the extension
         warnings.warn(f"agenta_notebook: could not instrument OpenAI: {error}", stacklevel=2)
+        return False
+    except Exception:  # an instrumentor that fails: the extension loads all the same
+        internal_error("instrumenting OpenAI when the extension loaded")
         return False

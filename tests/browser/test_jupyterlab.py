@@ -58,7 +58,7 @@ def run_agent():
 FIRST_CELL = (
     AGENT
     + """
-from agenta_notebook.display import show_trace
+from agenta_notebook.views.display import show_trace
 with an.trace("browser demo") as demo_trace:
     demo_display = show_trace(demo_trace)
     run_agent()
@@ -87,7 +87,7 @@ for step in range(8):
 
 def _has_magic() -> bool:
     try:
-        from agenta_notebook import magic
+        from agenta_notebook.ipython import magic
     except ImportError:
         return False
     return hasattr(magic, "TraceMagics")
@@ -95,8 +95,8 @@ def _has_magic() -> bool:
 
 def _expected() -> dict[str, str]:
     """Figures the browser must show, computed by the core in this process."""
-    from agenta_notebook.html import format_money, format_tokens
-    from agenta_notebook.tree import Trace
+    from agenta_notebook.live import Trace
+    from agenta_notebook.views.html import format_money, format_tokens
 
     scope: dict[str, Any] = {}
     exec(AGENT, scope)

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from agenta_notebook.html import format_money, format_tokens, static_html
-from agenta_notebook.tree import SpanEvent, SpanRecord, Trace
+from agenta_notebook.core.rollup import SpanEvent, SpanRecord
+from agenta_notebook.live import Trace
+from agenta_notebook.views.html import format_money, format_tokens, static_html
 
 CHROMIUM = "/usr/bin/chromium"
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"

@@ -1,57 +1,77 @@
-"""pandas export: one row per span, own figures and subtotals, nulls kept apart from 0."""
+"""pandas export: one row per span, own figures and subtotals, nulls kept apart from 0.
+
+The figure columns come from the table of figures (`core/fields.py`): each figure has a
+subtotal column, `subtotal_<figure>`, and most have an own column, the span's own counted
+figure (a count is a flag there: the span is one model call, one unpriced call).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from operator import attrgetter
+from types import MappingProxyType
 from typing import Any, Final
 
 import numpy as np
 import pandas as pd
 
-from .tree import Figures, SpanNode, Trace, _collector_paused
+from agenta_notebook.core.fields import FIGURES, Figure, Kind
+from agenta_notebook.core.rollup import Figures, SpanNode
+from agenta_notebook.live import Trace
+from agenta_notebook.memory import gc_paused
+from agenta_notebook.runtime import get_collector
 
-_TOKEN_COLUMNS: Final = (
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
+#: The dtype of a figure's own column and of its subtotal column, by kind.
+_OWN_DTYPES: Final[Mapping[Kind, str]] = MappingProxyType(
+    {"tokens": "Int64", "money": "Float64", "count": "boolean"}
 )
+_SUBTOTAL_DTYPES: Final[Mapping[Kind, str]] = MappingProxyType(
+    {"tokens": "Int64", "money": "Float64", "count": "Int64"}
+)
+#: The columns of how a span was priced, after its own money column.
+_PRICING_COLUMNS: Final = (("cost_source", "string"), ("priced_model", "string"))
+
+
+def figure_columns(table: Iterable[Figure]) -> dict[str, str]:
+    """The frame's figure columns -> dtype, in order: the own figures (with the pricing
+    columns after the money), then the subtotals."""
+    table = tuple(table)
+    columns: dict[str, str] = {}
+    for figure in table:
+        if figure.own_column is not None:
+            columns[figure.own_column] = _OWN_DTYPES[figure.kind]
+        if figure.kind == "money":
+            columns.update(_PRICING_COLUMNS)
+    for figure in table:
+        columns[figure.subtotal_column] = _SUBTOTAL_DTYPES[figure.kind]
+    return columns
+
 
 #: Column -> nullable pandas dtype, in the order of the frame.
-COLUMNS: Final[dict[str, str]] = {
-    "trace_id": "string",
-    "trace_name": "string",
-    "span_id": "string",
-    "parent_span_id": "string",
-    "name": "string",
-    "type": "string",
-    "depth": "Int64",
-    "start_time": "datetime64[ns, UTC]",
-    "end_time": "datetime64[ns, UTC]",
-    "duration_ms": "Float64",
-    "status": "string",
-    "error": "boolean",
-    "running": "boolean",
-    "detached": "boolean",
-    "role": "string",
-    "model": "string",
-    "provider": "string",
-    **{column: "Int64" for column in _TOKEN_COLUMNS},
-    "cost": "Float64",
-    "cost_source": "string",
-    "priced_model": "string",
-    "model_call": "boolean",
-    "unpriced": "boolean",
-    **{f"subtotal_{column}": "Int64" for column in _TOKEN_COLUMNS},
-    "subtotal_cost": "Float64",
-    "subtotal_model_calls": "Int64",
-    "subtotal_unpriced_calls": "Int64",
-    "subtotal_errors": "Int64",
-    "warnings": "string",
-}
+COLUMNS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "trace_id": "string",
+        "trace_name": "string",
+        "span_id": "string",
+        "parent_span_id": "string",
+        "name": "string",
+        "type": "string",
+        "depth": "Int64",
+        "start_time": "datetime64[ns, UTC]",
+        "end_time": "datetime64[ns, UTC]",
+        "duration_ms": "Float64",
+        "status": "string",
+        "error": "boolean",
+        "running": "boolean",
+        "detached": "boolean",
+        "role": "string",
+        "model": "string",
+        "provider": "string",
+        **figure_columns(FIGURES),
+        "warnings": "string",
+    }
+)
 
 
 def _cost(cost: Decimal | None) -> float | None:
@@ -94,21 +114,31 @@ def _columns(traces: Iterable[Trace]) -> dict[str, list[Any]]:
         "model": [usage.model for usage in usages],
         "provider": [usage.provider for usage in usages],
     }
-    for column in _TOKEN_COLUMNS:
-        columns[column] = [getattr(own, column) for own in owns]
-    columns["cost"] = [_cost(own.cost) for own in owns]
-    columns["cost_source"] = [None if price is None else price.source for price in priced]
-    columns["priced_model"] = [None if price is None else price.matched_model for price in priced]
-    columns["model_call"] = [own.model_calls == 1 for own in owns]
-    columns["unpriced"] = [own.unpriced_calls == 1 for own in owns]
-    for column in _TOKEN_COLUMNS:
-        columns[f"subtotal_{column}"] = [getattr(subtotal, column) for subtotal in subtotals]
-    columns["subtotal_cost"] = [_cost(subtotal.cost) for subtotal in subtotals]
-    columns["subtotal_model_calls"] = [subtotal.model_calls for subtotal in subtotals]
-    columns["subtotal_unpriced_calls"] = [subtotal.unpriced_calls for subtotal in subtotals]
-    columns["subtotal_errors"] = [subtotal.errors for subtotal in subtotals]
-    columns["warnings"] = ["\n".join(node.warnings) if node.warnings else None for node in nodes]
+    for figure in FIGURES:
+        name = figure.name
+        if figure.own_column is not None:
+            columns[figure.own_column] = _values(figure.kind, name, owns, own=True)
+        if figure.kind == "money":
+            columns["cost_source"] = [None if price is None else price.source for price in priced]
+            columns["priced_model"] = [
+                None if price is None else price.matched_model for price in priced
+            ]
+        columns[figure.subtotal_column] = _values(figure.kind, name, subtotals, own=False)
+    columns["warnings"] = [
+        "\n".join(warning.message for warning in found) if (found := node.span_warnings) else None
+        for node in nodes
+    ]
     return columns
+
+
+def _values(kind: Kind, name: str, figures: list[Figures], own: bool) -> list[Any]:
+    """One figure of every row: money as a float, a span's own count as a flag."""
+    values = map(attrgetter(name), figures)
+    if kind == "money":
+        return [None if value is None else float(value) for value in values]
+    if kind == "count" and own:
+        return [value > 0 for value in values]
+    return list(values)
 
 
 def _integers(values: list[Any]) -> Any:
@@ -168,7 +198,7 @@ def trace_dataframe(trace: Trace) -> pd.DataFrame:
 def traces_dataframe(traces: Iterable[Trace]) -> pd.DataFrame:
     """The rows of several traces in one frame."""
     built = [(trace, trace.tree) for trace in traces]  # build outside the pause below
-    with _collector_paused():  # many lists, none of them garbage
+    with gc_paused():  # many lists, none of them garbage
         return _frame(_columns(trace for trace, _ in built))
 
 
@@ -179,6 +209,4 @@ def spans_dataframe() -> pd.DataFrame:
     >>> list(spans_dataframe().columns)[:3]
     ['trace_id', 'trace_name', 'span_id']
     """
-    from .collector import get_collector
-
     return traces_dataframe(get_collector().traces())

@@ -7,30 +7,27 @@ Bad values never raise: they are dropped for that field and become a warning.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
 from typing import Any, Final
 
+from agenta_notebook.core.fields import FIGURE, STATED, stated_mask, stated_value
+
 # --- Keys this package writes (Agenta's vocabulary) ------------------------------------
+# The keys of the figures (tokens, cost) are declared with their figure in `fields.py`.
 AG_TYPE: Final = "ag.type.node"
-AG_INPUT_TOKENS: Final = "ag.metrics.unit.tokens.prompt"
-AG_OUTPUT_TOKENS: Final = "ag.metrics.unit.tokens.completion"
-AG_TOTAL_TOKENS: Final = "ag.metrics.unit.tokens.total"
-#: The key Agenta's SDK writes for cache reads (its LiteLLM callback, say).
-AG_CACHE_READ_TOKENS: Final = "ag.metrics.unit.tokens.cache_read"
-#: What agenta-notebook 0.1.0 wrote for cache reads: still read, so old files load the same.
-AG_LEGACY_CACHED_TOKENS: Final = "ag.metrics.unit.tokens.cached"
-AG_REASONING_TOKENS: Final = "ag.metrics.unit.tokens.reasoning"
-AG_COST: Final = "ag.metrics.unit.costs.total"
+AG_INPUT_TOKENS: Final = FIGURE["input_tokens"].keys[0]
+AG_OUTPUT_TOKENS: Final = FIGURE["output_tokens"].keys[0]
+AG_COST: Final = FIGURE["cost"].keys[0]
 AG_MODEL: Final = "ag.meta.response.model"
 AG_REQUEST_MODEL: Final = "ag.meta.request.model"
 AG_PROVIDER: Final = "ag.meta.system"
-# Agenta has no cache-write key; the GenAI one is written so other tools read it too.
-GENAI_CACHE_WRITE_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
 
 OPENINFERENCE_KIND: Final = "openinference.span.kind"
 GENAI_OPERATION: Final = "gen_ai.operation.name"
@@ -44,52 +41,6 @@ _OPENINFERENCE_MODEL_KINDS: Final = frozenset({"LLM", "EMBEDDING", "RERANKER"})
 _GENAI_NON_MODEL_OPERATIONS: Final = frozenset(
     {"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"}
 )
-
-# field -> keys, in order of preference. Every key here follows the inclusive convention
-# (input counts the cache tokens, output the reasoning ones) except those listed in
-# `_EXCLUSIVE_CACHE_KEYS` below.
-_TOKEN_KEYS: Final[dict[str, tuple[str, ...]]] = {
-    "input_tokens": (
-        AG_INPUT_TOKENS,
-        "gen_ai.usage.input_tokens",
-        "gen_ai.usage.prompt_tokens",
-        "llm.token_count.prompt",
-    ),
-    "output_tokens": (
-        AG_OUTPUT_TOKENS,
-        "gen_ai.usage.output_tokens",
-        "gen_ai.usage.completion_tokens",
-        "llm.token_count.completion",
-    ),
-    "total_tokens": (
-        AG_TOTAL_TOKENS,
-        "gen_ai.usage.total_tokens",
-        "llm.token_count.total",
-        "llm.usage.total_tokens",
-    ),
-    "cache_read_tokens": (
-        AG_CACHE_READ_TOKENS,
-        AG_LEGACY_CACHED_TOKENS,
-        "gen_ai.usage.cache_read.input_tokens",
-        "gen_ai.usage.cache_read_input_tokens",
-        "gen_ai.usage.input_tokens.cached",
-        "llm.token_count.prompt_details.cache_read",
-    ),
-    "cache_write_tokens": (
-        GENAI_CACHE_WRITE_TOKENS,
-        "gen_ai.usage.cache_write.input_tokens",
-        "gen_ai.usage.cache_creation_input_tokens",
-        "gen_ai.usage.input_tokens.cache_write",
-        "llm.token_count.prompt_details.cache_write",
-    ),
-    "reasoning_tokens": (
-        AG_REASONING_TOKENS,
-        "gen_ai.usage.reasoning.output_tokens",
-        "gen_ai.usage.reasoning_tokens",
-        "llm.token_count.completion_details.reasoning",
-    ),
-}
-_COST_KEYS: Final = (AG_COST, "gen_ai.usage.cost", "llm.cost.total")
 _MODEL_KEYS: Final = (
     AG_MODEL,
     "gen_ai.response.model",
@@ -110,8 +61,7 @@ _PROVIDER_KEYS: Final = (
 #: Every key that can change what `read_usage` returns; a span carrying none of them
 #: takes the fast path.
 USAGE_KEYS: Final = frozenset(
-    [key for keys in _TOKEN_KEYS.values() for key in keys]
-    + list(_COST_KEYS)
+    [key for figure in STATED for key in figure.keys]
     + list(_MODEL_KEYS)
     + list(_PROVIDER_KEYS)
     + [AG_TYPE, OPENINFERENCE_KIND, GENAI_OPERATION, OPENINFERENCE_INVOCATION_PARAMETERS]
@@ -120,7 +70,11 @@ USAGE_KEYS: Final = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What one span reports about itself. `None` means absent, never zero."""
+    """What one span reports about itself. `None` means absent, never zero.
+
+    The figures first: one field per figure a span can state (`fields.STATED`, in its
+    order; tests/test_fields.py checks that they agree).
+    """
 
     input_tokens: int | None = None
     output_tokens: int | None = None
@@ -141,58 +95,24 @@ class Usage:
     @property
     def reports_usage(self) -> bool:
         """True when the span states any token count or a cost of its own."""
-        return (
-            self.input_tokens is not None
-            or self.output_tokens is not None
-            or self.total_tokens is not None
-            or self.cache_read_tokens is not None
-            or self.cache_write_tokens is not None
-            or self.reasoning_tokens is not None
-            or self.cost is not None
-        )
+        return stated_mask(self) != 0
 
     @property
     def reported_fields(self) -> int:
-        """The figures this span states itself, as a mask of the `REPORTS_*` bits."""
-        mask = 0
-        if self.input_tokens is not None:
-            mask |= REPORTS_INPUT | REPORTS_TOTAL
-        if self.output_tokens is not None:
-            mask |= REPORTS_OUTPUT | REPORTS_TOTAL
-        if self.total_tokens is not None:
-            mask |= REPORTS_TOTAL
-        if self.cache_read_tokens is not None:
-            mask |= REPORTS_CACHE_READ
-        if self.cache_write_tokens is not None:
-            mask |= REPORTS_CACHE_WRITE
-        if self.reasoning_tokens is not None:
-            mask |= REPORTS_REASONING
-        if self.cost is not None:
-            mask |= REPORTS_COST
-        return mask
+        """The figures this span states itself, as a mask of the `REPORTS_*` bits of
+        `fields.py` (an input or output states the total too: it is their sum)."""
+        return stated_mask(self)
 
     @property
     def effective_total_tokens(self) -> int | None:
         """Total as reported, else input + output (rule 5), else `None`."""
-        if self.total_tokens is not None:
-            return self.total_tokens
-        if self.input_tokens is None and self.output_tokens is None:
-            return None
-        return (self.input_tokens or 0) + (self.output_tokens or 0)
+        total: int | None = stated_value(self, _TOTAL)
+        return total
 
+
+_TOTAL: Final = FIGURE["total_tokens"]
 
 EMPTY_USAGE: Final = Usage()
-
-# One bit per figure a span can report (rule 2 counts usage field by field). The total
-# counts as reported when input or output is, since it is then their sum (rule 5).
-REPORTS_INPUT: Final = 1
-REPORTS_OUTPUT: Final = 2
-REPORTS_TOTAL: Final = 4
-REPORTS_CACHE_READ: Final = 8
-REPORTS_CACHE_WRITE: Final = 16
-REPORTS_REASONING: Final = 32
-REPORTS_COST: Final = 64
-REPORTS_TOKENS: Final = REPORTS_INPUT | REPORTS_OUTPUT | REPORTS_TOTAL
 
 # A cost of 1e40 dollars or more is not a cost; refusing it keeps exact sums bounded.
 _MAX_COST_DIGITS: Final = 40
@@ -220,7 +140,7 @@ def parse_token_count(value: Any) -> int | None:
     if isinstance(value, numbers.Integral):  # numpy and other integer types
         return parse_token_count(int(value))
     if isinstance(value, numbers.Real):  # numpy float32, fractions
-        return parse_token_count(float(value))
+        return parse_token_count(_as_float(value))
     if isinstance(value, str):
         text = value.strip()
         if text.isascii() and text.isdigit():
@@ -233,6 +153,15 @@ def parse_token_count(value: Any) -> int | None:
             return None
         return parse_token_count(number)
     return None
+
+
+def _as_float(value: numbers.Real) -> float | None:
+    """A real number of another type (numpy, a fraction) as a float; `None` when it has
+    none (a fraction past the largest float)."""
+    try:
+        return float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
 
 
 def parse_cost(value: Any) -> Decimal | None:
@@ -253,7 +182,7 @@ def parse_cost(value: Any) -> Decimal | None:
     elif isinstance(value, numbers.Integral):
         number = Decimal(int(value))
     elif isinstance(value, numbers.Real):
-        return parse_cost(float(value))
+        return parse_cost(_as_float(value))
     elif isinstance(value, str):
         try:
             number = Decimal(value.strip())
@@ -266,23 +195,21 @@ def parse_cost(value: Any) -> Decimal | None:
     return number
 
 
-def _span_type(attributes: Mapping[str, Any]) -> tuple[str | None, bool]:
-    """(the span's type, is it a model call). The type shown is the first vocabulary
+def _span_type(declared: Any, kind: Any, operation: Any) -> tuple[str | None, bool]:
+    """(the span's type, is it a model call), from the values of `AG_TYPE`,
+    `OPENINFERENCE_KIND` and `GENAI_OPERATION`. The type shown is the first vocabulary
     present (Agenta's, OpenInference's kind, the GenAI operation); the span is a model
     call when ANY of them says so (rollup.md, "model-call span")."""
     span_type: str | None = None
-    declared = attributes.get(AG_TYPE)
     if isinstance(declared, str) and declared:
         span_type = declared.lower()
         if span_type in MODEL_CALL_TYPES:
             return span_type, True
-    kind = attributes.get(OPENINFERENCE_KIND)
     if isinstance(kind, str) and kind:
         if span_type is None:
             span_type = kind.lower()
         if kind.upper() in _OPENINFERENCE_MODEL_KINDS:
             return span_type, True
-    operation = attributes.get(GENAI_OPERATION)
     if isinstance(operation, str) and operation:
         operation = operation.lower()
         if span_type is None:
@@ -305,29 +232,25 @@ def _first_text(
 
 
 _TYPE_KEYS: Final = frozenset({AG_TYPE, OPENINFERENCE_KIND, GENAI_OPERATION})
-# Most spans carry only a type (a tool, a chain): their Usage is shared, keyed by the
-# type values. Bounded so that odd values cannot grow it without end.
-_TYPE_ONLY_CACHE: dict[tuple[Any, Any, Any], Usage] = {}
-_TYPE_ONLY_CACHE_SIZE: Final = 1024
+
+
+@functools.lru_cache(maxsize=1024)
+def _type_only(declared: Any, kind: Any, operation: Any) -> Usage:
+    """The `Usage` of a span that carries only a type (a tool, a chain: most spans), one
+    per set of type values. Bounded, so that odd values cannot grow it without end."""
+    span_type, is_model_call = _span_type(declared, kind, operation)
+    return Usage(span_type=span_type, is_model_call=is_model_call)
 
 
 def _type_only_usage(attributes: Mapping[str, Any]) -> Usage:
-    key = (
-        attributes.get(AG_TYPE),
-        attributes.get(OPENINFERENCE_KIND),
-        attributes.get(GENAI_OPERATION),
-    )
-    hashable = True
+    declared = attributes.get(AG_TYPE)
+    kind = attributes.get(OPENINFERENCE_KIND)
+    operation = attributes.get(GENAI_OPERATION)
     try:
-        cached = _TYPE_ONLY_CACHE.get(key)
-    except TypeError:  # an unhashable value (a list): read it, do not cache it
-        cached, hashable = None, False
-    if cached is None:
-        span_type, is_model_call = _span_type(attributes)
-        cached = Usage(span_type=span_type, is_model_call=is_model_call)
-        if hashable and len(_TYPE_ONLY_CACHE) < _TYPE_ONLY_CACHE_SIZE:
-            _TYPE_ONLY_CACHE[key] = cached
-    return cached
+        return _type_only(declared, kind, operation)
+    except TypeError:  # an unhashable value (a list) is no key: read it, do not keep it
+        span_type, is_model_call = _span_type(declared, kind, operation)
+        return Usage(span_type=span_type, is_model_call=is_model_call)
 
 
 def shorten(text: str, limit: int) -> str:
@@ -350,7 +273,7 @@ def _model_in_parameters(parameters: Any) -> str | None:
         return None
     try:
         decoded = json.loads(parameters)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return None
     if not isinstance(decoded, dict):
         return None
@@ -377,30 +300,23 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
     if present <= _TYPE_KEYS:
         return _type_only_usage(attributes)
     warnings: list[str] = []
-    counts: dict[str, int | None] = {}
-    for field, keys in _TOKEN_KEYS.items():
-        count: int | None = None
-        for key in keys:
-            if key not in present:
-                continue
-            raw = attributes[key]
-            count = parse_token_count(raw)
-            if count is None:
-                warnings.append(f"ignored {key}={_shown(raw)}: not a token count (0 to 2**63 - 1)")
-                continue
-            break
-        counts[field] = count
-    cost: Decimal | None = None
-    for key in _COST_KEYS:
-        if key not in present:
-            continue
-        raw = attributes[key]
-        cost = parse_cost(raw)
-        if cost is None:
-            warnings.append(f"ignored {key}={_shown(raw)}: not a non-negative cost")
-            continue
-        break
-    span_type, is_model_call = _span_type(attributes)
+    figures: list[Any] = []  # in the order of `Usage`'s first fields (`fields.STATED`)
+    for keys, key_set, parse, problem in _READ:
+        value = None
+        if not key_set.isdisjoint(present):
+            for key in keys:
+                if key not in present:
+                    continue
+                raw = attributes[key]
+                value = parse(raw)
+                if value is None:
+                    warnings.append(f"ignored {key}={_shown(raw)}: {problem}")
+                    continue
+                break
+        figures.append(value)
+    span_type, is_model_call = _span_type(
+        attributes.get(AG_TYPE), attributes.get(OPENINFERENCE_KIND), attributes.get(GENAI_OPERATION)
+    )
     model = _first_text(attributes, _MODEL_KEYS, present)
     request_model = _first_text(attributes, _REQUEST_MODEL_KEYS, present)
     if OPENINFERENCE_INVOCATION_PARAMETERS in present and (model is None or request_model is None):
@@ -409,14 +325,10 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
         asked = _model_in_parameters(attributes[OPENINFERENCE_INVOCATION_PARAMETERS])
         model = model or asked
         request_model = request_model or asked
-    return Usage(
-        input_tokens=counts["input_tokens"],
-        output_tokens=counts["output_tokens"],
-        total_tokens=counts["total_tokens"],
-        cache_read_tokens=counts["cache_read_tokens"],
-        cache_write_tokens=counts["cache_write_tokens"],
-        reasoning_tokens=counts["reasoning_tokens"],
-        cost=cost,
+    # Positional: `Usage`'s first fields are the stated figures, in order (test_fields
+    # checks it), which mypy cannot know of a list; a keyword dict costs 1 us a span.
+    return Usage(  # type: ignore[misc]
+        *figures,
         model=model,
         request_model=request_model if request_model != model else None,
         provider=_first_text(attributes, _PROVIDER_KEYS, present),
@@ -426,50 +338,73 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
     )
 
 
+#: How each kind of figure a span states is read, and what a value that cannot be one is.
+_PARSERS: Final[Mapping[str, tuple[Callable[[Any], Any], str]]] = MappingProxyType(
+    {
+        "tokens": (parse_token_count, "not a token count (0 to 2**63 - 1)"),
+        "money": (parse_cost, "not a non-negative cost"),
+    }
+)
+#: (its keys in order of preference and as a set, parser, why a value is refused), per
+#: figure a span states, in the order of `Figures` and of `Usage`'s first fields.
+_READ: Final = tuple(
+    (figure.keys, frozenset(figure.keys), *_PARSERS[figure.kind]) for figure in STATED
+)
+#: (figure, the key this package writes it under: its first, Agenta's where it has one)
+_WRITTEN: Final = tuple((figure.name, figure.keys[0]) for figure in STATED)
+_STATED_NAMES: Final = frozenset(figure.name for figure in STATED)
+
+
 def usage_attributes(
-    *,
-    model: str | None = None,
-    provider: str | None = None,
-    input_tokens: Any = None,
-    output_tokens: Any = None,
-    total_tokens: Any = None,
-    cache_read_tokens: Any = None,
-    cache_write_tokens: Any = None,
-    reasoning_tokens: Any = None,
-    cost: Any = None,
+    *, model: str | None = None, provider: str | None = None, **figures: Any
 ) -> dict[str, Any]:
     """The attributes, in Agenta's keys, that record the given usage on a span.
+
+    `figures` are figures a span states, by name (`input_tokens=...`, `cost=...`: those
+    of `fields.STATED`). See `figure_attributes`.
+    """
+    if not _STATED_NAMES.issuperset(figures):
+        unknown = sorted(set(figures) - _STATED_NAMES)
+        raise TypeError(f"not a figure that a span states: {', '.join(unknown)}")
+    return figure_attributes(figures, model=model, provider=provider)
+
+
+def figure_attributes(
+    figures: Mapping[str, Any], *, model: str | None = None, provider: str | None = None
+) -> dict[str, Any]:
+    """The attributes, in Agenta's keys, that record `figures` (figure name -> value,
+    `None` left out; the names are those of `fields.STATED`, others are not read) and
+    the model and provider on a span. `record_usage` calls it once per model call.
 
     Values are written as given when OpenTelemetry can carry them, so that a bad value
     shows up as a warning on the span instead of vanishing.
     """
-    pairs: tuple[tuple[str, Any], ...] = (
-        (AG_MODEL, model),
-        (AG_PROVIDER, provider),
-        (AG_INPUT_TOKENS, input_tokens),
-        (AG_OUTPUT_TOKENS, output_tokens),
-        (AG_TOTAL_TOKENS, total_tokens),
-        (AG_CACHE_READ_TOKENS, cache_read_tokens),
-        (GENAI_CACHE_WRITE_TOKENS, cache_write_tokens),
-        (AG_REASONING_TOKENS, reasoning_tokens),
-        (AG_COST, cost),
-    )
     attributes: dict[str, Any] = {}
-    for key, value in pairs:
-        if value is None:
-            continue
-        if type(value) not in _ATTRIBUTE_TYPES:
-            # OpenTelemetry carries str, bool, int and float: numpy numbers become those;
-            # a Decimal cost travels as a float (what Agenta's backend reads), exact to 17
-            # significant digits; anything else as its repr, for the span to warn about.
-            if isinstance(value, numbers.Integral):
-                value = int(value)
-            elif isinstance(value, Decimal | numbers.Real):
-                value = float(value)
-            elif not isinstance(value, str):
-                value = repr(value)
-        attributes[key] = value
+    if model is not None:
+        attributes[AG_MODEL] = model if type(model) in _ATTRIBUTE_TYPES else _attribute_value(model)
+    if provider is not None:
+        attributes[AG_PROVIDER] = (
+            provider if type(provider) in _ATTRIBUTE_TYPES else _attribute_value(provider)
+        )
+    for name, key in _WRITTEN:
+        value = figures.get(name)
+        if value is not None:
+            attributes[key] = value if type(value) in _ATTRIBUTE_TYPES else _attribute_value(value)
     return attributes
+
+
+def _attribute_value(value: Any) -> Any:
+    """`value`, of a type OpenTelemetry does not carry, as one it does (str, bool, int,
+    float): numpy numbers become those; a Decimal cost travels as a float (what Agenta's
+    backend reads), exact to 17 significant digits; anything else as its repr, for the
+    span to warn about."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, Decimal | numbers.Real):
+        return float(value)
+    if not isinstance(value, str):
+        return repr(value)
+    return value
 
 
 _ATTRIBUTE_TYPES: Final = frozenset({str, int, float, bool})

@@ -1,11 +1,14 @@
 """Static renderings of a trace: the `text/html` twin of the widget and a `text/plain` summary.
 
 Every figure comes from the core (`node.subtotal`, `node.own`, `node.priced`,
-`trace.summary()`); nothing here adds numbers up. Everything that comes from a span
-(names, types, attribute values, exception messages) goes through `escape`, because
-notebook front ends insert HTML outputs, and ipywidgets' `HTML` values, as raw markup.
+`trace.summary()`); nothing here adds numbers up. Which figures a row, a tooltip or the
+details pane shows, and with which labels, comes from the table of figures
+(`core/fields.py`). Everything that comes from a span (names, types, attribute values,
+exception messages) goes through `escape`, because notebook front ends insert HTML
+outputs, and ipywidgets' `HTML` values, as raw markup.
 
->>> from agenta_notebook.tree import SpanRecord, Trace
+>>> from agenta_notebook.core.rollup import SpanRecord
+>>> from agenta_notebook.live import Trace
 >>> trace = Trace(1, "demo", root_span_id=1, records=[SpanRecord(1, 1, None, "<b>", 0, 10)])
 >>> "&lt;b&gt;" in static_html(trace)
 True
@@ -16,13 +19,16 @@ True
 from __future__ import annotations
 
 import html as _html
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Final
 
-from .tree import Figures, ModelBreakdown, SpanEvent, SpanNode, Trace, TraceSummary
-from .usage import shorten
+from agenta_notebook.core.fields import FIGURE, FIGURES, Figure, Kind
+from agenta_notebook.core.rollup import Figures, ModelBreakdown, SpanEvent, SpanNode, TraceSummary
+from agenta_notebook.core.usage import shorten
+from agenta_notebook.live import Trace
 
 #: Longest span-derived string put into a row (names, types, messages).
 MAX_LABEL: Final = 160
@@ -121,20 +127,28 @@ def _plural(count: int, word: str) -> str:
     return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
 
 
-def tokens_title(figures: Figures) -> str:
+def format_figure(figure: Figure, value: Any) -> str:
+    """One figure's value for display: "—" when absent, never "0" or "$0"."""
+    if figure.kind == "money":
+        return format_cost(value)
+    return "—" if value is None else f"{value:,}"
+
+
+def _shown_where_present(figure: Figure) -> bool:
+    """A part of another figure (cache tokens of the input) is shown only where a span
+    has it; the others always, "—" when absent."""
+    return figure.part_of is not None
+
+
+def tokens_title(figures: Figures, table: Sequence[Figure] = FIGURES) -> str:
     """The token breakdown of `figures` as one line (for tooltips and details)."""
-    parts = [
-        f"input {format_tokens(figures.input_tokens)}",
-        f"output {format_tokens(figures.output_tokens)}",
-        f"total {format_tokens(figures.total_tokens)}",
-    ]
-    for label, value in (
-        ("cache read", figures.cache_read_tokens),
-        ("cache write", figures.cache_write_tokens),
-        ("reasoning", figures.reasoning_tokens),
-    ):
-        if value is not None:
-            parts.append(f"{label} {format_tokens(value)}")
+    parts = []
+    for figure in table:
+        if figure.kind != "tokens":
+            continue
+        value = getattr(figures, figure.name)
+        if value is not None or not _shown_where_present(figure):
+            parts.append(f"{figure.short} {format_tokens(value)}")
     return ", ".join(parts)
 
 
@@ -181,13 +195,10 @@ def markers(node: SpanNode) -> list[Marker]:
     if node.detached:
         found.append(Marker("⤴ detached", "its parent span is not in this trace", "agn-m-detached"))
     if twin is not None:
-        twin_note = next((w for w in node.warnings if w.startswith("recorded twice")), "")
+        twin_note = next((w.message for w in node.span_warnings if w.kind == "recorded twice"), "")
         found.append(Marker("⧉ recorded twice", twin_note, "agn-m-twice"))
-    others = [
-        w
-        for w in node.warnings
-        if w != node.mismatch and not w.startswith(("detached:", "recorded twice"))
-    ]
+    # The other kinds have a badge of their own above.
+    others = [w.message for w in node.span_warnings if w.kind == "ignored value"]
     if others:
         found.append(Marker(f"⚠ {len(others)}", "; ".join(others), "agn-m-warning"))
     return found
@@ -200,13 +211,51 @@ def markers_html(node: SpanNode) -> str:
     )
 
 
-def cost_cell(node: SpanNode) -> tuple[str, str | None]:
-    """The cost column: subtotal, and the own cost when it differs from the subtotal."""
-    subtotal = format_money(node.subtotal.cost, node.subtotal.unpriced_calls)
-    own = node.own
-    if node.children and own.cost is not None and own.cost != node.subtotal.cost:
-        return subtotal, f"own {format_money(own.cost, own.unpriced_calls)}"
-    return subtotal, None
+def money_cell(node: SpanNode, figure: Figure = FIGURE["cost"]) -> tuple[str, str | None]:
+    """A money column (the cost): the subtotal with its unpriced calls, and the span's
+    own when it differs from the subtotal."""
+    subtotal, own = node.subtotal, node.own
+    shown = format_money(getattr(subtotal, figure.name), subtotal.unpriced_calls)
+    own_value = getattr(own, figure.name)
+    if node.children and own_value is not None and own_value != getattr(subtotal, figure.name):
+        return shown, f"own {format_money(own_value, own.unpriced_calls)}"
+    return shown, None
+
+
+#: The figures that are columns of the tree rows, after the duration (the widget's and
+#: the static HTML's), in order.
+ROW_FIGURES: Final = tuple(figure for figure in FIGURES if figure.column is not None)
+
+#: How a kind of figure looks as a row column: its CSS class (widget), its width and its
+#: unit (static HTML, which has no column heads).
+_CELL_STYLES: Final[Mapping[Kind, tuple[str, str, str]]] = MappingProxyType(
+    {
+        "tokens": ("agn-tok", "7em", " tok"),
+        "money": ("agn-cost", "9em", ""),
+        "count": ("agn-num", "6em", ""),
+    }
+)
+
+
+def figure_cell(node: SpanNode, figure: Figure) -> tuple[str, str | None, str | None]:
+    """One figure column of a row, as plain text: the subtotal, its tooltip (a token
+    breakdown), and the span's own figure where it differs (money)."""
+    if figure.kind == "money":
+        shown, own = money_cell(node, figure)
+        return shown, None, own
+    value = getattr(node.subtotal, figure.name)
+    if figure.kind == "tokens":
+        return format_tokens(value), tokens_title(node.subtotal), None
+    return format_figure(figure, value), None, None
+
+
+def column_heads_html() -> str:
+    """The heads of the widget's row columns: duration, then `ROW_FIGURES`."""
+    heads = "".join(
+        f'<span class="agn-c {_CELL_STYLES[figure.kind][0]}">{escape(figure.column)}</span>'
+        for figure in ROW_FIGURES
+    )
+    return f'<span class="agn-c agn-dur">duration</span>{heads}'
 
 
 def label(node: SpanNode) -> str:
@@ -216,17 +265,17 @@ def label(node: SpanNode) -> str:
 
 
 def row_figures_html(node: SpanNode) -> str:
-    """The figure columns of a widget row: duration, tokens, cost, markers (escaped)."""
-    cost, own = cost_cell(node)
-    own_html = f' <span class="agn-own">{escape(own)}</span>' if own else ""
+    """The figure columns of a widget row: duration, `ROW_FIGURES`, markers (escaped)."""
     duration = "…" if node.running else format_duration(node.duration_ms)
-    return (
-        f'<span class="agn-c agn-dur">{duration}</span>'
-        f'<span class="agn-c agn-tok" title="{escape(tokens_title(node.subtotal), None)}">'
-        f"{format_tokens(node.subtotal.total_tokens)}</span>"
-        f'<span class="agn-c agn-cost">{escape(cost)}{own_html}</span>'
-        f'<span class="agn-marks">{markers_html(node)}</span>'
-    )
+    cells = [f'<span class="agn-c agn-dur">{duration}</span>']
+    for figure in ROW_FIGURES:
+        shown, title, own = figure_cell(node, figure)
+        title_html = f' title="{escape(title, None)}"' if title else ""
+        own_html = f' <span class="agn-own">{escape(own)}</span>' if own else ""
+        css = _CELL_STYLES[figure.kind][0]
+        cells.append(f'<span class="agn-c {css}"{title_html}>{escape(shown)}{own_html}</span>')
+    cells.append(f'<span class="agn-marks">{markers_html(node)}</span>')
+    return "".join(cells)
 
 
 # -- header --------------------------------------------------------------------------------
@@ -287,32 +336,22 @@ def header_html(summary: TraceSummary) -> str:
 
 # -- details pane --------------------------------------------------------------------------
 
-_FIGURE_ROWS: Final = (
-    ("input tokens", "input_tokens"),
-    ("output tokens", "output_tokens"),
-    ("total tokens", "total_tokens"),
-    ("cache read tokens", "cache_read_tokens"),
-    ("cache write tokens", "cache_write_tokens"),
-    ("reasoning tokens", "reasoning_tokens"),
-    ("cost", "cost"),
-    ("model calls", "model_calls"),
-    ("unpriced calls", "unpriced_calls"),
-    ("errors", "errors"),
-)
 
-
-_OPTIONAL_FIGURES: Final = frozenset(
-    {"cache_read_tokens", "cache_write_tokens", "reasoning_tokens"}
-)
-
-
-def _figure(figures: Figures, field: str) -> str:
-    value = getattr(figures, field)
-    if field == "cost":
-        return format_cost(value)
-    if value is None:
-        return "—"
-    return f"{value:,}"
+def figures_table_html(own: Figures, subtotal: Figures, table: Sequence[Figure] = FIGURES) -> str:
+    """The details pane's figures: one row per figure, own (counted) and subtotal."""
+    rows = []
+    for figure in table:
+        own_value, subtotal_value = getattr(own, figure.name), getattr(subtotal, figure.name)
+        if own_value is None and subtotal_value is None and _shown_where_present(figure):
+            continue
+        rows.append(
+            f"<tr><th>{escape(figure.label)}</th><td>{escape(format_figure(figure, own_value))}"
+            f"</td><td>{escape(format_figure(figure, subtotal_value))}</td></tr>"
+        )
+    return (
+        '<table class="agn-figures"><thead><tr><th></th><th>own (counted)</th>'
+        f"<th>subtotal</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _value_text(value: Any) -> str:
@@ -365,19 +404,7 @@ def details_html(node: SpanNode) -> str:
     marks = markers_html(node)
     if marks:
         parts.append(f'<div class="agn-d-marks">{marks}</div>')
-    figure_rows = "".join(
-        f"<tr><th>{title}</th><td>{_figure(node.own, field)}</td>"
-        f"<td>{_figure(node.subtotal, field)}</td></tr>"
-        for title, field in _FIGURE_ROWS
-        # cache and reasoning lines only where some span reports them
-        if field not in _OPTIONAL_FIGURES
-        or getattr(node.own, field) is not None
-        or getattr(node.subtotal, field) is not None
-    )
-    parts.append(
-        '<table class="agn-figures"><thead><tr><th></th><th>own (counted)</th>'
-        f"<th>subtotal</th></tr></thead><tbody>{figure_rows}</tbody></table>"
-    )
+    parts.append(figures_table_html(node.own, node.subtotal))
     usage = node.usage
     pricing = [
         f"model {escape(usage.model or '—', 300)}",
@@ -439,7 +466,6 @@ _STATIC_STYLE: Final = (
 
 
 def _static_row(node: SpanNode) -> str:
-    cost, own = cost_cell(node)
     duration = "…" if node.running else format_duration(node.duration_ms)
     name = escape(node.name)
     kind = f" <i>{escape(node.type)}</i>" if node.type else ""
@@ -447,19 +473,25 @@ def _static_row(node: SpanNode) -> str:
         f'<span class="agn-m {m.css}" title="{escape(m.title, 300)}">{escape(m.label)}</span>'
         for m in markers(node)
     )
-    return (
+    cells = [
         f'<span style="{_NAME_STYLE}width:{max(8.0, 30 - 1.5 * min(node.depth, 14)):.1f}em">'
         f"{name}{kind}</span>"
         f'<span style="{_COLUMN}min-width:6em">{duration}</span>'
-        f'<span style="{_COLUMN}min-width:7em" title="{escape(tokens_title(node.subtotal), None)}">'
-        f"{format_tokens(node.subtotal.total_tokens)} tok</span>"
-        f'<span style="{_COLUMN}min-width:9em">{escape(cost)}'
-        + (f" ({escape(own)})" if own else "")
-        + f"</span>{marks}"
-    )
+    ]
+    for figure in ROW_FIGURES:
+        shown, title, own = figure_cell(node, figure)
+        _css, width, unit = _CELL_STYLES[figure.kind]
+        title_html = f' title="{escape(title, None)}"' if title else ""
+        own_text = f" ({escape(own)})" if own else ""
+        cells.append(
+            f'<span style="{_COLUMN}min-width:{width}"{title_html}>'
+            f"{escape(shown)}{unit}{own_text}</span>"
+        )
+    cells.append(marks)
+    return "".join(cells)
 
 
-def _open_depth(trace_nodes: Iterable[SpanNode], budget: int) -> int:
+def open_depth(trace_nodes: Iterable[SpanNode], budget: int) -> int:
     """The deepest level to open so that at most `budget` rows show (at least the root)."""
     per_depth: dict[int, int] = {}
     for node in trace_nodes:
@@ -481,7 +513,7 @@ def static_html(
     each cut subtree saying how many spans it leaves out."""
     tree = trace.tree
     summary = trace.summary()
-    open_below = _open_depth(tree.nodes, STATIC_OPEN_BUDGET)
+    open_below = open_depth(tree.nodes, STATIC_OPEN_BUDGET)
     out: list[str] = [
         '<div class="agn-static">',
         _STATIC_STYLE,

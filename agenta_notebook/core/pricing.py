@@ -1,26 +1,35 @@
 """Cost of a model call: reported, user override, genai-prices' bundled table, or unpriced.
 
-genai-prices is used with its bundled snapshot only; this module never starts its
-auto-update, so nothing is fetched from the network.
+Pure: the user's prices are a value (`UserPrices`) passed in, never state of this module;
+the caches below only remember answers of the bundled table, which never changes.
+
+genai-prices is used through its public API only: `calc_price(Usage(...), model_ref,
+provider_id=...)` and, on the `PriceCalculation` it returns, `total_price`, `provider.id`
+and `model.id` (tests/test_pricing_shape.py checks that shape). Its bundled snapshot
+only: this module never starts its auto-update, so nothing is fetched from the network.
+A `LookupError` of genai-prices means "not in the table" (unpriced); any other exception
+is a bug, carried in `PricedCost.failure` rather than hidden.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any, Final, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from .usage import Usage, parse_token_count
+from agenta_notebook.core.fields import TOKEN_FIGURES
+from agenta_notebook.core.usage import Usage, parse_token_count
+
+if TYPE_CHECKING:
+    # The declared return type of `genai_prices.calc_price`; used in annotations only.
+    from genai_prices.types import PriceCalculation
 
 CostSource = Literal["reported", "override", "price table", "unpriced"]
 
 _MILLION: Final = Decimal(1_000_000)
-# Token count used to measure a model's rates: large enough that every rate in the
-# table (dollars per million tokens) comes out exact.
-_PROBE: Final = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,33 +50,85 @@ class PricedCost:
     source: CostSource
     matched_model: str | None = None
 
+    @property
+    def failure(self) -> Exception | None:
+        """What genai-prices raised when it failed on this call (`PricingFailure`)."""
+        return None
+
+    @property
+    def warning(self) -> str | None:
+        """The span's warning when pricing failed, else None."""
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PricingFailure(PricedCost):
+    """Unpriced because genai-prices failed on the call for another reason than not
+    knowing the model: a bug (ours or genai-prices'), never a missing price."""
+
+    error: Exception | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def failure(self) -> Exception | None:
+        return self.error
+
+    @property
+    def warning(self) -> str | None:
+        error = self.error
+        return (
+            f"not priced: genai-prices failed on model {self.matched_model!r} "
+            f"({type(error).__name__}: {error}); this is a bug, reported in the "
+            "agenta_notebook log"
+        )
+
 
 UNPRICED: Final = PricedCost(None, "unpriced")
 
-_overrides: dict[str, ModelPrices] = {}
-_overrides_lock = threading.Lock()
-#: Grows with every change of the user's prices: a tree built under an older version is
-#: stale (rule 15: prices apply when a tree is built, never frozen into a kept copy).
-_prices_version = 0
-_price_listeners: list[Callable[[], None]] = []
+
+@dataclass(frozen=True, slots=True)
+class UserPrices:
+    """The user's prices, by lower-cased model name (or `provider/model`): a value.
+
+    Every change makes a new `UserPrices` with `version` one higher: a tree built under
+    an older version is stale (rule 15: prices apply when a tree is built, never frozen
+    into a kept copy). The mapping is copied and read-only.
+    """
+
+    by_model: Mapping[str, ModelPrices]
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_model", MappingProxyType(dict(self.by_model)))
+
+    def with_price(self, model: str, prices: ModelPrices) -> UserPrices:
+        """These prices with `model`'s set to `prices` (matched in any case)."""
+        by_model = dict(self.by_model)
+        by_model[model.strip().lower()] = prices
+        return UserPrices(by_model, self.version + 1)
+
+    def without(self, model: str | None) -> UserPrices:
+        """These prices without `model`'s, or without any when `model` is None."""
+        if model is None:
+            return UserPrices({}, self.version + 1)
+        by_model = dict(self.by_model)
+        by_model.pop(model.strip().lower(), None)
+        return UserPrices(by_model, self.version + 1)
+
+    def lookup(self, model: str, provider: str | None) -> ModelPrices | None:
+        """The price for `model`: by its exact name (any case), as `provider/model`, or
+        without a `provider/` prefix."""
+        by_model = self.by_model
+        key = model.strip().lower()
+        prices = by_model.get(key)
+        if prices is None and provider is not None:
+            prices = by_model.get(f"{provider.strip().lower()}/{key}")
+        if prices is None and "/" in key:
+            prices = by_model.get(key.split("/", 1)[1])
+        return prices
 
 
-def prices_version() -> int:
-    """A number that changes whenever `set_prices` or `clear_prices` changes a price."""
-    return _prices_version
-
-
-def add_price_listener(listener: Callable[[], None]) -> None:
-    """Call `listener()` after every change of the user's prices (open views redraw)."""
-    if listener not in _price_listeners:
-        _price_listeners.append(listener)
-
-
-def _prices_changed() -> None:
-    global _prices_version
-    _prices_version += 1
-    for listener in tuple(_price_listeners):
-        listener()
+#: No user prices: everything is priced from the table (or reported, or unpriced).
+NO_USER_PRICES: Final = UserPrices(by_model={})
 
 
 def _decimal(value: float | int | str | Decimal) -> Decimal:
@@ -79,26 +140,15 @@ def _decimal(value: float | int | str | Decimal) -> Decimal:
         raise ValueError(f"a price must be a number, got {value!r}") from None
 
 
-def set_prices(
-    model: str,
+def parse_prices(
     *,
     input: float | int | str | Decimal,
     output: float | int | str | Decimal,
     cache_read: float | int | str | Decimal | None = None,
     cache_write: float | int | str | Decimal | None = None,
-) -> None:
-    """Set the price of `model` in dollars per million tokens; it wins over the table.
-
-    `model` matches the span's model name in any case, or `provider/model`. Cache
-    tokens are part of the input (the inclusive convention) and are charged at
-    `cache_read` / `cache_write` when given, else at `input`; reasoning tokens are
-    part of the output and charged at `output`.
-
-    >>> set_prices("my-local-llama", input=0.1, output=0.2)
-    >>> calculate_cost("my-local-llama", {"input_tokens": 1_000_000})
-    Decimal('0.1')
-    >>> clear_prices()
-    """
+) -> ModelPrices:
+    """Prices in dollars per million tokens, checked: `ValueError` unless each is a
+    finite, non-negative number."""
     prices = ModelPrices(
         input=_decimal(input),
         output=_decimal(output),
@@ -108,30 +158,6 @@ def set_prices(
     for value in (prices.input, prices.output, prices.cache_read, prices.cache_write):
         if value is not None and (not value.is_finite() or value < 0):
             raise ValueError(f"prices must be finite and non-negative, got {value}")
-    with _overrides_lock:
-        _overrides[model.strip().lower()] = prices
-    _prices_changed()
-
-
-def clear_prices(model: str | None = None) -> None:
-    """Forget the user price of `model`, or of every model."""
-    with _overrides_lock:
-        if model is None:
-            _overrides.clear()
-        else:
-            _overrides.pop(model.strip().lower(), None)
-    _prices_changed()
-
-
-def _override_for(model: str, provider: str | None) -> ModelPrices | None:
-    """The user's price for `model`: by its exact name (any case), as `provider/model`,
-    or without a `provider/` prefix."""
-    key = model.strip().lower()
-    prices = _overrides.get(key)
-    if prices is None and provider is not None:
-        prices = _overrides.get(f"{provider.strip().lower()}/{key}")
-    if prices is None and "/" in key:
-        prices = _overrides.get(key.split("/", 1)[1])
     return prices
 
 
@@ -161,6 +187,25 @@ def _provider_candidates(provider: str | None) -> list[str | None]:
     return candidates
 
 
+def _calc(model_ref: str, provider_id: str | None, **counts: int) -> PriceCalculation:
+    """genai-prices' price of `counts` on one model: its public `calc_price`, nothing else.
+
+    Raises `LookupError` when genai-prices knows no such model or provider, or has no
+    price for it (an empty price list is an `IndexError`, a `LookupError` too): the only
+    exception that means "not in the table". Anything else is a failure of genai-prices
+    or of our use of it, and `price_usage` reports it as one.
+    """
+    from genai_prices import Usage as TableUsage
+    from genai_prices import calc_price
+
+    return calc_price(TableUsage(**counts), model_ref, provider_id=provider_id)
+
+
+def _matched(calculation: PriceCalculation) -> str:
+    """`provider/model` as genai-prices' table names them."""
+    return f"{calculation.provider.id}/{calculation.model.id}"
+
+
 @lru_cache(maxsize=1024)
 def _table_match(model: str, provider: str | None) -> tuple[str, str | None] | None:
     """The (model_ref, provider_id) under which genai-prices knows this model, or None.
@@ -171,9 +216,6 @@ def _table_match(model: str, provider: str | None) -> tuple[str, str | None] | N
     through genai-prices' tables costs tens of microseconds and the roll-up prices
     every model call again whenever the tree is rebuilt.
     """
-    from genai_prices import Usage as TableUsage
-    from genai_prices import calc_price
-
     candidates: list[tuple[str, str | None]] = [
         (model, provider_id) for provider_id in _provider_candidates(provider)
     ]
@@ -187,10 +229,8 @@ def _table_match(model: str, provider: str | None) -> tuple[str, str | None] | N
             candidates.append((rest, None))
     for model_ref, provider_id in dict.fromkeys(candidates):
         try:
-            # LookupError when the model or provider is unknown; anything else means
-            # genai-prices cannot price this model either.
-            calc_price(TableUsage(input_tokens=1), model_ref, provider_id=provider_id)
-        except Exception:
+            _calc(model_ref, provider_id, input_tokens=1)
+        except LookupError:  # not in the table under this name: try the next one
             continue
         return model_ref, provider_id
     return None
@@ -205,13 +245,13 @@ def _table_cost(
     cache_read: int,
     cache_write: int,
     reasoning: int,
-) -> tuple[Decimal, str] | None:
-    """genai-prices' price for one call; `None` if it refuses these counts.
+) -> tuple[Decimal, str]:
+    """genai-prices' price for one call, by `calc_price` on these very counts.
 
     genai-prices uses the inclusive convention too: `input_tokens` contains the cache
     tokens and `output_tokens` the reasoning tokens, and each sub-count is charged at
     its own rate when the model has one (the rest of the parent count at the parent
-    rate), so the counts are passed exactly as the span reports them.
+    rate), so the counts are passed as the span reports them (clamped by the caller).
     """
     from genai_prices import Usage as TableUsage
     from genai_prices import calc_price
@@ -223,16 +263,17 @@ def _table_cost(
         cache_write_tokens=cache_write or None,
         output_reasoning_tokens=reasoning or None,
     )
-    try:
-        result = calc_price(usage, model_ref, provider_id=provider_id)
-    except Exception:
-        return None
-    return result.total_price, f"{result.provider.id}/{result.model.id}"
+    # `calc_price` itself rather than `_calc`: this runs for every distinct usage of a
+    # tiered model, and genai-prices' own call is the whole cost.
+    calculation = calc_price(usage, model_ref, provider_id=provider_id)
+    return calculation.total_price, _matched(calculation)
 
 
 def _tidy(cost: Decimal) -> Decimal:
     """`cost` without trailing zeros (0.00350000 -> 0.0035), never in E+ notation."""
     tidy = cost.normalize()
+    if tidy.adjusted() < 1:  # under 10 in size: no E+ (and `as_tuple` costs a microsecond)
+        return tidy
     exponent = tidy.as_tuple().exponent
     if isinstance(exponent, int) and exponent > 0:
         return tidy.quantize(Decimal(1))
@@ -243,10 +284,9 @@ def _tidy(cost: Decimal) -> Decimal:
 class _LinearPrice:
     """A model's table price as a linear function of the five counts we read.
 
-    Exact for flat prices: genai-prices splits each count into leaves by subtraction
-    (input minus its cache parts, output minus reasoning) and charges each leaf at a
-    flat rate, plus a fixed price per request; all of that is linear in the counts.
-    The rates are measured by asking genai-prices itself (see `_linear_price`).
+    The rates are in dollars per token, each on top of its parent count's: a cached
+    input token costs `input + cache_read`, a reasoning token `output + reasoning`.
+    Measured with genai-prices itself (see `_linear_price`).
     """
 
     per_call: Decimal
@@ -274,53 +314,125 @@ class _LinearPrice:
             + reasoning * self.reasoning
         )
 
+    def per_million(self) -> dict[str, Decimal]:
+        """The full rate of each kind of token in dollars per million tokens."""
+        million = _MILLION
+        return {
+            "input": _tidy(self.input * million),
+            "cache_read": _tidy((self.input + self.cache_read) * million),
+            "cache_write": _tidy((self.input + self.cache_write) * million),
+            "output": _tidy(self.output * million),
+            "reasoning": _tidy((self.output + self.reasoning) * million),
+        }
+
+
+#: The input sizes at which a model's rates are measured: one token, and more than any
+#: tier of any price table starts at (genai-prices' tiers are thresholds on the input).
+_SMALL: Final = 1
+_LARGE: Final = 10**12
+
+
+#: The `genai_prices.Usage` keywords of the five counts, in `_Probe.price`'s order.
+_TABLE_KEYS: Final = (
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "output_reasoning_tokens",
+)
+
+
+class _Probe:
+    """`calc_price` of one model on a few usages, each asked once: the total price."""
+
+    def __init__(self, model_ref: str, provider_id: str | None) -> None:
+        self.model_ref = model_ref
+        self.provider_id = provider_id
+        self.first = _calc(model_ref, provider_id)  # no usage at all: the price per call
+        self.per_call = self.first.total_price
+        self._asked: dict[tuple[int, int, int, int, int], Decimal] = {
+            (0, 0, 0, 0, 0): self.per_call
+        }
+
+    def price(
+        self,
+        input: int = 0,
+        cache_read: int = 0,
+        cache_write: int = 0,
+        output: int = 0,
+        reasoning: int = 0,
+    ) -> Decimal:
+        key = (input, cache_read, cache_write, output, reasoning)
+        total = self._asked.get(key)
+        if total is None:
+            counts = {name: count for name, count in zip(_TABLE_KEYS, key, strict=True) if count}
+            total = self._asked[key] = _calc(self.model_ref, self.provider_id, **counts).total_price
+        return total
+
+    def rate(self, kind: int, scale: int) -> Decimal:
+        """One rate per token, on top of its parent count's, as charged around an input
+        of `scale` tokens (kinds: 0 input, 1 cache read, 2 cache write, 3 output,
+        4 reasoning). At `_SMALL` the output rates are measured with no input at all, so
+        that a tier starting at the first input token shows up as a difference too.
+        Decimal arithmetic and power-of-ten scales keep every rate exact."""
+        price = self.price
+        if kind == 0:
+            difference = price(input=scale) - self.per_call
+        elif kind == 1:
+            difference = price(input=scale, cache_read=scale) - price(input=scale)
+        elif kind == 2:
+            difference = price(input=scale, cache_write=scale) - price(input=scale)
+        else:
+            below = 0 if scale == _SMALL else scale
+            with_output = price(input=below, output=scale)
+            if kind == 3:
+                difference = with_output - price(input=below)
+            else:
+                difference = price(input=below, output=scale, reasoning=scale) - with_output
+        return (difference / scale).normalize()
+
 
 @lru_cache(maxsize=1024)
 def _linear_price(model_ref: str, provider_id: str | None) -> _LinearPrice | None:
     """The linear form of a model's price, or None when its price is not flat.
 
-    genai-prices takes ~35 us per call (it decomposes the usage into priced units every
-    time); the roll-up prices every model call of a trace, so for flat prices (almost
-    all models) the rates are measured once, with genai-prices, and applied with five
-    multiplications. Prices that change with time or volume (conditional or tiered)
-    go through `calc_price` on every call instead.
+    genai-prices takes tens of microseconds per call (it decomposes the usage into
+    priced units every time); the roll-up prices every model call of a trace, so for
+    flat prices (almost all models) the rates are measured once, by asking `calc_price`
+    (genai-prices' public function) about a few usages, and then applied with five
+    multiplications. A price is flat when each rate measured at one input token and at
+    `_LARGE` input tokens is the same: a tiered price (rates that change past a number
+    of input tokens) differs, and goes through `calc_price` on every call instead.
+
+    The rates are those in force when first measured in this process, as every price
+    of genai-prices' table is those in force when it is asked.
     """
-    from genai_prices import Usage as TableUsage
-    from genai_prices import calc_price
-    from genai_prices.types import ModelPrice, TieredPrices
-
-    def price(**counts: int) -> Any:
-        return calc_price(TableUsage(**counts), model_ref, provider_id=provider_id)
-
-    try:
-        probe = price(input_tokens=_PROBE)
-        if not isinstance(probe.model.prices, ModelPrice) or any(
-            isinstance(value, TieredPrices) for value in vars(probe.model_price).values()
-        ):
+    probe = _Probe(model_ref, provider_id)
+    rates = []
+    for kind in range(5):
+        rate = probe.rate(kind, _SMALL)
+        if rate != probe.rate(kind, _LARGE):
             return None
-        per_call = price().total_price
-        with_input = probe.total_price
-        with_output = price(output_tokens=_PROBE).total_price
-        cache_read = price(input_tokens=_PROBE, cache_read_tokens=_PROBE).total_price
-        cache_write = price(input_tokens=_PROBE, cache_write_tokens=_PROBE).total_price
-        reasoning = price(output_tokens=_PROBE, output_reasoning_tokens=_PROBE).total_price
-    except Exception:
-        return None
+        rates.append(rate)
+    input_rate, cache_read, cache_write, output, reasoning = rates
     return _LinearPrice(
-        per_call=per_call.normalize(),
-        input=((with_input - per_call) / _PROBE).normalize(),
-        cache_read=((cache_read - with_input) / _PROBE).normalize(),
-        cache_write=((cache_write - with_input) / _PROBE).normalize(),
-        output=((with_output - per_call) / _PROBE).normalize(),
-        reasoning=((reasoning - with_output) / _PROBE).normalize(),
-        matched_model=f"{probe.provider.id}/{probe.model.id}",
+        per_call=probe.per_call.normalize(),
+        input=input_rate,
+        cache_read=cache_read,
+        cache_write=cache_write,
+        output=output,
+        reasoning=reasoning,
+        matched_model=_matched(probe.first),
     )
 
 
-def price_usage(usage: Usage) -> PricedCost:
+def price_usage(usage: Usage, user_prices: UserPrices = NO_USER_PRICES) -> PricedCost:
     """The cost of a span's usage, by the first rule that applies (rollup.md rule 6).
 
     Never raises: anything that cannot be priced is `UNPRICED` (cost `None`, not 0).
+    A failure of genai-prices other than "not in the table" is a bug: the call is
+    unpriced and the failure is carried in a `PricingFailure` (the roll-up puts a
+    warning on the span, the live trace reports it with `internal_error`).
 
     >>> price_usage(Usage(input_tokens=1000, output_tokens=100, model="openai/gpt-4o"))
     PricedCost(cost=Decimal('0.0035'), source='price table', matched_model='openai/gpt-4o')
@@ -340,15 +452,13 @@ def price_usage(usage: Usage) -> PricedCost:
     # The response's model first; then the one asked for (a provider answering
     # "gpt-4o-2024-08-06" or "my-llama:latest" to a request for "gpt-4o" / "my-llama").
     names = (model,) if usage.request_model is None else (model, usage.request_model)
+    if user_prices.by_model:
+        for name in names:
+            prices = user_prices.lookup(name, usage.provider)
+            if prices is not None:
+                cost = _override_cost(prices, input_tokens, output_tokens, cache_read, cache_write)
+                return PricedCost(cost, "override", name)
     try:
-        if _overrides:
-            for name in names:
-                prices = _override_for(name, usage.provider)
-                if prices is not None:
-                    cost = _override_cost(
-                        prices, input_tokens, output_tokens, cache_read, cache_write
-                    )
-                    return PricedCost(cost, "override", name)
         known = None
         for name in names:
             known = _table_match(name, usage.provider)
@@ -360,14 +470,14 @@ def price_usage(usage: Usage) -> PricedCost:
         if linear is not None:
             cost = linear.cost(input_tokens, output_tokens, cache_read, cache_write, reasoning)
             return PricedCost(cost, "price table", linear.matched_model)
-        priced = _table_cost(
+        cost, matched = _table_cost(
             known[0], known[1], input_tokens, output_tokens, cache_read, cache_write, reasoning
         )
-    except Exception:  # a price must never break the view of a trace
+    except LookupError:  # genai-prices has no price for this model
         return UNPRICED
-    if priced is None:
-        return UNPRICED
-    return PricedCost(priced[0], "price table", priced[1])
+    except Exception as error:  # a bug, not a missing price: carried, never hidden
+        return PricingFailure(None, "unpriced", model, error)
+    return PricedCost(cost, "price table", matched)
 
 
 def _usage_from_mapping(usage: Mapping[str, Any], keep_bad: bool = False) -> dict[str, Any]:
@@ -431,14 +541,7 @@ def usage_from_any(
     A value that is not a token count is `None`, or with `keep_bad` the value itself
     (what `record_usage` writes on the span, so that the span warns about it)."""
     if isinstance(usage, Usage):
-        return {
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "total_tokens": usage.total_tokens,
-            "cache_read_tokens": usage.cache_read_tokens,
-            "cache_write_tokens": usage.cache_write_tokens,
-            "reasoning_tokens": usage.reasoning_tokens,
-        }
+        return {figure.name: getattr(usage, figure.name) for figure in TOKEN_FIGURES}
     if isinstance(usage, Mapping):
         return _usage_from_mapping(usage, keep_bad)
     dump = getattr(usage, "model_dump", None)
@@ -457,12 +560,17 @@ def usage_from_any(
 
 
 def calculate_cost(
-    model: str, usage: Usage | Mapping[str, Any] | Any, provider: str | None = None
+    model: str,
+    usage: Usage | Mapping[str, Any] | Any,
+    provider: str | None = None,
+    *,
+    user_prices: UserPrices = NO_USER_PRICES,
 ) -> Decimal | None:
     """Dollar cost of `usage` on `model`; `None` when the model has no known price.
 
-    User prices (`set_prices`) win over genai-prices' bundled table. Nothing is
-    fetched from the network.
+    `user_prices` win over genai-prices' bundled table. Nothing is fetched from the
+    network. When genai-prices fails for another reason than not knowing the model (a
+    bug, see `PricedCost.failure`), its exception is raised: never a silent `None`.
 
     >>> calculate_cost("gpt-4o", {"prompt_tokens": 1000, "completion_tokens": 100})
     Decimal('0.0035')
@@ -470,7 +578,7 @@ def calculate_cost(
     True
     """
     counts = usage_from_any(usage)
-    return price_usage(
+    priced = price_usage(
         Usage(
             input_tokens=counts["input_tokens"],
             output_tokens=counts["output_tokens"],
@@ -479,5 +587,9 @@ def calculate_cost(
             reasoning_tokens=counts["reasoning_tokens"],
             model=model,
             provider=provider,
-        )
-    ).cost
+        ),
+        user_prices,
+    )
+    if priced.failure is not None:
+        raise priced.failure
+    return priced.cost

@@ -25,7 +25,7 @@ Decisions where OTLP is silent:
   as Go's and Rust's JSON readers would read it anyway.
 - Spans are saved in the receiver's vocabulary too, as the OTLP export sends them: next
   to the keys a span has, the OpenTelemetry GenAI conventions' and OpenInference's keys
-  for its kind, model and the usage counted at it (`agenta_notebook.vocabulary`), so
+  for its kind, model and the usage counted at it (`agenta_notebook.core.vocabulary`), so
   a file imported into Phoenix or any GenAI-aware tool shows our model calls with their
   tokens. A key the span has is never overwritten, and the keys added never change
   what `load` reads: a loaded trace has the same figures. `trace_to_otlp(trace,
@@ -56,9 +56,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from .collector import ROOT_MARKER
-from .tree import SpanEvent, SpanRecord, StatusCode, Trace
-from .vocabulary import exported_attributes
+from agenta_notebook.collector import ROOT_MARKER
+from agenta_notebook.core.rollup import SpanEvent, SpanRecord, StatusCode
+from agenta_notebook.core.vocabulary import exported_attributes
+from agenta_notebook.live import Trace
+from agenta_notebook.runtime import user_prices
 
 #: Scope attributes that carry a trace's own metadata in our files.
 TRACE_NAME_KEY: Final = "agenta_notebook.trace.name"
@@ -663,7 +665,9 @@ def _build(parts: _TraceParts) -> Trace:
     if name is None:
         root = parts.records.get(root_span_id) if root_span_id is not None else None
         name = root.name if root is not None else "trace"
-    trace = Trace(parts.trace_id, name, root_span_id=root_span_id, records=records)
+    trace = Trace(
+        parts.trace_id, name, root_span_id=root_span_id, records=records, user_prices=user_prices
+    )
     trace.closed = True
     return trace
 

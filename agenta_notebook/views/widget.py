@@ -31,15 +31,19 @@ from typing import Any, Final, Literal
 import ipywidgets as widgets
 from ipywidgets.widgets.widget_string import HTMLStyle
 
-from .html import (
-    _open_depth,
+from agenta_notebook.core.rollup import SpanNode, TraceTree
+from agenta_notebook.errors import internal_error
+from agenta_notebook.live import Trace
+from agenta_notebook.runtime import RUNTIME
+from agenta_notebook.views.html import (
+    column_heads_html,
     details_html,
     escape,
     header_html,
     label,
+    open_depth,
     row_figures_html,
 )
-from .tree import SpanNode, Trace, TraceTree
 
 SortKey = Literal["start", "cost", "duration"]
 SORT_KEYS: Final[tuple[SortKey, ...]] = ("start", "cost", "duration")
@@ -56,21 +60,26 @@ MAX_INDENT: Final = 16
 NAME_WIDTH: Final = 340
 
 
-_shared: list[tuple[Any, Any, Any, Any]] = []
-
-
 def _shared_models() -> tuple[Any, Any, Any, Any]:
     """The layout and the styles (button, HTML, toggle buttons) every view shares.
 
     Made once per process (four models; again only if something closed them, e.g.
     `Widget.close_all()`), so that a displayed trace does not create and later close
-    its own: each would be one more message to the front end per cell.
+    its own: each would be one more message to the front end per cell. Kept by the
+    runtime (`RUNTIME.views.widget_models`).
     """
-    if not _shared or any(model.comm is None for model in _shared[0]):
-        _shared[:] = [
-            (widgets.Layout(), widgets.ButtonStyle(), HTMLStyle(), widgets.ToggleButtonsStyle())
-        ]
-    return _shared[0]
+    views = RUNTIME.views
+    models = views.widget_models
+    if models is None or any(model.comm is None for model in models):
+        models = (
+            widgets.Layout(),
+            widgets.ButtonStyle(),
+            HTMLStyle(),
+            widgets.ToggleButtonsStyle(),
+        )
+        views.widget_models = models
+    layout, button_style, html_style, names_style = models
+    return layout, button_style, html_style, names_style
 
 
 def live_widget_count() -> int:
@@ -109,7 +118,7 @@ class TreeState:
 
     Expansion is kept by span id, so it survives a rebuilt tree (live refresh).
 
-    >>> from agenta_notebook.tree import SpanRecord, build_tree
+    >>> from agenta_notebook.core.rollup import SpanRecord, build_tree
     >>> tree = build_tree([SpanRecord(1, 1, None, "root", 0, 9), SpanRecord(1, 2, 1, "a", 1, 2)])
     >>> [row.node.name for row in TreeState(tree).rows()]
     ['root', 'a']
@@ -248,7 +257,7 @@ class TreeState:
         if self._default_depth is not None:
             return self._default_depth
         if self._auto_depth is None:
-            self._auto_depth = _open_depth(self.tree.nodes, self.auto_budget)
+            self._auto_depth = open_depth(self.tree.nodes, self.auto_budget)
         return self._auto_depth
 
     def is_expanded(self, node: SpanNode) -> bool:
@@ -704,9 +713,11 @@ class TraceView:
     def visible(self) -> list[tuple[Row, str, str]]:
         """What the rows show, in order: (row, button text, figures HTML)."""
         out: list[tuple[Row, str, str]] = []
-        for segment in self._segments:
-            if segment.box in self.rows_box.children:
-                out += zip(segment.rows, segment.names._options_labels, segment.lines, strict=True)
+        with self._lock:  # not half-way through a redraw on a timer thread
+            for segment in self._segments:
+                if segment.box in self.rows_box.children:
+                    labels = segment.names._options_labels
+                    out += zip(segment.rows, labels, segment.lines, strict=True)
         return out
 
     def click_row(self, position: int) -> None:
@@ -749,8 +760,7 @@ class TraceView:
         return (
             f'<div class="agn-note">{escape(note, None)}</div>'
             '<div class="agn-colhead"><span class="agn-cname">span · type</span>'
-            '<span class="agn-c agn-dur">duration</span><span class="agn-c agn-tok">tokens</span>'
-            '<span class="agn-c agn-cost">cost</span></div>'
+            f"{column_heads_html()}</div>"
         )
 
     def _header_value(self, rows: list[Row]) -> str:
@@ -908,7 +918,7 @@ class TraceView:
             try:
                 widget.close()
             except Exception:  # a half-torn-down kernel must not stop the others closing
-                pass
+                internal_error("closing a widget of a trace view")
 
 
 # Made at import, so that they never count as a view's models.

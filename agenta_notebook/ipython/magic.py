@@ -35,18 +35,25 @@ loads; opt out with the environment variable
 
 Cells run with ``silent=True`` (frontends' internal requests) fire no cell events and
 are not traced.
+
+``--save PATH`` writes the trace once the cell has ended and no span of it is running.
+Never inside `SpanProcessor.on_end` (which must not block): if the trace is complete
+when the cell ends, the file is written then, on the kernel's thread; otherwise the span
+that ends last only signals a `SaveWorker`, whose thread writes it. The live view
+redraws itself as spans end (`agenta_notebook.views.display` throttles its redraws).
 """
 
 from __future__ import annotations
 
 import ast
+import atexit
+import contextlib
 import keyword
 import re
 import sys
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
@@ -64,19 +71,22 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
-from .collector import _set_last_trace, fail_span, get_collector, start_root
-from .threads import disable_thread_propagation, enable_thread_propagation
-from .tree import Trace
-from .usage import shorten
+from agenta_notebook.collector import fail_span
+from agenta_notebook.core.usage import shorten
+from agenta_notebook.errors import internal_error
+from agenta_notebook.integrations.openai import maybe_instrument_on_load
+from agenta_notebook.io.otlp import current_export, maybe_export_on_load
+from agenta_notebook.live import Trace
+from agenta_notebook.runtime import get_collector, set_last_trace, start_root
+from agenta_notebook.threads import disable_thread_propagation, enable_thread_propagation
+from agenta_notebook.views import display
 
 if TYPE_CHECKING:
     from contextvars import Token
 
-    from .display import TraceDisplay
-
 MAGIC_NAME: Final = "agenta_trace"
-#: At most this often (seconds) a live view is redrawn while spans arrive.
-REFRESH_INTERVAL: Final = 0.2
+#: At exit, how long (seconds) the ``--save`` files still being written are waited for.
+EXIT_WAIT: Final = 10.0
 #: How many cells' last runs are remembered (to close a re-run cell's old view).
 REMEMBERED_CELLS: Final = 256
 #: Attribute on the root span holding the notebook cell id, when the frontend sends one.
@@ -141,73 +151,102 @@ def cell_name(body: str) -> str:
     return "cell"
 
 
-class _Throttle:
-    """Call `action` at most once per `interval`, from any thread, never dropping the last.
-
-    A call inside the interval schedules one trailing call at the end of it, so the
-    view always ends up showing the latest state.
-    """
-
-    def __init__(self, action: Callable[[], None], interval: float) -> None:
-        self._action = action
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._last = time.monotonic()
-        self._timer: threading.Timer | None = None
-        self._stopped = False
-
-    def __call__(self) -> None:
-        with self._lock:
-            if self._stopped or self._timer is not None:
-                return
-            now = time.monotonic()
-            wait = self._last + self._interval - now
-            if wait > 0:
-                timer = threading.Timer(wait, self._fire)
-                timer.daemon = True
-                self._timer = timer
-                timer.start()
-                return
-            self._last = now
-        self._action()
-
-    def _fire(self) -> None:
-        with self._lock:
-            self._timer = None
-            if self._stopped:
-                return
-            self._last = time.monotonic()
-        self._action()
-
-    def cancel_pending(self) -> None:
-        """Drop a scheduled call (the caller is about to redraw anyway)."""
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._last = time.monotonic()
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-
-
 def _reset_context(token: Token[otel_context.Context]) -> None:
     # ipykernel runs a cell with top-level await in its own asyncio task, and fires
     # post_run_cell outside it: there the token belongs to the task's context, which
-    # is discarded with the task, so there is nothing to undo. Resetting the variable
-    # directly (not `otel_context.detach`) avoids OpenTelemetry logging that as an error.
-    try:
+    # is discarded with the task, so there is nothing to undo (ValueError: made in
+    # another context; RuntimeError: used already). Resetting the variable directly (not
+    # `otel_context.detach`) avoids OpenTelemetry logging that as an error.
+    with contextlib.suppress(ValueError, RuntimeError):
         token.var.reset(token)
-    except (ValueError, RuntimeError):
-        pass
 
 
-def _warn(message: str) -> None:
+def _tell_user(message: str) -> None:
+    """A problem the user can fix (a --save path that cannot be written): one line in the
+    cell's output. Failures of ours go to `internal_error` instead."""
     print(f"agenta_notebook: {message}", file=sys.stderr)
+
+
+class SaveWorker:
+    """Writes the ``--save`` files of cells whose spans outlive the cell, on its own thread.
+
+    The last span of such a trace ends on some thread of the user's, inside
+    `SpanProcessor.on_end`, which must not block: there the trace only *signals* this
+    worker (an append under a lock), which builds the tree and writes the file. One
+    thread serves every cell of a shell; it starts when a cell ends with spans still
+    running and exits once every save it was told to expect is written (or withdrawn),
+    so no thread outlives the work. A trace whose spans never end keeps it waiting,
+    idle.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._ready: deque[CellRun] = deque()
+        self._expected = 0
+        self._thread: threading.Thread | None = None
+        self._waited_at_exit = False
+
+    def expect(self) -> None:
+        """A cell ended with spans still running: its save will be signalled later.
+
+        Called on the kernel's thread, so that the worker is never started inside
+        `on_end`.
+        """
+        with self._changed:
+            self._expected += 1
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._work, name="agenta_notebook-save", daemon=True)
+            self._thread = thread
+            if not self._waited_at_exit:
+                # Threads of the user's are joined before `atexit` runs: the saves they
+                # signal on their way out are written before the process ends.
+                self._waited_at_exit = True
+                atexit.register(self.wait, EXIT_WAIT)
+        thread.start()
+
+    def withdraw(self) -> None:
+        """An expected save was written on the kernel's thread after all."""
+        with self._changed:
+            self._expected -= 1
+            self._changed.notify_all()
+
+    def signal(self, run: CellRun) -> None:
+        """`run`'s trace is complete: write it (cheap, safe inside `on_end`)."""
+        with self._changed:
+            self._ready.append(run)
+            self._changed.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until every expected save is written; False if `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._thread is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                while not self._ready and self._expected > 0:
+                    self._changed.wait()
+                if not self._ready:
+                    # Decided under the lock: an `expect` after this starts a new thread.
+                    self._thread = None
+                    self._changed.notify_all()
+                    return
+                run = self._ready.popleft()
+                self._expected -= 1
+            try:
+                run.save_now()
+            except BaseException:  # only under the test suite (`internal_error` raises)
+                with self._changed:
+                    self._thread = None
+                    self._changed.notify_all()
+                raise
 
 
 class CellRun:
@@ -219,58 +258,27 @@ class CellRun:
         options: CellOptions,
         name: str,
         attributes: dict[str, Any] | None = None,
+        *,
+        saver: SaveWorker,
     ) -> None:
         self.shell = shell
         self.options = options
+        self._saver = saver
         self._lock = threading.Lock()
-        self._saved = False
+        self._save_claimed = False
         self._ended = False
-        self._display: TraceDisplay | None = None
-        self._throttle: _Throttle | None = None
+        self._display: display.TraceDisplay | None = None
         self.root, self.trace = start_root(name, attributes)
         self._token = otel_context.attach(otel_trace.set_span_in_context(self.root))
 
     def show(self) -> None:
-        """Display the live view (unless --quiet) and follow the spans as they end."""
-        if not self.options.quiet:
-            try:
-                from .display import show_trace
-
-                self._display = show_trace(self.trace)
-                self._throttle = _Throttle(self._refresh, REFRESH_INTERVAL)
-            except Exception as error:
-                _warn(f"could not display the trace: {error!r}")
-        if self._throttle is not None or self.options.save:
-            self.trace.add_listener(self._on_span_end)
-
-    # -- while spans arrive (any thread) -------------------------------------------------
-    def _on_span_end(self, trace: Trace) -> None:
-        throttle = self._throttle
-        if throttle is not None:
-            throttle()
-        if self.options.save:
-            self._save_when_complete()
-
-    def _refresh(self) -> None:
-        display = self._display
-        if display is not None:
-            try:
-                display.refresh()
-            except Exception:
-                pass
-
-    def _save_when_complete(self) -> None:
-        path = self.options.save
-        if path is None:
+        """Display the live view (unless --quiet); it follows the spans as they end."""
+        if self.options.quiet:
             return
-        with self._lock:
-            if self._saved or not self.trace.closed or self.trace.running:
-                return
-            self._saved = True
         try:
-            self.trace.save(path)
-        except Exception as error:
-            _warn(f"could not save the trace to {path}: {error!r}")
+            self._display = display.show_trace(self.trace)
+        except Exception:  # the cell runs and is traced without its view
+            internal_error("showing the trace of a cell")
 
     # -- when the cell ends ----------------------------------------------------------------
     def end(self, error: BaseException | None) -> None:
@@ -287,30 +295,65 @@ class CellRun:
             # A span processor of the user's that raises in on_end must not leave the
             # cell's trace half-settled: it is still closed, returned and bound.
             self.trace.closed = True
-            _set_last_trace(self.trace)
+            set_last_trace(self.trace)
             if self.options.output:
                 self.shell.user_ns[self.options.output] = self.trace
-        if self._throttle is not None:
-            self._throttle.cancel_pending()
-        display = self._display
-        if display is not None:
+        shown = self._display
+        if shown is not None:
             try:
-                display.finish()
-            except Exception as exc:
-                _warn(f"could not display the trace: {exc!r}")
-        if self.options.save:
+                shown.finish()
+            except Exception:  # the trace is recorded and returned all the same
+                internal_error("settling the view of a cell's trace")
+        if self.options.save is not None:
             self._save_when_complete()
+
+    # -- --save: here if the trace is complete, else by the worker once it is ------------
+    def _claim_save(self) -> bool:
+        """True once: when the cell has ended and no span of its trace is running."""
+        with self._lock:
+            if self._save_claimed or not self.trace.closed or self.trace.running:
+                return False
+            self._save_claimed = True
+            return True
+
+    def _save_when_complete(self) -> None:
+        # On the kernel's thread, at the end of the cell.
+        if self._claim_save():
+            self.save_now()
+            return
+        self._saver.expect()
+        self.trace.add_listener(self._on_late_span)
+        if self._claim_save():  # the last span ended before the listener was there
+            self.trace.remove_listener(self._on_late_span)
+            self._saver.withdraw()
+            self.save_now()
+
+    def _on_late_span(self, trace: Trace) -> None:
+        # Inside `on_end`, on the thread that ended a span: no tree, no I/O, only a signal.
+        if self._claim_save():
+            self._saver.signal(self)
+
+    def save_now(self) -> None:
+        """Write the trace to the --save path; a path that cannot be written is told."""
+        self.trace.remove_listener(self._on_late_span)
+        path = self.options.save
+        if path is None:
+            return
+        try:
+            self.trace.save(path)
+        except OSError as error:  # a missing folder, no permission: the user's to fix
+            _tell_user(f"could not save the trace to {path}: {error}")
+        except Exception:  # a failure of ours: the traced code is not affected
+            internal_error(f"saving the trace to {path}")
 
     def close_display(self) -> None:
         """The cell is run again: its old view stops updating and is closed."""
-        if self._throttle is not None:
-            self._throttle.stop()
-        display, self._display = self._display, None
-        if display is not None:
+        shown, self._display = self._display, None
+        if shown is not None:
             try:
-                display.close()
-            except Exception:
-                pass
+                shown.close()
+            except Exception:  # the new run of the cell goes ahead
+                internal_error("closing the old view of a re-run cell")
 
 
 def _is_ours(callback: object) -> bool:
@@ -331,6 +374,8 @@ class TraceMagics(Magics):
         self._open: dict[int, tuple[Any, CellRun]] = {}
         self._by_cell: OrderedDict[str, CellRun] = OrderedDict()
         self._parsed: dict[str, CellOptions | None] = {}
+        #: writes the --save files of cells whose spans outlive the cell
+        self.saver = SaveWorker()
 
     # -- parsing ---------------------------------------------------------------------------
     def parse_line(self, line: str) -> CellOptions:
@@ -420,7 +465,13 @@ class TraceMagics(Magics):
             if previous is not None:
                 previous.close_display()
             attributes = {CELL_ID_ATTRIBUTE: cell_id} if cell_id else None
-            run = CellRun(self.shell, options, options.name or cell_name(body), attributes)
+            run = CellRun(
+                self.shell,
+                options,
+                options.name or cell_name(body),
+                attributes,
+                saver=self.saver,
+            )
             # Registered before anything slow, so that post_run_cell always ends it.
             self._open[id(info)] = (info, run)
             self._by_cell[key] = run
@@ -431,8 +482,8 @@ class TraceMagics(Magics):
             while len(self._by_cell) > REMEMBERED_CELLS:
                 self._by_cell.popitem(last=False)
             run.show()
-        except Exception as error:
-            _warn(f"could not start tracing this cell: {error!r}")
+        except Exception:  # the cell runs all the same, untraced
+            internal_error("starting the trace of a cell")
 
     def post_run_cell(self, result: Any) -> None:
         try:
@@ -449,8 +500,8 @@ class TraceMagics(Magics):
             if error is None:
                 error = result.error_before_exec
             entry[1].end(error)
-        except Exception as error:
-            _warn(f"could not finish tracing this cell: {error!r}")
+        except Exception:  # the cell has run; its trace may be left open
+            internal_error("ending the trace of a cell")
 
     def adopt(self, previous: Any) -> None:
         """Take over the cells `previous` (an unloaded instance) still has open."""
@@ -490,7 +541,7 @@ class TraceMagics(Magics):
         """
         options = self.parse_line(line)
         body = cell or ""
-        run = CellRun(self.shell, options, options.name or cell_name(body))
+        run = CellRun(self.shell, options, options.name or cell_name(body), saver=self.saver)
         failure: BaseException | None = None
         try:
             run.show()
@@ -575,9 +626,6 @@ def load(shell: Any) -> TraceMagics:
     setattr(shell, _SHELL_ATTRIBUTE, magics)
     enable_thread_propagation()
     # Both are opt-in through the environment and idempotent, so a reload adds nothing.
-    from .integrations.openai import maybe_instrument_on_load
-    from .otlp import current_export, maybe_export_on_load
-
     maybe_instrument_on_load()
     if current_export() is None:
         maybe_export_on_load()

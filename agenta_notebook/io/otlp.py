@@ -12,7 +12,7 @@ id), to the official OTLP HTTP/protobuf exporter behind a `BatchSpanProcessor`:
   to Agenta's keys (`ag.type.node`, `ag.metrics.unit.tokens.*`, ...), which an Agenta
   backend rolls up, each span gets the OpenTelemetry GenAI conventions' and
   OpenInference's keys for its kind, model and the usage counted at it
-  (`agenta_notebook.vocabulary`), so Phoenix, Langfuse or any GenAI-aware backend shows
+  (`agenta_notebook.core.vocabulary`), so Phoenix, Langfuse or any GenAI-aware backend shows
   our own model calls as model calls, and a sum over its spans gives our totals. The
   keys are added on the exporter's thread, never on the traced code's path, never over
   a key the span has. What is counted where is known once the tree is finished, so the
@@ -48,10 +48,11 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from . import collector as _collector_module
-from .collector import Collector, get_collector, record_from_span
-from .tree import TraceTree, build_tree
-from .vocabulary import receiver_attributes
+from agenta_notebook.collector import Collector, record_from_span
+from agenta_notebook.core.rollup import TraceTree, build_tree
+from agenta_notebook.core.vocabulary import receiver_attributes
+from agenta_notebook.errors import internal_error
+from agenta_notebook.runtime import RUNTIME, attach_everywhere, get_collector
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -122,6 +123,8 @@ def _shorten(text: str | None, limit: int = 300) -> str | None:
     return text[: limit - 3] + "..."
 
 
+# Process-wide by nature, so not the runtime's: the logging filter sits on the exporter's
+# named loggers (one per process), and what it reads is per thread.
 _quiet = _QuietZone()
 
 
@@ -136,7 +139,7 @@ class _SilenceOurExport(logging.Filter):
         if record.levelno >= logging.WARNING:
             try:
                 message = record.getMessage()
-            except Exception:
+            except (TypeError, ValueError, KeyError):  # its arguments do not fit its format
                 message = str(record.msg)
             if _quiet.first_message is None:
                 _quiet.first_message = message
@@ -144,21 +147,17 @@ class _SilenceOurExport(logging.Filter):
         return False
 
 
-_filter = _SilenceOurExport()
-_filter_installed = False
+_FILTER: Final = _SilenceOurExport()
 
 
 def _install_log_filter() -> None:
-    global _filter_installed
-    if _filter_installed:
-        return
+    """Put our filter first on each of the exporter's loggers (once: it stays)."""
     for name in _QUIET_LOGGERS:
         logger = logging.getLogger(name)
         # First in line: the SDK's own DuplicateFilter would otherwise hide repeats
         # ("Queue full") that we count.
-        if _filter not in logger.filters:
-            logger.filters.insert(0, _filter)
-    _filter_installed = True
+        if _FILTER not in logger.filters:
+            logger.filters.insert(0, _FILTER)
 
 
 class _Held:
@@ -180,7 +179,7 @@ class _WatchedExporter(SpanExporter):
         self._inner = inner
         self.endpoint = endpoint
         self._collector = collector
-        #: spans sent with the receivers' keys added (see `agenta_notebook.vocabulary`)
+        #: spans sent with the receivers' keys added (see `agenta_notebook.core.vocabulary`)
         self.spans_translated = 0
         self._held: dict[int, _Held] = {}
         self._held_count = 0
@@ -217,7 +216,8 @@ class _WatchedExporter(SpanExporter):
         try:
             result = self._inner.export(self._in_receiver_vocabulary(spans))
             reason = _quiet.reason()
-        except Exception as error:  # a broken exporter must not stop the worker
+        except Exception as error:  # the exporter's failure is an outage: one warning
+            _logger.debug("agenta_notebook: the OTLP exporter raised", exc_info=True)
             result, reason = SpanExportResult.FAILURE, f"{type(error).__name__}: {error}"
         finally:
             _quiet.active = outer
@@ -249,7 +249,7 @@ class _WatchedExporter(SpanExporter):
                 trace_id = context.trace_id if context is not None else None
                 if trace_id is not None:
                     trace = collector.get(trace_id)
-                    if trace is not None and not trace._root_ended:
+                    if trace is not None and not trace.root_ended:
                         waiting = held.get(trace_id)
                         if waiting is None:
                             hold = HOLD_SECONDS
@@ -265,7 +265,7 @@ class _WatchedExporter(SpanExporter):
                 for trace_id in list(held):
                     waiting = held[trace_id]
                     trace = collector.get(trace_id)
-                    done = trace is None or trace._root_ended
+                    done = trace is None or trace.root_ended
                     if done or now >= waiting.until or self._held_count > MAX_HELD_SPANS:
                         del held[trace_id]
                         self._held_count -= len(waiting.spans)
@@ -322,25 +322,27 @@ class _WatchedExporter(SpanExporter):
                         translated += 1
             self.spans_translated += translated
             return out
-        except Exception:
-            _logger.debug("agenta_notebook: receiver keys not added", exc_info=True)
+        except Exception:  # the spans still go out, as they are
+            internal_error("adding the receivers' keys to exported spans")
             return spans
 
     def _tree_of(self, trace_id: int, spans: Sequence[ReadableSpan]) -> TraceTree:
         collector = self._collector
-        trace = collector.get(trace_id) if collector is not None else None
-        if trace is None and collector is not None:
-            trace = collector._draining.get(trace_id)
+        if collector is None:
+            return build_tree(record_from_span(span) for span in spans)
+        trace = collector.find(trace_id)
         if trace is not None:
             started = time.monotonic()
             tree = trace.tree
-            if not trace._root_ended:
+            if not trace.root_ended:
                 self._build_seconds[trace_id] = time.monotonic() - started
             if all(
                 span.context is not None and span.context.span_id in tree.by_id for span in spans
             ):
                 return tree
-        return build_tree(record_from_span(span) for span in spans)
+        return build_tree(
+            (record_from_span(span) for span in spans), user_prices=collector.user_prices()
+        )
 
     def note_dropped(self, count: int) -> None:
         with self._lock:
@@ -391,8 +393,8 @@ class _WatchedExporter(SpanExporter):
         _quiet.active = True
         try:
             self._inner.shutdown()
-        except Exception:
-            pass
+        except Exception:  # at exit or on a new export: carry on
+            internal_error("shutting the OTLP exporter down")
         finally:
             _quiet.active = outer
 
@@ -572,8 +574,8 @@ class _ExportProcessor(SpanProcessor):
                 else:
                     exporter._emitted += 1
                     export._emit(span)
-        except Exception:
-            pass
+        except Exception:  # never break the user's code from inside a processor
+            internal_error("the OTLP export's on_end")
         finally:
             _quiet.active = outer
         if refused or _quiet.dropped:
@@ -588,9 +590,14 @@ class _ExportProcessor(SpanProcessor):
         # Flushing the provider (a cell's end, say) must never wait on the network.
         return True
 
+    def __repr__(self) -> str:
+        return repr(self.export) if self.export is not None else "<OTLP export stopped>"
 
-_setup_lock = threading.Lock()
-_processor: _ExportProcessor | None = None
+
+def _route() -> _ExportProcessor | None:
+    """The runtime's export route (`RUNTIME.exports`), made by the first `export_to`."""
+    processor = RUNTIME.exports.processor
+    return processor if isinstance(processor, _ExportProcessor) else None
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
@@ -651,7 +658,6 @@ def export_to(
             "OTLP export needs the OTLP HTTP exporter: pip install 'agenta-notebook[otlp]'"
         ) from error
 
-    global _processor
     url = resolve_endpoint(endpoint)
     _install_log_filter()
     inner = OTLPSpanExporter(endpoint=url, headers=dict(headers or {}), timeout=timeout)
@@ -666,16 +672,15 @@ def export_to(
         max_export_batch_size=max_export_batch_size,
     )
     export = OtlpExport(watched, batch)
-    with _setup_lock:
-        collector = get_collector()
-        if _processor is None:
-            provider = _collector_module._provider
-            if provider is None:  # pragma: no cover - get_collector always sets it
-                raise RuntimeError("agenta_notebook: no tracer provider to export from")
-            _processor = _ExportProcessor(collector)
+    exports = RUNTIME.exports
+    with exports.lock:
+        route = _route()
+        if route is None:
+            route = _ExportProcessor(get_collector())
+            exports.processor = route
             # On every SDK provider: spans of our traces may come from any of them.
-            _collector_module.attach_everywhere(_processor)
-        previous, _processor.export = _processor.export, export
+            attach_everywhere(route)
+        previous, route.export = route.export, export
     if previous is not None:
         threading.Thread(
             target=previous.stop, name="agenta_notebook OTLP stop", daemon=True
@@ -694,15 +699,18 @@ def _queue_size_from_environment() -> int:
 
 def current_export() -> OtlpExport | None:
     """The running export, if any."""
-    return _processor.export if _processor is not None else None
+    route = _route()
+    return route.export if route is not None else None
 
 
 def stop_export(wait: float = SHUTDOWN_WAIT_SECONDS) -> None:
     """Stop sending spans over OTLP (queued spans get up to `wait` seconds)."""
-    if _processor is None:
-        return
-    with _setup_lock:
-        export, _processor.export = _processor.export, None
+    exports = RUNTIME.exports
+    with exports.lock:
+        route = _route()
+        if route is None:
+            return
+        export, route.export = route.export, None
     if export is not None:
         export.stop(wait)
 
@@ -735,10 +743,13 @@ def maybe_export_on_load() -> OtlpExport | None:
         return None
     try:
         return export_to()
-    except Exception as error:
+    except (ImportError, ValueError) as error:  # the extra is missing, a bad setting
         warnings.warn(
             f"agenta_notebook: could not start OTLP export: {error}",
             OtlpExportWarning,
             stacklevel=2,
         )
+        return None
+    except Exception:  # the extension loads all the same
+        internal_error("starting the OTLP export when the extension loaded")
         return None

@@ -26,10 +26,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Final
 
-from .tree import SpanNode
-from .usage import GENAI_OPERATION, OPENINFERENCE_KIND, Usage, read_usage
+from agenta_notebook.core.fields import STATED
+from agenta_notebook.core.rollup import SpanNode
+from agenta_notebook.core.usage import GENAI_OPERATION, OPENINFERENCE_KIND, Usage, read_usage
 
 # --- The receivers' keys ---------------------------------------------------------------
 GENAI_REQUEST_MODEL: Final = "gen_ai.request.model"
@@ -37,7 +39,6 @@ GENAI_RESPONSE_MODEL: Final = "gen_ai.response.model"
 GENAI_PROVIDER: Final = "gen_ai.provider.name"
 OPENINFERENCE_MODEL: Final = "llm.model_name"
 OPENINFERENCE_PROVIDER: Final = "llm.provider"
-OPENINFERENCE_COST: Final = "llm.cost.total"
 
 #: Keys that name the model a call answered with (not only the one it asked for).
 _RESPONSE_MODEL_KEYS: Final = (
@@ -46,25 +47,20 @@ _RESPONSE_MODEL_KEYS: Final = (
     OPENINFERENCE_MODEL,
 )
 
-#: Figures field -> (GenAI conventions key, OpenInference key); None where a vocabulary
-#: has no key for it (the GenAI conventions have no total).
-USAGE_KEYS: Final[dict[str, tuple[str | None, str]]] = {
-    "input_tokens": ("gen_ai.usage.input_tokens", "llm.token_count.prompt"),
-    "output_tokens": ("gen_ai.usage.output_tokens", "llm.token_count.completion"),
-    "total_tokens": (None, "llm.token_count.total"),
-    "cache_read_tokens": (
-        "gen_ai.usage.cache_read.input_tokens",
-        "llm.token_count.prompt_details.cache_read",
-    ),
-    "cache_write_tokens": (
-        "gen_ai.usage.cache_creation.input_tokens",
-        "llm.token_count.prompt_details.cache_write",
-    ),
-    "reasoning_tokens": (
-        "gen_ai.usage.reasoning.output_tokens",
-        "llm.token_count.completion_details.reasoning",
-    ),
-}
+#: Figure -> (GenAI conventions key, OpenInference key), for the figures a span states
+#: (declared with each figure in `fields.py`); None where a vocabulary has no key for it
+#: (the GenAI conventions have no total, nor a cost).
+USAGE_KEYS: Final[Mapping[str, tuple[str | None, str | None]]] = MappingProxyType(
+    {figure.name: figure.export for figure in STATED if figure.export != (None, None)}
+)
+#: The token counts among them, added wherever this span counts them; money only where
+#: the span stated it (a price computed here is not the span's to tell).
+_TOKEN_KEYS: Final = tuple(
+    (figure.name, *figure.export) for figure in STATED if figure.kind == "tokens"
+)
+_MONEY_KEYS: Final = tuple(
+    (figure.name, *figure.export) for figure in STATED if figure.kind == "money"
+)
 
 #: Every key `receiver_attributes` may add.
 RECEIVER_KEYS: Final = frozenset(
@@ -76,7 +72,6 @@ RECEIVER_KEYS: Final = frozenset(
         GENAI_PROVIDER,
         OPENINFERENCE_MODEL,
         OPENINFERENCE_PROVIDER,
-        OPENINFERENCE_COST,
     }
     | {key for keys in USAGE_KEYS.values() for key in keys if key is not None}
 )
@@ -84,43 +79,45 @@ RECEIVER_KEYS: Final = frozenset(
 #: A span's type (ours and Agenta's `ag.type.node`, OpenInference's kind in lower case,
 #: a GenAI operation) -> OpenInference span kind. A declared type not listed is a CHAIN,
 #: OpenInference's kind for a general step; a model call not listed is an LLM.
-_OPENINFERENCE_KINDS: Final = {
-    "llm": "LLM",
-    "chat": "LLM",
-    "completion": "LLM",
-    "text_completion": "LLM",
-    "generate_content": "LLM",
-    "embedding": "EMBEDDING",
-    "embeddings": "EMBEDDING",
-    "rerank": "RERANKER",
-    "reranker": "RERANKER",
-    "agent": "AGENT",
-    "invoke_agent": "AGENT",
-    "create_agent": "AGENT",
-    "tool": "TOOL",
-    "execute_tool": "TOOL",
-    "retriever": "RETRIEVER",
-    "query": "RETRIEVER",
-    "guardrail": "GUARDRAIL",
-    "evaluator": "EVALUATOR",
-    "prompt": "PROMPT",
-    "chain": "CHAIN",
-    "workflow": "CHAIN",
-    "task": "CHAIN",
-}
+_OPENINFERENCE_KINDS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "llm": "LLM",
+        "chat": "LLM",
+        "completion": "LLM",
+        "text_completion": "LLM",
+        "generate_content": "LLM",
+        "embedding": "EMBEDDING",
+        "embeddings": "EMBEDDING",
+        "rerank": "RERANKER",
+        "reranker": "RERANKER",
+        "agent": "AGENT",
+        "invoke_agent": "AGENT",
+        "create_agent": "AGENT",
+        "tool": "TOOL",
+        "execute_tool": "TOOL",
+        "retriever": "RETRIEVER",
+        "query": "RETRIEVER",
+        "guardrail": "GUARDRAIL",
+        "evaluator": "EVALUATOR",
+        "prompt": "PROMPT",
+        "chain": "CHAIN",
+        "workflow": "CHAIN",
+        "task": "CHAIN",
+    }
+)
 
 #: A model call's type -> GenAI operation name. Types not listed (rerank: the GenAI
 #: conventions have no operation for it) get none.
-_GENAI_OPERATIONS: Final = {
-    "llm": "chat",
-    "chat": "chat",
-    "completion": "text_completion",
-    "embedding": "embeddings",
-}
+_GENAI_OPERATIONS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "llm": "chat",
+        "chat": "chat",
+        "completion": "text_completion",
+        "embedding": "embeddings",
+    }
+)
 
 
-#: Roles of the tree whose own figures are never a receiver's usage: a model call that
-#: another recorder's span already counts.
 def openinference_kind(span_type: str | None, is_model_call: bool) -> str | None:
     """The OpenInference span kind for a span of this type (None: no type, no kind).
 
@@ -196,14 +193,21 @@ def receiver_attributes(node: SpanNode) -> dict[str, Any]:
     own = node.own
     # `own` holds exactly the figures counted at this span: none on a claim, a wrapper or
     # a call recorded twice (the roll-up leaves those empty), so it alone decides.
-    counted_fields = [field for field in USAGE_KEYS if getattr(own, field) is not None]
-    reported_cost = usage.cost is not None and own.cost is not None
+    counted = [
+        (value, genai_key, openinference_key)
+        for name, genai_key, openinference_key in _TOKEN_KEYS
+        if (value := getattr(own, name)) is not None
+    ]
+    for name, genai_key, openinference_key in _MONEY_KEYS:
+        value = getattr(own, name)
+        if value is not None and getattr(usage, name) is not None:
+            counted.append((_cost_value(value), genai_key, openinference_key))
 
     described: dict[str, Any] = {}
     _add(described, attributes, OPENINFERENCE_KIND, openinference_kind(span_type, is_model_call))
     if is_model_call:
         _add(described, attributes, GENAI_OPERATION, genai_operation(span_type))
-    if is_model_call or counted_fields or reported_cost:
+    if is_model_call or counted:
         model = usage.model
         if model:
             _add(described, attributes, GENAI_REQUEST_MODEL, usage.request_model or model)
@@ -216,14 +220,9 @@ def receiver_attributes(node: SpanNode) -> dict[str, Any]:
 
     genai: dict[str, Any] = {}
     openinference: dict[str, Any] = {}
-    for field in counted_fields:
-        value = getattr(own, field)
-        genai_key, openinference_key = USAGE_KEYS[field]
+    for value, genai_key, openinference_key in counted:
         _add(genai, attributes, genai_key, value)
         _add(openinference, attributes, openinference_key, value)
-    if reported_cost:
-        assert own.cost is not None
-        _add(openinference, attributes, OPENINFERENCE_COST, _cost_value(own.cost))
 
     if not (described or genai or openinference):
         return {}

@@ -1,41 +1,41 @@
-"""The trace tree and its subtotals: pure code, the rules of `rollup.md`.
+"""The trace tree and its subtotals: pure code, the rules of `docs/rollup.md`.
 
 `build_tree` turns plain `SpanRecord`s (in any order) into a `TraceTree` whose every
-node carries its counted own figures and the subtotal of its subtree. `Trace` is the
-live handle a traced block yields: spans are added as they end, and the tree is rebuilt
-on demand, so the order of arrival never changes a number (rule 11).
+node carries its counted own figures and the subtotal of its subtree. It is a function
+of the records alone, so the order in which spans arrive never changes a number
+(rule 11). The live handle a traced block yields is `agenta_notebook.live.Trace`.
 """
 
 from __future__ import annotations
 
-import gc
-import os
 import re
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from decimal import MAX_EMAX, MIN_EMIN, ROUND_HALF_EVEN, Context, Decimal
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from decimal import Decimal
+from typing import Any, Final, Literal
 
-from .pricing import UNPRICED, PricedCost, price_usage, prices_version
-from .usage import (
-    EMPTY_USAGE,
-    GENAI_RESPONSE_ID,
-    REPORTS_CACHE_READ,
-    REPORTS_CACHE_WRITE,
+from agenta_notebook.core.fields import (
+    COST_CONTEXT,
     REPORTS_COST,
-    REPORTS_INPUT,
-    REPORTS_OUTPUT,
-    REPORTS_REASONING,
     REPORTS_TOKENS,
-    REPORTS_TOTAL,
-    Usage,
-    read_usage,
+    STATED,
+    counted_figures,
+    stated_mask,
+    stated_value,
+    sum_figures,
 )
 
-if TYPE_CHECKING:
-    import pandas as pd
+# Declared with the other figures in `fields`, and part of the tree's interface.
+from agenta_notebook.core.fields import NO_FIGURES as NO_FIGURES
+from agenta_notebook.core.fields import Figures as Figures
+from agenta_notebook.core.pricing import (
+    NO_USER_PRICES,
+    UNPRICED,
+    PricedCost,
+    UserPrices,
+    price_usage,
+)
+from agenta_notebook.core.usage import EMPTY_USAGE, GENAI_RESPONSE_ID, Usage, read_usage
 
 StatusCode = Literal["UNSET", "OK", "ERROR"]
 
@@ -71,61 +71,7 @@ class SpanRecord:
     resource: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Figures:
-    """The figures rolled up at each node. `None` is absent (unknown), never zero.
-
-    `cost` is the known part; `unpriced_calls` says how many counted spans have no
-    price, so a cost next to a non-zero `unpriced_calls` is a lower bound.
-    """
-
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    total_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    cache_write_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    cost: Decimal | None = None
-    model_calls: int = 0
-    unpriced_calls: int = 0
-    errors: int = 0
-
-    def __add__(self, other: Figures) -> Figures:
-        return Figures(
-            _add(self.input_tokens, other.input_tokens),
-            _add(self.output_tokens, other.output_tokens),
-            _add(self.total_tokens, other.total_tokens),
-            _add(self.cache_read_tokens, other.cache_read_tokens),
-            _add(self.cache_write_tokens, other.cache_write_tokens),
-            _add(self.reasoning_tokens, other.reasoning_tokens),
-            _add_cost(self.cost, other.cost),
-            self.model_calls + other.model_calls,
-            self.unpriced_calls + other.unpriced_calls,
-            self.errors + other.errors,
-        )
-
-
-NO_FIGURES: Final = Figures()
-
-FIGURE_FIELDS: Final = (
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost",
-    "model_calls",
-    "unpriced_calls",
-    "errors",
-)
-
-
-#: Costs are summed in this context: wide enough that a sum of costs (each at most
-#: 1e40 dollars with a resolution of at most 1e-30, see `_exact_cost`) is never rounded,
-#: so the root equals the sum of its parts exactly and the order of addition is moot
-#: (rules 11 and 12). The default context rounds to 28 digits.
-_COST_CONTEXT: Final = Context(prec=100, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX)
+#: Costs are summed in `COST_CONTEXT` (fields.py), exact at this resolution or coarser.
 _FINEST_COST: Final = Decimal("1e-30")
 
 
@@ -136,29 +82,30 @@ def _exact_cost(cost: Decimal | None) -> Decimal | None:
     exponent = cost.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -30:
         try:
-            return cost.quantize(_FINEST_COST, context=_COST_CONTEXT)
+            return cost.quantize(_FINEST_COST, context=COST_CONTEXT)
         except ArithmeticError:  # over 100 digits at that resolution: keep it as it is
             return cost
     return cost
 
 
-_Number = TypeVar("_Number", int, Decimal)
+#: What a warning on a span is about.
+WarningKind = Literal[
+    "ignored value",  # an attribute that is not a count or a cost, or unreadable (rule 7)
+    "roll-up mismatch",  # a claim that differs from the sum below it (rule 2)
+    "recorded twice",  # the same call recorded by another span, counted there (rule 13)
+    "detached",  # its parent span is not in the trace (rule 9)
+    "pricing failed",  # genai-prices failed on the call (a bug, not a missing price): unpriced
+]
 
 
-def _add(left: _Number | None, right: _Number | None) -> _Number | None:
-    if left is None:
-        return right
-    if right is None:
-        return left
-    return left + right
+@dataclass(frozen=True, slots=True)
+class SpanWarning:
+    """A warning on one span: what it is about (`kind`) and what it says."""
 
-
-def _add_cost(left: Decimal | None, right: Decimal | None) -> Decimal | None:
-    if left is None:
-        return right
-    if right is None:
-        return left
-    return _COST_CONTEXT.add(left, right)
+    span_id: int
+    span_name: str
+    message: str
+    kind: WarningKind
 
 
 #: How a span's own usage entered the roll-up.
@@ -191,7 +138,8 @@ class SpanNode:
     is_error_origin: bool = False
     synthetic: bool = False
     mismatch: str | None = None
-    warnings: tuple[str, ...] = ()
+    #: every warning on this span, with its kind
+    span_warnings: tuple[SpanWarning, ...] = ()
     #: the span counted for the same model call, when this one recorded it too (rule 13)
     duplicate_of: SpanNode | None = None
     #: `REPORTS_*` bits of every figure reported in this subtree, this span included
@@ -220,19 +168,23 @@ class SpanNode:
         return self.record.status == "ERROR"
 
     @property
+    def warnings(self) -> tuple[str, ...]:
+        """The messages of this span's warnings."""
+        found = self.span_warnings
+        return tuple(warning.message for warning in found) if found else ()
+
+    @property
     def counts_usage(self) -> bool:
         """True when some token count, cost or model call of this span's own is counted."""
         own = self.own
-        return own is not NO_FIGURES and (
-            own.model_calls > 0
-            or own.cost is not None
-            or own.input_tokens is not None
-            or own.output_tokens is not None
-            or own.total_tokens is not None
-            or own.cache_read_tokens is not None
-            or own.cache_write_tokens is not None
-            or own.reasoning_tokens is not None
-        )
+        if own is NO_FIGURES or own is _ONE_ERROR:
+            return False
+        if own.model_calls > 0:
+            return True
+        for name in _VALUES:  # a loop, not any(): `own` in a closure costs every call
+            if getattr(own, name) is not None:
+                return True
+        return False
 
     @property
     def duration_ms(self) -> float | None:
@@ -265,13 +217,6 @@ class ModelBreakdown:
 
 
 @dataclass(frozen=True, slots=True)
-class SpanWarning:
-    span_id: int
-    span_name: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
 class TraceTree:
     """An immutable snapshot of a trace: the root, every node in pre-order, and lookups."""
 
@@ -279,6 +224,8 @@ class TraceTree:
     root: SpanNode
     nodes: tuple[SpanNode, ...]
     by_id: Mapping[int, SpanNode]
+    #: the spans genai-prices failed to price (`node.priced.failure`): bugs to report
+    pricing_failures: tuple[SpanNode, ...] = ()
 
     @property
     def totals(self) -> Figures:
@@ -297,7 +244,7 @@ class TraceTree:
                 groups.setdefault(model, []).append(node.own)
         rows = []
         for model, members in groups.items():
-            total = _sum_figures(members)  # one pass, not one Figures per addition
+            total = sum_figures(members)  # one pass, not one Figures per addition
             rows.append(
                 ModelBreakdown(
                     model=model,
@@ -313,38 +260,28 @@ class TraceTree:
         return tuple(rows)
 
     def warnings(self) -> tuple[SpanWarning, ...]:
-        return tuple(
-            SpanWarning(node.span_id, node.name, message)
-            for node in self.nodes
-            for message in node.warnings
-        )
+        """Every warning of the trace, span by span in pre-order."""
+        return tuple(warning for node in self.nodes for warning in node.span_warnings)
 
 
 def _claim_mismatch(usage: Usage, claimed: int, below: Figures) -> str | None:
     """The visible warning of a claim that differs from what its subtree counts (rule 2)."""
     differences = []
-    for bit, label, stated, summed in (
-        (REPORTS_INPUT, "input tokens", usage.input_tokens, below.input_tokens),
-        (REPORTS_OUTPUT, "output tokens", usage.output_tokens, below.output_tokens),
-        (REPORTS_TOTAL, "total tokens", usage.effective_total_tokens, below.total_tokens),
-        (REPORTS_CACHE_READ, "cache-read tokens", usage.cache_read_tokens, below.cache_read_tokens),
-        (
-            REPORTS_CACHE_WRITE,
-            "cache-write tokens",
-            usage.cache_write_tokens,
-            below.cache_write_tokens,
-        ),
-        (REPORTS_REASONING, "reasoning tokens", usage.reasoning_tokens, below.reasoning_tokens),
-    ):
-        if claimed & bit and stated is not None and stated != (summed or 0):
-            differences.append(f"{label} {stated} vs {summed if summed is not None else 0}")
-    cost = usage.cost
-    # Only a cost the span states is compared, and only with a fully priced subtree: another
-    # price table may round differently, so costs agree within a relative 1e-6.
-    if claimed & REPORTS_COST and cost is not None and not below.unpriced_calls:
-        summed_cost = below.cost or Decimal(0)
-        if abs(cost - summed_cost) > _COST_TOLERANCE * max(cost, summed_cost):
-            differences.append(f"cost {cost} vs {summed_cost}")
+    for figure in STATED:
+        stated = stated_value(usage, figure)
+        if not claimed & figure.bit or stated is None:
+            continue
+        summed = getattr(below, figure.name)
+        if figure.kind == "money":
+            # Only with a fully priced subtree: another price table may round differently,
+            # so costs agree within a relative 1e-6.
+            if below.unpriced_calls:
+                continue
+            summed = summed or Decimal(0)
+            if abs(stated - summed) > _COST_TOLERANCE * max(stated, summed):
+                differences.append(f"{figure.label} {stated} vs {summed}")
+        elif stated != (summed or 0):
+            differences.append(f"{figure.label} {stated} vs {summed if summed is not None else 0}")
     if not differences:
         return None
     return "roll-up mismatch: this span claims " + ", ".join(differences) + " summed below"
@@ -393,47 +330,36 @@ def failed_with_http_response(record: SpanRecord) -> bool:
 def _new_node(record: SpanRecord) -> SpanNode:
     try:
         usage = read_usage(record.attributes)
-    except Exception as error:  # a mapping that misbehaves must not hide other spans
+    except Exception as error:  # a user's mapping may raise anything
+        # A mapping that misbehaves must not hide the other spans: a warning on this one.
         usage = Usage(warnings=(f"could not read attributes: {error!r}",))
     return SpanNode(record=record, usage=usage, priced=UNPRICED)
 
 
 def build_tree(
-    records: Iterable[SpanRecord], root_span_id: int | None = None, *, name: str = "trace"
+    records: Iterable[SpanRecord],
+    root_span_id: int | None = None,
+    *,
+    name: str = "trace",
+    user_prices: UserPrices = NO_USER_PRICES,
 ) -> TraceTree:
     """Build the tree of one trace and roll up every subtotal.
 
     `records` may come in any order and may include running spans (no end time). A
     record whose parent is missing hangs under the root, marked detached (rule 9). With
-    no single root, a synthetic one named `name` holds the top-level spans.
+    no single root, a synthetic one named `name` holds the top-level spans. Model calls
+    are priced with `user_prices` first, then genai-prices' table (rule 6).
 
     >>> tree = build_tree([SpanRecord(1, 1, None, "root", 0, 10)])
     >>> tree.root.name, tree.totals.model_calls
     ('root', 0)
     """
-    with _collector_paused():
-        return _build_tree(records, root_span_id, name)
+    return _build_tree(records, root_span_id, name, user_prices)
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a tree is built.
-
-    A build allocates a few objects per span and frees none of them; with the collector
-    on, each of its passes walks the whole growing heap, which more than doubles the
-    time of a 100k-span build. Only a collector this call turned off is turned back on.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def _build_tree(records: Iterable[SpanRecord], root_span_id: int | None, name: str) -> TraceTree:
+def _build_tree(
+    records: Iterable[SpanRecord], root_span_id: int | None, name: str, user_prices: UserPrices
+) -> TraceTree:
     by_id: dict[int, SpanNode] = {}
     trace_id = 0
     for record in records:
@@ -486,8 +412,8 @@ def _build_tree(records: Iterable[SpanRecord], root_span_id: int | None, name: s
         order = _preorder(root)
 
     _pair_recorded_twice(order)
-    _roll_up(order)
-    return TraceTree(trace_id, root, tuple(order), by_id)
+    failures = _roll_up(order, user_prices)
+    return TraceTree(trace_id, root, tuple(order), by_id, tuple(failures))
 
 
 # Scopes of frameworks and wrappers: when they record a call that a client library's
@@ -611,8 +537,11 @@ def _pair_recorded_twice(order: list[SpanNode]) -> None:
             by_key.setdefault(key, []).append(node)
 
 
-def _roll_up(order: list[SpanNode]) -> None:
-    """Count each node's own figures and its subtotal, children before parents."""
+def _roll_up(order: list[SpanNode], user_prices: UserPrices) -> list[SpanNode]:
+    """Count each node's own figures and its subtotal, children before parents.
+
+    Returns the nodes whose pricing failed (a bug, carried in `node.priced.failure`)."""
+    failures: list[SpanNode] = []
     for node in reversed(order):
         children = node.children
         usage = node.usage
@@ -631,7 +560,7 @@ def _roll_up(order: list[SpanNode]) -> None:
             if child.record.status == "ERROR":
                 child_error = True
         node.is_error_origin = node.record.status == "ERROR" and not child_error
-        own_reports = usage.reported_fields
+        own_reports = stated_mask(usage)
         node.reports_in_subtree = below | own_reports
         node.call_in_subtree = call_below or usage.is_model_call
         covers_unpriced = False
@@ -639,7 +568,9 @@ def _roll_up(order: list[SpanNode]) -> None:
             node.role = "recorded twice"
             node.is_error_origin = False  # the counted twin carries the error (rule 13)
         elif own_reports or usage.is_model_call:
-            covers_unpriced = _count_own(node, below, call_below, parts)
+            covers_unpriced = _count_own(node, own_reports, below, call_below, parts, user_prices)
+            if node.priced.failure is not None:
+                failures.append(node)
         elif node.is_error_origin:
             node.own = _ONE_ERROR
         if node.own is not NO_FIGURES:
@@ -649,51 +580,45 @@ def _roll_up(order: list[SpanNode]) -> None:
         elif len(parts) == 1:
             node.subtotal = parts[0]
         else:
-            node.subtotal = _sum_figures(parts)
+            node.subtotal = sum_figures(parts)
         if covers_unpriced and node.subtotal.unpriced_calls:
             # This span's own cost prices the calls below that had none (rule 2).
             node.subtotal = replace(node.subtotal, unpriced_calls=0)
         if usage.warnings or node.mismatch or node.detached or node.duplicate_of is not None:
-            warnings = list(usage.warnings)
-            if node.mismatch:
-                warnings.append(node.mismatch)
-            twin = node.duplicate_of
-            if twin is not None:
-                warnings.append(
-                    f"recorded twice by {twin.record.scope or 'an unnamed scope'} and "
-                    f"{node.record.scope or 'an unnamed scope'}: counted at span "
-                    f"{twin.record.span_id:016x} ({twin.name})"
-                )
-            if node.detached:
-                warnings.append(
-                    f"detached: parent span {node.record.parent_span_id or 0:016x} "
-                    "is not in this trace"
-                )
-            node.warnings = tuple(warnings)
+            node.span_warnings = _warnings(node)
+    for node in failures:
+        node.span_warnings = _warnings(node)
+    return failures
 
 
-def _count_own(node: SpanNode, below: int, call_below: bool, parts: Sequence[Figures]) -> bool:
+def _count_own(
+    node: SpanNode,
+    reported: int,
+    below: int,
+    call_below: bool,
+    parts: Sequence[Figures],
+    user_prices: UserPrices,
+) -> bool:
     """Set `role`, `own`, `priced` and `mismatch` of a span that reports usage or is a
     model call (rules 2, 3, 4, 5, 6, 14). True when its own cost prices the calls below.
 
     Each figure counts at the lowest span that reports it: the figures this span reports
     and nothing below it does are counted here; the others are a claim, checked against
-    the sum below.
+    the sum below. `reported` is `stated_mask(node.usage)`.
     """
     usage = node.usage
-    reported = usage.reported_fields
     counted = reported & ~below
     errors = 1 if node.is_error_origin else 0
     lowest_call = usage.is_model_call and not call_below
     cost_known_below = any(part.cost is not None for part in parts)
     # A cost is known below when a span there states one or is priced from its tokens.
     claimed = reported & (below | REPORTS_COST) if cost_known_below else reported & below
-    summed = _sum_figures(parts) if claimed and parts else NO_FIGURES
+    summed = sum_figures(parts) if claimed and parts else NO_FIGURES
     if claimed:
         node.mismatch = _claim_mismatch(usage, claimed, summed)
     cost: Decimal | None = None
     if not cost_known_below and reported:
-        node.priced = price_usage(usage)
+        node.priced = price_usage(usage, user_prices)
         cost = _exact_cost(node.priced.cost)
     if usage.is_model_call:
         if call_below:
@@ -717,68 +642,49 @@ def _count_own(node: SpanNode, below: int, call_below: bool, parts: Sequence[Fig
     if not counted and cost is None and not lowest_call:
         node.own = _ONE_ERROR if errors else NO_FIGURES
         return False
-    node.own = Figures(
-        usage.input_tokens if counted & REPORTS_INPUT else None,
-        usage.output_tokens if counted & REPORTS_OUTPUT else None,
-        usage.effective_total_tokens if counted & REPORTS_TOTAL else None,
-        usage.cache_read_tokens if counted & REPORTS_CACHE_READ else None,
-        usage.cache_write_tokens if counted & REPORTS_CACHE_WRITE else None,
-        usage.reasoning_tokens if counted & REPORTS_REASONING else None,
-        cost,
-        1 if lowest_call else 0,
-        unpriced,
-        errors,
+    node.own = counted_figures(
+        usage,
+        counted,
+        cost=cost,
+        model_calls=1 if lowest_call else 0,
+        unpriced_calls=unpriced,
+        errors=errors,
     )
     return cost is not None and not lowest_call
 
 
-def _sum_figures(parts: Sequence[Figures]) -> Figures:
-    """The sum of several figures in one pass (one allocation, not one per addition)."""
-    input_tokens = output_tokens = total_tokens = None
-    cache_read = cache_write = reasoning = None
-    cost: Decimal | None = None
-    model_calls = unpriced_calls = errors = 0
-    add_cost = _COST_CONTEXT.add
-    for part in parts:
-        value = part.input_tokens
-        if value is not None:
-            input_tokens = value if input_tokens is None else input_tokens + value
-        value = part.output_tokens
-        if value is not None:
-            output_tokens = value if output_tokens is None else output_tokens + value
-        value = part.total_tokens
-        if value is not None:
-            total_tokens = value if total_tokens is None else total_tokens + value
-        value = part.cache_read_tokens
-        if value is not None:
-            cache_read = value if cache_read is None else cache_read + value
-        value = part.cache_write_tokens
-        if value is not None:
-            cache_write = value if cache_write is None else cache_write + value
-        value = part.reasoning_tokens
-        if value is not None:
-            reasoning = value if reasoning is None else reasoning + value
-        part_cost = part.cost
-        if part_cost is not None:
-            cost = part_cost if cost is None else add_cost(cost, part_cost)
-        model_calls += part.model_calls
-        unpriced_calls += part.unpriced_calls
-        errors += part.errors
-    return Figures(
-        input_tokens,
-        output_tokens,
-        total_tokens,
-        cache_read,
-        cache_write,
-        reasoning,
-        cost,
-        model_calls,
-        unpriced_calls,
-        errors,
-    )
-
-
 _ONE_ERROR: Final = Figures(errors=1)
+#: The figures that are values (token counts, money): `None` where nothing is counted.
+_VALUES: Final = tuple(figure.name for figure in STATED if figure.kind in ("tokens", "money"))
+
+
+def _warnings(node: SpanNode) -> tuple[SpanWarning, ...]:
+    """The warnings of a node: its ignored values, then what the roll-up found."""
+    found: list[tuple[WarningKind, str]] = [("ignored value", text) for text in node.usage.warnings]
+    if node.mismatch:
+        found.append(("roll-up mismatch", node.mismatch))
+    twin = node.duplicate_of
+    if twin is not None:
+        found.append(
+            (
+                "recorded twice",
+                f"recorded twice by {twin.record.scope or 'an unnamed scope'} and "
+                f"{node.record.scope or 'an unnamed scope'}: counted at span "
+                f"{twin.record.span_id:016x} ({twin.name})",
+            )
+        )
+    if node.detached:
+        found.append(
+            (
+                "detached",
+                f"detached: parent span {node.record.parent_span_id or 0:016x} "
+                "is not in this trace",
+            )
+        )
+    failed = node.priced.warning
+    if failed is not None:
+        found.append(("pricing failed", failed))
+    return tuple(SpanWarning(node.span_id, node.name, text, kind) for kind, text in found)
 
 
 def _start_order(node: SpanNode) -> tuple[int, int]:
@@ -809,197 +715,6 @@ def _preorder(root: SpanNode, guard: set[int] | None = None) -> list[SpanNode]:
                 child.depth = depth
             stack.extend(reversed(children))
     return order
-
-
-Listener = Callable[["Trace"], None]
-
-
-class Trace:
-    """A live trace: spans are added as they end; every view reads a consistent snapshot.
-
-    The tree is rebuilt only when a span was added since the last build, so repeated
-    reads are cheap. A `Trace` of records only (from a file, say) is complete at once.
-    """
-
-    def __init__(
-        self,
-        trace_id: int,
-        name: str,
-        *,
-        root_span_id: int | None = None,
-        records: Iterable[SpanRecord] = (),
-        converter: Callable[[Any], SpanRecord] | None = None,
-    ) -> None:
-        self.trace_id = trace_id
-        self.name = name
-        self.root_span_id = root_span_id
-        self._converter = converter
-        self._records: dict[int, SpanRecord] = {r.span_id: r for r in records}
-        self._finished_raw: list[Any] = []
-        self._open_raw: dict[int, Any] = {}
-        self._lock = threading.Lock()
-        self._version = 0
-        self._built_version: tuple[int, int] = (-1, -1)
-        self._tree: TraceTree | None = None
-        self._summary: tuple[TraceTree, TraceSummary] | None = None
-        self._listeners: list[Listener] = []
-        #: set when the traced block has exited; spans may still arrive (rule 10)
-        self.closed = root_span_id is None
-        self.dropped = False
-        #: the root span has ended (or there is none): retention may drop this trace
-        self._root_ended = root_span_id is None or root_span_id in self._records
-
-    # -- called by the collector (hot path: keep them small) -------------------------
-    def _span_started(self, span_id: int, raw: Any) -> None:
-        with self._lock:
-            self._open_raw[span_id] = raw
-            self._version += 1
-
-    def _span_ended(self, span_id: int, raw: Any) -> None:
-        with self._lock:
-            self._open_raw.pop(span_id, None)
-            self._finished_raw.append(raw)
-            self._version += 1
-            if span_id == self.root_span_id:
-                self._root_ended = True
-        if self._listeners:
-            self._notify()
-
-    # -- building ---------------------------------------------------------------------
-    @property
-    def span_count(self) -> int:
-        """How many spans the trace holds, running ones included (no tree build)."""
-        return len(self._records) + len(self._finished_raw) + len(self._open_raw)
-
-    @property
-    def version(self) -> int:
-        """Grows every time a span starts or ends in this trace."""
-        return self._version
-
-    def add_records(self, records: Iterable[SpanRecord]) -> None:
-        """Add finished or running spans given as plain records."""
-        with self._lock:
-            for record in records:
-                self._records[record.span_id] = record
-            self._version += 1
-
-    def records(self) -> list[SpanRecord]:
-        """Every span of the trace as plain records, running ones with no end time."""
-        with self._lock:
-            if self._finished_raw:
-                assert self._converter is not None
-                for raw in self._finished_raw:
-                    record = self._converter(raw)
-                    self._records[record.span_id] = record
-                self._finished_raw.clear()
-            records = list(self._records.values())
-            running = list(self._open_raw.values())
-        if running and self._converter is not None:
-            records.extend(self._converter(raw) for raw in running)
-        return records
-
-    @property
-    def tree(self) -> TraceTree:
-        """The tree with every subtotal, built from the spans seen so far."""
-        # Prices apply when a tree is built: a change of the user's prices makes it stale
-        # (rule 15), like a new span does.
-        version = (self._version, prices_version())
-        tree = self._tree
-        if tree is None or self._built_version != version:
-            with _collector_paused():
-                tree = build_tree(self.records(), self.root_span_id, name=self.name)
-            self._tree, self._built_version = tree, version
-        return tree
-
-    @property
-    def root(self) -> SpanNode:
-        return self.tree.root
-
-    @property
-    def nodes(self) -> Sequence[SpanNode]:
-        return self.tree.nodes
-
-    @property
-    def totals(self) -> Figures:
-        """The root's subtotal: the whole trace."""
-        return self.tree.totals
-
-    @property
-    def running(self) -> bool:
-        """True while any span of the trace, the root included, is still open."""
-        with self._lock:
-            return bool(self._open_raw)
-
-    def find(self, name: str) -> SpanNode:
-        """The first span called `name`, depth first (KeyError if there is none)."""
-        for node in self.tree.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
-
-    def summary(self) -> TraceSummary:
-        """Totals, per-model breakdown, unpriced calls and warnings, in one record.
-
-        Kept until the tree changes: a display asks for it several times (the static
-        HTML, the text summary, the widget's header) and it walks every node.
-        """
-        tree = self.tree
-        cached = self._summary
-        if cached is not None and cached[0] is tree and cached[1].name == self.name:
-            return cached[1]
-        summary = TraceSummary(
-            name=self.name,
-            trace_id=f"{self.trace_id:032x}",
-            spans=len(tree.nodes) - (1 if tree.root.synthetic else 0),
-            running=tree.running_count,
-            duration_ms=tree.root.duration_ms,
-            totals=tree.totals,
-            by_model=tree.by_model(),
-            warnings=tree.warnings(),
-        )
-        self._summary = (tree, summary)
-        return summary
-
-    def to_dataframe(self) -> pd.DataFrame:
-        """One row per span with own figures, subtotals and cost source (nullable dtypes)."""
-        from .frame import trace_dataframe
-
-        return trace_dataframe(self)
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the trace to `path` as OTLP JSON (see `agenta_notebook.load`)."""
-        from .persist import save_trace
-
-        save_trace(self, path)
-
-    # -- listeners (live views) -------------------------------------------------------
-    def add_listener(self, listener: Listener) -> None:
-        """Call `listener(trace)` after each span that ends in this trace."""
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
-    def _notify(self) -> None:
-        for listener in tuple(self._listeners):
-            try:
-                listener(self)
-            except Exception:  # a broken view must not break the traced code
-                pass
-
-    def __repr__(self) -> str:
-        totals = self.totals
-        return (
-            f"<Trace {self.name!r} spans={len(self.nodes)} tokens={totals.total_tokens} "
-            f"cost={totals.cost} unpriced={totals.unpriced_calls} errors={totals.errors}>"
-        )
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """The notebook display: the interactive tree, its static HTML twin, a summary."""
-        from .display import trace_mimebundle  # lazy: the core imports no IPython
-
-        return trace_mimebundle(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,11 @@
 """Showing a trace in a notebook output: the contract between the magic and the views.
 
 `show_trace(trace)` displays a live view of `trace` in the current output and returns a
-`TraceDisplay`; the magic calls `refresh()` as spans arrive (from any thread, as often as
-it likes) and `finish()` when the cell ends. One output bundle carries the widget view,
-its static `text/html` twin (for GitHub and nbconvert) and a short deterministic
-`text/plain` summary (for nbval).
+`TraceDisplay`, which follows the spans as they end (a trace listener: from any thread,
+as often as they come) and redraws itself at most every `MIN_INTERVAL`, never leaving
+the latest state undrawn; the magic calls `finish()` when the cell ends. One output
+bundle carries the widget view, its static `text/html` twin (for GitHub and nbconvert)
+and a short deterministic `text/plain` summary (for nbval).
 
 Views of a trace that the collector drops (retention) are closed, so a long session does
 not pile up widget models.
@@ -16,16 +17,12 @@ import threading
 import time
 from typing import Any, Final
 
-from .pricing import add_price_listener
-from .tree import Trace
+from agenta_notebook.errors import internal_error
+from agenta_notebook.live import Trace
+from agenta_notebook.runtime import RUNTIME
 
 #: Redraw a live view at most this often (seconds); slower for big trees (see `refresh`).
 MIN_INTERVAL: Final = 0.25
-
-_registry_lock = threading.Lock()
-#: Open views by `id(trace)`: closed when the trace is dropped.
-_views_by_trace: dict[int, list[Any]] = {}
-_drop_listener_for: object | None = None
 
 
 def _in_kernel() -> bool:
@@ -37,53 +34,24 @@ def _in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def _on_trace_dropped(trace: Trace) -> None:
-    with _registry_lock:
-        views = _views_by_trace.pop(id(trace), [])
-    for view in views:
-        view.close()
+# The open views are the runtime's (`RUNTIME.views`): it closes those of a trace the
+# collector drops, and redraws them all when the user's prices change (rule 15).
+def _register(trace: Trace, view: TraceDisplay) -> None:
+    RUNTIME.views.register(trace, view)
 
 
-def _on_prices_changed() -> None:
-    """New user prices: every open view redraws with them (rule 15)."""
-    with _registry_lock:
-        views = [view for group in _views_by_trace.values() for view in group]
-    for view in views:
-        view.refresh()
-
-
-def _register(trace: Trace, view: Any) -> None:
-    global _drop_listener_for
-    from .collector import get_collector
-
-    collector = get_collector()
-    add_price_listener(_on_prices_changed)
-    with _registry_lock:
-        if _drop_listener_for is not collector:
-            collector.add_drop_listener(_on_trace_dropped)
-            _drop_listener_for = collector
-        _views_by_trace.setdefault(id(trace), []).append(view)
-
-
-def _unregister(trace: Trace, view: Any) -> None:
-    with _registry_lock:
-        views = _views_by_trace.get(id(trace))
-        if views is not None:
-            if view in views:
-                views.remove(view)
-            if not views:
-                del _views_by_trace[id(trace)]
+def _unregister(trace: Trace, view: TraceDisplay) -> None:
+    RUNTIME.views.unregister(trace, view)
 
 
 def open_view_count() -> int:
     """How many trace views are open in this process (for leak checks)."""
-    with _registry_lock:
-        return sum(len(views) for views in _views_by_trace.values())
+    return RUNTIME.views.count()
 
 
 def static_bundle(trace: Trace) -> dict[str, Any]:
     """The `text/plain` and `text/html` renderings of `trace`."""
-    from .html import static_html, text_summary
+    from agenta_notebook.views.html import static_html, text_summary
 
     return {"text/plain": text_summary(trace), "text/html": static_html(trace)}
 
@@ -114,7 +82,7 @@ class TraceDisplay:
         if widget is None:
             widget = _in_kernel()
         if widget:
-            from .widget import TraceView
+            from agenta_notebook.views.widget import TraceView
 
             self.view = TraceView(trace)
             _register(trace, self)
@@ -167,7 +135,7 @@ class TraceDisplay:
         try:
             self._redraw(settle=self._finished)
         except Exception:  # a failing view must never break the traced code
-            pass
+            internal_error("redrawing a trace view")
         spent = time.monotonic() - started
         with self._lock:
             # A redraw that takes long (huge live trace) spaces the next ones out.

@@ -1,0 +1,1 @@
+"""The IPython integration: `%%agenta_trace` and the hooks that run it (`magic`)."""

@@ -1,0 +1,275 @@
+"""The live trace: the handle a traced block yields, fed by the collector as spans end.
+
+The core (`agenta_notebook.core`) turns records into a tree; this module keeps the
+records of one trace as they arrive, rebuilds the tree when something changed, and tells
+open views. It knows nothing of the views: `to_dataframe`, `save` and the notebook display
+call the functions the package put in `SHELLS` at import. Nor does it hold the user's
+prices: each trace reads them from the source it was made with (the runtime's snapshot).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from agenta_notebook.core.pricing import NO_USER_PRICES, UserPrices
+from agenta_notebook.core.rollup import (
+    Figures,
+    SpanNode,
+    SpanRecord,
+    TraceSummary,
+    TraceTree,
+    build_tree,
+)
+from agenta_notebook.errors import internal_error
+from agenta_notebook.memory import gc_paused
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+Listener = Callable[["Trace"], None]
+#: Where a trace reads the user's prices when it builds its tree: a snapshot, cheap to call.
+UserPricesSource = Callable[[], UserPrices]
+
+
+def no_user_prices() -> UserPrices:
+    """The prices source of a trace made without one: no user prices."""
+    return NO_USER_PRICES
+
+
+@dataclass(slots=True)
+class Shells:
+    """The views a `Trace` hands itself to; filled once by `agenta_notebook/__init__.py`.
+
+    The live trace sits below its views in the import graph (they read it), so it cannot
+    import them; the package, which imports everything, plugs them in at import instead.
+    """
+
+    dataframe: Callable[[Trace], pd.DataFrame] | None = None
+    save: Callable[[Trace, str | os.PathLike[str]], None] | None = None
+    mimebundle: Callable[[Trace], dict[str, Any]] | None = None
+    #: the prices source of a trace made without one (by hand, from records): the
+    #: default runtime's, so that `set_prices` reprices it like any other
+    user_prices: UserPricesSource = no_user_prices
+
+
+#: What `Trace.to_dataframe`, `Trace.save` and the notebook display call.
+SHELLS: Final = Shells()
+
+_Shell = TypeVar("_Shell")
+
+
+def _shell(function: _Shell | None, method: str) -> _Shell:
+    if function is None:  # only if a caller bypassed the package's __init__
+        raise RuntimeError(f"Trace.{method} needs `import agenta_notebook` first")
+    return function
+
+
+class Trace:
+    """A live trace: spans are added as they end; every view reads a consistent snapshot.
+
+    The tree is rebuilt only when a span was added since the last build, so repeated
+    reads are cheap. A `Trace` of records only (from a file, say) is complete at once.
+    """
+
+    def __init__(
+        self,
+        trace_id: int,
+        name: str,
+        *,
+        root_span_id: int | None = None,
+        records: Iterable[SpanRecord] = (),
+        converter: Callable[[Any], SpanRecord] | None = None,
+        user_prices: UserPricesSource | None = None,
+    ) -> None:
+        self.trace_id = trace_id
+        self.name = name
+        self.root_span_id = root_span_id
+        self._converter = converter
+        #: where the user's prices are read at each build (`SHELLS.user_prices` if None)
+        self._user_prices = SHELLS.user_prices if user_prices is None else user_prices
+        self._records: dict[int, SpanRecord] = {r.span_id: r for r in records}
+        self._finished_raw: list[Any] = []
+        self._open_raw: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._version = 0
+        self._built_version: tuple[int, int] = (-1, -1)
+        self._tree: TraceTree | None = None
+        self._summary: tuple[TraceTree, TraceSummary] | None = None
+        self._reported_pricing_failures: set[int] = set()  # span ids, reported once each
+        self._listeners: list[Listener] = []
+        #: set when the traced block has exited; spans may still arrive (rule 10)
+        self.closed = root_span_id is None
+        self.dropped = False
+        #: the root span has ended (or there is none): retention may drop this trace
+        self.root_ended = root_span_id is None or root_span_id in self._records
+
+    # -- called by the collector (hot path: keep them small) -------------------------
+    def span_started(self, span_id: int, raw: Any) -> None:
+        """A span of this trace started; `raw` is converted to a record when read."""
+        with self._lock:
+            self._open_raw[span_id] = raw
+            self._version += 1
+
+    def span_ended(self, span_id: int, raw: Any) -> None:
+        """A span of this trace ended; open views are told."""
+        with self._lock:
+            self._open_raw.pop(span_id, None)
+            self._finished_raw.append(raw)
+            self._version += 1
+            if span_id == self.root_span_id:
+                self.root_ended = True
+        if self._listeners:
+            self._notify()
+
+    # -- building ---------------------------------------------------------------------
+    @property
+    def span_count(self) -> int:
+        """How many spans the trace holds, running ones included (no tree build)."""
+        return len(self._records) + len(self._finished_raw) + len(self._open_raw)
+
+    @property
+    def version(self) -> int:
+        """Grows every time a span starts or ends in this trace."""
+        return self._version
+
+    def add_records(self, records: Iterable[SpanRecord]) -> None:
+        """Add finished or running spans given as plain records."""
+        with self._lock:
+            for record in records:
+                self._records[record.span_id] = record
+            self._version += 1
+
+    def records(self) -> list[SpanRecord]:
+        """Every span of the trace as plain records, running ones with no end time."""
+        with self._lock:
+            if self._finished_raw:
+                assert self._converter is not None
+                for raw in self._finished_raw:
+                    record = self._converter(raw)
+                    self._records[record.span_id] = record
+                self._finished_raw.clear()
+            records = list(self._records.values())
+            running = list(self._open_raw.values())
+        if running and self._converter is not None:
+            records.extend(self._converter(raw) for raw in running)
+        return records
+
+    @property
+    def tree(self) -> TraceTree:
+        """The tree with every subtotal, built from the spans seen so far."""
+        # Prices apply when a tree is built: a change of the user's prices makes it stale
+        # (rule 15), like a new span does.
+        user_prices = self._user_prices()
+        version = (self._version, user_prices.version)
+        tree = self._tree
+        if tree is None or self._built_version != version:
+            with gc_paused():
+                tree = build_tree(
+                    self.records(), self.root_span_id, name=self.name, user_prices=user_prices
+                )
+            self._tree, self._built_version = tree, version
+            if tree.pricing_failures:
+                self._report_pricing_failures(tree)
+        return tree
+
+    def _report_pricing_failures(self, tree: TraceTree) -> None:
+        """genai-prices failed on some calls (a bug, not a missing price: those calls are
+        unpriced with a warning on their span): report each once to the log."""
+        for node in tree.pricing_failures:
+            failure = node.priced.failure
+            if failure is None or node.span_id in self._reported_pricing_failures:
+                continue
+            self._reported_pricing_failures.add(node.span_id)
+            try:
+                raise failure
+            except Exception:  # reported, with its traceback; raised under the tests
+                internal_error(f"pricing {node.usage.model}")
+
+    @property
+    def root(self) -> SpanNode:
+        return self.tree.root
+
+    @property
+    def nodes(self) -> Sequence[SpanNode]:
+        return self.tree.nodes
+
+    @property
+    def totals(self) -> Figures:
+        """The root's subtotal: the whole trace."""
+        return self.tree.totals
+
+    @property
+    def running(self) -> bool:
+        """True while any span of the trace, the root included, is still open."""
+        with self._lock:
+            return bool(self._open_raw)
+
+    def find(self, name: str) -> SpanNode:
+        """The first span called `name`, depth first (KeyError if there is none)."""
+        for node in self.tree.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def summary(self) -> TraceSummary:
+        """Totals, per-model breakdown, unpriced calls and warnings, in one record.
+
+        Kept until the tree changes: a display asks for it several times (the static
+        HTML, the text summary, the widget's header) and it walks every node.
+        """
+        tree = self.tree
+        cached = self._summary
+        if cached is not None and cached[0] is tree and cached[1].name == self.name:
+            return cached[1]
+        summary = TraceSummary(
+            name=self.name,
+            trace_id=f"{self.trace_id:032x}",
+            spans=len(tree.nodes) - (1 if tree.root.synthetic else 0),
+            running=tree.running_count,
+            duration_ms=tree.root.duration_ms,
+            totals=tree.totals,
+            by_model=tree.by_model(),
+            warnings=tree.warnings(),
+        )
+        self._summary = (tree, summary)
+        return summary
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per span with own figures, subtotals and cost source (nullable dtypes)."""
+        return _shell(SHELLS.dataframe, "to_dataframe")(self)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the trace to `path` as OTLP JSON (see `agenta_notebook.load`)."""
+        _shell(SHELLS.save, "save")(self, path)
+
+    # -- listeners (live views) -------------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(trace)` after each span that ends in this trace."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(self)
+            except Exception:  # a broken view must not break the traced code
+                internal_error("a trace listener")
+
+    def __repr__(self) -> str:
+        totals = self.totals
+        return (
+            f"<Trace {self.name!r} spans={len(self.nodes)} tokens={totals.total_tokens} "
+            f"cost={totals.cost} unpriced={totals.unpriced_calls} errors={totals.errors}>"
+        )
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """The notebook display: the interactive tree, its static HTML twin, a summary."""
+        return _shell(SHELLS.mimebundle, "_repr_mimebundle_")(self)
