@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import threading
 import warnings
 import weakref
 from collections import OrderedDict
@@ -35,6 +34,7 @@ try:  # OpenTelemetry's context manager that also decorates async functions
 except ImportError:  # pragma: no cover - a future API without it
     from contextlib import contextmanager as _agnosticcontextmanager  # type: ignore[assignment]
 
+from agenta_notebook import forksafe
 from agenta_notebook.core.pricing import NO_USER_PRICES, UserPrices
 from agenta_notebook.core.rollup import SpanEvent, SpanRecord
 from agenta_notebook.core.usage import AG_TYPE
@@ -152,6 +152,16 @@ def _record_from_public_api(span: ReadableSpan) -> SpanRecord:
 MAX_DRAINING: Final = 256
 
 
+def check_bound(name: str, value: object) -> None:
+    """Raise TypeError/ValueError unless `value` is None or a positive int (not a bool)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int or None, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+
+
 class Collector(SpanProcessor):
     """Keeps the spans of traces opened by `trace()` or the cell magic, by trace id.
 
@@ -174,8 +184,15 @@ class Collector(SpanProcessor):
         # Dropped traces that still had open spans: they get those spans when they end
         # (rollup.md rule 10, and `--save`, which waits for them), then are forgotten.
         self._draining: OrderedDict[int, Trace] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = forksafe.new_lock()
+        # The open spans of dropped traces pushed out of `_draining`, by (trace id, span
+        # id): their ends still reach their trace. Held weakly: an entry lasts while its
+        # trace is alive (a view, a `--save` or the user's handle) and its span open.
+        self._spilled: weakref.WeakValueDictionary[tuple[int, int], Trace] = (
+            weakref.WeakValueDictionary()
+        )
         self._drop_listeners: list[DropListener] = []
+        forksafe.register(self.after_fork)
 
     # -- SpanProcessor ------------------------------------------------------------------
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
@@ -206,6 +223,10 @@ class Collector(SpanProcessor):
                     trace.span_ended(context.span_id, span)
                     if not trace.running:
                         self._draining.pop(context.trace_id, None)
+                elif self._spilled:
+                    self._spilled_end(context.trace_id, span)
+            elif self._spilled:
+                self._spilled_end(context.trace_id, span)
         except Exception:  # never break the user's code from inside a processor
             internal_error("the collector's on_end")
 
@@ -270,15 +291,43 @@ class Collector(SpanProcessor):
     def _dropped(self, trace: Trace) -> None:
         trace.dropped = True
         if trace.running:
+            spilled: list[Trace] = []
             with self._lock:
                 self._draining[trace.trace_id] = trace
                 while len(self._draining) > MAX_DRAINING:
-                    self._draining.popitem(last=False)
+                    spilled.append(self._draining.popitem(last=False)[1])
+            for old in spilled:
+                self._spill(old)
         for listener in tuple(self._drop_listeners):
             try:
                 listener(trace)
             except Exception:  # a view failing to close must not stop retention
                 internal_error("a listener of dropped traces")
+
+    def _spill(self, trace: Trace) -> None:
+        """`trace` leaves `_draining`: its open spans are noted one by one, weakly."""
+        for raw in trace.open_spans():
+            span_id = raw.context.span_id
+            with self._lock:
+                self._spilled[(trace.trace_id, span_id)] = trace
+            if getattr(raw, "end_time", None) is not None:  # it ended meanwhile
+                trace.span_ended(span_id, raw)
+
+    def _spilled_end(self, trace_id: int, span: ReadableSpan) -> None:
+        with self._lock:
+            trace = self._spilled.pop((trace_id, span.context.span_id), None)
+        if trace is not None:
+            trace.span_ended(span.context.span_id, span)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's traces are forgotten (docs/architecture.md,
+        "Fork"). Their views belong to the parent, so no drop listener is told; the
+        child's spans in them are not kept, and its own traced blocks are."""
+        for trace in (*self._traces.values(), *self._draining.values()):
+            trace.dropped = True
+        self._traces = OrderedDict()
+        self._draining = OrderedDict()
+        self._spilled = weakref.WeakValueDictionary()
 
     def get(self, trace_id: int) -> Trace | None:
         """The retained trace `trace_id`, or None."""
@@ -300,6 +349,9 @@ class Collector(SpanProcessor):
             return list(self._traces.values())
 
     def set_retention(self, max_traces: int | None = None, max_spans: int | None = None) -> None:
+        """Set the bounds; both are checked before either is stored (a bad one changes nothing)."""
+        check_bound("max_traces", max_traces)
+        check_bound("max_spans", max_spans)
         with self._lock:
             if max_traces is not None:
                 self.max_traces = max_traces
@@ -336,6 +388,7 @@ class Collector(SpanProcessor):
         self.clear()
         with self._lock:
             self._draining.clear()
+            self._spilled.clear()
             self.max_traces, self.max_spans = DEFAULT_MAX_TRACES, DEFAULT_MAX_SPANS
         self._drop_listeners[:] = list(drop_listeners)
 

@@ -10,11 +10,11 @@ prices: each trace reads them from the source it was made with (the runtime's sn
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from agenta_notebook import forksafe
 from agenta_notebook.core.pricing import NO_USER_PRICES, UserPrices
 from agenta_notebook.core.rollup import (
     Figures,
@@ -95,7 +95,7 @@ class Trace:
         self._records: dict[int, SpanRecord] = {r.span_id: r for r in records}
         self._finished_raw: list[Any] = []
         self._open_raw: dict[int, Any] = {}
-        self._lock = threading.Lock()
+        self._lock = forksafe.new_lock()  # released in a forked child
         self._version = 0
         self._built_version: tuple[int, int] = (-1, -1)
         self._tree: TraceTree | None = None
@@ -125,6 +125,11 @@ class Trace:
                 self.root_ended = True
         if self._listeners:
             self._notify()
+
+    def open_spans(self) -> list[Any]:
+        """The spans of this trace that have started and not ended (as given)."""
+        with self._lock:
+            return list(self._open_raw.values())
 
     # -- building ---------------------------------------------------------------------
     @property

@@ -10,18 +10,27 @@ them is done, and only if it was on when the first began.
 from __future__ import annotations
 
 import gc
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from agenta_notebook import forksafe
 
 __all__ = ["gc_paused"]
 
 
 class _Pause:
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = forksafe.new_lock()
         self.depth = 0
         self.turned_off = False
+        forksafe.register(self.after_fork)
+
+    def after_fork(self) -> None:
+        """In a forked child no build is running: the collector back on if we paused it."""
+        self.depth = 0
+        if self.turned_off:
+            self.turned_off = False
+            gc.enable()
 
 
 _PAUSE = _Pause()
@@ -47,7 +56,7 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         with pause.lock:
-            pause.depth -= 1
+            pause.depth = max(0, pause.depth - 1)  # a fork may have reset it meanwhile
             if pause.depth == 0 and pause.turned_off:
                 pause.turned_off = False
                 gc.enable()

@@ -27,7 +27,6 @@ library is pending), and the logging filter of the OTLP export (see `io/otlp.py`
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
+from agenta_notebook import forksafe
 from agenta_notebook.collector import (
     TRACER_NAME,
     Collector,
@@ -95,7 +95,7 @@ class Tracing:
     """
 
     def __init__(self, user_prices: UserPricesSource, on_drop: DropListener) -> None:
-        self.lock = threading.RLock()
+        self.lock = forksafe.new_rlock()
         #: the collector, once installed
         self.collector: Collector | None = None
         #: the SDK provider our own spans are made with (ours, or an SDK global one)
@@ -263,7 +263,7 @@ class Prices:
     """
 
     def __init__(self, listeners: tuple[PriceListener, ...] = ()) -> None:
-        self._lock = threading.Lock()
+        self._lock = forksafe.new_lock()
         self._current: UserPrices = NO_USER_PRICES
         self._permanent = listeners
         self._listeners: list[PriceListener] = list(listeners)
@@ -325,27 +325,53 @@ class View(Protocol):
     def close(self) -> None: ...
 
 
+#: At most this many views of traces the collector does not keep (loaded from a file)
+#: stay open; registering one more closes the oldest (its output keeps the static HTML).
+MAX_UNKEPT_VIEWS: Final = 20
+
+
 class OpenViews:
     """The trace views open in the notebook, by trace, and the widget models they share.
 
     A view is closed when the collector drops its trace (a long session does not pile up
-    widget models) and redrawn when the user's prices change.
+    widget models) and redrawn when the user's prices change. Views of traces outside
+    retention (`an.load`) are bounded instead: the newest `MAX_UNKEPT_VIEWS` stay open.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = forksafe.new_lock()
         #: open views by `id(trace)`
         self._by_trace: dict[int, list[View]] = {}
+        #: the open views of traces the collector does not keep, oldest first
+        self._unkept: list[View] = []
         #: the layout and styles every widget view shares (`views/widget.py` makes them
         #: once; a cache of models, not state of the session: `reset()` keeps them)
         self.widget_models: tuple[Any, ...] | None = None
+        forksafe.register(self.after_fork)
 
-    def register(self, trace: Trace, view: View) -> None:
+    def after_fork(self) -> None:
+        """In a forked child the open views are the parent's: forgotten, never closed
+        (closing would talk to the parent's front end), and their models with them."""
+        self._by_trace = {}
+        self._unkept = []
+        self.widget_models = None
+
+    def register(self, trace: Trace, view: View, *, kept: bool = True) -> None:
+        """Add an open view; one of a trace the collector does not keep (`kept=False`)
+        may close the oldest such view."""
         with self._lock:
             self._by_trace.setdefault(id(trace), []).append(view)
+            if kept:
+                return
+            self._unkept.append(view)
+            evicted = self._unkept[:-MAX_UNKEPT_VIEWS]
+            del self._unkept[:-MAX_UNKEPT_VIEWS]
+        _close(evicted)  # each unregisters itself
 
     def unregister(self, trace: Trace, view: View) -> None:
         with self._lock:
+            if view in self._unkept:
+                self._unkept.remove(view)
             views = self._by_trace.get(id(trace))
             if views is not None:
                 if view in views:
@@ -379,6 +405,7 @@ class OpenViews:
         with self._lock:
             views = [view for group in self._by_trace.values() for view in group]
             self._by_trace.clear()
+            self._unkept.clear()
         _close(views)
 
     def describe(self) -> list[str]:
@@ -403,7 +430,7 @@ class Exports:
     first `export_to`, handing the spans of our traces to the export of the moment."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = forksafe.new_lock()
         self.processor: SpanProcessor | None = None
 
     def reset(self) -> None:
@@ -436,7 +463,7 @@ class Instruments:
     """What `instrument()` and `instrument_openai()` did, and how to undo it."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
+        self.lock = forksafe.new_rlock()
         #: instrument(): library -> how to undo what it did
         self.undo: dict[str, Callable[[], None]] = {}
         #: instrument(): library -> the provider to use, for those waiting for an import
@@ -495,7 +522,7 @@ class ThreadPropagation:
     """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = forksafe.new_lock()
         self.active = False
 
     def reset(self) -> None:
@@ -608,7 +635,9 @@ def attached_providers() -> list[TracerProvider]:
 def set_retention(max_traces: int | None = None, max_spans: int | None = None) -> None:
     """Bound what the session keeps: at most `max_traces` traces and `max_spans` spans.
 
-    The oldest traces are dropped first. Defaults: 200 traces, 2,000,000 spans.
+    The oldest traces are dropped first. Defaults: 200 traces, 2,000,000 spans. Each
+    bound is a positive int (or None: unchanged); a bad one raises TypeError or
+    ValueError and changes nothing.
     """
     get_collector().set_retention(max_traces, max_spans)
 
@@ -641,6 +670,8 @@ def trace(name: str = "trace", *, attributes: Mapping[str, Any] | None = None) -
     >>> [node.name for node in t.nodes]
     ['demo', 'step']
     """
+    if not isinstance(name, str):  # a file's trace name is text: refuse before starting
+        raise TypeError(f"the trace's name must be a str, not {type(name).__name__}")
     root, result = start_root(name, attributes)
     token = otel_context.attach(otel_trace.set_span_in_context(root))
     try:

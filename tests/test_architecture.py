@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 #: Bottom to top: a module may import from its own layer or a lower one, never higher.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("core",),
-    ("errors", "memory", "version"),
+    ("errors", "forksafe", "memory", "version"),
     ("live",),
     ("collector",),
     ("runtime",),

@@ -210,6 +210,27 @@ def test_a_late_span_still_reaches_its_trace_after_retention_dropped_it(
     assert collector.draining == 0, "forgotten once nothing is open"
 
 
+def test_late_spans_reach_dropped_traces_past_the_side_map(collector: Collector) -> None:
+    """More dropped traces with an open span than the side map holds: every late end
+    still reaches its trace, and the side map stays bounded."""
+    from agenta_notebook.collector import MAX_DRAINING
+
+    an.set_retention(max_traces=2)
+    tracer = otel_trace.get_tracer("late spans")
+    pending: list[tuple[Trace, otel_trace.Span]] = []
+    for index in range(MAX_DRAINING + 44):
+        with an.trace(f"t{index}") as traced:
+            pending.append((traced, tracer.start_span("open")))
+    assert collector.draining <= MAX_DRAINING
+    assert all(traced.running for traced, _ in pending)
+    for _, span in pending:
+        span.end()
+    still = [traced.name for traced, _ in pending if traced.running]
+    assert still == [], f"{len(still)} traces say running for ever"
+    assert collector.draining == 0
+    assert all(len(traced.nodes) == 2 for traced, _ in pending)
+
+
 def test_shrinking_retention_drops_at_once(collector: Collector) -> None:
     for index in range(4):
         with an.trace(f"r{index}"):

@@ -780,3 +780,20 @@ def test_quickstart_notebook_validates_with_nbval() -> None:
     (ids and times through tests/nbval_sanitize.cfg), except the live views'."""
     # No key: the OpenAI section talks to the offline stand-in, deterministically.
     run_nbval("quickstart.ipynb", drop_env=("AGENTA_NOTEBOOK_THREADS", "OPENAI_API_KEY"))
+
+
+def test_output_variable_never_replaces_a_builtin_or_ipythons_own(kernel: Kernel) -> None:
+    kernel.run("not_set_by_reserved = True")
+    reserved = ("__builtins__", "_", "__", "___", "_i", "_ii", "_iii", "_oh", "_ih", "In")
+    reserved += ("Out", "get_ipython", "exit", "quit", "_7", "_i12", "print", "len", "__name__")
+    for name in reserved:
+        cell = kernel.run(f"%%agenta_trace -o {name}\nnot_set_by_reserved = 2", fails=True)
+        assert outputs(cell, "error") == [], name
+        assert stdout(cell).startswith(f"UsageError: %%agenta_trace: -o {name} would replace"), (
+            stdout(cell)
+        )
+    assert kernel.value("not_set_by_reserved") is True, "no refused cell ran its body"
+    # the session still works: builtins and IPython's variables are untouched
+    assert kernel.value("len([1, 2]) + (type(__builtins__).__name__ in ('dict', 'module'))") == 3
+    kernel.run("%%agenta_trace -o result_1 --quiet\ncall(1);")  # a plain name is still fine
+    assert kernel.value("type(result_1).__name__") == "Trace"

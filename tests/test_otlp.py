@@ -642,3 +642,41 @@ def test_nothing_is_added_on_the_traced_codes_path(
     receiver.wait_for(trace.trace_id, len(trace.records()))
     for record in trace.records():  # the spans themselves keep only what was set
         assert not set(record.attributes) & RECEIVER_KEYS, record.name
+
+
+def test_a_value_otlp_cannot_encode_goes_out_as_text_with_one_warning(
+    receiver: OtlpReceiver,
+    export: OtlpExport,
+    otel_logs: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from opentelemetry import trace as otel_trace
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with an.trace("huge") as trace:
+            for index in range(3):
+                with an.span(f"call {index}", type="llm"):
+                    an.record_usage(model="gpt-4o", input_tokens=10**30, output_tokens=7)
+                    current = otel_trace.get_current_span()
+                    current.set_attribute("sizes", (1, 2**64))
+                    current.add_event("note", {"count": -(2**63) - 1, "fine": 3})
+            with an.span("huge int", type="tool"):
+                otel_trace.get_current_span().set_attribute("n", 10**5000)
+        assert export.flush()
+        received = receiver.wait_for(trace.trace_id, 5)
+    assert len(received) == 5, "every span still goes out"
+    by_name = {span.name: span for span in received}
+    call = by_name["call 1"]
+    assert call.attributes["ag.metrics.unit.tokens.prompt"] == str(10**30)  # not lost
+    assert call.attributes["ag.metrics.unit.tokens.completion"] == 7
+    assert call.attributes["llm.token_count.completion"] == 7
+    assert call.attributes["sizes"] == ("1", str(2**64))
+    assert call.events == (("note", {"count": str(-(2**63) - 1), "fine": 3}),)
+    assert by_name["huge int"].attributes["n"] == "(an integer of 16610 bits)"
+    assert len(our_warnings(caught)) == 1, our_warnings(caught)
+    assert "OTLP cannot encode" in our_warnings(caught)[0]
+    assert [record.getMessage() for record in otel_logs.records if record.levelno >= 30] == []
+    assert "Traceback" not in capfd.readouterr().err
+    assert export.values_replaced == 4
+    assert not export.failing

@@ -7,6 +7,8 @@ import gzip
 import json
 import math
 import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import replace
 from decimal import Decimal
@@ -26,6 +28,7 @@ import agenta_notebook as an
 from agenta_notebook.core.rollup import SpanEvent, SpanRecord
 from agenta_notebook.core.vocabulary import RECEIVER_KEYS
 from agenta_notebook.io.persist import (
+    DEFAULT_MAX_BYTES,
     TraceFileError,
     decode_value,
     encode_span,
@@ -777,3 +780,252 @@ def test_a_failed_save_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> N
         save_trace(bad, path)
     assert path.read_text() == good
     assert sorted(os.listdir(tmp_path)) == ["good.json", "keep.json"]
+
+
+# -- hostile files and careless saves (issue 12) ------------------------------------------
+
+BOMB_SCRIPT = """
+import json, resource, sys
+from agenta_notebook.io.persist import TraceFileError, load
+# A guard for the machine: code that inflates it all fails fast here instead of using GBs.
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+soft = 1 << 30 if hard == resource.RLIM_INFINITY else min(1 << 30, hard)
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+try:
+    load(sys.argv[1])
+except TraceFileError as error:
+    outcome = str(error)
+except MemoryError:
+    outcome = "MemoryError"
+else:
+    outcome = "loaded"
+# The peak resident memory of this process's own address space (VmHWM, KiB). Not
+# `ru_maxrss`: Linux carries that over from before `exec`, so a child of a big test
+# process would report its parent's memory.
+with open("/proc/self/status", encoding="ascii") as status:
+    peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print("REPORT " + json.dumps({"outcome": outcome, "peak_kib": peak_kib}))
+"""
+
+
+def write_gzip_bomb(path: Path, inflated: int) -> None:
+    """A gzip file of whitespace inflating to `inflated` bytes, written member by member."""
+    member = gzip.compress(b" " * (1 << 20), compresslevel=9)
+    with path.open("wb") as file:
+        for _ in range(inflated >> 20):
+            file.write(member)
+
+
+def test_a_gzip_bomb_is_refused_while_streaming_with_bounded_memory(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.json.gz"
+    write_gzip_bomb(path, 4 * 1024**3)
+    assert path.stat().st_size < 8 * 1024**2
+    script = tmp_path / "bomb.py"
+    script.write_text(BOMB_SCRIPT, encoding="utf-8")
+    environment = {key: value for key, value in os.environ.items()}
+    environment.pop("AGENTA_NOTEBOOK_MAX_LOAD_BYTES", None)  # the default cap
+    done = subprocess.run(
+        [sys.executable, str(script), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=environment,
+    )
+    assert "REPORT " in done.stdout, done.stderr[-3000:]
+    report = json.loads(done.stdout.split("REPORT ", 1)[1])
+    outcome = report["outcome"]
+    assert outcome != "MemoryError"
+    assert str(path) in outcome
+    assert f"{DEFAULT_MAX_BYTES:,} bytes" in outcome
+    assert "max_bytes=" in outcome and "AGENTA_NOTEBOOK_MAX_LOAD_BYTES" in outcome
+    assert report["peak_kib"] < 200 * 1024
+
+
+def test_the_default_cap_holds_a_million_span_trace(tmp_path: Path) -> None:
+    # A saved 10k-span trace of model calls (about 11 MB) times 100, with room to spare.
+    with an.trace("ten thousand") as trace:
+        for index in range(10_000):
+            with an.span(f"call {index}", type="llm"):
+                an.record_usage(model="gpt-4o", input_tokens=100 + index, output_tokens=20)
+    path = tmp_path / "10k.json"
+    trace.save(path)
+    assert DEFAULT_MAX_BYTES > 1.5 * 100 * path.stat().st_size
+    assert len(load(path).nodes) == 10_001
+
+
+def test_max_bytes_and_its_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = saved_text(tmp_path).encode()
+    plain = tmp_path / "plain.json"
+    plain.write_bytes(text)
+    packed = tmp_path / "packed.json.gz"
+    packed.write_bytes(gzip.compress(text))
+    for path in (plain, packed):
+        assert load(path, max_bytes=len(text)).name == "to damage"
+        with pytest.raises(TraceFileError, match=f"limit of {len(text) - 1:,} bytes"):
+            load(path, max_bytes=len(text) - 1)
+        with pytest.raises(TraceFileError, match="max_bytes="):
+            load_all(path, max_bytes=10)
+        monkeypatch.setenv("AGENTA_NOTEBOOK_MAX_LOAD_BYTES", str(len(text) - 1))
+        with pytest.raises(TraceFileError, match="AGENTA_NOTEBOOK_MAX_LOAD_BYTES"):
+            load(path)
+        assert load(path, max_bytes=len(text)).name == "to damage"  # the keyword wins
+        monkeypatch.setenv("AGENTA_NOTEBOOK_MAX_LOAD_BYTES", "lots")
+        with pytest.raises(ValueError, match="AGENTA_NOTEBOOK_MAX_LOAD_BYTES='lots'"):
+            load(path)
+        monkeypatch.delenv("AGENTA_NOTEBOOK_MAX_LOAD_BYTES")
+    with pytest.raises(ValueError, match="positive"):
+        load(plain, max_bytes=0)
+    with pytest.raises(TypeError, match="int"):
+        load(plain, max_bytes="1000")  # type: ignore[arg-type]
+
+
+# A gzip document just past the in-memory threshold: measured, then read again.
+def test_a_big_gzip_document_under_the_cap_loads(tmp_path: Path) -> None:
+    text = saved_text(tmp_path).rstrip("\n")
+    padded = text + " " * (17 * 1024**2) + "\n"
+    path = tmp_path / "padded.json.gz"
+    path.write_bytes(gzip.compress(padded.encode(), compresslevel=1))
+    assert load(path).name == "to damage"
+    with pytest.raises(TraceFileError, match="decompressed"):
+        load(path, max_bytes=len(padded) - 1)
+
+
+UMASK_SCRIPT = """
+import os, sys
+import agenta_notebook as an
+os.umask(int(sys.argv[2], 8))
+with an.trace("private") as trace:
+    pass
+trace.save(sys.argv[1])
+print(oct(os.stat(sys.argv[1]).st_mode & 0o777))
+"""
+
+
+@pytest.mark.parametrize(("umask", "mode"), [("077", "0o600"), ("027", "0o640"), ("002", "0o664")])
+def test_a_new_file_honours_the_umask(tmp_path: Path, umask: str, mode: str) -> None:
+    script = tmp_path / "umask.py"
+    script.write_text(UMASK_SCRIPT, encoding="utf-8")
+    path = tmp_path / "private.json"
+    done = subprocess.run(
+        [sys.executable, str(script), str(path), umask],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == mode
+    assert load(path).name == "private"
+
+
+def test_an_existing_file_keeps_its_mode_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "shared.json"
+    path.write_text("old")
+    path.chmod(0o640)
+    with an.trace("again") as trace:
+        pass
+    previous = os.umask(0o077)
+    try:
+        trace.save(path)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert load(path).name == "again"
+
+
+def test_saving_through_a_symlink_updates_its_target_and_keeps_the_link(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "trace.json"
+    target.write_text("old content")
+    target.chmod(0o600)
+    link = tmp_path / "link.json"
+    link.symlink_to(Path("real") / "trace.json")  # relative, as `ln -s` makes them
+    chain = tmp_path / "chain.json"
+    chain.symlink_to(link)
+    with an.trace("through the link") as trace:
+        pass
+    trace.save(link)
+    assert link.is_symlink() and os.readlink(link) == os.path.join("real", "trace.json")
+    assert load(target).name == "through the link"
+    assert target.stat().st_mode & 0o777 == 0o600
+    with an.trace("through two links") as second:
+        pass
+    second.save(chain)
+    assert chain.is_symlink() and link.is_symlink()
+    assert load(target).name == "through two links"
+    # No temporary left anywhere, and nothing new beside the links.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.json", "link.json", "real"]
+    assert [p.name for p in (tmp_path / "real").iterdir()] == ["trace.json"]
+    # A dangling link: the file it names is created.
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "real" / "new.json")
+    trace.save(dangling)
+    assert dangling.is_symlink()
+    assert load(tmp_path / "real" / "new.json").name == "through the link"
+
+
+def id_file(tmp_path: Path, field: str, value: str) -> Path:
+    """A saved two-span file whose child span ("child") has `field` set to `value`."""
+    document = json.loads(saved_text(tmp_path))
+    spans = document["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    (child,) = [span for span in spans if span["name"] == "child"]
+    child[field] = value
+    path = tmp_path / "ids.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("spanId", "-000000000000002"),
+        ("spanId", "0x00000000000002"),
+        ("spanId", "0000_00000000002"),
+        ("spanId", " 000000000000002"),
+        ("spanId", "+000000000000002"),
+        ("spanId", "0000000000000000"),
+        ("traceId", "0x" + "0" * 29 + "abc"),
+        ("traceId", "-" + "0" * 28 + "abc"),
+        ("traceId", "0" * 32),
+        ("parentSpanId", "0x00000000000001"),
+    ],
+)
+def test_ids_must_be_exact_hex_and_not_zero(tmp_path: Path, field: str, value: str) -> None:
+    path = id_file(tmp_path, field, value)
+    with pytest.raises(TraceFileError, match=rf"{field}: .*\(span \"child\"\)") as caught:
+        load(path)
+    assert str(path) in str(caught.value)
+
+
+def test_an_all_zero_parent_is_a_missing_parent_and_saves_again(tmp_path: Path) -> None:
+    path = id_file(tmp_path, "parentSpanId", "0" * 16)
+    loaded = load(path)
+    child = loaded.find("child")
+    assert child.record.parent_span_id == 0 and child.detached
+    assert not loaded.root.synthetic and loaded.root.name == "to damage"
+    loaded.save(tmp_path / "again.json")
+    assert load(tmp_path / "again.json").name == "to damage"
+
+
+def test_a_zero_root_span_id_in_the_metadata_is_refused(tmp_path: Path) -> None:
+    document = json.loads(saved_text(tmp_path))
+    for pair in document["resourceSpans"][0]["scopeSpans"][0]["scope"]["attributes"]:
+        if pair["key"] == "agenta_notebook.trace.root_span_id":
+            pair["value"] = {"stringValue": "0" * 16}
+    path = tmp_path / "zero-root.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(TraceFileError, match="root_span_id: all zero"):
+        load(path)
+
+
+@pytest.mark.parametrize("name", [123, None, b"bytes", ("a", "b")])
+def test_a_trace_name_that_is_not_text_is_refused_before_anything_starts(name: Any) -> None:
+    before = an.last_trace()
+    retained = RUNTIME.describe()
+    with pytest.raises(TypeError, match="name must be a str"), an.trace(name):
+        raise AssertionError("the block must not run")
+    assert an.last_trace() is before
+    assert RUNTIME.describe() == retained

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -617,3 +618,65 @@ def test_record_usage_takes_an_anthropic_usage_dict() -> None:
     assert trace.totals.cost == table(
         "claude-3-5-haiku-latest", input_tokens=100, output_tokens=5, cache_read_tokens=90
     )
+
+
+@pytest.mark.parametrize(
+    ("price", "message"),
+    [
+        ("1e999990", "at most $1,000,000 per million tokens"),
+        ("1000000.01", "at most $1,000,000 per million tokens"),
+        (1e300, "at most $1,000,000 per million tokens"),
+        ("1e-999990", "at most 30 decimal places"),
+        ("0.0000000000000000000000000000001", "at most 30 decimal places"),
+    ],
+)
+def test_absurd_prices_are_refused(price: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        parse_prices(input=price, output=1)
+    assert len(str(raised.value)) < 200  # the message shows a bounded excerpt of the value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_prices(input=1, output=1, cache_write=price)
+
+
+def test_prices_at_the_limits_are_exact() -> None:
+    top = parse_prices(input="1000000", output="0.000000000000000000000000000001")
+    assert top.input == Decimal(1_000_000)
+    tokens = 2**63 - 1
+    cost = pricing._override_cost(top, tokens, tokens, 0, 0)
+    # every digit kept: tokens + tokens * 1e-36, written out (Python's context has 28)
+    assert cost == Decimal(f"{tokens}.{'0' * 17}{tokens}")
+    # a zero with a huge exponent is a plain zero (it would blow up the sums' digits)
+    assert parse_prices(input="0E-999990", output=0).input.as_tuple().exponent == 0
+
+
+@pytest.mark.parametrize(
+    "tokens", [2**63, 10**30 + 1, 10**308, 10**5000], ids=["2**63", "1e30+1", "1e308", "1e5000"]
+)
+def test_a_count_past_int64_is_ignored_with_a_warning(tokens: int) -> None:
+    """Rule 7: above 2**63 - 1 a count is a bad value, never rounded or unpriced."""
+    an.clear_prices()
+    with an.trace("big") as result:
+        with an.span("call", type="llm"):
+            an.record_usage(model="gpt-4o", input_tokens=tokens, output_tokens=1000)
+    node = result.nodes[1]
+    assert node.usage.input_tokens is None
+    assert [warning.kind for warning in result.tree.warnings()] == ["ignored value"]
+    assert "not a token count (0 to 2**63 - 1)" in node.warnings[0]
+    assert node.own.cost == calculate_cost("gpt-4o", {"output_tokens": 1000})  # still priced
+    assert result.totals.unpriced_calls == 0
+    for usage in ({"input_tokens": tokens}, {"prompt_tokens": 1, "completion_tokens": tokens}):
+        with pytest.raises(ValueError, match=re.escape("not a token count (0 to 2**63 - 1)")):
+            calculate_cost("gpt-4o", usage)
+        with pytest.raises(ValueError, match="not a token count"):
+            an.calculate_cost("gpt-4o", usage)
+    with pytest.raises(ValueError, match="not a token count"):
+        calculate_cost("gpt-4o", Usage(input_tokens=tokens))
+
+
+def test_the_largest_count_is_priced_exactly() -> None:
+    tokens = 2**63 - 1
+    prices = user("m", input="0.123456789123", output="1")
+    cost = calculate_cost("m", {"input_tokens": tokens}, user_prices=prices)
+    # exact (31 digits, past the default 28): tokens * 0.123456789123 / 1e6
+    digits = str(tokens * 123_456_789_123)
+    assert cost == Decimal(f"{digits[:-18]}.{digits[-18:]}")

@@ -189,5 +189,62 @@ def test_a_path_that_cannot_be_written_is_told_to_the_user(
     late_run.end(None)
     end_on_a_thread(late)
     assert saver.wait(10)
-    message = capsys.readouterr().err
+    waiting, message = capsys.readouterr().err.splitlines()
+    assert "still running" in waiting  # said when the cell ended, then the failure
     assert message.startswith(f"agenta_notebook: could not save the trace to {path}: ")
+
+
+def test_a_save_waiting_for_running_spans_says_so_in_one_line(
+    tmp_path: Path, slow_disk: SlowDisk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 12: a `--save` whose span never ends wrote nothing and said nothing.
+    path = tmp_path / "waiting.json"
+    saver = SaveWorker()
+    run = new_run(path, saver)
+    late = start_late_span(run)
+    run.end(None)
+    told = capsys.readouterr().err.strip().splitlines()
+    assert len(told) == 1, told
+    assert "1 span(s) of this cell are still running" in told[0] and str(path) in told[0]
+    assert not path.exists()
+    late.end()  # ...and it is written once the span ends
+    assert saver.wait(10 * SLOW_WRITE)
+    assert sorted(node.name for node in load(path).nodes) == ["cell", "late"]
+    assert capsys.readouterr().err == ""
+
+
+class InterruptedOnce:
+    """A `Trace.save` that Ctrl-C interrupts the first time (an 80k-span cell being
+    written when the user presses it), then writes as usual."""
+
+    def __init__(self, real: Callable[[Trace, str | os.PathLike[str]], None]) -> None:
+        self.real = real
+        self.calls: list[str] = []
+
+    def __call__(self, trace: Trace, path: str | os.PathLike[str]) -> None:
+        self.calls.append(threading.current_thread().name)
+        if len(self.calls) == 1:
+            raise KeyboardInterrupt
+        self.real(trace, path)
+
+
+def test_an_interrupted_save_says_so_and_is_finished_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 12: Ctrl-C while a cell was being finalised skipped the save, with only
+    # IPython's "Error in callback".
+    real = SHELLS.save
+    assert real is not None
+    interrupted = InterruptedOnce(real)
+    monkeypatch.setattr(SHELLS, "save", interrupted)
+    path = tmp_path / "interrupted.json"
+    saver = SaveWorker()
+    run = new_run(path, saver)
+    get_tracer().start_span("step", context=otel_trace.set_span_in_context(run.root)).end()
+    run.end(None)  # the interrupt does not escape the end of the cell
+    told = capsys.readouterr().err.strip().splitlines()
+    assert len(told) == 1 and "interrupted" in told[0] and str(path) in told[0], told
+    assert saver.wait(10.0)
+    assert interrupted.calls == [threading.current_thread().name, "agenta_notebook-save"]
+    assert sorted(node.name for node in load(path).nodes) == ["cell", "step"]
+    assert saver_threads() == []

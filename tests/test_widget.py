@@ -6,6 +6,7 @@ import html
 import threading
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import ipywidgets
 import pytest
@@ -680,3 +681,69 @@ def test_finish_sends_the_output_again_only_when_it_changed(records: RecordFacto
         assert "late" in names(shown.view)
     finally:
         shown.close()
+
+
+def test_views_of_loaded_traces_stay_bounded(tmp_path: Path, collector: Collector) -> None:
+    """Loaded traces are outside retention: displaying 1,000 of them keeps the newest 20
+    views open and closes the others, so widget models do not pile up."""
+    from agenta_notebook.runtime import MAX_UNKEPT_VIEWS
+
+    with an.trace("saved") as trace:
+        with an.span("call", type=LLM):
+            an.record_usage(model="gpt-4o-mini", input_tokens=10, output_tokens=1)
+    path = tmp_path / "saved.json"
+    trace.save(path)
+    kept = TraceDisplay(trace, widget=True)  # a kept trace's view is never evicted
+    views_before, widgets_before = open_view_count(), live_widget_count()
+    displays = []
+    most_widgets = 0
+    for _ in range(1_000):
+        displays.append(TraceDisplay(an.load(path), widget=True))
+        assert open_view_count() <= views_before + MAX_UNKEPT_VIEWS
+        most_widgets = max(most_widgets, live_widget_count())
+    per_view = displays[-1].view.widget_count if displays[-1].view else 0
+    assert most_widgets <= widgets_before + per_view * MAX_UNKEPT_VIEWS
+    assert open_view_count() == views_before + MAX_UNKEPT_VIEWS
+    assert all(d.closed for d in displays[:-MAX_UNKEPT_VIEWS])
+    assert not any(d.closed for d in displays[-MAX_UNKEPT_VIEWS:]) and not kept.closed
+    # a closed view still renders: its static HTML and summary, without the widget
+    assert set(displays[0].bundle()) == {"text/html", "text/plain"}
+    for shown in (kept, *displays):
+        shown.close()
+    assert live_widget_count() == widgets_before - per_view
+    assert open_view_count() == views_before - 1
+
+
+def test_loaded_trace_views_in_a_real_kernel_stay_bounded(tmp_path: Path) -> None:
+    """`display(an.load(p))` 200 times in a kernel: open views and widget models stay
+    bounded, and the evicted outputs are replaced by their static renderings."""
+    from live_kernel import Kernel, new_client
+
+    client = new_client(tmp_path)
+    with client.setup_kernel():
+        kernel = Kernel(client)
+        kernel.run(
+            "import agenta_notebook as an\n"
+            "from agenta_notebook.views.display import open_view_count, show_trace\n"
+            "from agenta_notebook.views.widget import live_widget_count\n"
+            "with an.trace('saved') as t:\n"
+            "    with an.span('call', type='llm'):\n"
+            "        an.record_usage(model='gpt-4o-mini', input_tokens=10, output_tokens=1)\n"
+            "t.save('saved.json')\n"
+            "before, views = live_widget_count(), open_view_count()\n"
+        )
+        cell = kernel.run(
+            "shown = [show_trace(an.load('saved.json')) for _ in range(20)]\n"
+            "for _ in range(180):\n"
+            "    display(an.load('saved.json'))\n"
+        )
+        counts = kernel.value("[live_widget_count() - before, open_view_count() - views]")
+    widgets_made, views_open = counts
+    assert views_open == 20
+    assert 0 < widgets_made <= 20 * 10
+    outputs = [o for o in cell.outputs if o.output_type == "display_data"]
+    assert len(outputs) == 200
+    # the first 20 were shown with a handle: closed, their outputs now static
+    for output in outputs[:20]:
+        assert set(output["data"]) == {"text/html", "text/plain"}
+    assert "application/vnd.jupyter.widget-view+json" in outputs[-1]["data"]

@@ -42,8 +42,15 @@ _ANNOTATIONS: Final[Mapping[Kind, str]] = MappingProxyType(
 #: Money is summed in this context: wide enough that a sum of costs (each at most 1e40
 #: dollars with a resolution of at most 1e-30, see `rollup._exact_cost`) is never
 #: rounded, so the root equals the sum of its parts exactly and the order of addition is
-#: moot (rollup.md rules 11 and 12). The default context rounds to 28 digits.
-COST_CONTEXT: Final = Context(prec=100, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX)
+#: moot (rollup.md rules 11 and 12). The default context rounds to 28 digits. Every
+#: operation on money uses it explicitly (`COST_CONTEXT.add(...)`, `context=`, or
+#: `decimal.localcontext(COST_CONTEXT)`), never the caller's context, which a notebook may
+#: have set to 3 digits or to trap `Inexact`. No traps: an impossible operation gives NaN,
+#: checked where it can happen. 100 digits hold any int64 count (19 digits) times any
+#: accepted price (at most 1e6 with 30 decimal places, 37 digits), summed over any trace.
+COST_CONTEXT: Final = Context(
+    prec=100, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX, traps=[], flags=[]
+)
 
 
 @dataclass(frozen=True, slots=True)

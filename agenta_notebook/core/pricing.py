@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from agenta_notebook.core.fields import TOKEN_FIGURES
+from agenta_notebook.core.fields import COST_CONTEXT, TOKEN_FIGURES
 from agenta_notebook.core.usage import Usage, parse_token_count
 
 if TYPE_CHECKING:
@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 CostSource = Literal["reported", "override", "price table", "unpriced"]
 
 _MILLION: Final = Decimal(1_000_000)
+#: Money arithmetic, always in our own context (fields.py), never the caller's.
+_ADD: Final = COST_CONTEXT.add
+_MULTIPLY: Final = COST_CONTEXT.multiply
+
+#: The largest price `set_prices` accepts, in dollars per million tokens.
+MAX_PRICE: Final = Decimal(1_000_000)
+#: The most decimal places a price may have (1e-30 dollars per million tokens).
+MAX_PRICE_PLACES: Final = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +109,13 @@ class UserPrices:
         object.__setattr__(self, "by_model", MappingProxyType(dict(self.by_model)))
 
     def with_price(self, model: str, prices: ModelPrices) -> UserPrices:
-        """These prices with `model`'s set to `prices` (matched in any case)."""
+        """These prices with `model`'s set to `prices` (matched in any case).
+
+        `TypeError` unless `model` is a str, `ValueError` when it is blank."""
+        if not isinstance(model, str):
+            raise TypeError(f"a model name must be a str, not {type(model).__name__}")
+        if not model.strip():
+            raise ValueError("a model name must not be blank")
         by_model = dict(self.by_model)
         by_model[model.strip().lower()] = prices
         return UserPrices(by_model, self.version + 1)
@@ -148,17 +162,40 @@ def parse_prices(
     cache_write: float | int | str | Decimal | None = None,
 ) -> ModelPrices:
     """Prices in dollars per million tokens, checked: `ValueError` unless each is a
-    finite, non-negative number."""
-    prices = ModelPrices(
-        input=_decimal(input),
-        output=_decimal(output),
-        cache_read=None if cache_read is None else _decimal(cache_read),
-        cache_write=None if cache_write is None else _decimal(cache_write),
-    )
-    for value in (prices.input, prices.output, prices.cache_read, prices.cache_write):
-        if value is not None and (not value.is_finite() or value < 0):
-            raise ValueError(f"prices must be finite and non-negative, got {value}")
-    return prices
+    finite, non-negative number of at most `MAX_PRICE` with at most `MAX_PRICE_PLACES`
+    decimal places (so that any int64 count times any price is exact in `COST_CONTEXT`).
+    """
+    checked = [
+        None if value is None else _checked_price(_decimal(value))
+        for value in (input, output, cache_read, cache_write)
+    ]
+    input_price, output_price, read_price, write_price = checked
+    assert input_price is not None and output_price is not None
+    return ModelPrices(input_price, output_price, read_price, write_price)
+
+
+def _checked_price(value: Decimal) -> Decimal:
+    """`value` if it is an acceptable price (a zero as plain 0), else `ValueError`."""
+    if not value.is_finite() or (value.is_signed() and not value.is_zero()):
+        raise ValueError(f"prices must be finite and non-negative, got {_shown(value)}")
+    if value.is_zero():
+        return Decimal(0)
+    if value > MAX_PRICE:
+        raise ValueError(
+            f"a price must be at most ${MAX_PRICE:,} per million tokens, got {_shown(value)}"
+        )
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_PRICE_PLACES:
+        raise ValueError(
+            f"a price may have at most {MAX_PRICE_PLACES} decimal places, got {_shown(value)}"
+        )
+    return value
+
+
+def _shown(value: Decimal) -> str:
+    """`value` for an error message, bounded in size."""
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _override_cost(
@@ -168,13 +205,12 @@ def _override_cost(
     uncached = max(input_tokens - cache_read - cache_write, 0)
     read_rate = prices.input if prices.cache_read is None else prices.cache_read
     write_rate = prices.input if prices.cache_write is None else prices.cache_write
-    total = (
-        uncached * prices.input
-        + cache_read * read_rate
-        + cache_write * write_rate
-        + output_tokens * prices.output
+    add, multiply = COST_CONTEXT.add, COST_CONTEXT.multiply  # never the caller's context
+    total = add(
+        add(multiply(uncached, prices.input), multiply(cache_read, read_rate)),
+        add(multiply(cache_write, write_rate), multiply(output_tokens, prices.output)),
     )
-    return total / _MILLION
+    return COST_CONTEXT.divide(total, _MILLION)
 
 
 def _provider_candidates(provider: str | None) -> list[str | None]:
@@ -198,7 +234,8 @@ def _calc(model_ref: str, provider_id: str | None, **counts: int) -> PriceCalcul
     from genai_prices import Usage as TableUsage
     from genai_prices import calc_price
 
-    return calc_price(TableUsage(**counts), model_ref, provider_id=provider_id)
+    with localcontext(COST_CONTEXT):  # genai-prices computes in the current context
+        return calc_price(TableUsage(**counts), model_ref, provider_id=provider_id)
 
 
 def _matched(calculation: PriceCalculation) -> str:
@@ -265,18 +302,19 @@ def _table_cost(
     )
     # `calc_price` itself rather than `_calc`: this runs for every distinct usage of a
     # tiered model, and genai-prices' own call is the whole cost.
-    calculation = calc_price(usage, model_ref, provider_id=provider_id)
-    return calculation.total_price, _matched(calculation)
+    with localcontext(COST_CONTEXT):  # genai-prices computes in the current context
+        calculation = calc_price(usage, model_ref, provider_id=provider_id)
+        return calculation.total_price, _matched(calculation)
 
 
 def _tidy(cost: Decimal) -> Decimal:
     """`cost` without trailing zeros (0.00350000 -> 0.0035), never in E+ notation."""
-    tidy = cost.normalize()
+    tidy = cost.normalize(COST_CONTEXT)
     if tidy.adjusted() < 1:  # under 10 in size: no E+ (and `as_tuple` costs a microsecond)
         return tidy
     exponent = tidy.as_tuple().exponent
     if isinstance(exponent, int) and exponent > 0:
-        return tidy.quantize(Decimal(1))
+        return tidy.quantize(Decimal(1), context=COST_CONTEXT)
     return tidy
 
 
@@ -305,25 +343,31 @@ class _LinearPrice:
         cache_write: int,
         reasoning: int,
     ) -> Decimal:
-        return _tidy(
-            self.per_call
-            + input_tokens * self.input
-            + cache_read * self.cache_read
-            + cache_write * self.cache_write
-            + output_tokens * self.output
-            + reasoning * self.reasoning
-        )
+        add, multiply = _ADD, _MULTIPLY  # never the caller's context
+        total = self.per_call
+        if input_tokens:
+            total = add(total, multiply(input_tokens, self.input))
+        if cache_read:
+            total = add(total, multiply(cache_read, self.cache_read))
+        if cache_write:
+            total = add(total, multiply(cache_write, self.cache_write))
+        if output_tokens:
+            total = add(total, multiply(output_tokens, self.output))
+        if reasoning:
+            total = add(total, multiply(reasoning, self.reasoning))
+        return _tidy(total)
 
     def per_million(self) -> dict[str, Decimal]:
         """The full rate of each kind of token in dollars per million tokens."""
         million = _MILLION
-        return {
-            "input": _tidy(self.input * million),
-            "cache_read": _tidy((self.input + self.cache_read) * million),
-            "cache_write": _tidy((self.input + self.cache_write) * million),
-            "output": _tidy(self.output * million),
-            "reasoning": _tidy((self.output + self.reasoning) * million),
-        }
+        with localcontext(COST_CONTEXT):
+            return {
+                "input": _tidy(self.input * million),
+                "cache_read": _tidy((self.input + self.cache_read) * million),
+                "cache_write": _tidy((self.input + self.cache_write) * million),
+                "output": _tidy(self.output * million),
+                "reasoning": _tidy((self.output + self.reasoning) * million),
+            }
 
 
 #: The input sizes at which a model's rates are measured: one token, and more than any
@@ -407,16 +451,17 @@ def _linear_price(model_ref: str, provider_id: str | None) -> _LinearPrice | Non
     The rates are those in force when first measured in this process, as every price
     of genai-prices' table is those in force when it is asked.
     """
-    probe = _Probe(model_ref, provider_id)
-    rates = []
-    for kind in range(5):
-        rate = probe.rate(kind, _SMALL)
-        if rate != probe.rate(kind, _LARGE):
-            return None
-        rates.append(rate)
+    with localcontext(COST_CONTEXT):  # measured exactly, whatever the caller's context
+        probe = _Probe(model_ref, provider_id)
+        rates = []
+        for kind in range(5):
+            rate = probe.rate(kind, _SMALL)
+            if rate != probe.rate(kind, _LARGE):
+                return None
+            rates.append(rate)
     input_rate, cache_read, cache_write, output, reasoning = rates
     return _LinearPrice(
-        per_call=probe.per_call.normalize(),
+        per_call=probe.per_call.normalize(COST_CONTEXT),
         input=input_rate,
         cache_read=cache_read,
         cache_write=cache_write,
@@ -559,6 +604,26 @@ def usage_from_any(
     )
 
 
+def _checked_counts(counts: dict[str, Any]) -> dict[str, int | None]:
+    """The counts as ints; `ValueError` for one that is not a token count (rule 7: an
+    int64 at most), never a silent "unpriced"."""
+    checked: dict[str, int | None] = {}
+    for name, value in counts.items():
+        parsed = parse_token_count(value)
+        if value is not None and parsed is None:
+            raise ValueError(f"{name} is not a token count (0 to 2**63 - 1): {_shown_value(value)}")
+        checked[name] = parsed
+    return checked
+
+
+def _shown_value(value: Any) -> str:
+    """`repr(value)` for an error message, bounded (an int past Python's digit limit too)."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def calculate_cost(
     model: str,
     usage: Usage | Mapping[str, Any] | Any,
@@ -570,14 +635,16 @@ def calculate_cost(
 
     `user_prices` win over genai-prices' bundled table. Nothing is fetched from the
     network. When genai-prices fails for another reason than not knowing the model (a
-    bug, see `PricedCost.failure`), its exception is raised: never a silent `None`.
+    bug, see `PricedCost.failure`), its exception is raised: never a silent `None`. A
+    count that is not a token count (negative, not a whole number, past 2**63 - 1) is a
+    `ValueError`.
 
     >>> calculate_cost("gpt-4o", {"prompt_tokens": 1000, "completion_tokens": 100})
     Decimal('0.0035')
     >>> calculate_cost("my-local-llama", {"input_tokens": 10}) is None
     True
     """
-    counts = usage_from_any(usage)
+    counts = _checked_counts(usage_from_any(usage, keep_bad=True))
     priced = price_usage(
         Usage(
             input_tokens=counts["input_tokens"],

@@ -81,10 +81,9 @@ def _exact_cost(cost: Decimal | None) -> Decimal | None:
         return None
     exponent = cost.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -30:
-        try:
-            return cost.quantize(_FINEST_COST, context=COST_CONTEXT)
-        except ArithmeticError:  # over 100 digits at that resolution: keep it as it is
-            return cost
+        exact = cost.quantize(_FINEST_COST, context=COST_CONTEXT)
+        # NaN: over 100 digits at that resolution (COST_CONTEXT traps nothing): keep it
+        return cost if exact.is_nan() else exact
     return cost
 
 
@@ -256,7 +255,8 @@ class TraceTree:
                     unpriced_calls=total.unpriced_calls,
                 )
             )
-        rows.sort(key=lambda row: (-(row.cost or 0), row.model))
+        minus = COST_CONTEXT.minus
+        rows.sort(key=lambda row: (minus(row.cost or 0), row.model))
         return tuple(rows)
 
     def warnings(self) -> tuple[SpanWarning, ...]:
@@ -278,7 +278,9 @@ def _claim_mismatch(usage: Usage, claimed: int, below: Figures) -> str | None:
             if below.unpriced_calls:
                 continue
             summed = summed or Decimal(0)
-            if abs(stated - summed) > _COST_TOLERANCE * max(stated, summed):
+            context = COST_CONTEXT
+            difference = context.abs(context.subtract(stated, summed))
+            if difference > context.multiply(_COST_TOLERANCE, max(stated, summed)):
                 differences.append(f"{figure.label} {stated} vs {summed}")
         elif stated != (summed or 0):
             differences.append(f"{figure.label} {stated} vs {summed if summed is not None else 0}")

@@ -167,7 +167,10 @@ def _as_float(value: numbers.Real) -> float | None:
 def parse_cost(value: Any) -> Decimal | None:
     """A cost in dollars as an exact Decimal; `None` for anything that is not one.
 
-    Floats go through their shortest repr, so 0.0066 stays Decimal("0.0066").
+    Floats go through their shortest repr, so 0.0066 stays Decimal("0.0066"). Nothing
+    here depends on the caller's decimal context: constructing a Decimal is exact, and a
+    malformed string is refused whether that context traps it (InvalidOperation) or not
+    (NaN, not finite).
     """
     if isinstance(value, bool):
         return None

@@ -246,6 +246,8 @@ ANTHROPIC_TRACES_ENV: Final = "ANTHROPIC_OPEN_TELEMETRY"
 
 
 def _library(name: str) -> _Library:
+    if not isinstance(name, str):
+        raise TypeError(f"a library name must be a str, not {type(name).__name__}")
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     try:
@@ -493,6 +495,14 @@ def instrument(
     collector is on, so that traced cells and `trace(...)` see them.
     """
     chosen = _selected(libraries)
+    if tracer_provider is not None:  # checked before anything is instrumented or pending
+        from opentelemetry.trace import TracerProvider as ApiTracerProvider
+
+        if not isinstance(tracer_provider, ApiTracerProvider):
+            raise TypeError(
+                "tracer_provider must be an OpenTelemetry TracerProvider, not "
+                f"{type(tracer_provider).__name__}"
+            )
     with RUNTIME.instruments.lock:
         provider = tracer_provider if tracer_provider is not None else _default_provider()
         outcomes = {library.name: _instrument_one(library, provider) for library in chosen}

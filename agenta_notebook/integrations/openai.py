@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import threading
 import warnings
 import weakref
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from agenta_notebook import forksafe
 from agenta_notebook.errors import internal_error
 from agenta_notebook.runtime import RUNTIME, attach_everywhere, get_collector
 
@@ -94,7 +94,7 @@ class _StreamWatch(SpanProcessor):
 
     def __init__(self) -> None:
         self._streams: dict[int, list[weakref.ref[Any]]] = {}
-        self._lock = threading.Lock()
+        self._lock = forksafe.new_lock()
 
     def watch(self, trace_id: int, stream: Any) -> None:
         try:

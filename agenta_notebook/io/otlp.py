@@ -35,6 +35,7 @@ and the `OTEL_BSP_*` batch settings.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -45,9 +46,10 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from agenta_notebook import forksafe
 from agenta_notebook.collector import Collector, record_from_span
 from agenta_notebook.core.rollup import TraceTree, build_tree
 from agenta_notebook.core.vocabulary import receiver_attributes
@@ -181,17 +183,20 @@ class _WatchedExporter(SpanExporter):
         self._collector = collector
         #: spans sent with the receivers' keys added (see `agenta_notebook.core.vocabulary`)
         self.spans_translated = 0
+        #: spans sent with a value OTLP cannot encode replaced by its text (`_encodable`)
+        self.values_replaced = 0
+        self._replacement_reported = False
         self._held: dict[int, _Held] = {}
         self._held_count = 0
-        self._held_lock = threading.Lock()
+        self._held_lock = forksafe.new_lock()
         #: seconds the last tree of each running trace took to build (see `_tree_of`)
         self._build_seconds: dict[int, float] = {}
         #: the batch queue's size, and how many spans went into it and came out
         self.max_queue_size = DEFAULT_MAX_QUEUE_SIZE
         self._emitted = 0
         self._arrived = 0
-        self._emit_lock = threading.Lock()
-        self._lock = threading.Lock()
+        self._emit_lock = forksafe.new_lock()
+        self._lock = forksafe.new_lock()
         self.spans_sent = 0
         self.spans_failed = 0
         self.spans_dropped = 0
@@ -214,7 +219,7 @@ class _WatchedExporter(SpanExporter):
         _quiet.active = True
         _quiet.first_message = _quiet.last_message = None
         try:
-            result = self._inner.export(self._in_receiver_vocabulary(spans))
+            result = self._inner.export(self._encodable(self._in_receiver_vocabulary(spans)))
             reason = _quiet.reason()
         except Exception as error:  # the exporter's failure is an outage: one warning
             _logger.debug("agenta_notebook: the OTLP exporter raised", exc_info=True)
@@ -326,6 +331,38 @@ class _WatchedExporter(SpanExporter):
             internal_error("adding the receivers' keys to exported spans")
             return spans
 
+    def _encodable(self, spans: Sequence[ReadableSpan]) -> Sequence[ReadableSpan]:
+        """`spans`, with every value OTLP cannot encode (an int past 64 bits) replaced by
+        its text: the exporter would log a traceback and drop the key. One warning."""
+        out: list[ReadableSpan] | None = None
+        for index, span in enumerate(spans):
+            replaced = _unencodable(span.attributes)
+            events = span.events
+            event_values = [_unencodable(event.attributes) for event in events]
+            if not replaced and not any(event_values):
+                continue
+            if out is None:
+                out = list(spans)
+            if any(event_values):
+                events = tuple(
+                    Event(event.name, {**(event.attributes or {}), **fixed}, event.timestamp)
+                    if fixed
+                    else event
+                    for event, fixed in zip(events, event_values, strict=True)
+                )
+            out[index] = _ExportedSpan(span, replaced, events)
+            self.values_replaced += 1
+            if not self._replacement_reported:
+                self._replacement_reported = True
+                key = next(iter(replaced or next(fixed for fixed in event_values if fixed)))
+                _warn(
+                    f"agenta_notebook: span {_shorten(span.name, 80)!r} has a value of "
+                    f"{_shorten(key, 80)!r} that OTLP cannot encode (an integer past 64 bits):"
+                    " exported as text. Traces in the notebook are not affected; this is "
+                    "the only warning of its kind."
+                )
+        return spans if out is None else out
+
     def _tree_of(self, trace_id: int, spans: Sequence[ReadableSpan]) -> TraceTree:
         collector = self._collector
         if collector is None:
@@ -408,14 +445,19 @@ class _ExportedSpan(ReadableSpan):
     A light copy made on the exporter's thread; the span itself is never changed.
     """
 
-    def __init__(self, span: ReadableSpan, extra: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        span: ReadableSpan,
+        extra: Mapping[str, Any],
+        events: Sequence[Event] | None = None,
+    ) -> None:
         super().__init__(
             name=span.name,
             context=span.context,
             parent=span.parent,
             resource=span.resource,
             attributes={**(span.attributes or {}), **extra},
-            events=span.events,
+            events=span.events if events is None else events,
             links=span.links,
             kind=span.kind,
             status=span.status,
@@ -436,6 +478,37 @@ class _ExportedSpan(ReadableSpan):
     @property
     def dropped_links(self) -> int:
         return self._dropped[2]
+
+
+#: OTLP's integers are signed 64-bit.
+_INT64: Final = range(-(2**63), 2**63)
+
+
+def _unencodable(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The attributes OTLP cannot encode (ints past 64 bits, alone or in a sequence),
+    each as the text to send instead; `{}` when there are none (the usual case)."""
+    if not attributes:
+        return {}
+    replaced: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if type(value) is int:
+            if value not in _INT64:
+                replaced[key] = _int_text(value)
+        elif isinstance(value, tuple | list) and any(
+            type(item) is int and item not in _INT64 for item in value
+        ):
+            replaced[key] = tuple(
+                _int_text(item) if type(item) is int and item not in _INT64 else str(item)
+                for item in value
+            )  # an OTLP array holds one type: all as text
+    return replaced
+
+
+def _int_text(value: int) -> str:
+    """An integer as text, bounded (Python cannot print one past 4,300 digits)."""
+    if value.bit_length() > 1000:
+        return f"(an integer of {value.bit_length()} bits)"
+    return str(value)
 
 
 def _warn(message: str) -> None:
@@ -488,6 +561,11 @@ class OtlpExport:
     def spans_translated(self) -> int:
         """Spans handed to the exporter with receivers' keys added (kind, model, usage)."""
         return self._exporter.spans_translated
+
+    @property
+    def values_replaced(self) -> int:
+        """Spans sent with a value OTLP cannot encode (an int past 64 bits) as text."""
+        return self._exporter.values_replaced
 
     @property
     def failing(self) -> bool:
@@ -658,6 +736,18 @@ def export_to(
             "OTLP export needs the OTLP HTTP exporter: pip install 'agenta-notebook[otlp]'"
         ) from error
 
+    _check_export_settings(endpoint, headers, timeout, schedule_delay_millis)
+    for name, size in (
+        ("max_export_batch_size", max_export_batch_size),
+        ("max_queue_size", max_queue_size),
+    ):
+        _check_positive(name, size, integer=True)
+    if (
+        max_export_batch_size is not None
+        and max_queue_size is not None
+        and max_export_batch_size > max_queue_size
+    ):
+        raise ValueError("max_export_batch_size must not exceed max_queue_size")
     url = resolve_endpoint(endpoint)
     _install_log_filter()
     inner = OTLPSpanExporter(endpoint=url, headers=dict(headers or {}), timeout=timeout)
@@ -686,6 +776,37 @@ def export_to(
             target=previous.stop, name="agenta_notebook OTLP stop", daemon=True
         ).start()
     return export
+
+
+def _check_export_settings(
+    endpoint: object, headers: object, timeout: object, schedule_delay_millis: object
+) -> None:
+    """Refuse bad `export_to` arguments before anything is made or stored."""
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise TypeError(f"endpoint must be a str or None, not {type(endpoint).__name__}")
+    if headers is not None:
+        if not isinstance(headers, Mapping):
+            raise TypeError(f"headers must be a mapping, not {type(headers).__name__}")
+        for key, value in headers.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError("headers must map str to str")
+    _check_positive("timeout", timeout, integer=False)
+    _check_positive("schedule_delay_millis", schedule_delay_millis, integer=False)
+
+
+def _check_positive(name: str, value: object, *, integer: bool) -> None:
+    """Raise unless `value` is None or a positive finite number (an int if `integer`)."""
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (integer and not isinstance(value, int))
+    ):
+        wanted = "an int" if integer else "a number"
+        raise TypeError(f"{name} must be {wanted} or None, not {type(value).__name__}")
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        raise ValueError(f"{name} must be positive and finite, not {value!r}")
 
 
 def _queue_size_from_environment() -> int:

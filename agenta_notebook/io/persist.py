@@ -36,6 +36,16 @@ Decisions where OTLP is silent:
 - Without our scope attributes (a file from another tool), the root is the span marked
   `agenta_notebook.root`, else the single span without a parent, else none (the tree
   then gets a synthetic root); the name is the root's name, else "trace".
+- Ids are strict: a span id is exactly 16 hex digits, a trace id 32 (or, as plain
+  protobuf JSON writes them, the same bytes in base64), and never all zero (OTLP's
+  invalid id, and the id of a synthetic root). An all-zero parent span id is kept: it
+  names no span, so that span hangs under the root, marked detached.
+- Reading is bounded: the document (after gzip, if the file is compressed) may hold at
+  most `max_bytes` bytes (default `DEFAULT_MAX_BYTES`, 2 GiB, about twice a saved 1M-span
+  trace; the environment variable `AGENTA_NOTEBOOK_MAX_LOAD_BYTES` changes the default).
+  A bigger document is refused while it streams in, before it is held in memory.
+- `save` writes through a symbolic link to its target (the link stays), and a new file
+  gets the mode `open()` would give it (0o666 less the umask); an existing one keeps its.
 - Nothing is half loaded: the whole file is parsed and checked before any `Trace` is
   made, and any problem raises `TraceFileError` (a `ValueError`) naming the file, the
   line and the field.
@@ -50,7 +60,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -81,6 +91,14 @@ _CODE_TO_STATUS: Final[dict[int, StatusCode]] = {0: "UNSET", 1: "OK", 2: "ERROR"
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_HEX_ID: Final = {8: re.compile("[0-9a-fA-F]{16}"), 16: re.compile("[0-9a-fA-F]{32}")}
+
+#: The largest document `load` reads unless told otherwise (bytes, after gzip).
+DEFAULT_MAX_BYTES: Final = 2 * 1024**3
+#: The environment variable that changes that default.
+MAX_BYTES_ENV: Final = "AGENTA_NOTEBOOK_MAX_LOAD_BYTES"
+_CHUNK: Final = 1 << 20
+_KEEP: Final = 16 << 20  # a gzip document bigger than this is measured before it is kept
 
 
 class TraceFileError(ValueError):
@@ -263,18 +281,21 @@ def save_trace(trace: Trace, path: str | os.PathLike[str]) -> None:
         trace_to_otlp(trace), ensure_ascii=False, allow_nan=False, separators=(",", ":")
     )
     target = Path(path).expanduser()
+    if target.is_symlink():
+        # Write what the link points to, and keep the link (replacing it would leave
+        # its target with the old content).
+        target = Path(os.path.realpath(target))
     try:
-        mode = target.stat().st_mode & 0o777
+        mode: int | None = target.stat().st_mode & 0o777
     except OSError:
-        mode = 0o644  # mkstemp's own 0600 would hide a file meant to be shared
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-    )
+        mode = None  # a new file: the mode open() gives it, 0o666 less the umask
+    descriptor, temporary = _create_temporary(target)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as file:
             file.write(text)
             file.write("\n")
-        os.chmod(temporary, mode)
+        if mode is not None:
+            os.chmod(temporary, mode)
         os.replace(temporary, target)
     except BaseException:
         try:
@@ -282,6 +303,18 @@ def save_trace(trace: Trace, path: str | os.PathLike[str]) -> None:
         except OSError:
             pass
         raise
+
+
+def _create_temporary(target: Path) -> tuple[int, str]:
+    """A new file next to `target`, created as `open()` would (mode 0o666 less the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        temporary = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{target}: could not create a temporary file next to it")
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,7 +354,9 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _parse_id(value: Any, size: int, where: str, *, optional: bool = False) -> int | None:
+def _parse_id(
+    value: Any, size: int, where: str, owner: str = "", *, optional: bool = False
+) -> int | None:
     if value is None or value == "":
         if optional:
             return None
@@ -329,18 +364,26 @@ def _parse_id(value: Any, size: int, where: str, *, optional: bool = False) -> i
     if not isinstance(value, str):
         raise _Problem(where, f"expected an id string, found {_describe(value)}")
     if len(value) == size * 2:
+        # Exactly the hex digits: int() alone would also take "-...", "0x..." and "_".
+        if not _HEX_ID[size].fullmatch(value):
+            raise _Problem(
+                where, f"expected {size * 2} hex digits, found {_describe(value)}{owner}"
+            )
+        number = int(value, 16)
+    else:
+        # Plain protobuf JSON (not OTLP JSON) writes bytes in base64: accept that too.
         try:
-            return int(value, 16)
-        except ValueError:
-            pass
-    # Plain protobuf JSON (not OTLP JSON) writes bytes in base64: accept that too.
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) == size:
-        return int.from_bytes(raw, "big")
-    raise _Problem(where, f"not a {size}-byte id in hex: {_describe(value)}")
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != size:
+            raise _Problem(
+                where, f"expected {size * 2} hex digits, found {_describe(value)}{owner}"
+            )
+        number = int.from_bytes(raw, "big")
+    if number == 0 and not optional:  # a parent of 0 is kept: a missing parent (detached)
+        raise _Problem(where, f"all zero, which is not a valid id: {_describe(value)}{owner}")
+    return number
 
 
 def _parse_uint(value: Any, where: str, *, default: int | None = None) -> int:
@@ -437,12 +480,17 @@ def _decode_span(
     span: Any, where: str, resource: Mapping[str, Any], scope: str | None
 ) -> SpanRecord:
     obj = _object(span, where)
-    trace_id = _parse_id(_field(obj, "traceId", "trace_id"), 16, f"{where}.traceId")
-    span_id = _parse_id(_field(obj, "spanId", "span_id"), 8, f"{where}.spanId")
-    parent = _parse_id(
-        _field(obj, "parentSpanId", "parent_span_id"), 8, f"{where}.parentSpanId", optional=True
-    )
     name = obj.get("name", "")
+    owner = f" (span {_describe(name)})" if isinstance(name, str) else ""
+    trace_id = _parse_id(_field(obj, "traceId", "trace_id"), 16, f"{where}.traceId", owner)
+    span_id = _parse_id(_field(obj, "spanId", "span_id"), 8, f"{where}.spanId", owner)
+    parent = _parse_id(
+        _field(obj, "parentSpanId", "parent_span_id"),
+        8,
+        f"{where}.parentSpanId",
+        owner,
+        optional=True,
+    )
     if not isinstance(name, str):
         raise _Problem(f"{where}.name", f"expected a string, found {_describe(name)}")
     start = _parse_uint(
@@ -622,11 +670,67 @@ def _requests_in(text: str) -> Iterable[tuple[str, Any]]:
     return [("file", document)]
 
 
-def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
+def _max_bytes(max_bytes: int | None) -> int:
+    """The cap on a document's size: `max_bytes`, else the environment's, else the default."""
+    if max_bytes is None:
+        setting = os.environ.get(MAX_BYTES_ENV, "").strip()
+        if not setting:
+            return DEFAULT_MAX_BYTES
         try:
-            raw = gzip.decompress(raw)
+            max_bytes = int(setting)
+        except ValueError:
+            raise ValueError(
+                f"{MAX_BYTES_ENV}={setting!r}: expected a whole number of bytes"
+            ) from None
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise TypeError(f"max_bytes must be an int (bytes), not {type(max_bytes).__name__}")
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, not {max_bytes}")
+    return max_bytes
+
+
+def _too_big(path: Path, limit: int, what: str) -> TraceFileError:
+    return TraceFileError(
+        f"{path}: {what} is larger than the limit of {limit:,} bytes; to load it, pass a "
+        f"larger max_bytes= to load()/load_all() or set {MAX_BYTES_ENV}"
+    )
+
+
+def _inflate(path: Path, limit: int) -> bytes:
+    """The gzip file at `path` decompressed, refused as soon as it passes `limit` bytes."""
+    with path.open("rb") as file, gzip.GzipFile(fileobj=file, mode="rb") as stream:
+        kept = stream.read(min(limit, _KEEP) + 1)
+        if len(kept) <= min(limit, _KEEP):
+            return kept
+        # Big: measure the rest without keeping it, then read it again, bounded.
+        size = len(kept)
+        del kept
+        while chunk := stream.read(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise _too_big(path, limit, "the document, decompressed,")
+        if size > limit:
+            raise _too_big(path, limit, "the document, decompressed,")
+        stream.seek(0)
+        raw = stream.read(limit + 1)
+    if len(raw) > limit:  # the file grew in between
+        raise _too_big(path, limit, "the document, decompressed,")
+    return raw
+
+
+def _read_text(path: Path, limit: int) -> str:
+    with path.open("rb") as file:
+        compressed = file.read(2) == b"\x1f\x8b"
+        if not compressed:
+            if os.fstat(file.fileno()).st_size > limit:
+                raise _too_big(path, limit, "the document")
+            file.seek(0)
+            raw = file.read(limit + 1)
+            if len(raw) > limit:
+                raise _too_big(path, limit, "the document")
+    if compressed:
+        try:
+            raw = _inflate(path, limit)
         except (OSError, EOFError, zlib.error) as error:
             raise TraceFileError(f"{path}: gzip data is damaged or truncated ({error})") from None
     try:
@@ -635,9 +739,10 @@ def _read_text(path: Path) -> str:
         raise TraceFileError(f"{path}: not UTF-8 text ({error})") from None
 
 
-def _parse_file(path: str | os.PathLike[str]) -> list[_TraceParts]:
+def _parse_file(path: str | os.PathLike[str], max_bytes: int | None) -> list[_TraceParts]:
+    limit = _max_bytes(max_bytes)
     file = Path(path).expanduser()
-    text = _read_text(file)
+    text = _read_text(file, limit)
     traces: dict[int, _TraceParts] = {}
     try:
         for where, request in _requests_in(text):
@@ -672,20 +777,28 @@ def _build(parts: _TraceParts) -> Trace:
     return trace
 
 
-def load_all(path: str | os.PathLike[str]) -> list[Trace]:
+def load_all(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> list[Trace]:
     """Every trace in an OTLP JSON file, in order of first appearance.
 
-    Raises `TraceFileError` (a `ValueError`) if the file is not valid OTLP JSON traces;
+    Raises `TraceFileError` (a `ValueError`) if the file is not valid OTLP JSON traces,
+    or if its document (decompressed) is bigger than `max_bytes` (see `load`);
     nothing is returned half-loaded.
     """
-    return [_build(parts) for parts in _parse_file(path)]
+    return [_build(parts) for parts in _parse_file(path, max_bytes)]
 
 
-def load(path: str | os.PathLike[str], trace_id: int | str | None = None) -> Trace:
+def load(
+    path: str | os.PathLike[str],
+    trace_id: int | str | None = None,
+    *,
+    max_bytes: int | None = None,
+) -> Trace:
     """Load a trace saved with `Trace.save` (or any OTLP JSON traces file).
 
     With several traces in the file, returns the first one, or the one with
-    `trace_id` (an int or 32 hex digits); see `load_all` for all of them.
+    `trace_id` (an int or 32 hex digits); see `load_all` for all of them. A document
+    (after gzip) bigger than `max_bytes` is refused with `TraceFileError` while it is
+    read; the default is `AGENTA_NOTEBOOK_MAX_LOAD_BYTES` if set, else 2 GiB.
 
     >>> import agenta_notebook as an, tempfile, os
     >>> with an.trace("saved") as t, an.span("call", type="llm"):
@@ -695,7 +808,7 @@ def load(path: str | os.PathLike[str], trace_id: int | str | None = None) -> Tra
     >>> an.load(path).totals.total_tokens
     15
     """
-    traces = _parse_file(path)
+    traces = _parse_file(path, max_bytes)
     if trace_id is None:
         return _build(traces[0])
     wanted = int(trace_id, 16) if isinstance(trace_id, str) else trace_id

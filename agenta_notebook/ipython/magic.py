@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import builtins
 import contextlib
 import keyword
 import re
@@ -71,6 +72,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
+from agenta_notebook import forksafe
 from agenta_notebook.collector import fail_span
 from agenta_notebook.core.usage import shorten
 from agenta_notebook.errors import internal_error
@@ -98,6 +100,24 @@ _NAME_LENGTH: Final = 80
 _RUN_CODE: Final = InteractiveShell.run_code.__code__
 #: How IPython's own transformer spells a cell magic that is left in the cell.
 _MAGIC_CALL: Final = f"get_ipython().run_cell_magic({MAGIC_NAME!r}"
+
+#: Variables IPython keeps in the user's namespace: `-o` must not replace them.
+_IPYTHON_NAMES: Final = frozenset(
+    {"_", "__", "___", "_i", "_ii", "_iii", "_oh", "_ih", "_dh", "_sh", "In", "Out"}
+    | {"get_ipython", "exit", "quit"}
+)
+#: ... and the numbered ones: `_5` (output 5), `_i5` (input 5).
+_IPYTHON_NUMBERED: Final = re.compile(r"_i?\d+")
+
+
+def _shadows_a_reserved_name(name: str) -> bool:
+    """True when `name` is a builtin, a dunder name or a variable of IPython's own."""
+    return (
+        name in _IPYTHON_NAMES
+        or hasattr(builtins, name)
+        or (name.startswith("__") and name.endswith("__"))
+        or _IPYTHON_NUMBERED.fullmatch(name) is not None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +200,20 @@ class SaveWorker:
     """
 
     def __init__(self) -> None:
-        self._changed = threading.Condition(threading.Lock())
+        self._changed = threading.Condition(forksafe.new_lock())
         self._ready: deque[CellRun] = deque()
         self._expected = 0
         self._thread: threading.Thread | None = None
         self._waited_at_exit = False
+        forksafe.register(self.after_fork)
+
+    def after_fork(self) -> None:
+        """In a forked child the worker thread does not exist, nor do the parent's
+        cells: nothing to write (their traces are dropped), a new thread when needed."""
+        self._changed = threading.Condition(forksafe.new_lock())
+        self._ready = deque()
+        self._expected = 0
+        self._thread = None
 
     def expect(self) -> None:
         """A cell ended with spans still running: its save will be signalled later.
@@ -264,7 +293,7 @@ class CellRun:
         self.shell = shell
         self.options = options
         self._saver = saver
-        self._lock = threading.Lock()
+        self._lock = forksafe.new_lock()
         self._save_claimed = False
         self._ended = False
         self._display: display.TraceDisplay | None = None
@@ -298,14 +327,20 @@ class CellRun:
             set_last_trace(self.trace)
             if self.options.output:
                 self.shell.user_ns[self.options.output] = self.trace
-        shown = self._display
-        if shown is not None:
-            try:
-                shown.finish()
-            except Exception:  # the trace is recorded and returned all the same
-                internal_error("settling the view of a cell's trace")
-        if self.options.save is not None:
-            self._save_when_complete()
+        try:
+            shown = self._display
+            if shown is not None:
+                try:
+                    shown.finish()
+                except Exception:  # the trace is recorded and returned all the same
+                    internal_error("settling the view of a cell's trace")
+            if self.options.save is not None:
+                self._save_when_complete()
+        except KeyboardInterrupt:
+            # Ctrl-C while a big trace is being settled or written: the save is not
+            # skipped, it is handed to the worker, and the user is told so.
+            if self.options.save is not None:
+                self._save_later(f"interrupted; the trace will be saved to {self.options.save}")
 
     # -- --save: here if the trace is complete, else by the worker once it is ------------
     def _claim_save(self) -> bool:
@@ -327,6 +362,26 @@ class CellRun:
             self.trace.remove_listener(self._on_late_span)
             self._saver.withdraw()
             self.save_now()
+            return
+        running = len(self.trace.open_spans())
+        _tell_user(
+            f"{running} span(s) of this cell are still running; the trace will be saved "
+            f"to {self.options.save} when they end"
+        )
+
+    def _save_later(self, why: str) -> None:
+        """The save could not finish on the kernel's thread (an interrupt): the worker
+        writes it, now if the trace is complete, else when its last span ends. The file
+        is replaced atomically, so a write cut short left no half file behind."""
+        self.trace.remove_listener(self._on_late_span)
+        with self._lock:
+            self._save_claimed = False
+        self._saver.expect()
+        self.trace.add_listener(self._on_late_span)
+        if self._claim_save():
+            self.trace.remove_listener(self._on_late_span)
+            self._saver.signal(self)
+        _tell_user(why + " in the background")
 
     def _on_late_span(self, trace: Trace) -> None:
         # Inside `on_end`, on the thread that ended a span: no tree, no I/O, only a signal.
@@ -387,6 +442,11 @@ class TraceMagics(Magics):
         output = _unquote(args.output)
         if output is not None and (not output.isidentifier() or keyword.iskeyword(output)):
             raise UsageError(f"%%{MAGIC_NAME}: -o needs a variable name, not {output!r}")
+        if output is not None and _shadows_a_reserved_name(output):
+            raise UsageError(
+                f"%%{MAGIC_NAME}: -o {output} would replace a Python builtin or a variable "
+                "of IPython's own; choose another name"
+            )
         return CellOptions(
             name=_unquote(args.name),
             output=output,

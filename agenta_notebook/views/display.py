@@ -8,7 +8,8 @@ bundle carries the widget view, its static `text/html` twin (for GitHub and nbco
 and a short deterministic `text/plain` summary (for nbval).
 
 Views of a trace that the collector drops (retention) are closed, so a long session does
-not pile up widget models.
+not pile up widget models; of traces it never kept (`an.load`), only the newest
+`MAX_UNKEPT_VIEWS` (runtime) stay open. A closed view's output shows its static HTML.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 import time
 from typing import Any, Final
 
+from agenta_notebook import forksafe
 from agenta_notebook.errors import internal_error
 from agenta_notebook.live import Trace
 from agenta_notebook.runtime import RUNTIME
@@ -36,8 +38,13 @@ def _in_kernel() -> bool:
 
 # The open views are the runtime's (`RUNTIME.views`): it closes those of a trace the
 # collector drops, and redraws them all when the user's prices change (rule 15).
-def _register(trace: Trace, view: TraceDisplay) -> None:
-    RUNTIME.views.register(trace, view)
+# Views of a trace the collector does not keep (`an.load`) are bounded in number instead.
+def _register(trace: Trace, view: TraceDisplay) -> bool:
+    """Register `view`; True when the collector keeps `trace`."""
+    collector = RUNTIME.tracing.collector
+    kept = collector is not None and collector.find(trace.trace_id) is trace
+    RUNTIME.views.register(trace, view, kept=kept)
+    return kept
 
 
 def _unregister(trace: Trace, view: TraceDisplay) -> None:
@@ -67,7 +74,7 @@ class TraceDisplay:
         self.trace = trace
         self.view: Any = None
         self._handle: Any = None
-        self._lock = threading.Lock()
+        self._lock = forksafe.new_lock()
         self._timer: threading.Timer | None = None
         # The first live redraw waits a little: a cell that ends quickly is drawn twice
         # only (shown, then settled), not again in between from a timer thread.
@@ -79,13 +86,15 @@ class TraceDisplay:
         self._closed = False
         self.redraws = 0
         self._shown: dict[str, Any] | None = None
+        #: whether the collector keeps the trace (else the view may be closed for newer ones)
+        self._kept = True
         if widget is None:
             widget = _in_kernel()
         if widget:
             from agenta_notebook.views.widget import TraceView
 
             self.view = TraceView(trace)
-            _register(trace, self)
+            self._kept = _register(trace, self)
         trace.add_listener(self._on_span)
 
     # -- output -------------------------------------------------------------------------
@@ -175,6 +184,12 @@ class TraceDisplay:
         if self.view is not None:
             self.view.close()
             _unregister(self.trace, self)
+            if self._handle is not None and not self._kept:
+                # Closed for newer views: the output keeps its static renderings.
+                try:
+                    self._handle.update(self.bundle(), raw=True)
+                except Exception:
+                    internal_error("showing a closed trace view as static HTML")
 
     @property
     def closed(self) -> bool:

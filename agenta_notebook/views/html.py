@@ -19,13 +19,14 @@ True
 from __future__ import annotations
 
 import html as _html
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from types import MappingProxyType
 from typing import Any, Final
 
-from agenta_notebook.core.fields import FIGURE, FIGURES, Figure, Kind
+from agenta_notebook.core.fields import COST_CONTEXT, FIGURE, FIGURES, Figure, Kind
 from agenta_notebook.core.rollup import Figures, ModelBreakdown, SpanEvent, SpanNode, TraceSummary
 from agenta_notebook.core.usage import shorten
 from agenta_notebook.live import Trace
@@ -45,12 +46,46 @@ STATIC_MAX_BYTES: Final = 700_000
 STATIC_OPEN_BUDGET: Final = 60
 
 
-def escape(value: object, limit: int | None = MAX_LABEL) -> str:
-    """`value` as text that HTML shows verbatim, cut to `limit` characters."""
-    text = value if isinstance(value, str) else str(value)
+#: Longest `text/plain` summary, whatever the names in it.
+MAX_TEXT: Final = 4_000
+
+#: What no output shows raw: control characters (C0 but tab and newline, DEL, C1), bidi
+#: embeddings, overrides and isolates, and surrogates (a lone one cannot be encoded as
+#: UTF-8, so the message carrying it would fail to send).
+_UNSAFE: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+#: ... and, on one line (labels, tooltips, `text/plain` names), tab and newline too.
+_UNSAFE_LINE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(value: object, limit: int | None = MAX_LABEL, *, one_line: bool = True) -> str:
+    """`value` as text any output can carry and show as it is: at most `limit` characters,
+    and every control character, bidi override or surrogate written as its escape
+    (`\\x1b`, `\\u202e`, `\\ud800`). Every string from a span goes through it, in every
+    output (`text/plain`, HTML via `escape`, widget labels and tooltips).
+
+    >>> safe_text("a\\x1b[2J\\u202eb\\ud800"), safe_text("x" * 9, 5), safe_text("a\\nb")
+    ('a\\\\x1b[2J\\\\u202eb\\\\ud800', 'xxxx…', 'a\\\\x0ab')
+    """
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # a value whose str() fails still shows as something
+        text = f"<{type(value).__name__}>"
     if limit is not None:
         text = shorten(text, limit)
-    return _html.escape(text, quote=True)
+    text = (_UNSAFE_LINE if one_line else _UNSAFE).sub(_escaped, text)
+    if limit is not None:
+        text = shorten(text, limit)
+    return text
+
+
+def escape(value: object, limit: int | None = MAX_LABEL) -> str:
+    """`value` as text that HTML shows verbatim (`safe_text`), cut to `limit` characters."""
+    return _html.escape(safe_text(value, limit, one_line=False), quote=True)
 
 
 # -- numbers -------------------------------------------------------------------------------
@@ -68,6 +103,11 @@ def format_cost(cost: Decimal | None) -> str:
     """
     if cost is None:
         return "—"
+    with localcontext(COST_CONTEXT):  # never the notebook's decimal context
+        return _format_cost(cost)
+
+
+def _format_cost(cost: Decimal) -> str:
     if cost == 0:
         return "$0"
     sign = "-" if cost < 0 else ""
@@ -259,9 +299,9 @@ def column_heads_html() -> str:
 
 
 def label(node: SpanNode) -> str:
-    """Name and type as plain text (callers escape it)."""
-    name = shorten(node.name, MAX_LABEL)
-    return f"{name} · {node.type}" if node.type else name
+    """Name and type as plain text (`safe_text`: HTML callers still escape it)."""
+    name = safe_text(node.name)
+    return f"{name} · {safe_text(node.type)}" if node.type else name
 
 
 def row_figures_html(node: SpanNode) -> str:
@@ -561,12 +601,17 @@ def static_html(
 # -- text/plain ----------------------------------------------------------------------------
 
 
+def _quoted(name: str) -> str:
+    """The trace's name as `repr` quotes it (what the summary always showed), made safe."""
+    return repr(safe_text(name))
+
+
 def text_summary(trace: Trace, max_models: int = 8) -> str:
     """A short deterministic summary: no ids, no times, so notebook tests can compare it."""
     summary = trace.summary()
     totals = summary.totals
     parts = [
-        f"Trace {summary.name!r}: {_plural(summary.spans, 'span')}",
+        f"Trace {_quoted(summary.name)}: {_plural(summary.spans, 'span')}",
         _plural(totals.model_calls, "model call"),
     ]
     if totals.total_tokens is None:
@@ -586,10 +631,10 @@ def text_summary(trace: Trace, max_models: int = 8) -> str:
     lines = [" · ".join(parts)]
     for row in summary.by_model[:max_models]:
         lines.append(
-            f"  {row.model}: {_plural(row.calls, 'call')}, "
+            f"  {safe_text(row.model)}: {_plural(row.calls, 'call')}, "
             f"{format_tokens(row.total_tokens)} tokens, "
             f"{format_money(row.cost, row.unpriced_calls)}"
         )
     if len(summary.by_model) > max_models:
         lines.append(f"  … {len(summary.by_model) - max_models:,} more models")
-    return "\n".join(lines)
+    return shorten("\n".join(lines), MAX_TEXT)

@@ -23,7 +23,6 @@ ipywidgets' `HTML` inserts its value as raw markup.
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -31,6 +30,7 @@ from typing import Any, Final, Literal
 import ipywidgets as widgets
 from ipywidgets.widgets.widget_string import HTMLStyle
 
+from agenta_notebook import forksafe
 from agenta_notebook.core.rollup import SpanNode, TraceTree
 from agenta_notebook.errors import internal_error
 from agenta_notebook.live import Trace
@@ -43,6 +43,7 @@ from agenta_notebook.views.html import (
     label,
     open_depth,
     row_figures_html,
+    safe_text,
 )
 
 SortKey = Literal["start", "cost", "duration"]
@@ -440,7 +441,7 @@ class TraceView:
         max_rows: int = MAX_ROWS,
     ) -> None:
         self.trace = trace
-        self._lock = threading.RLock()
+        self._lock = forksafe.new_rlock()
         self._closed = False
         self._created: dict[int, Any] = {}
         self._segments: list[_Segment] = []
@@ -583,7 +584,7 @@ class TraceView:
     def _make_controls(self) -> Any:
         state = self.state
         self._types = state.types()
-        type_options = [("all types", "")] + [(t, t) for t in self._types]
+        type_options = [("all types", "")] + [(safe_text(t), t) for t in self._types]
         made: dict[str, Any] = {
             "sort": widgets.Dropdown(
                 options=[("start time", "start"), ("cost", "cost"), ("duration", "duration")],
@@ -669,7 +670,7 @@ class TraceView:
         self._syncing_controls = True
         try:
             with type_control.hold_sync():
-                type_control.options = [("all types", "")] + [(t, t) for t in types]
+                type_control.options = [("all types", "")] + [(safe_text(t), t) for t in types]
                 type_control.value = current if current in types else ""
         finally:
             self._syncing_controls = False
@@ -804,7 +805,7 @@ class TraceView:
                 hint = "details, and collapse" if row.expanded else "details and expand"
             else:
                 hint = "details"
-            tooltips.append(f"{node.name[:500]}\n(click: {hint}; again: close)")
+            tooltips.append(f"{safe_text(node.name, 500)}\n(click: {hint}; again: close)")
             lines.append(f'<div class="agn-line">{row_figures_html(node)}</div>')
         if selected and lines:
             lines[-1] = lines[-1].replace('"agn-line"', '"agn-line agn-selected"', 1)
