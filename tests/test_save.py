@@ -248,3 +248,33 @@ def test_an_interrupted_save_says_so_and_is_finished_in_the_background(
     assert interrupted.calls == [threading.current_thread().name, "agenta_notebook-save"]
     assert sorted(node.name for node in load(path).nodes) == ["cell", "step"]
     assert saver_threads() == []
+
+
+def test_an_interrupt_after_the_worker_was_told_counts_the_save_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ctrl-C lands just after the worker was told to expect this cell (while the "still
+    # running" line is printed): the save is handed over again, but counted once, so the
+    # worker writes it and leaves instead of waiting for a second save that never comes.
+    from agenta_notebook.ipython import magic
+
+    real_tell = magic._tell_user
+    told: list[str] = []
+
+    def interrupted_once(message: str) -> None:
+        told.append(message)
+        if len(told) == 1:
+            raise KeyboardInterrupt
+        real_tell(message)
+
+    monkeypatch.setattr(magic, "_tell_user", interrupted_once)
+    path = tmp_path / "once.json"
+    saver = SaveWorker()
+    run = new_run(path, saver)
+    late = start_late_span(run)
+    run.end(None)
+    assert "still running" in told[0] and "interrupted" in told[1]
+    end_on_a_thread(late)
+    assert saver.wait(10.0), "the worker waits for a save counted twice"
+    assert sorted(node.name for node in load(path).nodes) == ["cell", "late"]
+    assert saver_threads() == []

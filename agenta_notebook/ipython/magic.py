@@ -295,6 +295,8 @@ class CellRun:
         self._saver = saver
         self._lock = forksafe.new_lock()
         self._save_claimed = False
+        #: the save worker counts on this run (`SaveWorker.expect`), once at most
+        self._worker_expects = False
         self._ended = False
         self._display: display.TraceDisplay | None = None
         self.root, self.trace = start_root(name, attributes)
@@ -356,11 +358,12 @@ class CellRun:
         if self._claim_save():
             self.save_now()
             return
-        self._saver.expect()
+        self._expect_worker()
         self.trace.add_listener(self._on_late_span)
         if self._claim_save():  # the last span ended before the listener was there
             self.trace.remove_listener(self._on_late_span)
             self._saver.withdraw()
+            self._worker_expects = False
             self.save_now()
             return
         running = len(self.trace.open_spans())
@@ -376,12 +379,19 @@ class CellRun:
         self.trace.remove_listener(self._on_late_span)
         with self._lock:
             self._save_claimed = False
-        self._saver.expect()
+        self._expect_worker()
         self.trace.add_listener(self._on_late_span)
         if self._claim_save():
             self.trace.remove_listener(self._on_late_span)
             self._saver.signal(self)
         _tell_user(why + " in the background")
+
+    def _expect_worker(self) -> None:
+        # Once per run: an interrupt after the worker was told to expect this run must
+        # not count it twice (the worker would then wait for a save that never comes).
+        if not self._worker_expects:
+            self._worker_expects = True
+            self._saver.expect()
 
     def _on_late_span(self, trace: Trace) -> None:
         # Inside `on_end`, on the thread that ended a span: no tree, no I/O, only a signal.
