@@ -52,11 +52,10 @@ from agenta_notebook.core.usage import Usage, figure_attributes, read_usage, usa
 from agenta_notebook.core.vocabulary import USAGE_KEYS, receiver_attributes
 from agenta_notebook.io.frame import COLUMNS, figure_columns
 from agenta_notebook.live import Trace
+from agenta_notebook.views.details import details_html, figures_table_html
 from agenta_notebook.views.html import (
     ROW_FIGURES,
     column_heads_html,
-    details_html,
-    figures_table_html,
     markers,
     row_figures_html,
     static_html,

@@ -11,9 +11,9 @@ from conftest import RecordFactory
 
 from agenta_notebook.core.rollup import SpanEvent, SpanRecord
 from agenta_notebook.live import Trace
+from agenta_notebook.views.details import details_html
 from agenta_notebook.views.html import (
     STATIC_MAX_NODES,
-    details_html,
     format_cost,
     format_money,
     format_tokens,

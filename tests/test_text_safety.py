@@ -19,8 +19,9 @@ from live_kernel import Kernel, new_client
 
 from agenta_notebook.core.rollup import SpanRecord
 from agenta_notebook.live import Trace
+from agenta_notebook.views.details import details_html
 from agenta_notebook.views.display import static_bundle
-from agenta_notebook.views.html import MAX_TEXT, details_html, safe_text, text_summary
+from agenta_notebook.views.html import MAX_TEXT, safe_text, text_summary
 from agenta_notebook.views.widget import TraceView
 
 HOSTILE = {

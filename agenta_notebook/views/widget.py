@@ -2,9 +2,10 @@
 
 Two layers:
 
-- `TreeState` (`views/state.py`) is the pure model of what the tree shows: which spans are expanded, how
-  many children of each are paged in, the sort, the filters, the selected span. It turns
-  a `TraceTree` into the list of visible `Row`s and knows nothing of widgets.
+- `TreeState` (`views/state.py`) is the pure model of what the tree shows: which spans
+  are expanded, how many children of each are paged in, the sort, the filters, the
+  selected span. It turns a `TraceTree` into the list of visible `Row`s and knows
+  nothing of widgets.
 - `TraceView` draws those rows with a constant number of widgets, whatever the size of
   the trace: a run of rows is one `ToggleButtons` (a button per row: indentation,
   ▸/▾, name and type) beside one `HTML` (a line of figures per row, 24 px each, so
@@ -34,9 +35,9 @@ from agenta_notebook.core.rollup import SpanNode, TraceTree
 from agenta_notebook.errors import internal_error
 from agenta_notebook.live import Trace
 from agenta_notebook.runtime import RUNTIME
+from agenta_notebook.views.details import details_html
 from agenta_notebook.views.html import (
     column_heads_html,
-    details_html,
     escape,
     header_html,
     label,
