@@ -12,6 +12,8 @@ from agenta_notebook.core.rollup import SpanNode, TraceTree
 from agenta_notebook.views.html import open_depth
 
 SortKey = Literal["start", "cost", "duration"]
+#: What a row's waterfall bar is drawn against: the whole trace, or the row's parent.
+WaterfallScope = Literal["trace", "parent"]
 SORT_KEYS: Final[tuple[SortKey, ...]] = ("start", "cost", "duration")
 
 #: Children of one node shown per page ("show 100 more").
@@ -75,6 +77,8 @@ class TreeState:
         self.model_calls_only = False
         self.errors_only = False
         self.selected: int | None = None
+        #: the waterfall bars' time axis (a user's choice in the options)
+        self.waterfall_scope: WaterfallScope = "trace"
         #: set when `rows()` stopped at `max_rows`
         self.truncated = False
         self._choices: dict[int, bool] = {}
@@ -221,6 +225,32 @@ class TreeState:
     def show_more(self, span_id: int) -> None:
         """Page in the next `page_size` children of `span_id`."""
         self._shown[span_id] = self._shown.get(span_id, self.page_size) + self.page_size
+
+    def reveal(self, span_id: int) -> None:
+        """Show `span_id` and select it: expand every ancestor (a jump from the
+        "costliest spans" list)."""
+        node = self.node(span_id)
+        if node is None:
+            return
+        if self._default_depth is None:
+            self._default_depth = self.default_depth
+        choices = self._filter_choices if self.filter_active else self._choices
+        parent = node.parent
+        while parent is not None:
+            choices[parent.span_id] = True
+            parent = parent.parent
+        self.selected = span_id
+
+    @property
+    def nothing_matches(self) -> bool:
+        """True when filters are set and no span but the root is kept by them."""
+        keep = self._kept()
+        return keep is not None and len(keep) == 1 and not self.matches(self.tree.root)
+
+    def set_waterfall_scope(self, scope: WaterfallScope) -> None:
+        if scope not in ("trace", "parent"):
+            raise ValueError(f"waterfall bars against 'trace' or 'parent', not {scope!r}")
+        self.waterfall_scope = scope
 
     def select(self, span_id: int | None) -> None:
         """Select a span (its details show), or unselect it when it is already selected."""
