@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from agenta_notebook import forksafe
+from agenta_notebook.core.incremental import IncrementalTree, NeedsFullBuild
 from agenta_notebook.core.pricing import NO_USER_PRICES, UserPrices
 from agenta_notebook.core.rollup import (
     Figures,
@@ -72,8 +73,10 @@ def _shell(function: _Shell | None, method: str) -> _Shell:
 class Trace:
     """A live trace: spans are added as they end; every view reads a consistent snapshot.
 
-    The tree is rebuilt only when a span was added since the last build, so repeated
-    reads are cheap. A `Trace` of records only (from a file, say) is complete at once.
+    The first read builds the tree in full; later reads fold in only the spans that
+    started, changed or ended since (`core/incremental.py`), and build in full again only
+    when the roll-up's rules need it or the user's prices changed. Repeated reads with
+    nothing new are free. A `Trace` of records only (from a file, say) is complete at once.
     """
 
     def __init__(
@@ -95,9 +98,17 @@ class Trace:
         self._records: dict[int, SpanRecord] = {r.span_id: r for r in records}
         self._finished_raw: list[Any] = []
         self._open_raw: dict[int, Any] = {}
+        #: records kept since the last fold (converted ended spans, `add_records`)
+        self._unfolded: list[SpanRecord] = []
         self._lock = forksafe.new_lock()  # released in a forked child
         self._version = 0
+        # The roll-up: one fold or build at a time, never under `_lock` (a span that
+        # ends does not wait for a build).
+        self._build_lock = forksafe.new_rlock()
         self._built_version: tuple[int, int] = (-1, -1)
+        self._rollup: IncrementalTree | None = None
+        #: the spans that were running at the last fold (their records may change)
+        self._folded_running: set[int] = set()
         self._tree: TraceTree | None = None
         self._summary: tuple[TraceTree, TraceSummary] | None = None
         self._reported_pricing_failures: set[int] = set()  # span ids, reported once each
@@ -147,39 +158,114 @@ class Trace:
         with self._lock:
             for record in records:
                 self._records[record.span_id] = record
+                self._unfolded.append(record)
             self._version += 1
+
+    def _convert_finished(self) -> None:
+        """The spans that ended since, as records (under `_lock`)."""
+        if self._finished_raw:
+            assert self._converter is not None
+            for raw in self._finished_raw:
+                record = self._converter(raw)
+                self._records[record.span_id] = record
+                self._unfolded.append(record)
+            self._finished_raw.clear()
 
     def records(self) -> list[SpanRecord]:
         """Every span of the trace as plain records, running ones with no end time."""
         with self._lock:
-            if self._finished_raw:
-                assert self._converter is not None
-                for raw in self._finished_raw:
-                    record = self._converter(raw)
-                    self._records[record.span_id] = record
-                self._finished_raw.clear()
+            self._convert_finished()
             records = list(self._records.values())
             running = list(self._open_raw.values())
         if running and self._converter is not None:
             records.extend(self._converter(raw) for raw in running)
         return records
 
+    def _running_records(self, items: list[tuple[int, Any]]) -> dict[int, SpanRecord]:
+        if not items or self._converter is None:
+            return {}
+        convert = self._converter
+        return {span_id: convert(raw) for span_id, raw in items}
+
+    def _build_in_full(self, user_prices: UserPrices) -> IncrementalTree:
+        """Every record, built by `build_tree` (under `_build_lock`)."""
+        with self._lock:
+            self._convert_finished()
+            self._unfolded = []
+            records = list(self._records.values())
+            open_items = list(self._open_raw.items())
+        running = self._running_records(open_items)
+        records.extend(running.values())
+        self._folded_running = set(running)
+        tree = build_tree(records, self.root_span_id, name=self.name, user_prices=user_prices)
+        return IncrementalTree(
+            tree, root_span_id=self.root_span_id, name=self.name, user_prices=user_prices
+        )
+
+    def _changes(self) -> list[SpanRecord] | None:
+        """The records that are new or may have changed since the last fold, as a full
+        build would take them (an ended record wins over a running one); None when a
+        span the last fold held is gone (only a full build can say what remains)."""
+        with self._lock:
+            self._convert_finished()
+            unfolded, self._unfolded = self._unfolded, []
+            open_items = list(self._open_raw.items())
+            ids = dict.fromkeys(record.span_id for record in unfolded)
+            ids.update(dict.fromkeys(self._folded_running))
+            ids.update(dict.fromkeys(span_id for span_id, _raw in open_items))
+            held = self._records
+            stored = {span_id: held.get(span_id) for span_id in ids}
+        running = self._running_records(open_items)
+        self._folded_running = set(running)
+        changes: list[SpanRecord] = []
+        for span_id, record in stored.items():
+            live_record = running.get(span_id)
+            if record is not None and (live_record is None or record.end_time_ns is not None):
+                changes.append(record)
+            elif live_record is not None:
+                changes.append(live_record)
+            else:
+                return None
+        return changes
+
+    def _rolled_up(self) -> IncrementalTree:
+        """The roll-up of every span seen so far: folded in, or built in full."""
+        with self._build_lock:
+            # Prices apply when a tree is built: a change of the user's prices makes it
+            # stale (rule 15), like a new span does.
+            user_prices = self._user_prices()
+            version = (self._version, user_prices.version)  # read before the records
+            rollup = self._rollup
+            if rollup is not None and self._built_version == version:
+                return rollup
+            with gc_paused():
+                if rollup is not None and self._built_version[1] != user_prices.version:
+                    rollup = None
+                if rollup is not None:
+                    changes = self._changes()
+                    try:
+                        if changes is None:
+                            raise NeedsFullBuild("a span is gone")
+                        rollup.update(changes)
+                    except NeedsFullBuild:
+                        rollup = None
+                if rollup is None:
+                    rollup = self._build_in_full(user_prices)
+            self._rollup, self._built_version = rollup, version
+            return rollup
+
     @property
     def tree(self) -> TraceTree:
-        """The tree with every subtotal, built from the spans seen so far."""
-        # Prices apply when a tree is built: a change of the user's prices makes it stale
-        # (rule 15), like a new span does.
-        user_prices = self._user_prices()
-        version = (self._version, user_prices.version)
-        tree = self._tree
-        if tree is None or self._built_version != version:
-            with gc_paused():
-                tree = build_tree(
-                    self.records(), self.root_span_id, name=self.name, user_prices=user_prices
-                )
-            self._tree, self._built_version = tree, version
-            if tree.pricing_failures:
-                self._report_pricing_failures(tree)
+        """The tree with every subtotal, built from the spans seen so far.
+
+        The nodes of a tree read earlier are updated in place as spans are folded in;
+        its `nodes` and `by_id` stay those of its time."""
+        with self._build_lock:
+            tree = self._rolled_up().snapshot()
+            if tree is not self._tree:
+                self._tree = tree
+                if tree.pricing_failures:
+                    self._report_pricing_failures(tree)
         return tree
 
     def _report_pricing_failures(self, tree: TraceTree) -> None:
@@ -205,8 +291,12 @@ class Trace:
 
     @property
     def totals(self) -> Figures:
-        """The root's subtotal: the whole trace."""
-        return self.tree.totals
+        """The root's subtotal: the whole trace as counted so far, running spans included.
+
+        Cheap at any moment, from any thread: the spans that ended since the last read
+        are folded in (no walk over the tree, no full build unless the roll-up's rules
+        need one). What a budget reads before each model request."""
+        return self._rolled_up().totals
 
     @property
     def running(self) -> bool:

@@ -329,7 +329,9 @@ def failed_with_http_response(record: SpanRecord) -> bool:
     return any(_HTTP_REFUSAL.search(text) for text in texts)
 
 
-def _new_node(record: SpanRecord) -> SpanNode:
+def new_node(record: SpanRecord) -> SpanNode:
+    """A node for `record`, its usage read (a warning on it when its attributes cannot be
+    read), not yet placed in a tree nor rolled up."""
     try:
         usage = read_usage(record.attributes)
     except Exception as error:  # a user's mapping may raise anything
@@ -368,7 +370,7 @@ def _build_tree(
         existing = by_id.get(record.span_id)
         # The same span seen running then ended: the ended copy wins.
         if existing is None or existing.record.end_time_ns is None:
-            by_id[record.span_id] = _new_node(record)
+            by_id[record.span_id] = new_node(record)
             trace_id = record.trace_id
 
     root: SpanNode | None = by_id.get(root_span_id) if root_span_id is not None else None
@@ -545,14 +547,12 @@ def _roll_up(order: list[SpanNode], user_prices: UserPrices) -> list[SpanNode]:
     Returns the nodes whose pricing failed (a bug, carried in `node.priced.failure`)."""
     failures: list[SpanNode] = []
     for node in reversed(order):
-        children = node.children
-        usage = node.usage
         below = 0  # REPORTS_* bits reported anywhere below this node
         call_below = False
         child_error = False
         # the subtotals that are not empty: only those cost an addition
         parts: list[Figures] = []
-        for child in children:
+        for child in node.children:
             part = child.subtotal
             if part is not NO_FIGURES:
                 parts.append(part)
@@ -561,36 +561,57 @@ def _roll_up(order: list[SpanNode], user_prices: UserPrices) -> list[SpanNode]:
                 call_below = True
             if child.record.status == "ERROR":
                 child_error = True
-        node.is_error_origin = node.record.status == "ERROR" and not child_error
-        own_reports = stated_mask(usage)
-        node.reports_in_subtree = below | own_reports
-        node.call_in_subtree = call_below or usage.is_model_call
-        covers_unpriced = False
-        if node.duplicate_of is not None:
-            node.role = "recorded twice"
-            node.is_error_origin = False  # the counted twin carries the error (rule 13)
-        elif own_reports or usage.is_model_call:
-            covers_unpriced = _count_own(node, own_reports, below, call_below, parts, user_prices)
-            if node.priced.failure is not None:
-                failures.append(node)
-        elif node.is_error_origin:
-            node.own = _ONE_ERROR
-        if node.own is not NO_FIGURES:
-            parts.append(node.own)
-        if not parts:
-            node.subtotal = NO_FIGURES
-        elif len(parts) == 1:
-            node.subtotal = parts[0]
-        else:
-            node.subtotal = sum_figures(parts)
-        if covers_unpriced and node.subtotal.unpriced_calls:
-            # This span's own cost prices the calls below that had none (rule 2).
-            node.subtotal = replace(node.subtotal, unpriced_calls=0)
-        if usage.warnings or node.mismatch or node.detached or node.duplicate_of is not None:
-            node.span_warnings = _warnings(node)
-    for node in failures:
-        node.span_warnings = _warnings(node)
+        if settle_node(node, below, call_below, child_error, parts, user_prices):
+            failures.append(node)
     return failures
+
+
+def settle_node(
+    node: SpanNode,
+    below: int,
+    call_below: bool,
+    child_error: bool,
+    parts: list[Figures],
+    user_prices: UserPrices,
+) -> bool:
+    """The roll-up of one node from what its children hold (rules 1-8, 13, 14).
+
+    `below` is the `REPORTS_*` bits of its children's subtrees, `call_below` whether a
+    model-call span is below it, `child_error` whether a child failed, `parts` its
+    children's subtotals that are not empty (or their sum); `parts` is used up. Sets
+    `is_error_origin`, `reports_in_subtree`, `call_in_subtree`, `role`, `own`, `priced`,
+    `mismatch`, `subtotal` and `span_warnings` of a node whose `role`, `own`, `priced`,
+    `mismatch` and `span_warnings` are the defaults of a new `SpanNode`. True when
+    genai-prices failed on it (a bug, carried in `node.priced.failure`).
+    """
+    usage = node.usage
+    node.is_error_origin = node.record.status == "ERROR" and not child_error
+    own_reports = stated_mask(usage)
+    node.reports_in_subtree = below | own_reports
+    node.call_in_subtree = call_below or usage.is_model_call
+    covers_unpriced = False
+    if node.duplicate_of is not None:
+        node.role = "recorded twice"
+        node.is_error_origin = False  # the counted twin carries the error (rule 13)
+    elif own_reports or usage.is_model_call:
+        covers_unpriced = _count_own(node, own_reports, below, call_below, parts, user_prices)
+    elif node.is_error_origin:
+        node.own = _ONE_ERROR
+    if node.own is not NO_FIGURES:
+        parts.append(node.own)
+    if not parts:
+        node.subtotal = NO_FIGURES
+    elif len(parts) == 1:
+        node.subtotal = parts[0]
+    else:
+        node.subtotal = sum_figures(parts)
+    if covers_unpriced and node.subtotal.unpriced_calls:
+        # This span's own cost prices the calls below that had none (rule 2).
+        node.subtotal = replace(node.subtotal, unpriced_calls=0)
+    failed = node.priced.failure is not None
+    if usage.warnings or node.mismatch or node.detached or node.duplicate_of is not None or failed:
+        node.span_warnings = _warnings(node)
+    return failed
 
 
 def _count_own(

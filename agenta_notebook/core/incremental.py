@@ -1,0 +1,491 @@
+"""Folding new and changed spans into a tree that is already rolled up (pure code).
+
+`build_tree` reads every span each time. A live trace keeps one `IncrementalTree`
+instead: after a full build, the spans that started, changed or ended since the last
+fold are folded in by settling again only the nodes whose inputs changed (those spans
+and the ancestors their figures reach, each once per fold: O(depth) per span). Each
+node's children sums are kept, so a node with 50,000 children is not summed again when
+one more arrives. The result equals `build_tree` over the same records, node for node
+(`tests/test_incremental.py` checks it after every batch, for any order of arrival).
+
+What the fold cannot do exactly it refuses (`NeedsFullBuild`), and the caller builds in
+full from every record:
+
+- a late parent: a span arrives while spans that name it as their parent are in the tree
+  already (detached, or top-level under a synthetic root);
+- the root changes: the root span arrives, or a second top-level span when the root was
+  the only one;
+- a span's parent changes, or new spans form a parent cycle;
+- rule 13 may pair calls differently: a model-call span arrives or changes while
+  model-call spans of two scopes or more are in the trace;
+- a figure is taken back: a subtree stops reporting a figure or stops holding a model
+  call, a subtotal loses a value it had, or a counted cost changes (a sum that gave it
+  back would equal the full build's in value but not always to the digit:
+  `Decimal("0.80")` against `Decimal("0.8")`), or a cost sum nears the precision of
+  `COST_CONTEXT`.
+
+The fold updates the nodes in place: a `TraceTree` taken before it sees the new figures
+(its `nodes` and `by_id` stay those of its time). The caller serialises folds and
+snapshots (`agenta_notebook.live.Trace` holds a lock around both).
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections.abc import Iterable
+from dataclasses import replace
+from decimal import Decimal
+from typing import Final
+
+from agenta_notebook.core.fields import COST_CONTEXT, FIGURES, NO_FIGURES, Figures, sum_figures
+from agenta_notebook.core.pricing import UNPRICED, UserPrices
+from agenta_notebook.core.rollup import (
+    SpanNode,
+    SpanRecord,
+    TraceTree,
+    new_node,
+    settle_node,
+)
+
+
+class NeedsFullBuild(Exception):
+    """The fold cannot give exactly what a full build gives: build the tree in full."""
+
+
+#: (name, is money) of the figures that may be absent (`None`): token counts and cost
+_VALUES: Final = tuple((f.name, f.kind == "money") for f in FIGURES if f.kind != "count")
+#: the figures that are counts (never absent)
+_COUNTS: Final = tuple(f.name for f in FIGURES if f.kind == "count")
+#: A cost sum with this many digits may have been rounded in `COST_CONTEXT`: refuse it.
+_DIGITS_LIMIT: Final = COST_CONTEXT.prec - 2
+#: A node keeps its children's sums between folds from this many children up; a node
+#: with fewer has them summed again when one of its children changes.
+KEEP_SUMS_FROM: Final = 8
+
+
+class _Below:
+    """What a node's children hold, as `settle_node` reads it: their subtotals' sum, the
+    figures their subtrees report, whether a model call is below, how many failed."""
+
+    __slots__ = ("call", "errors", "reports", "total")
+
+    def __init__(self) -> None:
+        self.total: Figures = NO_FIGURES
+        self.reports = 0
+        self.call = False
+        self.errors = 0
+
+    @classmethod
+    def of(cls, node: SpanNode) -> _Below:
+        below = cls()
+        parts: list[Figures] = []
+        for child in node.children:
+            part = child.subtotal
+            if part is not NO_FIGURES:
+                parts.append(part)
+            below.reports |= child.reports_in_subtree
+            if child.call_in_subtree:
+                below.call = True
+            if child.record.status == "ERROR":
+                below.errors += 1
+        if len(parts) == 1:
+            below.total = parts[0]
+        elif parts:
+            below.total = sum_figures(parts)
+        return below
+
+
+def _same_money(a: Decimal, b: Decimal) -> bool:
+    """Equal to the digit, not only in value."""
+    return a == b and a.as_tuple() == b.as_tuple()
+
+
+def _checked(value: Decimal) -> Decimal:
+    if not value.is_finite() or len(value.as_tuple().digits) >= _DIGITS_LIMIT:
+        raise NeedsFullBuild("a cost sum near the limits of exact sums")
+    return value
+
+
+def shifted(total: Figures, old: Figures, new: Figures) -> Figures:
+    """`total` with one of its parts, `old`, replaced by `new`, exactly as `sum_figures`
+    of the parts would give it.
+
+    Raises `NeedsFullBuild` when a value of `old` is absent from `new` (whether the
+    total keeps a value then depends on the other parts, which it does not know).
+    """
+    if old is new:
+        return total
+    changes: dict[str, object] = {}
+    for name, money in _VALUES:
+        before = getattr(old, name)
+        after = getattr(new, name)
+        if before is None:
+            if after is None:
+                continue
+            current = getattr(total, name)
+            if current is None:
+                changes[name] = after
+            elif money:
+                changes[name] = _checked(COST_CONTEXT.add(current, after))
+            else:
+                changes[name] = current + after
+        elif after is None:
+            raise NeedsFullBuild(f"{name} taken back")
+        elif money:
+            if not _same_money(before, after):
+                current = getattr(total, name)  # not None: `old` is one of its parts
+                moved = COST_CONTEXT.add(COST_CONTEXT.subtract(current, before), after)
+                changes[name] = _checked(moved)
+        elif before != after:
+            changes[name] = getattr(total, name) - before + after
+    for name in _COUNTS:
+        difference = getattr(new, name) - getattr(old, name)
+        if difference:
+            changes[name] = getattr(total, name) + difference
+    return replace(total, **changes) if changes else total  # type: ignore[arg-type]
+
+
+def _same_figures(a: Figures, b: Figures) -> bool:
+    if a is b:
+        return True
+    if a != b:
+        return False
+    return a.cost is None or b.cost is None or _same_money(a.cost, b.cost)
+
+
+class IncrementalTree:
+    """A rolled-up tree that takes new and changed records (`update`) and gives
+    `TraceTree` snapshots equal to `build_tree` over every record it has seen.
+
+    Made from a full build (`build_tree` with the same `root_span_id`, `name` and
+    `user_prices`); a change of prices needs a new full build (rule 15).
+    """
+
+    def __init__(
+        self,
+        tree: TraceTree,
+        *,
+        root_span_id: int | None,
+        name: str,
+        user_prices: UserPrices,
+    ) -> None:
+        self.root_span_id = root_span_id
+        self.name = name
+        self.user_prices = user_prices
+        self.root = tree.root
+        self._trace_id = tree.trace_id
+        self._by_id: dict[int, SpanNode] = dict(tree.by_id)
+        self._failures: set[SpanNode] = set(tree.pricing_failures)
+        self._snapshot: TraceTree | None = tree
+        #: children's sums of the nodes that keep them between folds
+        self._below: dict[SpanNode, _Below] = {}
+        # The index, made at the first fold (a tree that is only read never needs it).
+        self._indexed = False
+        #: missing parent span id -> the nodes that wait for it (detached)
+        self._waiting: dict[int, list[SpanNode]] = {}
+        #: the nodes with no parent span, by span id
+        self._tops: dict[int, SpanNode] = {}
+        #: scope -> how many model-call spans it made (rule 13 needs two scopes)
+        self._call_scopes: dict[str | None, int] = {}
+        self._running = 0
+        self._first_start: int | None = None
+        self._last_end: int | None = None
+        self._bounds_stale = False
+        #: nodes made in the current fold (their children's sums start empty)
+        self._fresh: set[SpanNode] = set()
+
+    # -- reading ------------------------------------------------------------------------
+    @property
+    def totals(self) -> Figures:
+        """The root's subtotal: the whole trace, as counted (no walk, no build)."""
+        return self.root.subtotal
+
+    def snapshot(self) -> TraceTree:
+        """The tree as it is now: the same one until the next fold that changes it."""
+        tree = self._snapshot
+        if tree is None:
+            order: list[SpanNode] = []
+            stack = [self.root]
+            while stack:
+                node = stack.pop()
+                order.append(node)
+                children = node.children
+                if children:
+                    stack.extend(reversed(children))
+            failures = self._failures
+            failed = tuple(node for node in reversed(order) if node in failures) if failures else ()
+            tree = TraceTree(self._trace_id, self.root, tuple(order), dict(self._by_id), failed)
+            self._snapshot = tree
+        return tree
+
+    # -- folding ------------------------------------------------------------------------
+    def _index(self) -> None:
+        for node in self._by_id.values():
+            self._count_in(node.record, node.usage.is_model_call, 1)
+            parent_id = node.record.parent_span_id
+            if parent_id is None:
+                self._tops[node.span_id] = node
+            elif parent_id not in self._by_id:
+                self._waiting.setdefault(parent_id, []).append(node)
+        self._indexed = True
+
+    def _count_in(self, record: SpanRecord, model_call: bool, sign: int) -> None:
+        """Count a record in (sign 1) or out (-1) of the call scopes and time bounds."""
+        if model_call:
+            left = self._call_scopes.get(record.scope, 0) + sign
+            if left:
+                self._call_scopes[record.scope] = left
+            else:
+                del self._call_scopes[record.scope]
+        start, end = record.start_time_ns, record.end_time_ns
+        if end is None:
+            self._running += sign
+        if sign > 0:
+            if self._first_start is None or start < self._first_start:
+                self._first_start = start
+            if end is not None and (self._last_end is None or end > self._last_end):
+                self._last_end = end
+        elif start == self._first_start or (end is not None and end == self._last_end):
+            self._bounds_stale = True  # rescanned once the records are replaced
+
+    def _rescan_bounds(self) -> None:
+        self._bounds_stale = False
+        records = [node.record for node in self._by_id.values()]
+        self._first_start = min((r.start_time_ns for r in records), default=None)
+        ends = [r.end_time_ns for r in records if r.end_time_ns is not None]
+        self._last_end = max(ends, default=None)
+
+    def _expected_root(self) -> SpanNode | None:
+        """The root a full build would choose now (None: a synthetic one)."""
+        if self.root_span_id is not None:
+            named = self._by_id.get(self.root_span_id)
+            if named is not None:
+                return named
+        if len(self._tops) == 1:
+            return next(iter(self._tops.values()))
+        return None
+
+    def _sums(self, node: SpanNode) -> _Below:
+        below = self._below.get(node)
+        if below is None:
+            # A node made in this fold has only new children, which add themselves.
+            below = _Below() if node in self._fresh else _Below.of(node)
+            self._below[node] = below
+        return below
+
+    def update(self, records: Iterable[SpanRecord]) -> bool:
+        """Fold in new records and new versions of records (a running span that ended or
+        changed). Records equal to the ones held change nothing.
+
+        True when the tree changed. Raises `NeedsFullBuild` when the change needs a full
+        build; this object is then unusable (some nodes may be settled, others not).
+        """
+        if not self._indexed:
+            self._index()
+        by_id = self._by_id
+        latest: dict[int, SpanRecord] = {}
+        for record in records:
+            latest[record.span_id] = record
+        fresh: list[SpanNode] = []
+        changed: list[tuple[SpanNode, SpanRecord, SpanNode]] = []  # node, record, new node
+        model_call_moved = False
+        trace_id = self._trace_id
+        for span_id, record in latest.items():
+            node = by_id.get(span_id)
+            if node is None:
+                if span_id in self._waiting:
+                    raise NeedsFullBuild("a late parent")
+                node = new_node(record)
+                fresh.append(node)
+                trace_id = record.trace_id
+                model_call_moved = model_call_moved or node.usage.is_model_call
+            elif node.record is not record and node.record != record:
+                if record.parent_span_id != node.record.parent_span_id:
+                    raise NeedsFullBuild("a span moved")
+                new = new_node(record)
+                changed.append((node, record, new))
+                trace_id = record.trace_id
+                if node.usage.is_model_call or new.usage.is_model_call:
+                    model_call_moved = True
+        if not fresh and not changed:
+            return False
+
+        # Checks first: nothing is changed before them.
+        for node in fresh:
+            by_id[node.span_id] = node
+            if node.record.parent_span_id is None:
+                self._tops[node.span_id] = node
+        expected = self._expected_root()
+        if expected is not self.root and not (expected is None and self.root.synthetic):
+            raise NeedsFullBuild("the root changed")
+        for node, record, new in changed:
+            self._count_in(node.record, node.usage.is_model_call, -1)
+            self._count_in(record, new.usage.is_model_call, 1)
+        for node in fresh:
+            self._count_in(node.record, node.usage.is_model_call, 1)
+        if model_call_moved and len(self._call_scopes) > 1:
+            raise NeedsFullBuild("rule 13 may pair the calls differently")
+        placing = self._placing_order(fresh)
+
+        self._fresh = set(fresh)
+        try:
+            self._fold(placing, changed)
+        finally:
+            self._fresh = set()
+        if self._bounds_stale:
+            self._rescan_bounds()
+        self._trace_id = trace_id
+        if self.root.synthetic:
+            start = self._first_start if self._first_start is not None else 0
+            end = None if self._running else start if self._last_end is None else self._last_end
+            held = self.root.record
+            if (held.trace_id, held.start_time_ns, held.end_time_ns) != (trace_id, start, end):
+                self.root.record = SpanRecord(trace_id, 0, None, self.name, start, end)
+        self._snapshot = None
+        return True
+
+    def _placing_order(self, fresh: list[SpanNode]) -> list[SpanNode]:
+        """The new nodes, each after its parent when that is new too; refuses a cycle."""
+        fresh_ids = {node.span_id for node in fresh}
+        placed: set[int] = set()
+        order: list[SpanNode] = []
+        for node in fresh:
+            chain: list[SpanNode] = []
+            seen: set[int] = set()
+            current: SpanNode | None = node
+            while current is not None and current.span_id not in placed:
+                if current.span_id in seen:
+                    raise NeedsFullBuild("a parent cycle")
+                seen.add(current.span_id)
+                chain.append(current)
+                parent_id = current.record.parent_span_id
+                current = (
+                    self._by_id[parent_id]
+                    if parent_id is not None and parent_id in fresh_ids
+                    else None
+                )
+            for member in reversed(chain):
+                placed.add(member.span_id)
+                order.append(member)
+        return order
+
+    def _fold(
+        self,
+        placing: list[SpanNode],
+        changed: list[tuple[SpanNode, SpanRecord, SpanNode]],
+    ) -> None:
+        by_id = self._by_id
+        root = self.root
+        # What each node held before this fold, for the deltas to its parent: subtotal,
+        # reported figures, model call below, failed, counted cost. New nodes held nothing.
+        before: dict[SpanNode, tuple[Figures, int, bool, bool, Decimal | None]] = {}
+        # The parents' sums are taken before any child changes.
+        for node, _record, _new in changed:
+            if node.parent is not None:
+                self._sums(node.parent)
+            self._sums(node)
+        for node in placing:
+            parent_id = node.record.parent_span_id
+            parent = by_id.get(parent_id) if parent_id is not None else None
+            if parent is not None and parent not in self._fresh:
+                self._sums(parent)
+            elif parent is None:
+                self._sums(root)
+
+        queue: dict[int, list[SpanNode]] = {}
+        queued: set[SpanNode] = set()
+        for node, record, new in changed:
+            before[node] = (
+                node.subtotal,
+                node.reports_in_subtree,
+                node.call_in_subtree,
+                node.record.status == "ERROR",
+                node.own.cost,
+            )
+            moved = record.start_time_ns != node.record.start_time_ns
+            node.record = record
+            node.usage = new.usage
+            parent = node.parent
+            if moved and parent is not None:
+                parent.children.remove(node)
+                insort(parent.children, node, key=_start_order)
+            queue.setdefault(node.depth, []).append(node)
+            queued.add(node)
+        for node in placing:
+            parent_id = node.record.parent_span_id
+            parent = by_id.get(parent_id) if parent_id is not None else None
+            if parent is None:
+                parent = root
+                node.detached = not (root.synthetic and parent_id is None)
+                if parent_id is not None:
+                    self._waiting.setdefault(parent_id, []).append(node)
+            node.parent = parent
+            node.depth = parent.depth + 1
+            insort(parent.children, node, key=_start_order)
+            before[node] = (NO_FIGURES, 0, False, False, None)
+            queue.setdefault(node.depth, []).append(node)
+            queued.add(node)
+
+        user_prices = self.user_prices
+        failures = self._failures
+        while queue:
+            depth = max(queue)
+            for node in queue.pop(depth):
+                old = before.pop(node, None)
+                if old is None:
+                    old = (
+                        node.subtotal,
+                        node.reports_in_subtree,
+                        node.call_in_subtree,
+                        node.record.status == "ERROR",
+                        node.own.cost,
+                    )
+                parent = node.parent
+                # the parent's sums are taken before this node changes
+                sums = self._sums(parent) if parent is not None else None
+                below = self._sums(node)
+                node.role = "none"
+                node.own = NO_FIGURES
+                node.priced = UNPRICED
+                node.mismatch = None
+                node.span_warnings = ()
+                parts = [below.total] if below.total is not NO_FIGURES else []
+                if settle_node(
+                    node, below.reports, below.call, below.errors > 0, parts, user_prices
+                ):
+                    failures.add(node)
+                else:
+                    failures.discard(node)
+                if len(node.children) < KEEP_SUMS_FROM:
+                    self._below.pop(node, None)
+                old_subtotal, old_reports, old_call, old_error, old_cost = old
+                cost = node.own.cost
+                if old_cost is not None and (cost is None or not _same_money(old_cost, cost)):
+                    raise NeedsFullBuild("a counted cost changed")
+                if old_reports & ~node.reports_in_subtree or (
+                    old_call and not node.call_in_subtree
+                ):
+                    raise NeedsFullBuild("a subtree reports less")
+                if parent is None or sums is None:
+                    continue
+                moved = False
+                if not _same_figures(old_subtotal, node.subtotal):
+                    sums.total = shifted(sums.total, old_subtotal, node.subtotal)
+                    moved = True
+                if node.reports_in_subtree & ~sums.reports:
+                    sums.reports |= node.reports_in_subtree
+                    moved = True
+                if node.call_in_subtree and not sums.call:
+                    sums.call = True
+                    moved = True
+                error = node.record.status == "ERROR"
+                if error != old_error:
+                    sums.errors += 1 if error else -1
+                    moved = moved or sums.errors == (1 if error else 0)
+                if moved and parent not in queued:
+                    queued.add(parent)
+                    queue.setdefault(parent.depth, []).append(parent)
+
+
+def _start_order(node: SpanNode) -> tuple[int, int]:
+    return node.record.start_time_ns, node.record.span_id

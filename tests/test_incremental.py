@@ -1,0 +1,527 @@
+"""The incremental roll-up (core/incremental.py, live.Trace): folding spans into a built
+tree gives what a full build of the same records gives, node for node, after every batch
+and for any order of arrival; the live trace's totals need no rebuild."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agenta_notebook import live
+from agenta_notebook.core.incremental import IncrementalTree, NeedsFullBuild, shifted
+from agenta_notebook.core.pricing import NO_USER_PRICES
+from agenta_notebook.core.rollup import Figures, SpanNode, SpanRecord, TraceTree, build_tree
+from agenta_notebook.live import Trace
+
+TRACE_ID = 0x1AC
+ROOT = 1
+MISSING_PARENT = 0xDEAD  # never in the trace: its children are detached
+
+TYPES = [None, None, "llm", "chat", "agent", "tool", "workflow"]
+MODELS = ["gpt-4o", "gpt-4o-mini", "my-local-llama"]  # the last one has no price
+SCOPES = [
+    "openinference.instrumentation.openai",
+    "opentelemetry.instrumentation.langchain",
+    "agenta_notebook",
+]
+COSTS = ["0.5", "0.50", "0.123", "0", "1e-7", "2"]
+
+
+@st.composite
+def usage_attributes(draw: st.DrawFn) -> dict[str, Any]:
+    """Attributes of a span: a type, maybe tokens (few values, so that claims agree or
+    not and twins match), a cost, a model, a response id, an HTTP error status."""
+    attributes: dict[str, Any] = {}
+    span_type = draw(st.sampled_from(TYPES))
+    if span_type is not None:
+        attributes["ag.type.node"] = span_type
+    if draw(st.booleans()):
+        attributes["gen_ai.usage.input_tokens"] = draw(st.sampled_from([10, 20, 30]))
+        attributes["gen_ai.usage.output_tokens"] = draw(st.sampled_from([5, 10]))
+    if draw(st.integers(0, 5)) == 0:
+        attributes["gen_ai.usage.cache_read.input_tokens"] = 4
+    if draw(st.integers(0, 4)) == 0:
+        attributes["ag.metrics.unit.costs.total"] = draw(st.sampled_from(COSTS))
+    if draw(st.integers(0, 8)) == 0:
+        attributes["gen_ai.usage.output_tokens"] = "not a number"  # rule 7
+    if draw(st.integers(0, 2)) > 0:
+        attributes["gen_ai.request.model"] = draw(st.sampled_from(MODELS))
+    if draw(st.integers(0, 4)) == 0:
+        attributes["gen_ai.response.id"] = f"chatcmpl-{draw(st.integers(0, 2)):04d}"
+    if draw(st.integers(0, 8)) == 0:
+        attributes["http.response.status_code"] = 500
+    return attributes
+
+
+@dataclass(frozen=True)
+class History:
+    """What a live trace receives: records (a running version, then maybe an ended one,
+    of each span) in batches, each batch read in between."""
+
+    batches: list[list[SpanRecord]]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> History:
+    count = draw(st.integers(min_value=1, max_value=24))
+    spans: list[tuple[SpanRecord | None, SpanRecord | None]] = []  # running, ended
+    for index in range(count):
+        span_id = ROOT + index
+        if index == 0:
+            parent: int | None = None
+        elif draw(st.integers(0, 20)) == 0:
+            parent = MISSING_PARENT
+        elif draw(st.integers(0, 30)) == 0:
+            parent = None  # a second top-level span
+        else:
+            parent = draw(st.integers(min_value=ROOT, max_value=span_id - 1))
+        start = draw(st.integers(min_value=0, max_value=40))  # ties happen, on purpose
+        attributes = draw(usage_attributes())
+        scope = SCOPES[0] if draw(st.integers(0, 5)) else draw(st.sampled_from(SCOPES))
+        end = start + draw(st.integers(0, 60))
+        if index and draw(st.integers(0, 4)) == 0:
+            # the same call recorded by another instrumentation, side by side (rule 13)
+            twin_of = spans[draw(st.integers(0, index - 1))][1] or spans[0][0]
+            if twin_of is not None and twin_of.end_time_ns is not None:
+                attributes = dict(twin_of.attributes)
+                parent = twin_of.parent_span_id
+                start, end = twin_of.start_time_ns, twin_of.end_time_ns
+                scope = draw(st.sampled_from([s for s in SCOPES if s != twin_of.scope]))
+        ended = SpanRecord(
+            trace_id=TRACE_ID,
+            span_id=span_id,
+            parent_span_id=parent,
+            name=f"span {span_id}",
+            start_time_ns=start,
+            end_time_ns=end,
+            status=draw(st.sampled_from(["UNSET", "UNSET", "OK", "ERROR"])),
+            attributes=attributes,
+            scope=scope,
+        )
+        seen_running = draw(st.integers(0, 2)) == 0
+        running: SpanRecord | None = None
+        if seen_running:
+            # while running, a span holds some of its attributes (usage is often added
+            # at the end) and no status yet
+            kept = draw(st.sets(st.sampled_from(sorted(attributes)))) if attributes else set()
+            running = replace(
+                ended,
+                end_time_ns=None,
+                status="UNSET",
+                attributes={key: attributes[key] for key in sorted(kept)},
+            )
+        never_ends = seen_running and draw(st.integers(0, 4)) == 0
+        spans.append((running, None if never_ends else ended))
+
+    # arrival: a span's running version before its ended one, otherwise any order
+    if draw(st.integers(0, 3)):
+        # as spans come from a traced block: each first seen in the order they started
+        # (parents first), its ended version any time later
+        events = [running or ended for running, ended in spans if running or ended]
+        for running, ended in spans:
+            if running is not None and ended is not None:
+                after = events.index(running) + 1
+                events.insert(draw(st.integers(after, len(events))), ended)
+    else:  # any order at all (late parents, roots last)
+        events = draw(st.permutations([r for pair in spans for r in pair if r is not None]))
+        position: dict[int, int] = {}
+        for index, event in enumerate(events):
+            first = position.setdefault(event.span_id, index)
+            if first != index and events[first].end_time_ns is not None:
+                events[first], events[index] = event, events[first]  # running first
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(events) - 1)), max_size=8)))
+    batches = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+    return History([batch for batch in batches if batch])
+
+
+def held_records(seen: dict[int, SpanRecord]) -> list[SpanRecord]:
+    return list(seen.values())
+
+
+def describe(node: SpanNode | None) -> tuple[Any, ...] | None:
+    if node is None:
+        return None
+    return (
+        node.span_id,
+        node.parent.span_id if node.parent else None,
+        node.depth,
+        node.record,
+        node.role,
+        repr(node.own),  # repr: costs equal to the digit, not only in value
+        repr(node.subtotal),
+        node.detached,
+        node.is_error_origin,
+        node.synthetic,
+        node.mismatch,
+        node.span_warnings,
+        node.duplicate_of.span_id if node.duplicate_of else None,
+        repr(node.priced),
+        node.reports_in_subtree,
+        node.call_in_subtree,
+        node.running,
+        [child.span_id for child in node.children],
+    )
+
+
+def assert_same_tree(folded: TraceTree, full: TraceTree) -> None:
+    assert [describe(n) for n in folded.nodes] == [describe(n) for n in full.nodes]
+    assert folded.trace_id == full.trace_id
+    assert describe(folded.root) == describe(full.root)
+    assert sorted(folded.by_id) == sorted(full.by_id)
+    assert all(folded.by_id[i].span_id == i for i in folded.by_id)
+    assert [n.span_id for n in folded.pricing_failures] == [
+        n.span_id for n in full.pricing_failures
+    ]
+    assert repr(folded.totals) == repr(full.totals)
+
+
+@dataclass
+class Counts:
+    replays: int = 0
+    folds: int = 0
+    full_builds: int = 0
+
+
+def replay(history: History, root_span_id: int | None, counts: Counts) -> None:
+    """Feed `history` batch by batch to an `IncrementalTree` and compare it with a full
+    build of the records held so far after every batch."""
+    seen: dict[int, SpanRecord] = {}
+    engine: IncrementalTree | None = None
+    counts.replays += 1
+    for batch in history.batches:
+        for record in batch:
+            seen[record.span_id] = record
+        full = build_tree(held_records(seen), root_span_id, name="t")
+        if engine is not None:
+            try:
+                engine.update(batch)
+                counts.folds += 1
+            except NeedsFullBuild:
+                engine = None
+        if engine is None:
+            counts.full_builds += 1
+            built = build_tree(held_records(seen), root_span_id, name="t")
+            engine = IncrementalTree(
+                built, root_span_id=root_span_id, name="t", user_prices=NO_USER_PRICES
+            )
+        assert_same_tree(engine.snapshot(), full)
+        assert repr(engine.totals) == repr(full.totals)
+
+
+TOTALS = Counts()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.booleans())
+def test_folding_batches_equals_a_full_build_after_every_batch(
+    history: History, named_root: bool
+) -> None:
+    replay(history, ROOT if named_root else None, TOTALS)
+
+
+def test_the_property_test_folds_more_often_than_it_rebuilds() -> None:
+    """The property above must exercise the fold, not only the fallback."""
+    counts = Counts()
+    check = settings(max_examples=150, deadline=None, database=None)(
+        given(histories(), st.booleans())(
+            lambda history, named: replay(history, ROOT if named else None, counts)
+        )
+    )
+    check()
+    refused = counts.full_builds - counts.replays  # the first build of each is not one
+    assert counts.folds > refused > 0
+
+
+# --- the fold, case by case ---------------------------------------------------------------
+
+
+def record(
+    span_id: int,
+    parent: int | None,
+    start: int,
+    end: int | None,
+    status: str = "UNSET",
+    scope: str | None = "agenta_notebook",
+    **attributes: Any,
+) -> SpanRecord:
+    return SpanRecord(
+        TRACE_ID,
+        span_id,
+        parent,
+        f"span {span_id}",
+        start,
+        end,
+        status,  # type: ignore[arg-type]
+        attributes={key.replace("__", "."): value for key, value in attributes.items()},
+        scope=scope,
+    )
+
+
+def llm(span_id: int, parent: int, start: int, end: int | None, **extra: Any) -> SpanRecord:
+    attributes = {
+        "ag__type__node": "llm",
+        "gen_ai__request__model": "gpt-4o",
+        "gen_ai__usage__input_tokens": 100,
+        "gen_ai__usage__output_tokens": 20,
+    }
+    attributes.update(extra)
+    return record(span_id, parent, start, end, **attributes)
+
+
+def engine_of(records: list[SpanRecord], root: int | None = ROOT) -> IncrementalTree:
+    return IncrementalTree(
+        build_tree(records, root), root_span_id=root, name="t", user_prices=NO_USER_PRICES
+    )
+
+
+def check(engine: IncrementalTree, records: list[SpanRecord], root: int | None = ROOT) -> None:
+    assert_same_tree(engine.snapshot(), build_tree(records, root, name="t"))
+
+
+def test_a_typical_live_cell_folds_without_a_full_build() -> None:
+    """A running root, agents under it, model calls and tools ending one by one, the
+    agents' usage stamped at their end (claims): every fold is exact, none refused."""
+    held = {ROOT: record(ROOT, None, 0, None, ag__type__node="workflow")}
+    engine = engine_of(list(held.values()))
+    next_id = 2
+    for agent in range(3):
+        agent_id = next_id
+        next_id += 1
+        held[agent_id] = record(agent_id, ROOT, agent * 100, None, ag__type__node="agent")
+        assert engine.update([held[agent_id]])
+        for step in range(4):
+            call = llm(next_id, agent_id, agent * 100 + step * 10, agent * 100 + step * 10 + 5)
+            tool = record(next_id + 1, agent_id, agent * 100 + step * 10 + 6, agent * 100 + 9)
+            held[call.span_id], held[tool.span_id] = call, tool
+            next_id += 2
+            assert engine.update([tool, call])
+            check(engine, list(held.values()))
+        held[agent_id] = replace(
+            held[agent_id],
+            end_time_ns=agent * 100 + 99,
+            attributes={
+                "ag.type.node": "agent",
+                "gen_ai.usage.input_tokens": 400,
+                "gen_ai.usage.output_tokens": 81,  # claims 81, 80 below: a mismatch
+            },
+        )
+        assert engine.update([held[agent_id]])
+        check(engine, list(held.values()))
+    totals = engine.totals
+    assert totals.model_calls == 12 and totals.input_tokens == 1200
+    assert engine.snapshot().by_id[2].mismatch is not None
+
+
+def test_a_wrapper_that_reports_nothing_then_its_client_span_then_its_usage() -> None:
+    """An `@span(type="llm")` function: running it is an unreported call (1 unpriced);
+    its client span below makes it a wrapper (0 calls); its usage at the end is a claim."""
+    root = record(ROOT, None, 0, None)
+    wrapper = record(2, ROOT, 1, None, ag__type__node="llm")
+    engine = engine_of([root, wrapper])
+    assert engine.totals.model_calls == 1 and engine.totals.unpriced_calls == 1
+    client = llm(3, 2, 2, 8, ag__type__node="chat")
+    assert engine.update([client])
+    check(engine, [root, wrapper, client])
+    assert engine.totals.model_calls == 1 and engine.totals.unpriced_calls == 0
+    ended = replace(
+        wrapper,
+        end_time_ns=9,
+        attributes={"ag.type.node": "llm", **llm(0, 0, 0, 0).attributes},
+    )
+    assert engine.update([ended])
+    check(engine, [root, ended, client])
+    assert engine.snapshot().by_id[2].role == "model call wrapper"
+
+
+def test_an_error_re_raised_through_parents_moves_its_origin() -> None:
+    root = record(ROOT, None, 0, None)
+    outer = record(2, ROOT, 1, None)
+    engine = engine_of([root, outer])
+    inner = record(3, 2, 2, 3, status="ERROR")
+    assert engine.update([inner])
+    outer_failed = replace(outer, end_time_ns=5, status="ERROR")
+    assert engine.update([outer_failed])
+    check(engine, [root, outer_failed, inner])
+    assert engine.totals.errors == 1
+
+
+def test_records_equal_to_the_held_ones_change_nothing() -> None:
+    records = [record(ROOT, None, 0, 10), llm(2, ROOT, 1, 5)]
+    engine = engine_of(records)
+    tree = engine.snapshot()
+    assert not engine.update([replace(records[1])])
+    assert engine.snapshot() is tree
+
+
+@pytest.mark.parametrize(
+    ("held", "arriving"),
+    [
+        pytest.param(
+            [record(ROOT, None, 0, None), record(3, 2, 2, 3)],
+            [record(2, ROOT, 1, 4)],
+            id="late parent",
+        ),
+        pytest.param(
+            [record(2, ROOT, 1, 4)],
+            [record(ROOT, None, 0, None)],
+            id="the root arrives",
+        ),
+        pytest.param(
+            [record(ROOT, None, 0, None), record(2, ROOT, 1, None)],
+            [record(2, 99, 1, 4)],
+            id="a span moves",
+        ),
+        pytest.param(
+            [record(ROOT, None, 0, None), llm(2, ROOT, 1, 9, scope="langchain")],
+            [llm(3, ROOT, 2, 8, scope="openai")],
+            id="a second scope of model calls",
+        ),
+        pytest.param(
+            [record(ROOT, None, 0, None), record(2, ROOT, 1, None, ag__type__node="llm")],
+            [record(4, 3, 2, 3), record(3, 4, 2, 3)],
+            id="a parent cycle",
+        ),
+        pytest.param(
+            [record(ROOT, None, 0, None), llm(2, ROOT, 1, None)],
+            [record(2, ROOT, 1, 9, ag__type__node="llm")],
+            id="a usage taken back",
+        ),
+        pytest.param(
+            [
+                record(ROOT, None, 0, None),
+                record(2, ROOT, 1, None, ag__type__node="llm", ag__metrics__unit__costs__total=1),
+            ],
+            [llm(3, 2, 2, 3, ag__metrics__unit__costs__total="0.5")],
+            id="a counted cost becomes a claim",
+        ),
+    ],
+)
+def test_what_the_fold_refuses_a_full_build_gives(
+    held: list[SpanRecord], arriving: list[SpanRecord]
+) -> None:
+    engine = engine_of(held, ROOT)
+    with pytest.raises(NeedsFullBuild):
+        engine.update(arriving)
+
+
+def test_shifting_a_part_of_a_sum_is_the_sum_of_the_new_parts() -> None:
+    a = Figures(input_tokens=10, cost=Decimal("0.25"), model_calls=1, unpriced_calls=0)
+    b = Figures(input_tokens=5, cost=None, model_calls=1, unpriced_calls=1)
+    grown = Figures(input_tokens=7, cost=Decimal("0.5"), model_calls=1, unpriced_calls=0)
+    total = a + b
+    assert repr(shifted(total, b, grown)) == repr(a + grown)
+    assert shifted(total, b, b) is total
+    with pytest.raises(NeedsFullBuild):
+        shifted(total, a, Figures(model_calls=1))  # tokens and cost taken back
+
+
+# --- the live trace ----------------------------------------------------------------------
+
+
+def identity(raw: SpanRecord) -> SpanRecord:
+    return raw
+
+
+class CountingBuilds:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        original = live.build_tree
+
+        def counted(*args: Any, **kwargs: Any) -> TraceTree:
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(live, "build_tree", counted)
+
+
+def live_trace() -> Trace:
+    return Trace(TRACE_ID, "t", root_span_id=ROOT, converter=identity, user_prices=None)
+
+
+def test_a_live_trace_counts_its_totals_without_rebuilding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    builds = CountingBuilds(monkeypatch)
+    trace = live_trace()
+    root = record(ROOT, None, 0, None, ag__type__node="workflow")
+    trace.span_started(ROOT, root)
+    assert trace.totals.model_calls == 0
+    for index in range(50):
+        span_id = 2 + 2 * index
+        step = record(span_id, ROOT, 10 * index, None, ag__type__node="agent")
+        trace.span_started(span_id, step)
+        call = llm(span_id + 1, span_id, 10 * index + 1, 10 * index + 2)
+        trace.span_started(span_id + 1, replace(call, end_time_ns=None, attributes={}))
+        if index % 7 == 0:
+            trace.tree  # noqa: B018 - a view between arrivals
+        trace.span_ended(span_id + 1, call)
+        trace.span_ended(span_id, replace(step, end_time_ns=10 * index + 5))
+        totals = trace.totals  # what a budget reads before each model request
+        assert totals.model_calls == index + 1
+        assert totals.input_tokens == 100 * (index + 1)
+        assert totals.cost is not None and totals.unpriced_calls == 0
+    assert builds.calls == 1  # the first read built; every read after it folded
+    assert_same_tree(trace.tree, build_tree(trace.records(), ROOT, name="t"))
+
+
+def test_totals_read_from_many_threads_while_spans_end() -> None:
+    trace = live_trace()
+    trace.span_started(ROOT, record(ROOT, None, 0, None))
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                assert trace.totals.model_calls >= 0
+        except BaseException as error:  # reported below
+            failures.append(error)
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+
+    def writer(offset: int) -> None:
+        for index in range(200):
+            span_id = 1000 * offset + index + 2
+            trace.span_ended(span_id, llm(span_id, ROOT, index, index + 1))
+
+    writers = [threading.Thread(target=writer, args=(n,)) for n in range(1, 4)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    done.set()
+    for thread in readers:
+        thread.join()
+    assert failures == []
+    assert trace.totals.model_calls == 600
+    assert_same_tree(trace.tree, build_tree(trace.records(), ROOT, name="t"))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.data())
+def test_a_live_trace_fed_as_the_collector_does_equals_a_full_build(
+    history: History, data: st.DataObject
+) -> None:
+    """Spans start and end on the trace (running spans converted when read), some come
+    as plain records; the tree and totals read between batches equal a full build."""
+    trace = live_trace()
+    for batch in history.batches:
+        for item in batch:
+            if data.draw(st.integers(0, 5)) == 0:
+                trace.add_records([item])
+            elif item.end_time_ns is None:
+                trace.span_started(item.span_id, item)
+            else:
+                trace.span_ended(item.span_id, item)
+        full = build_tree(trace.records(), ROOT, name="t")
+        if data.draw(st.booleans()):
+            assert repr(trace.totals) == repr(full.totals)
+        assert_same_tree(trace.tree, full)
