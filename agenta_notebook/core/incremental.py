@@ -67,13 +67,29 @@ class _Below:
     """What a node's children hold, as `settle_node` reads it: their subtotals' sum, the
     figures their subtrees report, whether a model call is below, how many failed."""
 
-    __slots__ = ("call", "errors", "reports", "total")
+    __slots__ = ("_total", "added", "call", "errors", "reports")
 
     def __init__(self) -> None:
-        self.total: Figures = NO_FIGURES
+        self._total: Figures = NO_FIGURES
+        #: subtotals of new children, summed in one pass when the total is read
+        self.added: list[Figures] = []
         self.reports = 0
         self.call = False
         self.errors = 0
+
+    @property
+    def total(self) -> Figures:
+        added = self.added
+        if added:
+            if self._total is not NO_FIGURES:
+                added.append(self._total)
+            self._total = added[0] if len(added) == 1 else _checked_sum(added)
+            self.added = []
+        return self._total
+
+    @total.setter
+    def total(self, value: Figures) -> None:
+        self._total = value
 
     @classmethod
     def of(cls, node: SpanNode) -> _Below:
@@ -93,6 +109,13 @@ class _Below:
         elif parts:
             below.total = sum_figures(parts)
         return below
+
+
+def _checked_sum(parts: list[Figures]) -> Figures:
+    total = sum_figures(parts)
+    if total.cost is not None:
+        _checked(total.cost)
+    return total
 
 
 def _same_money(a: Decimal, b: Decimal) -> bool:
@@ -408,7 +431,7 @@ class IncrementalTree:
             parent = node.parent
             if moved and parent is not None:
                 parent.children.remove(node)
-                insort(parent.children, node, key=_start_order)
+                _insert(parent.children, node)
             queue.setdefault(node.depth, []).append(node)
             queued.add(node)
         for node in placing:
@@ -421,7 +444,7 @@ class IncrementalTree:
                     self._waiting.setdefault(parent_id, []).append(node)
             node.parent = parent
             node.depth = parent.depth + 1
-            insort(parent.children, node, key=_start_order)
+            _insert(parent.children, node)
             before[node] = (NO_FIGURES, 0, False, False, None)
             queue.setdefault(node.depth, []).append(node)
             queued.add(node)
@@ -469,7 +492,11 @@ class IncrementalTree:
                 if parent is None or sums is None:
                     continue
                 moved = False
-                if not _same_figures(old_subtotal, node.subtotal):
+                if old_subtotal is NO_FIGURES:
+                    if node.subtotal is not NO_FIGURES:
+                        sums.added.append(node.subtotal)
+                        moved = True
+                elif not _same_figures(old_subtotal, node.subtotal):
                     sums.total = shifted(sums.total, old_subtotal, node.subtotal)
                     moved = True
                 if node.reports_in_subtree & ~sums.reports:
@@ -489,3 +516,11 @@ class IncrementalTree:
 
 def _start_order(node: SpanNode) -> tuple[int, int]:
     return node.record.start_time_ns, node.record.span_id
+
+
+def _insert(children: list[SpanNode], node: SpanNode) -> None:
+    """Put `node` among `children` in start order (usually last: spans start in order)."""
+    if not children or _start_order(children[-1]) < _start_order(node):
+        children.append(node)
+    else:
+        insort(children, node, key=_start_order)
