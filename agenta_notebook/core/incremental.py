@@ -197,7 +197,10 @@ class IncrementalTree:
         self.user_prices = user_prices
         self.root = tree.root
         self._trace_id = tree.trace_id
-        self._by_id: dict[int, SpanNode] = dict(tree.by_id)
+        # the build's own mapping, copied at the first fold that changes something (a
+        # tree that is only read costs no copy)
+        self._by_id: dict[int, SpanNode] = tree.by_id  # type: ignore[assignment]
+        self._by_id_shared = True
         self._failures: set[SpanNode] = set(tree.pricing_failures)
         self._snapshot: TraceTree | None = tree
         #: children's sums of the nodes that keep them between folds
@@ -305,6 +308,9 @@ class IncrementalTree:
         """
         if not self._indexed:
             self._index()
+        if self._by_id_shared:
+            self._by_id = dict(self._by_id)
+            self._by_id_shared = False
         by_id = self._by_id
         latest: dict[int, SpanRecord] = {}
         for record in records:

@@ -1,0 +1,267 @@
+"""Issue 14's live cell: one cell making 100k spans (50k steps of two nested spans, a
+short sleep every 2,000 steps), untraced, with bare OpenTelemetry, traced quietly, and
+traced with the live tree shown.
+
+Two parts, each printing ratios measured in the same run:
+
+- `--part process` (default): in this process, no kernel. The same block untraced, with
+  bare SDK spans kept by an `InMemorySpanExporter`, inside `an.trace()` (quiet), and
+  inside `an.trace()` with a reader thread reading `trace.tree` every 0.25 s as the live
+  view's redraw timer does; that last one twice: folding (the incremental roll-up) and
+  building in full on every read (the roll-up before issue 14, forced here). Then the
+  settle: `trace.tree` once more after the block, and the counted totals.
+- `--part kernel`: the cells in a real kernel (`%%agenta_trace --quiet`, `%%agenta_trace`,
+  no magic, bare SDK spans), wall time from the execute request to idle, and how long
+  after the cell's last line the kernel went idle (when the next cell can start).
+
+    .venv/bin/python benchmarks/bench_live.py [--part process|kernel|both] [--steps 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import bare_provider, machine
+
+STEP_CODE = """
+def run_steps(make_span, steps={steps}):
+    for step in range(steps):
+        with make_span("step"):
+            with make_span("inner"):
+                pass
+        if step % 2000 == 1999:
+            time.sleep(0.001)
+"""
+
+
+def _steps(make_span: Callable[[str], AbstractContextManager[Any]], steps: int) -> None:
+    for step in range(steps):
+        with make_span("step"), make_span("inner"):
+            pass
+        if step % 2000 == 1999:
+            time.sleep(0.001)
+
+
+class _Reader:
+    """Reads `trace.tree` every `interval` seconds on its own thread, as the view does."""
+
+    def __init__(self, trace: Any, interval: float = 0.25) -> None:
+        self.trace = trace
+        self.interval = interval
+        self.reads = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.trace.tree  # noqa: B018 - the redraw's read
+            self.reads += 1
+
+    def __enter__(self) -> _Reader:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _timed(run: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(wall seconds, CPU seconds of the process, result)."""
+    gc.collect()
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def part_process(steps: int, rounds: int) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import agenta_notebook as an
+    from agenta_notebook.core import incremental
+
+    def untraced() -> None:
+        _steps(an.span, steps)
+
+    def bare() -> int:
+        exporter = InMemorySpanExporter()
+        provider = bare_provider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("bench")
+        _steps(tracer.start_as_current_span, steps)
+        return len(exporter.get_finished_spans())
+
+    def quiet() -> tuple[int, float]:
+        with an.trace("quiet") as trace:
+            _steps(an.span, steps)
+        settle = time.perf_counter()
+        count = len(trace.tree.nodes)
+        return count, time.perf_counter() - settle
+
+    def shown() -> tuple[int, float, int]:
+        with an.trace("shown") as trace, _Reader(trace) as reader:
+            _steps(an.span, steps)
+        settle = time.perf_counter()
+        count = len(trace.tree.nodes)
+        return count, time.perf_counter() - settle, reader.reads
+
+    def refuse(self: Any, records: Any) -> bool:
+        raise incremental.NeedsFullBuild("forced: the roll-up before issue 14")
+
+    def shown_rebuilding() -> tuple[int, float, int]:
+        original = incremental.IncrementalTree.update
+        incremental.IncrementalTree.update = refuse  # type: ignore[method-assign]
+        try:
+            return shown()
+        finally:
+            incremental.IncrementalTree.update = original  # type: ignore[method-assign]
+
+    kinds: dict[str, Callable[[], Any]] = {
+        "untraced": untraced,
+        "bare SDK (InMemorySpanExporter)": bare,
+        "an.trace() quiet": quiet,
+        "an.trace() + reader, folding": shown,
+        "an.trace() + reader, full builds": shown_rebuilding,
+    }
+    walls: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cpus: dict[str, list[float]] = {kind: [] for kind in kinds}
+    notes: dict[str, str] = {}
+    for _round in range(rounds):  # interleaved, so that drift hits every kind alike
+        for kind, run in kinds.items():
+            wall, cpu, result = _timed(run)
+            walls[kind].append(wall)
+            cpus[kind].append(cpu)
+            if isinstance(result, tuple):
+                notes[kind] = f"settle {result[1] * 1e3:.0f} ms" + (
+                    f", {result[2]} reads" if len(result) > 2 else ""
+                )
+                if result[0] != 2 * steps + 1:
+                    raise RuntimeError(f"{kind}: {result[0]} nodes, not {2 * steps + 1}")
+    print(", ".join(f"{key} {value}" for key, value in machine().items()))
+    print(f"{2 * steps:,} spans, {rounds} rounds interleaved; best wall / best CPU seconds")
+    base_wall, base_cpu = min(walls["untraced"]), min(cpus["untraced"])
+    bare_wall = min(walls["bare SDK (InMemorySpanExporter)"])
+    quiet_wall = min(walls["an.trace() quiet"])
+    print(f"{'':<34}{'wall s':>8}{'CPU s':>8}{'/untraced':>11}{'/bare':>7}{'/quiet':>8}  note")
+    for kind in kinds:
+        wall, cpu = min(walls[kind]), min(cpus[kind])
+        print(
+            f"{kind:<34}{wall:>8.2f}{cpu:>8.2f}{wall / base_wall:>10.2f}x"
+            f"{wall / bare_wall:>6.2f}x{wall / quiet_wall:>7.2f}x  {notes.get(kind, '')}"
+        )
+    print(f"(untraced CPU {base_cpu:.2f} s)")
+
+
+def _kernel_cells(steps: int) -> dict[str, str]:
+    body = "run_steps({maker})\nEND = time.time()"
+    return {
+        "untraced": "# {n}\n" + body.format(maker="span"),
+        "bare SDK": "# {n}\n" + body.format(maker="bare_tracer.start_as_current_span"),
+        "quiet": "%%agenta_trace live --quiet\n# {n}\n" + body.format(maker="span"),
+        "shown": "%%agenta_trace live\n# {n}\n" + body.format(maker="span"),
+    }
+
+
+KERNEL_SETUP = """
+%load_ext agenta_notebook
+import time, gc
+from agenta_notebook import span
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from agenta_notebook.runtime import detach
+_bare = TracerProvider()
+detach(_bare)  # the collector attaches itself to every SDK provider: a bare one stays bare
+_exporter = InMemorySpanExporter()
+_bare.add_span_processor(SimpleSpanProcessor(_exporter))
+bare_tracer = _bare.get_tracer("bench")
+"""
+
+
+def part_kernel(steps: int, rounds: int) -> None:
+    from jupyter_client.manager import KernelManager
+
+    def ignore(_msg: dict[str, Any]) -> None:
+        pass
+
+    def run(client: Any, code: str) -> tuple[float, float]:
+        start = time.perf_counter()
+        reply = client.execute_interactive(code, output_hook=ignore, timeout=600)
+        idle_wall, idle_epoch = time.perf_counter(), time.time()
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"cell failed: {reply['content']}")
+        ended = client.execute_interactive(
+            "", output_hook=ignore, timeout=60, user_expressions={"end": "END"}
+        )["content"]["user_expressions"]["end"]["data"]["text/plain"]
+        return idle_wall - start, idle_epoch - float(ended)
+
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    cells = _kernel_cells(steps)
+    totals: dict[str, list[float]] = {kind: [] for kind in cells}
+    after: dict[str, list[float]] = {kind: [] for kind in cells}
+    try:
+        client.wait_for_ready(timeout=60)
+        for code in (KERNEL_SETUP, STEP_CODE.format(steps=steps)):
+            reply = client.execute_interactive(code, output_hook=ignore, timeout=60)
+            if reply["content"]["status"] != "ok":
+                raise RuntimeError(f"setup failed: {reply['content']}")
+        run(client, cells["shown"].format(n="warm-up"))
+        for n in range(rounds):
+            for kind, code in cells.items():
+                client.execute_interactive(
+                    "_exporter.clear(); gc.collect();", output_hook=ignore, timeout=60
+                )
+                total, late = run(client, code.format(n=n))
+                totals[kind].append(total)
+                after[kind].append(late)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    print(", ".join(f"{key} {value}" for key, value in machine().items()))
+    print(f"{2 * steps:,} spans per cell, one kernel, {rounds} rounds interleaved (median)")
+    base = statistics.median(totals["untraced"])
+    bare = statistics.median(totals["bare SDK"])
+    quiet = statistics.median(totals["quiet"])
+    print(
+        f"{'cell':<10}{'wall s':>8}{'/untraced':>11}{'/bare':>7}{'/quiet':>8}"
+        f"{'idle after end s':>18}"
+    )
+    for kind in cells:
+        value = statistics.median(totals[kind])
+        print(
+            f"{kind:<10}{value:>8.2f}{value / base:>10.2f}x{value / bare:>6.2f}x"
+            f"{value / quiet:>7.2f}x{statistics.median(after[kind]):>18.2f}"
+        )
+    print("targets: shown <= 1.15x quiet; quiet <= 0.8x bare (stretch <= 1.3x untraced);")
+    print("idle after the cell's last line <= 0.2 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["process", "kernel", "both"], default="process")
+    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    options = parser.parse_args()
+    if options.part in ("process", "both"):
+        part_process(options.steps, options.rounds)
+    if options.part in ("kernel", "both"):
+        part_kernel(options.steps, options.rounds)
+
+
+if __name__ == "__main__":
+    main()
