@@ -238,6 +238,9 @@ class Trace:
             rollup = self._rollup
             if rollup is not None and self._built_version == version:
                 return rollup
+            # Until this read is done: should it fail half-way (a bug), the next read
+            # builds in full rather than fold into a tree that missed some records.
+            self._rollup = None
             with gc_paused():
                 if rollup is not None and self._built_version[1] != user_prices.version:
                     rollup = None

@@ -527,3 +527,23 @@ def test_a_live_trace_fed_as_the_collector_does_equals_a_full_build(
         if data.draw(st.booleans()):
             assert repr(trace.totals) == repr(full.totals)
         assert_same_tree(trace.tree, full)
+
+
+def test_a_fold_that_fails_half_way_leaves_a_full_build_for_the_next_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trace = live_trace()
+    trace.span_started(ROOT, record(ROOT, None, 0, None))
+    assert trace.totals.model_calls == 0
+    trace.span_ended(2, llm(2, ROOT, 1, 2))
+
+    def broken(self: IncrementalTree, records: Any) -> bool:
+        raise RuntimeError("a bug in the fold")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(IncrementalTree, "update", broken)
+        with pytest.raises(RuntimeError):
+            trace.totals  # noqa: B018
+    # the records the failed fold took are not lost
+    assert trace.totals.model_calls == 1
+    assert_same_tree(trace.tree, build_tree(trace.records(), ROOT, name="t"))
