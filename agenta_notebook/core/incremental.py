@@ -375,24 +375,22 @@ class IncrementalTree:
 
     def _placing_order(self, fresh: list[SpanNode]) -> list[SpanNode]:
         """The new nodes, each after its parent when that is new too; refuses a cycle."""
+        by_id = self._by_id
         fresh_ids = {node.span_id for node in fresh}
         placed: set[int] = set()
         order: list[SpanNode] = []
         for node in fresh:
-            chain: list[SpanNode] = []
-            seen: set[int] = set()
-            current: SpanNode | None = node
-            while current is not None and current.span_id not in placed:
-                if current.span_id in seen:
+            if node.span_id in placed:
+                continue
+            chain = [node]
+            parent_id = node.record.parent_span_id
+            # up through new parents not placed yet (a child often ends before its parent)
+            while parent_id is not None and parent_id in fresh_ids and parent_id not in placed:
+                if len(chain) > len(fresh_ids):
                     raise NeedsFullBuild("a parent cycle")
-                seen.add(current.span_id)
-                chain.append(current)
-                parent_id = current.record.parent_span_id
-                current = (
-                    self._by_id[parent_id]
-                    if parent_id is not None and parent_id in fresh_ids
-                    else None
-                )
+                parent = by_id[parent_id]
+                chain.append(parent)
+                parent_id = parent.record.parent_span_id
             for member in reversed(chain):
                 placed.add(member.span_id)
                 order.append(member)
