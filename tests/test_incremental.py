@@ -341,6 +341,27 @@ def test_a_wrapper_that_reports_nothing_then_its_client_span_then_its_usage() ->
     assert engine.snapshot().by_id[2].role == "model call wrapper"
 
 
+def test_calls_of_two_scopes_fold_unless_they_may_be_one_call() -> None:
+    """Rule 13 pairs only calls that share a response id or a call key: an llm function of
+    ours over an instrumented client call (two scopes, same usage, nested) and calls of
+    another model fold; the same call recorded side by side by another scope does not."""
+    root = record(ROOT, None, 0, None)
+    wrapper = record(2, ROOT, 1, None, ag__type__node="llm")
+    engine = engine_of([root, wrapper])
+    client = llm(3, 2, 2, 8, ag__type__node="chat", scope="openinference.instrumentation.openai")
+    assert engine.update([client])
+    ended = replace(wrapper, end_time_ns=9, attributes=llm(0, 0, 0, 0).attributes)
+    assert engine.update([ended])  # same model and tokens as its client call: nested
+    other = llm(4, ROOT, 10, 12, gen_ai__request__model="gpt-4o-mini", scope="anthropic")
+    assert engine.update([other])
+    held = [root, ended, client, other]
+    check(engine, held)
+    twin = llm(5, ROOT, 11, 12, gen_ai__request__model="gpt-4o-mini", scope="langchain")
+    with pytest.raises(NeedsFullBuild):
+        engine.update([twin])
+    assert build_tree([*held, twin], ROOT).by_id[5].role == "recorded twice"
+
+
 def test_an_error_re_raised_through_parents_moves_its_origin() -> None:
     root = record(ROOT, None, 0, None)
     outer = record(2, ROOT, 1, None)

@@ -16,8 +16,10 @@ full from every record:
 - the root changes: the root span arrives, or a second top-level span when the root was
   the only one;
 - a span's parent changes, or new spans form a parent cycle;
-- rule 13 may pair calls differently: a model-call span arrives or changes while
-  model-call spans of two scopes or more are in the trace;
+- rule 13 may pair calls differently: a call that may pair (a lowest model-call span
+  that ended) shares a response id or a call key with one of another scope, or a
+  paired span changes or stops being such a call (a call that leaves unpaired, or
+  arrives with nothing to pair with, changes no pair: those fold);
 - a figure is taken back: a subtree stops reporting a figure or stops holding a model
   call, a subtotal loses a value it had, or a counted cost changes (a sum that gave it
   back would equal the full build's in value but not always to the digit:
@@ -43,7 +45,9 @@ from agenta_notebook.core.rollup import (
     SpanNode,
     SpanRecord,
     TraceTree,
+    call_key,
     new_node,
+    response_ids,
     settle_node,
 )
 
@@ -211,8 +215,11 @@ class IncrementalTree:
         self._waiting: dict[int, list[SpanNode]] = {}
         #: the nodes with no parent span, by span id
         self._tops: dict[int, SpanNode] = {}
-        #: scope -> how many model-call spans it made (rule 13 needs two scopes)
-        self._call_scopes: dict[str | None, int] = {}
+        # Rule 13: the calls that may pair (lowest model-call spans that ended), by what
+        # pairs them (a response id, a call key) and scope; their keys; the paired spans.
+        self._pair_keys: dict[tuple[str, object], dict[str | None, int]] = {}
+        self._members: dict[SpanNode, tuple[str | None, frozenset[tuple[str, object]]]] = {}
+        self._paired: set[SpanNode] = set()
         self._running = 0
         self._first_start: int | None = None
         self._last_end: int | None = None
@@ -247,22 +254,68 @@ class IncrementalTree:
     # -- folding ------------------------------------------------------------------------
     def _index(self) -> None:
         for node in self._by_id.values():
-            self._count_in(node.record, node.usage.is_model_call, 1)
+            self._count_in(node.record, 1)
             parent_id = node.record.parent_span_id
             if parent_id is None:
                 self._tops[node.span_id] = node
             elif parent_id not in self._by_id:
                 self._waiting.setdefault(parent_id, []).append(node)
+            twin = node.duplicate_of
+            if twin is not None:
+                self._paired.update((node, twin))
+            if _may_pair(node):
+                self._add_pair_keys(node, check=False)
         self._indexed = True
 
-    def _count_in(self, record: SpanRecord, model_call: bool, sign: int) -> None:
-        """Count a record in (sign 1) or out (-1) of the call scopes and time bounds."""
-        if model_call:
-            left = self._call_scopes.get(record.scope, 0) + sign
+    def _add_pair_keys(self, node: SpanNode, *, check: bool) -> None:
+        keys = _pair_keys(node)
+        scope = node.record.scope
+        for key in keys:
+            scopes = self._pair_keys.setdefault(key, {})
+            if check and any(other != scope for other in scopes):
+                raise NeedsFullBuild("rule 13 may pair this call with another")
+            scopes[scope] = scopes.get(scope, 0) + 1
+        self._members[node] = (scope, keys)
+
+    def _remove_pair_keys(self, node: SpanNode) -> None:
+        scope, keys = self._members.pop(node)
+        for key in keys:
+            scopes = self._pair_keys[key]
+            left = scopes[scope] - 1
             if left:
-                self._call_scopes[record.scope] = left
+                scopes[scope] = left
             else:
-                del self._call_scopes[record.scope]
+                del scopes[scope]
+                if not scopes:
+                    del self._pair_keys[key]
+
+    def _check_pairs(self, settled: list[SpanNode], direct: set[SpanNode]) -> None:
+        """Rule 13 after a fold: refuse unless the pairing a full build makes is
+        unchanged. It is when no paired span changed or stopped being a call that may
+        pair, and each call that may now pair shares no response id nor call key with
+        another of another scope (a call that leaves unpaired changes no other pair)."""
+        moves: list[tuple[SpanNode, bool]] = []
+        for node in settled:
+            if node in self._paired and node in direct:
+                raise NeedsFullBuild("a paired call changed (rule 13)")
+            held = self._members.get(node)
+            now = _may_pair(node)
+            if held is None and not now:
+                continue
+            if held is not None and now and held == (node.record.scope, _pair_keys(node)):
+                continue
+            if node in self._paired:
+                raise NeedsFullBuild("a paired call changed (rule 13)")
+            moves.append((node, now))
+        for node, _now in moves:  # out first: a wrapper's keys may equal its call's
+            if node in self._members:
+                self._remove_pair_keys(node)
+        for node, now in moves:
+            if now:
+                self._add_pair_keys(node, check=True)
+
+    def _count_in(self, record: SpanRecord, sign: int) -> None:
+        """Count a record in (sign 1) or out (-1) of the time bounds."""
         start, end = record.start_time_ns, record.end_time_ns
         if end is None:
             self._running += sign
@@ -317,7 +370,6 @@ class IncrementalTree:
             latest[record.span_id] = record
         fresh: list[SpanNode] = []
         changed: list[tuple[SpanNode, SpanRecord, SpanNode]] = []  # node, record, new node
-        model_call_moved = False
         trace_id = self._trace_id
         for span_id, record in latest.items():
             node = by_id.get(span_id)
@@ -327,15 +379,12 @@ class IncrementalTree:
                 node = new_node(record)
                 fresh.append(node)
                 trace_id = record.trace_id
-                model_call_moved = model_call_moved or node.usage.is_model_call
             elif node.record is not record and node.record != record:
                 if record.parent_span_id != node.record.parent_span_id:
                     raise NeedsFullBuild("a span moved")
                 new = new_node(record)
                 changed.append((node, record, new))
                 trace_id = record.trace_id
-                if node.usage.is_model_call or new.usage.is_model_call:
-                    model_call_moved = True
         if not fresh and not changed:
             return False
 
@@ -347,20 +396,19 @@ class IncrementalTree:
         expected = self._expected_root()
         if expected is not self.root and not (expected is None and self.root.synthetic):
             raise NeedsFullBuild("the root changed")
-        for node, record, new in changed:
-            self._count_in(node.record, node.usage.is_model_call, -1)
-            self._count_in(record, new.usage.is_model_call, 1)
+        for node, record, _new in changed:
+            self._count_in(node.record, -1)
+            self._count_in(record, 1)
         for node in fresh:
-            self._count_in(node.record, node.usage.is_model_call, 1)
-        if model_call_moved and len(self._call_scopes) > 1:
-            raise NeedsFullBuild("rule 13 may pair the calls differently")
+            self._count_in(node.record, 1)
         placing = self._placing_order(fresh)
 
         self._fresh = set(fresh)
         try:
-            self._fold(placing, changed)
+            settled = self._fold(placing, changed)
         finally:
             self._fresh = set()
+        self._check_pairs(settled, {*fresh, *(node for node, _record, _new in changed)})
         if self._bounds_stale:
             self._rescan_bounds()
         self._trace_id = trace_id
@@ -400,8 +448,11 @@ class IncrementalTree:
         self,
         placing: list[SpanNode],
         changed: list[tuple[SpanNode, SpanRecord, SpanNode]],
-    ) -> None:
+    ) -> list[SpanNode]:
+        """Attach the new nodes, replace the changed records and settle every node whose
+        inputs changed, deepest first; returns the nodes settled."""
         by_id = self._by_id
+        settled: list[SpanNode] = []
         root = self.root
         # What each node held before this fold, for the deltas to its parent: subtotal,
         # reported figures, model call below, failed, counted cost. New nodes held nothing.
@@ -458,6 +509,7 @@ class IncrementalTree:
         while queue:
             depth = max(queue)
             for node in queue.pop(depth):
+                settled.append(node)
                 old = before.pop(node, None)
                 if old is None:
                     old = (
@@ -516,6 +568,23 @@ class IncrementalTree:
                 if moved and parent not in queued:
                     queued.add(parent)
                     queue.setdefault(parent.depth, []).append(parent)
+        return settled
+
+
+def _may_pair(node: SpanNode) -> bool:
+    """A call rule 13 may pair: a model-call span that ended, with none below it."""
+    if not node.usage.is_model_call or node.synthetic or node.record.end_time_ns is None:
+        return False
+    return not any(child.call_in_subtree for child in node.children)
+
+
+def _pair_keys(node: SpanNode) -> frozenset[tuple[str, object]]:
+    """What rule 13 pairs a call by: its response ids and its call key."""
+    keys: set[tuple[str, object]] = {("id", value) for value in response_ids(node)}
+    key = call_key(node)
+    if key is not None:
+        keys.add(("key", key))
+    return frozenset(keys)
 
 
 def _start_order(node: SpanNode) -> tuple[int, int]:

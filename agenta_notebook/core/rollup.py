@@ -442,7 +442,8 @@ def _closeness_to_request(node: SpanNode) -> tuple[int, int, int, int]:
     return framework, end - record.start_time_ns, record.start_time_ns, record.span_id
 
 
-def _response_ids(node: SpanNode) -> frozenset[str]:
+def response_ids(node: SpanNode) -> frozenset[str]:
+    """The provider response ids a span carries (rule 13)."""
     attributes = node.record.attributes
     ids: set[str] = set()
     stated = attributes.get(GENAI_RESPONSE_ID)
@@ -454,7 +455,7 @@ def _response_ids(node: SpanNode) -> frozenset[str]:
     return frozenset(ids)
 
 
-def _call_key(node: SpanNode) -> tuple[str, int | None, int | None, bool] | None:
+def call_key(node: SpanNode) -> tuple[str, int | None, int | None, bool] | None:
     """What two records of one call share when no response id tells them apart: the
     model (without provider prefix or date suffix) and the token counts (both inclusive
     of cache tokens, rule 5). A failed call without usage is keyed by its model alone."""
@@ -510,8 +511,8 @@ def _pair_recorded_twice(order: list[SpanNode]) -> None:
     identified: dict[int, frozenset[str]] = {}
     scopes: dict[int, set[str | None]] = {}
     for node in lowest:
-        ids = _response_ids(node)
-        key = _call_key(node)
+        ids = response_ids(node)
+        key = call_key(node)
         twin: SpanNode | None = None
         for response_id in ids:
             for counted in by_response_id.get(response_id, ()):
