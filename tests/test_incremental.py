@@ -5,6 +5,7 @@ and for any order of arrival; the live trace's totals need no rebuild."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
@@ -568,3 +569,53 @@ def test_a_fold_that_fails_half_way_leaves_a_full_build_for_the_next_read(
     # the records the failed fold took are not lost
     assert trace.totals.model_calls == 1
     assert_same_tree(trace.tree, build_tree(trace.records(), ROOT, name="t"))
+
+
+def test_real_spans_from_threads_read_while_they_run_equal_a_full_build(
+    fresh_runtime: Any, threads_propagate_context: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SDK spans through the collector (ended spans' attributes shared, running ones
+    copied), four threads making llm functions over client calls, tools and failures,
+    the tree and totals read while they run, and prices set half-way (rule 15)."""
+    import agenta_notebook as an
+
+    builds = CountingBuilds(monkeypatch)
+
+    def worker(offset: int) -> None:
+        for index in range(40):
+            with an.span(f"agent {offset}", type="agent"):
+                try:
+                    with an.span("answer", type="llm"):
+                        with an.span("client", type="chat"):
+                            an.record_usage(model="gpt-4o", input_tokens=50, output_tokens=index)
+                        if index % 9 == 0:
+                            raise ValueError("refused")
+                        an.record_usage(model="gpt-4o", input_tokens=50, output_tokens=index)
+                except ValueError:
+                    pass
+                with an.span("tool", type="tool"):
+                    time.sleep(0.001)  # reads happen in between
+
+    with an.trace("threads") as trace:
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        reads = 0
+        while any(thread.is_alive() for thread in threads):
+            trace.totals  # noqa: B018
+            trace.tree  # noqa: B018
+            reads += 1
+            if reads == 3:
+                an.set_prices("gpt-4o", input=1.0, output=2.0)
+        for thread in threads:
+            thread.join()
+
+    def full() -> TraceTree:
+        prices = an.RUNTIME.prices.current()
+        return build_tree(trace.records(), trace.root_span_id, name=trace.name, user_prices=prices)
+
+    assert reads > 3
+    assert_same_tree(trace.tree, full())
+    assert builds.calls == 2  # the first read, and the read after the prices changed
+    assert trace.totals.model_calls == 160 and trace.totals.errors == 4 * 5
+    assert trace.totals.cost == full().totals.cost is not None
