@@ -220,6 +220,10 @@ class IncrementalTree:
         self._pair_keys: dict[tuple[str, object], dict[str | None, int]] = {}
         self._members: dict[SpanNode, tuple[str | None, frozenset[tuple[str, object]]]] = {}
         self._paired: set[SpanNode] = set()
+        #: scope -> how many model-call spans it made; the index above is kept only
+        #: from two scopes up (one scope pairs nothing)
+        self._call_scopes: dict[str | None, int] = {}
+        self._pairing_indexed = False
         self._running = 0
         self._first_start: int | None = None
         self._last_end: int | None = None
@@ -263,9 +267,24 @@ class IncrementalTree:
             twin = node.duplicate_of
             if twin is not None:
                 self._paired.update((node, twin))
-            if _may_pair(node):
-                self._add_pair_keys(node, check=False)
+            if node.usage.is_model_call:
+                self._count_scope(node.record.scope, 1)
+        if len(self._call_scopes) > 1:
+            self._index_pairing(check=False)  # as the full build left them
         self._indexed = True
+
+    def _count_scope(self, scope: str | None, sign: int) -> None:
+        left = self._call_scopes.get(scope, 0) + sign
+        if left:
+            self._call_scopes[scope] = left
+        else:
+            del self._call_scopes[scope]
+
+    def _index_pairing(self, *, check: bool) -> None:
+        for node in self._by_id.values():
+            if _may_pair(node):
+                self._add_pair_keys(node, check=check)
+        self._pairing_indexed = True
 
     def _add_pair_keys(self, node: SpanNode, *, check: bool) -> None:
         keys = _pair_keys(node)
@@ -294,6 +313,10 @@ class IncrementalTree:
         unchanged. It is when no paired span changed or stopped being a call that may
         pair, and each call that may now pair shares no response id nor call key with
         another of another scope (a call that leaves unpaired changes no other pair)."""
+        if not self._pairing_indexed:
+            if len(self._call_scopes) > 1:  # a second scope: index every call, checked
+                self._index_pairing(check=True)
+            return
         moves: list[tuple[SpanNode, bool]] = []
         for node in settled:
             if node in self._paired and node in direct:
@@ -396,11 +419,17 @@ class IncrementalTree:
         expected = self._expected_root()
         if expected is not self.root and not (expected is None and self.root.synthetic):
             raise NeedsFullBuild("the root changed")
-        for node, record, _new in changed:
+        for node, record, new in changed:
             self._count_in(node.record, -1)
             self._count_in(record, 1)
+            if node.usage.is_model_call:
+                self._count_scope(node.record.scope, -1)
+            if new.usage.is_model_call:
+                self._count_scope(record.scope, 1)
         for node in fresh:
             self._count_in(node.record, 1)
+            if node.usage.is_model_call:
+                self._count_scope(node.record.scope, 1)
         placing = self._placing_order(fresh)
 
         self._fresh = set(fresh)
