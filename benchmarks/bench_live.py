@@ -10,11 +10,17 @@ Two parts, each printing ratios measured in the same run:
   view's redraw timer does; that last one twice: folding (the incremental roll-up) and
   building in full on every read (the roll-up before issue 14, forced here). Then the
   settle: `trace.tree` once more after the block, and the counted totals.
+- `--part fold`: the roll-up alone, on bench_core's 100k finished SDK spans: one full
+  build (`trace.tree` on a fresh trace, bench_core's (b)) against the same spans told
+  to a fresh trace as the collector does (started, then ended, in time order; a span
+  read while "running" is already finished here) in batches of events with
+  `trace.totals` read after each (each batch folded in), then `trace.tree` once; every
+  timing as a ratio to one plain pass over the spans (CPU time).
 - `--part kernel`: the cells in a real kernel (`%%agenta_trace --quiet`, `%%agenta_trace`,
   no magic, bare SDK spans), wall time from the execute request to idle, and how long
   after the cell's last line the kernel went idle (when the next cell can start).
 
-    .venv/bin/python benchmarks/bench_live.py [--part process|kernel|both] [--steps 50000]
+    .venv/bin/python benchmarks/bench_live.py [--part process|fold|kernel|all] [--steps 50000]
 """
 
 from __future__ import annotations
@@ -164,6 +170,65 @@ def part_process(steps: int, rounds: int) -> None:
     print(f"(untraced CPU {base_cpu:.2f} s)")
 
 
+def part_fold(count: int, rounds: int) -> None:
+    from bench_core import fresh_trace, make_spans, plain_pass
+
+    from agenta_notebook.core.rollup import build_tree
+
+    template, raw = make_spans(count)
+
+    def full() -> Any:
+        trace = fresh_trace(template, raw[:0])
+        for span in raw:
+            trace.span_ended(span.context.span_id, span)
+        return trace, trace.tree
+
+    # As the collector tells a live trace: each span when it starts, and when it ends.
+    events = sorted(
+        [(span.start_time, 0, span) for span in raw] + [(span.end_time, 1, span) for span in raw],
+        key=lambda event: (event[0], event[1]),
+    )
+
+    def folded(batch: int) -> Callable[[], Any]:
+        def run() -> Any:
+            trace = fresh_trace(template, raw[:0])
+            for start in range(0, len(events), batch):
+                for _time, ends, span in events[start : start + batch]:
+                    if ends:
+                        trace.span_ended(span.context.span_id, span)
+                    else:
+                        trace.span_started(span.context.span_id, span)
+                trace.totals  # noqa: B018 - what a budget or a redraw reads
+            return trace, trace.tree
+
+        return run
+
+    full()  # first-use costs (price table, imports) outside the timings
+    kinds: dict[str, Callable[[], Any]] = {
+        "plain pass": lambda: plain_pass(raw),
+        "full build (bench_core b)": full,
+        "folded, batches of 10,000": folded(10_000),
+        "folded, batches of 1,000": folded(1_000),
+        "folded, batches of 100": folded(100),
+    }
+    best: dict[str, float] = {}
+    for _round in range(rounds):
+        for kind, run in kinds.items():
+            _wall, cpu, result = _timed(run)
+            best[kind] = min(best.get(kind, cpu), cpu)
+            if isinstance(result, tuple):
+                trace, tree = result
+                assert len(tree.nodes) == count
+                reference = build_tree(trace.records(), trace.root_span_id, name=trace.name)
+                assert repr(tree.totals) == repr(reference.totals), kind
+            del result
+    print(", ".join(f"{key} {value}" for key, value in machine().items()))
+    print(f"{count:,} finished SDK spans (bench_core's shape), best of {rounds}, CPU time")
+    base = best["plain pass"]
+    for kind, value in best.items():
+        print(f"{kind:<28}{value * 1e3:>10.1f} ms{value / base:>8.2f}x the plain pass")
+
+
 def _kernel_cells(steps: int) -> dict[str, str]:
     body = "run_steps({maker})\nEND = time.time()"
     return {
@@ -253,13 +318,16 @@ def part_kernel(steps: int, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["process", "kernel", "both"], default="process")
+    parser.add_argument("--part", choices=["process", "fold", "kernel", "all"], default="process")
+    parser.add_argument("--spans", type=int, default=100_000, help="for --part fold")
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=2)
     options = parser.parse_args()
-    if options.part in ("process", "both"):
+    if options.part in ("process", "all"):
         part_process(options.steps, options.rounds)
-    if options.part in ("kernel", "both"):
+    if options.part in ("fold", "all"):
+        part_fold(options.spans, options.rounds)
+    if options.part in ("kernel", "all"):
         part_kernel(options.steps, options.rounds)
 
 
