@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import warnings
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeVar, overload
+from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
@@ -22,7 +23,8 @@ from agenta_notebook.core.usage import (
     figure_attributes,
     usage_attributes,
 )
-from agenta_notebook.runtime import get_tracer
+from agenta_notebook.errors import internal_error
+from agenta_notebook.runtime import RUNTIME, Capture, get_tracer
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,6 +33,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Set (True) on a span whose code was cancelled (`asyncio.CancelledError`).
 CANCELLED_ATTRIBUTE: Final = "agenta_notebook.cancelled"
+
+#: Agenta's keys of a span's inputs and outputs (`ag.data.inputs.<parameter>`,
+#: `ag.data.outputs.<key>`, `ag.data.outputs.__default__` for a return value that is
+#: not a dict), and the prefix of a value that is JSON text.
+INPUTS_PREFIX: Final = "ag.data.inputs."
+OUTPUTS_PREFIX: Final = "ag.data.outputs."
+DEFAULT_OUTPUT: Final = "ag.data.outputs.__default__"
+JSON_PREFIX: Final = "@ag.type=json:"
+#: How many items a generator's span yielded (its outputs keep the first `max_items`).
+YIELDED_ATTRIBUTE: Final = "agenta_notebook.yielded"
+#: Ends a value cut at the size caps (and stands for values dropped past the span's cap).
+CUT: Final = "…"
+
+Capturing = bool | Literal["inputs", "outputs"]
 
 
 def _settle(span: otel_trace.Span, error: BaseException) -> None:
@@ -49,6 +65,238 @@ def _settle(span: otel_trace.Span, error: BaseException) -> None:
     fail_span(span, error)
 
 
+# -- capture of inputs and outputs --------------------------------------------------------
+#
+# Flattened as Agenta's SDK does with its default depth (2): one attribute per parameter
+# and per key of a returned dict; str, int, float, bool and bytes as they are; dicts,
+# lists and pydantic models as `@ag.type=json:` + JSON; anything else as its repr; None
+# not recorded. Like Agenta, only the arguments passed are recorded (no defaults), which
+# spares binding the signature on every call; unlike it, `self`/`cls` are skipped.
+
+
+class _Parameters:
+    """What a decorated function's signature says, worked out once at decoration."""
+
+    __slots__ = ("keys", "skip", "varargs")
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.keys: tuple[str, ...] = ()
+        self.skip = 0
+        self.varargs = INPUTS_PREFIX + "args"
+        try:
+            parameters = list(inspect.signature(func).parameters.values())
+        except (TypeError, ValueError):  # a builtin without a signature: keyed by position
+            return
+        positional = [
+            parameter.name
+            for parameter in parameters
+            if parameter.kind
+            in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
+        if positional and positional[0] in ("self", "cls"):
+            self.skip = 1
+            positional = positional[1:]
+        self.keys = tuple(INPUTS_PREFIX + name for name in positional)
+        for parameter in parameters:
+            if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+                self.varargs = INPUTS_PREFIX + parameter.name
+
+
+#: A value the redaction hook failed on: nothing is recorded for it.
+_SKIP: Final = object()
+
+
+def _redacted(settings: Capture, hook: Callable[[str, Any], Any], key: str, value: Any) -> Any:
+    try:
+        return hook(key, value)
+    except Exception as error:
+        if not settings.redact_warned:
+            settings.redact_warned = True
+            warnings.warn(
+                f"agenta_notebook: the redact hook raised {type(error).__name__}: {error}; "
+                f"{key} (and any other value it fails on) is not recorded",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return _SKIP
+
+
+def _json_default(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump()
+    return repr(value)
+
+
+def _encode_other(value: Any) -> Any:
+    """A value that is not str/int/float/bool/None, as Agenta encodes it (uncut)."""
+    try:
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, str):  # a subclass (a StrEnum): its text, as Agenta keeps it
+            return str.__str__(value)
+        if isinstance(value, (dict, list)) or callable(getattr(value, "model_dump", None)):
+            try:
+                return JSON_PREFIX + json.dumps(value, default=_json_default, ensure_ascii=False)
+            except (TypeError, ValueError, RecursionError):  # tuple keys, a cycle: its repr
+                return repr(value)
+        return repr(value)
+    except Exception:  # the user's object cannot be shown: a placeholder, never a failure
+        return f"<{type(value).__name__} that cannot be shown>"
+
+
+def _cut(text: Any, room: int) -> Any:
+    """`text` within `room` characters, cut ones ending with CUT (JSON ones lose the
+    `@ag.type=json:` prefix, as they are no longer JSON)."""
+    if len(text) <= room:
+        return text
+    if isinstance(text, bytes):
+        return text[: max(room, 0)]
+    if text.startswith(JSON_PREFIX):
+        text = text[len(JSON_PREFIX) :]
+    return text[: max(room - 1, 0)] + CUT
+
+
+def _put(captured: dict[str, Any], key: str, value: Any, settings: Capture, used: int) -> int:
+    """Record `value` under `key` in `captured`; returns the characters used so far."""
+    hook = settings.redact
+    if hook is not None:
+        value = _redacted(settings, hook, key, value)
+        if value is _SKIP:
+            return used
+    kind = type(value)
+    if kind is str:
+        pass
+    elif kind is int or kind is float or kind is bool:
+        captured[key] = value
+        return used
+    elif value is None:
+        return used
+    else:
+        value = _encode_other(value)
+        if not isinstance(value, (str, bytes)):
+            captured[key] = value
+            return used
+    room = min(settings.max_chars, settings.max_total - used)
+    if len(value) > room:
+        value = _cut(value, room) if room > 0 else CUT
+    captured[key] = value
+    return used + len(value)
+
+
+def _capture_inputs(
+    parameters: _Parameters, args: tuple[Any, ...], kwargs: dict[str, Any], settings: Capture
+) -> tuple[dict[str, Any], int]:
+    captured: dict[str, Any] = {}
+    used = 0
+    try:
+        if parameters.skip:
+            args = args[1:]
+        keys = parameters.keys
+        plain = settings.redact is None
+        max_chars = settings.max_chars
+        max_total = settings.max_total
+        for key, value in zip(keys, args, strict=False):
+            kind = type(value)
+            if plain:  # the fast path of `_put` for the common small values
+                if kind is str and len(value) <= max_chars and used + len(value) <= max_total:
+                    captured[key] = value
+                    used += len(value)
+                    continue
+                if kind is int or kind is float or kind is bool:
+                    captured[key] = value
+                    continue
+            used = _put(captured, key, value, settings, used)
+        if len(args) > len(keys):
+            used = _put(captured, parameters.varargs, list(args[len(keys) :]), settings, used)
+        for name, value in kwargs.items():
+            used = _put(captured, INPUTS_PREFIX + name, value, settings, used)
+    except Exception:
+        internal_error("capturing the inputs of a span")
+    return captured, used
+
+
+def _capture_output(span: otel_trace.Span, result: Any, settings: Capture, used: int) -> None:
+    try:
+        captured: dict[str, Any] = {}
+        if isinstance(result, dict):
+            if "message" in result and "cost" in result and "usage" in result:
+                _put(captured, DEFAULT_OUTPUT, result["message"], settings, used)
+            else:
+                for key, value in result.items():
+                    used = _put(captured, OUTPUTS_PREFIX + str(key), value, settings, used)
+        else:
+            _put(captured, DEFAULT_OUTPUT, result, settings, used)
+        if captured:
+            span.set_attributes(captured)
+    except Exception:
+        internal_error("capturing the output of a span")
+
+
+class _Yields:
+    """What a generator yielded: the first `max_items` items and a count."""
+
+    __slots__ = ("count", "items", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.items: list[Any] = []
+        self.count = 0
+        self.limit = limit
+
+    def add(self, item: Any) -> None:
+        self.count += 1
+        if self.count <= self.limit:
+            self.items.append(item)
+
+    def record(self, span: otel_trace.Span, settings: Capture, used: int) -> None:
+        try:
+            items = self.items
+            more = self.count > len(items)
+            output: Any
+            if all(type(item) is str for item in items):
+                output = "".join(items) + (CUT if more else "")
+            else:
+                output = [*items, CUT] if more else items
+            captured: dict[str, Any] = {}
+            _put(captured, DEFAULT_OUTPUT, output, settings, used)
+            captured[YIELDED_ATTRIBUTE] = self.count
+            span.set_attributes(captured)
+        except Exception:
+            internal_error("capturing what a generator yielded")
+
+
+def _capture_modes(capture: Capturing) -> tuple[bool, bool]:
+    if capture is True or capture is False:
+        return capture, capture
+    if capture == "inputs":
+        return True, False
+    if capture == "outputs":
+        return False, True
+    raise ValueError(f"span: capture must be True, False, 'inputs' or 'outputs', not {capture!r}")
+
+
+def _open(
+    name: str,
+    attributes: dict[str, Any],
+    parameters: _Parameters,
+    inputs: bool,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[otel_trace.Span, Capture | None, int]:
+    """Start a decorated call's span with its captured inputs; the capture settings
+    (None when capture is off) and the characters the inputs used."""
+    settings = RUNTIME.capture
+    if not settings.enabled:
+        return get_tracer().start_span(name, attributes=attributes), None, 0
+    if not inputs:
+        return get_tracer().start_span(name, attributes=attributes), settings, 0
+    captured, used = _capture_inputs(parameters, args, kwargs, settings)
+    if captured:
+        captured = {**attributes, **captured}
+        return get_tracer().start_span(name, attributes=captured), settings, used
+    return get_tracer().start_span(name, attributes=attributes), settings, used
+
+
 class SpanSpec:
     """What `span(...)` returns: use it as a decorator or as a (async) context manager.
 
@@ -58,34 +306,49 @@ class SpanSpec:
     once by concurrent tasks or threads.
     """
 
-    __slots__ = ("attributes", "name", "type")
+    __slots__ = ("attributes", "capture", "name", "type")
 
     def __init__(
-        self, name: str | None, type: str, attributes: Mapping[str, Any] | None = None
+        self,
+        name: str | None,
+        type: str,
+        attributes: Mapping[str, Any] | None = None,
+        capture: Capturing = True,
     ) -> None:
         self.name = name
         self.type = type
         self.attributes: dict[str, Any] = {AG_TYPE: type, **(attributes or {})}
+        _capture_modes(capture)  # a bad value fails here, before anything is decorated
+        self.capture = capture
 
     # -- decorator -----------------------------------------------------------------------
     def __call__(self, func: F) -> F:
         name = self.name or getattr(func, "__qualname__", None) or repr(func)
         attributes = self.attributes
         legacy = self.type.lower() in MODEL_CALL_TYPES
+        inputs, outputs = _capture_modes(self.capture)
+        parameters = _Parameters(func)
         if inspect.isasyncgenfunction(func):
-            return functools.wraps(func)(_async_generator_wrapper(func, name, attributes))  # type: ignore[return-value]
+            return functools.wraps(func)(  # type: ignore[return-value]
+                _async_generator_wrapper(func, name, attributes, parameters, inputs, outputs)
+            )
         if inspect.isgeneratorfunction(func):
-            return functools.wraps(func)(_generator_wrapper(func, name, attributes))  # type: ignore[return-value]
+            return functools.wraps(func)(  # type: ignore[return-value]
+                _generator_wrapper(func, name, attributes, parameters, inputs, outputs)
+            )
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                span = get_tracer().start_span(name, attributes=attributes)
+                __tracebackhide__ = True  # IPython and pytest leave this frame out
+                span, settings, used = _open(name, attributes, parameters, inputs, args, kwargs)
                 token = otel_context.attach(otel_trace.set_span_in_context(span))
                 try:
                     result = await func(*args, **kwargs)
                     if legacy:
                         _record_returned_usage(span, result)
+                    if outputs and settings is not None:
+                        _capture_output(span, result, settings, used)
                     return result
                 except BaseException as error:
                     _settle(span, error)
@@ -98,12 +361,15 @@ class SpanSpec:
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            span = get_tracer().start_span(name, attributes=attributes)
+            __tracebackhide__ = True  # IPython and pytest leave this frame out
+            span, settings, used = _open(name, attributes, parameters, inputs, args, kwargs)
             token = otel_context.attach(otel_trace.set_span_in_context(span))
             try:
                 result = func(*args, **kwargs)
                 if legacy:
                     _record_returned_usage(span, result)
+                if outputs and settings is not None:
+                    _capture_output(span, result, settings, used)
                 return result
             except BaseException as error:
                 _settle(span, error)
@@ -166,10 +432,17 @@ def _close_block(spec: SpanSpec) -> tuple[otel_trace.Span, Any]:
 
 
 def _generator_wrapper(
-    func: Callable[..., Generator[Any, Any, Any]], name: str, attributes: Mapping[str, Any]
+    func: Callable[..., Generator[Any, Any, Any]],
+    name: str,
+    attributes: dict[str, Any],
+    parameters: _Parameters,
+    inputs: bool,
+    outputs: bool,
 ) -> Callable[..., Generator[Any, Any, Any]]:
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        span = get_tracer().start_span(name, attributes=attributes)
+        __tracebackhide__ = True  # IPython and pytest leave this frame out
+        span, settings, used = _open(name, attributes, parameters, inputs, args, kwargs)
+        yields = _Yields(settings.max_items) if outputs and settings is not None else None
         span_context = otel_trace.set_span_in_context(span)
         # The span is current only while the generator's own code runs, never in the
         # consumer's code between two items.
@@ -193,6 +466,8 @@ def _generator_wrapper(
                     return stop.value
                 finally:
                     otel_context.detach(token)
+                if yields is not None:
+                    yields.add(item)
                 try:
                     to_send = yield item
                 except GeneratorExit:
@@ -208,16 +483,25 @@ def _generator_wrapper(
             _settle(span, error)
             raise
         finally:
+            if yields is not None and settings is not None:
+                yields.record(span, settings, used)
             span.end()
 
     return wrapper
 
 
 def _async_generator_wrapper(
-    func: Callable[..., AsyncGenerator[Any, Any]], name: str, attributes: Mapping[str, Any]
+    func: Callable[..., AsyncGenerator[Any, Any]],
+    name: str,
+    attributes: dict[str, Any],
+    parameters: _Parameters,
+    inputs: bool,
+    outputs: bool,
 ) -> Callable[..., AsyncGenerator[Any, Any]]:
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        span = get_tracer().start_span(name, attributes=attributes)
+        __tracebackhide__ = True  # IPython and pytest leave this frame out
+        span, settings, used = _open(name, attributes, parameters, inputs, args, kwargs)
+        yields = _Yields(settings.max_items) if outputs and settings is not None else None
         span_context = otel_trace.set_span_in_context(span)
         try:
             token = otel_context.attach(span_context)
@@ -239,6 +523,8 @@ def _async_generator_wrapper(
                     return
                 finally:
                     otel_context.detach(token)
+                if yields is not None:
+                    yields.add(item)
                 try:
                     to_send = yield item
                 except GeneratorExit:
@@ -254,18 +540,30 @@ def _async_generator_wrapper(
             _settle(span, error)
             raise
         finally:
+            if yields is not None and settings is not None:
+                yields.record(span, settings, used)
             span.end()
 
     return wrapper
 
 
 @overload
-def span(name: F, type: str = "task", *, attributes: Mapping[str, Any] | None = None) -> F: ...
+def span(
+    name: F,
+    type: str = "task",
+    *,
+    attributes: Mapping[str, Any] | None = None,
+    capture: Capturing = True,
+) -> F: ...
 
 
 @overload
 def span(
-    name: str | None = None, type: str = "task", *, attributes: Mapping[str, Any] | None = None
+    name: str | None = None,
+    type: str = "task",
+    *,
+    attributes: Mapping[str, Any] | None = None,
+    capture: Capturing = True,
 ) -> SpanSpec: ...
 
 
@@ -274,6 +572,7 @@ def span(
     type: str = "task",
     *,
     attributes: Mapping[str, Any] | None = None,
+    capture: Capturing = True,
 ) -> Any:
     """Open a span around a function or a block: a node of the trace.
 
@@ -288,12 +587,19 @@ def span(
     >>> with span("retrieve", type="retriever"):
     ...     docs = search("q")
 
+    A decorated function's arguments and return value (or what a generator yielded) are
+    recorded under Agenta's keys, `ag.data.inputs.<parameter>` and
+    `ag.data.outputs.__default__` (or one key per item of a returned dict), cut at the
+    caps of `set_capture`. `capture=False` records neither, `capture="inputs"` or
+    `capture="outputs"` only one; `set_capture(enabled=False)` turns it off everywhere.
+    The context-manager form records no inputs or outputs (it has no arguments).
+
     A function typed as a model call that returns `{"cost": ..., "usage": {...}}`
     (the pattern Agenta's SDK used to ask for) has that usage recorded on its span.
     """
     if callable(name):
-        return SpanSpec(None, type, attributes)(name)
-    return SpanSpec(name, type, attributes)
+        return SpanSpec(None, type, attributes, capture)(name)
+    return SpanSpec(name, type, attributes, capture)
 
 
 def _record_returned_usage(span: otel_trace.Span, result: Any) -> None:

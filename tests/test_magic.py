@@ -797,3 +797,73 @@ def test_output_variable_never_replaces_a_builtin_or_ipythons_own(kernel: Kernel
     assert kernel.value("len([1, 2]) + (type(__builtins__).__name__ in ('dict', 'module'))") == 3
     kernel.run("%%agenta_trace -o result_1 --quiet\ncall(1);")  # a plain name is still fine
     assert kernel.value("type(result_1).__name__") == "Trace"
+
+
+# -- our frames hidden, the root ending with the cell's code (issue 13) ----------------------
+
+DURATIONS_MS = (
+    "[(n.record.end_time_ns - n.record.start_time_ns) / 1e6"
+    " for n in __import__('agenta_notebook').last_trace().nodes]"
+)
+FALLING = """\
+import agenta_notebook as an
+
+@an.span
+def fall(n):
+    if n == 0:
+        raise ValueError('at the bottom')
+    return fall(n - 1)
+"""
+
+
+def test_the_root_ends_when_the_failing_code_ends_and_our_frames_are_hidden(
+    kernel: Kernel,
+) -> None:
+    kernel.run(FALLING)
+    cell = kernel.run("%%agenta_trace\nfall(2)", fails=True)
+    [error] = outputs(cell, "error")
+    text = "\n".join(plain_traceback(error))
+    assert "fall(n - 1)" in text and "at the bottom" in text
+    assert "spans.py" not in text and "wrapper" not in text
+    # IPython takes hundreds of milliseconds to format this traceback (40 frames with
+    # their source): the root span used to last that long over a few ms of code.
+    cell = kernel.run("%%agenta_trace\nfall(40)", fails=True)
+    assert "spans.py" not in "\n".join(plain_traceback(outputs(cell, "error")[0]))
+    root, *children = kernel.value(DURATIONS_MS)
+    assert len(children) == 41
+    assert max(children) <= root < 150, (root, max(children))
+    # the recorded stack trace leaves our frames out too
+    recorded = kernel.value(
+        "[e.attributes['exception.stacktrace'] for e in"
+        " __import__('agenta_notebook').last_trace().nodes[-1].record.events]"
+    )
+    assert recorded and "fall" in recorded[0] and "spans.py" not in recorded[0]
+
+
+def test_the_root_of_the_magic_called_directly_ends_with_its_code(kernel: Kernel) -> None:
+    kernel.run(FALLING)
+    kernel.run("get_ipython().run_cell_magic('agenta_trace', '--quiet', 'fall(40)')", fails=True)
+    root, *children = kernel.value(DURATIONS_MS)
+    assert max(children) <= root < 150, (root, max(children))
+
+
+def test_a_first_pass_cell_is_short(tmp_path: Path) -> None:
+    with started(Kernel, tmp_path, HELPERS) as fresh:
+        fresh.run("%%agenta_trace\npass")
+        [root] = fresh.value(DURATIONS_MS)
+    assert root < 50, root
+
+
+def test_a_traceback_shown_by_the_cells_own_code_does_not_end_the_root(kernel: Kernel) -> None:
+    kernel.run(
+        "%%agenta_trace --quiet\n"
+        "import time\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    get_ipython().showtraceback()\n"
+        "with span('after'):\n"
+        "    time.sleep(0.05)\n"
+    )
+    root, after = kernel.value(DURATIONS_MS)
+    assert root >= after >= 50, (root, after)

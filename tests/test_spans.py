@@ -109,6 +109,34 @@ def test_async_function_raising() -> None:
     assert exception_events(result.nodes[1]) == ["RuntimeError"]
 
 
+def test_recorded_stack_trace_leaves_our_wrapper_frames_out() -> None:
+    @an.span
+    def inner() -> None:
+        raise ValueError("inner failed")
+
+    @an.span
+    def outer() -> None:
+        try:
+            inner()
+        except ValueError as error:
+            raise KeyError("outer failed") from error
+
+    with an.trace("hidden") as result, pytest.raises(KeyError):
+        outer()
+    texts = {}
+    for node in result.nodes[1:]:
+        [event] = [e for e in node.record.events if e.name == "exception"]
+        texts[node.name.rsplit(".", 1)[-1]] = str(event.attributes["exception.stacktrace"])
+        assert event.attributes["exception.escaped"] == "False"
+    assert "agenta_notebook/spans.py" not in texts["inner"] and ", in inner" in texts["inner"]
+    assert texts["inner"].rstrip().endswith("ValueError: inner failed")
+    # the chain is kept, each part without our frames
+    assert "agenta_notebook/spans.py" not in texts["outer"]
+    assert "direct cause of the following exception" in texts["outer"]
+    assert ", in inner" in texts["outer"] and ", in outer" in texts["outer"]
+    assert texts["outer"].rstrip().endswith("KeyError: 'outer failed'")
+
+
 # --- generators -----------------------------------------------------------------------------
 
 
