@@ -754,10 +754,13 @@ def _stacktrace(error: BaseException) -> str:
                 ((frame, line) for frame, line in frames if not _hidden(frame)),
                 lookup_lines=True,
             )
-        for linked_summary, linked in (
+        linked_pairs: list[tuple[Any, Any]] = [
             (summary.__cause__, exception.__cause__),
             (summary.__context__, exception.__context__),
-        ):
+        ]
+        if isinstance(exception, BaseExceptionGroup) and summary.exceptions:
+            linked_pairs += zip(summary.exceptions, exception.exceptions, strict=False)
+        for linked_summary, linked in linked_pairs:
             if linked_summary is not None and linked is not None:
                 pending.append((linked_summary, linked))
     return "".join(formatted.format())
@@ -772,6 +775,8 @@ def fail_span(span: otel_trace.Span, error: BaseException) -> None:
     user's code only. (Written here rather than through `record_exception`, which would
     format the traceback a second time.)
     """
+    if not span.is_recording():
+        return
     try:
         stacktrace = _stacktrace(error)
     except Exception:
@@ -779,18 +784,22 @@ def fail_span(span: otel_trace.Span, error: BaseException) -> None:
         stacktrace = "".join(traceback.format_exception(error))
     kind = type(error)
     module = kind.__module__
+    try:
+        message = str(error)
+    except Exception:  # the user's exception cannot say what it is: still recorded
+        message = f"<{kind.__name__} whose str() failed>"
     span.add_event(
         "exception",
         {
             "exception.type": kind.__qualname__
             if not module or module == "builtins"
             else f"{module}.{kind.__qualname__}",
-            "exception.message": str(error),
+            "exception.message": message,
             "exception.stacktrace": stacktrace,
             "exception.escaped": "False",
         },
     )
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    span.set_status(Status(StatusCode.ERROR, f"{kind.__name__}: {message}"))
 
 
 def root_attributes(attributes: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -15,6 +15,11 @@ nothing about time. Every baseline is measured in the same process and run:
     `ag.data.outputs.__default__` after the call). Target: at most 1.5x. Then with
     capture off (`set_capture(enabled=False)`) against the bare span setting only
     `ag.type.node`. Target: at most 1.1x.
+(d) Capture of a large argument and result: an `@span` function `embed(x)` called with and
+    returning 300 embeddings of 1,536 floats (460,800 floats, ~5 MB of JSON), with capture
+    on against capture off (both ours). The capture is cut at `max_chars`, and so is the
+    work: no target, the ratio is reported (it was ~5,000x, 0.6 s a call, when whole
+    values were serialised before being cut).
 (b) Building the Trace (SDK spans -> records -> tree with every subtotal) and then the
     DataFrame, for 10k and 100k finished spans, against one plain Python pass over the
     same finished spans that reads one attribute of each. Targets: the roll-up at most
@@ -96,6 +101,38 @@ def bench_capture(calls: int, rounds: int, *, capture: bool) -> tuple[float, flo
         return compare_with_bare(lambda: traced_answer(QUESTION, 5), bare_call, calls, rounds)
     finally:
         an.set_capture(enabled=True)
+
+
+EMBEDDINGS = [[0.1234567] * 1536] * 300
+
+
+@an.span("embed", type="embedding")
+def traced_embed(x: list[list[float]]) -> list[list[float]]:
+    return x
+
+
+def bench_large_capture(calls: int, rounds: int) -> tuple[float, float, float]:
+    """(d): `embed(x)` with a large argument and result, capture on against off."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+
+    def run(capture: bool) -> None:
+        an.set_capture(enabled=capture)
+        gc.collect()
+        with an.trace("bench embed"):
+            started = clock()
+            for _ in range(calls):
+                traced_embed(EMBEDDINGS)
+            times[capture].append(clock() - started)
+        an.get_collector().clear()
+
+    try:
+        for index in range(rounds):  # interleaved, alternating who goes first
+            for capture in (True, False) if index % 2 else (False, True):
+                run(capture)
+    finally:
+        an.set_capture(enabled=True)
+    paired = sorted(on / off for on, off in zip(times[True], times[False], strict=True))
+    return min(times[True]) / calls, min(times[False]) / calls, paired[len(paired) // 2]
 
 
 def compare_with_bare(
@@ -277,6 +314,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"    {label:12} {ours * 1e6:14.2f} {bare * 1e6:14.2f} {ours / bare:9.2f}x "
             f"{median_ratio:11.2f}x"
         )
+    print()
+    print("(d) per call: @span embed(x) with 300 x 1,536 floats in and out, capture on vs off")
+    print(f"    {'on us/call':>14} {'off us/call':>14} {'best/best':>10} {'median pair':>12}")
+    on, off, median_ratio = bench_large_capture(calls // 10, rounds)
+    print(f"    {on * 1e6:14.2f} {off * 1e6:14.2f} {on / off:9.2f}x {median_ratio:11.2f}x")
     print()
 
     print("(b) roll-up vs one plain pass over the same finished spans (target <= 3x)")

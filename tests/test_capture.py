@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import gc
 import json
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext
 
 import agenta_notebook as an
 from agenta_notebook.spans import CUT, DEFAULT_OUTPUT, JSON_PREFIX, YIELDED_ATTRIBUTE
@@ -272,3 +278,219 @@ def test_the_context_manager_form_captures_nothing() -> None:
     with an.trace("t") as result, an.span("block"):
         pass
     assert captured(result) == {}
+
+
+# -- bounded work, generators, big ints, bytes (review of issue 13) -----------------------
+
+
+class Leaf:
+    """A leaf that counts how often the encoder asks for it (as JSON, via model_dump)."""
+
+    asked = 0
+
+    def model_dump(self) -> float:
+        Leaf.asked += 1
+        return 0.1234567
+
+
+def test_big_values_are_encoded_only_up_to_the_cap() -> None:
+    an.set_capture(max_chars=2_000, max_total=16_000)
+    Leaf.asked = 0
+
+    @an.span
+    def embed(x: list[list[Leaf]]) -> list[list[Leaf]]:
+        return x
+
+    big = [[Leaf()] * 1536] * 300  # 460,800 leaves
+    with an.trace("t") as result:
+        embed(big)
+    # Each leaf is at least 3 characters of JSON: input and output together ask for at
+    # most about 2 x 2,000 / 3 of them, never the 460,800.
+    assert 0 < Leaf.asked <= 2 * 2_000 // 3
+    data = captured(result)
+    whole = json.dumps([[0.1234567] * 1536] * 300, ensure_ascii=False)
+    assert data["ag.data.inputs.x"] == whole[:1_999] + CUT
+    assert data[DEFAULT_OUTPUT] == whole[:1_999] + CUT
+
+
+def test_nothing_is_encoded_once_the_spans_budget_is_spent() -> None:
+    an.set_capture(max_chars=100, max_total=100)
+    Leaf.asked = 0
+
+    @an.span
+    def f(first: str, second: list[Leaf]) -> dict[str, Any]:
+        return {"third": [Leaf()]}
+
+    with an.trace("t") as result:
+        f("x" * 500, [Leaf()] * 10)
+    assert Leaf.asked == 0
+    data = captured(result)
+    assert data["ag.data.inputs.first"] == "x" * 99 + CUT
+    assert data["ag.data.inputs.second"] == CUT
+    assert data["ag.data.outputs.third"] == CUT
+
+
+class Counted:
+    """An object that counts how often its repr is asked for."""
+
+    asked = 0
+
+    def __repr__(self) -> str:
+        Counted.asked += 1
+        return "C"
+
+
+def test_big_values_json_cannot_hold_are_cut_from_their_repr() -> None:
+    an.set_capture(max_chars=50)
+    cyclic: list[Any] = list(range(1_000))
+    cyclic.append(cyclic)
+    table = {(index, -index): Counted() for index in range(1_000)}
+
+    @an.span
+    def g(loop: list[Any], table: dict[tuple[int, int], str], nested: tuple[Any, ...]) -> None:
+        return None
+
+    nested = ({"a": [1.5, None, True]}, "text", (7,)) * 100
+    with an.trace("t") as result:
+        g(cyclic, table, nested)
+    data = captured(result)
+    assert data["ag.data.inputs.loop"] == repr(cyclic)[:49] + CUT
+    assert Counted.asked <= 10  # only the first few of the 1,000 values were shown
+    assert data["ag.data.inputs.table"] == repr(table)[:49] + CUT
+    assert data["ag.data.inputs.nested"] == repr(nested)[:49] + CUT  # a tuple: its repr
+
+
+class Tracked:
+    """A yielded object we can watch being collected; big as JSON."""
+
+    def model_dump(self) -> dict[str, Any]:
+        return {"data": [0.5] * 10_000}
+
+
+def test_generators_encode_each_item_when_yielded() -> None:
+    @an.span
+    def states() -> Iterator[dict[str, int]]:
+        state = {"n": 0}
+        for index in range(3):
+            state["n"] = index
+            yield state
+
+    with an.trace("t") as result:
+        assert [item["n"] for item in states()] == [0, 1, 2]
+    assert as_json(captured(result)[DEFAULT_OUTPUT]) == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
+def test_generators_do_not_keep_what_they_yielded() -> None:
+    alive: weakref.WeakSet[Tracked] = weakref.WeakSet()
+    seen_alive: list[int] = []
+
+    @an.span
+    def stream(n: int) -> Iterator[Tracked]:
+        for _ in range(n):
+            item = Tracked()
+            alive.add(item)
+            yield item
+            del item
+        gc.collect()
+        seen_alive.append(len(alive))
+
+    with an.trace("t") as result:
+        for _ in stream(10_000):
+            pass
+    assert seen_alive == [0] or seen_alive[0] <= 1
+    node = result.nodes[1].record.attributes
+    assert node[YIELDED_ATTRIBUTE] == 10_000
+    output = node[DEFAULT_OUTPUT]
+    assert isinstance(output, str) and output.endswith(CUT)
+    assert len(output) == 2_000  # one item's JSON, cut at max_chars
+    assert output.startswith('[{"data": [0.5, 0.5')
+
+
+def test_generators_mix_of_text_then_objects_and_the_item_cap() -> None:
+    an.set_capture(max_items=3, max_chars=50)
+
+    @an.span
+    def mixed() -> Iterator[Any]:
+        yield "a"
+        yield 'b"'
+        yield {"c": 1}
+        yield "never kept"
+
+    @an.span
+    def long_text() -> Iterator[str]:
+        yield "x" * 30
+        yield "y" * 30
+        yield "z"
+
+    with an.trace("t") as result:
+        list(mixed())
+        list(long_text())
+    assert as_json(captured(result, 1)[DEFAULT_OUTPUT]) == ["a", 'b"', {"c": 1}, CUT]
+    assert captured(result, 2)[DEFAULT_OUTPUT] == "x" * 30 + "y" * 19 + CUT
+    assert result.nodes[2].record.attributes[YIELDED_ATTRIBUTE] == 3
+
+
+def test_ints_past_64_bits_are_recorded_as_their_decimal_text() -> None:
+    @an.span
+    def count(small: int, big: int, negative: int, huge: int) -> dict[str, int]:
+        return {"big": 2**64, "fits": 2**63 - 1}
+
+    with an.trace("t") as result:
+        count(5, 2**70, -(2**63) - 1, 2**20_000)
+    data = captured(result)
+    assert data["ag.data.inputs.huge"] == "(an integer of 20001 bits)"  # past Python's str()
+    assert data["ag.data.inputs.small"] == 5
+    assert data["ag.data.inputs.big"] == str(2**70)
+    assert data["ag.data.inputs.negative"] == str(-(2**63) - 1)
+    assert data["ag.data.outputs.big"] == str(2**64)
+    assert data["ag.data.outputs.fits"] == 2**63 - 1
+    # what the OTLP exporters send: every attribute encodes
+    span = ReadableSpan(
+        name="count",
+        context=SpanContext(1, 2, is_remote=False),
+        attributes=result.nodes[1].record.attributes,
+        resource=Resource.create({}),
+    )
+    request = encode_spans([span])
+    sent = {
+        attribute.key: attribute.value
+        for attribute in request.resource_spans[0].scope_spans[0].spans[0].attributes
+    }
+    assert sent["ag.data.inputs.big"].string_value == str(2**70)
+
+
+def test_bytes_are_decoded_as_utf8_and_cut_as_text() -> None:
+    an.set_capture(max_chars=5)
+
+    @an.span
+    def send(short: bytes, long: bytes, broken: bytes, buffer: bytearray) -> None:
+        return None
+
+    with an.trace("t") as result:
+        send("é!".encode(), "ééééééé".encode(), b"ab\xffcd", bytearray(b"xyz"))
+    assert captured(result) == {
+        "ag.data.inputs.short": "é!",
+        "ag.data.inputs.long": "éééé" + CUT,  # characters, never half of one
+        "ag.data.inputs.broken": "ab\ufffdcd",
+        "ag.data.inputs.buffer": "xyz",
+    }
+
+
+def test_the_redaction_hook_sees_each_yielded_item() -> None:
+    seen: list[Any] = []
+
+    def redact(key: str, value: Any) -> Any:
+        seen.append((key, value))
+        return None if value == "secret " else value
+
+    an.set_capture(redact=redact)
+
+    @an.span
+    def words() -> Iterator[str]:
+        yield from ("a ", "secret ", "b")
+
+    with an.trace("t") as result:
+        assert list(words()) == ["a ", "secret ", "b"]
+    assert captured(result)[DEFAULT_OUTPUT] == "a b"
+    assert result.nodes[1].record.attributes[YIELDED_ATTRIBUTE] == 3
+    assert seen == [(DEFAULT_OUTPUT, "a "), (DEFAULT_OUTPUT, "secret "), (DEFAULT_OUTPUT, "b")]

@@ -565,3 +565,139 @@ def test_details_css_is_scoped_and_themed() -> None:
             assert variable.startswith("--jp-") and "," in variable, rule  # a fallback
     for role in ("system", "user", "assistant", "tool", "other"):
         assert f".agn-msg-{role}{{" in DETAILS_CSS
+
+
+# -- values too deeply nested for json ------------------------------------------------------
+
+DEEP = "[" * 3000 + "]" * 3000
+
+
+@pytest.mark.parametrize(
+    ("attributes", "in_content"),
+    [
+        ({"ag.data.inputs.question": "@ag.type=json:" + DEEP}, True),
+        ({"ag.data.outputs": "@ag.type=json:" + DEEP}, True),
+        ({"input.value": DEEP, "input.mime_type": "application/json"}, True),
+        ({"gen_ai.input.messages": json.dumps([{"role": "user", "content": DEEP}])}, True),
+        (
+            {
+                "llm.input_messages.0.message.role": "user",
+                "llm.input_messages.0.message.content": DEEP,
+            },
+            True,
+        ),
+        # Not messages at all once unreadable: its text is under "all attributes".
+        ({"gen_ai.input.messages": DEEP}, False),
+        ({"gen_ai.system_instructions": DEEP}, False),
+        (
+            {
+                "gen_ai.output.messages": json.dumps([{"role": "x", "content": "X"}]).replace(
+                    '"X"', DEEP
+                )
+            },
+            False,
+        ),
+    ],
+    ids=[
+        "agenta input",
+        "agenta output",
+        "input.value",
+        "content",
+        "indexed",
+        "genai",
+        "system",
+        "messages",
+    ],
+)
+def test_deeply_nested_json_shows_as_bounded_text(
+    records: RecordFactory, attributes: dict[str, Any], in_content: bool
+) -> None:
+    root = records.add("root")
+    records.add("deep", root, type="llm", **attributes)
+    markup = details_html(node_of(records, "deep"))
+    shown = pane(markup)
+    assert "[" * 100 in (without_raw(markup) if in_content else markup)
+    assert "deep" in shown.text
+    assert len(markup) < 200_000
+
+
+def test_deep_json_parsed_near_the_limit_still_draws() -> None:
+    """A value json can parse at the top of the stack but not deeper down (as in a widget's
+    click handler) shows as its text too."""
+    depth = 900
+    records = RecordFactory()
+    root = records.add("root")
+    records.add("deep", root, **{"output.value": "[" * depth + "]" * depth})
+    node = node_of(records, "deep")
+
+    def nested(levels: int) -> str:
+        return details_html(node) if levels == 0 else nested(levels - 1)
+
+    markup = nested(200)
+    assert "[" * 100 in without_raw(markup)
+
+
+def deep_view(records: RecordFactory) -> tuple[Any, SpanRecord, SpanRecord]:
+    from agenta_notebook.views.widget import TraceView
+
+    root = records.add("root")
+    good = records.add("good", root, **{"output.value": "the good answer"})
+    bad = records.add("bad", root, **{"ag.data.outputs": "@ag.type=json:" + DEEP})
+    trace = Trace(records.trace_id, "root", root_span_id=root.span_id, records=records.all)
+    return TraceView(trace), good, bad
+
+
+def test_a_bad_span_clicked_after_a_good_one_shows_its_own_pane(records: RecordFactory) -> None:
+    view, good, bad = deep_view(records)
+    try:
+        view.click(good.span_id)
+        assert "the good answer" in view.details.value
+        view.click(bad.span_id)
+        assert view.state.selected == bad.span_id
+        assert "the good answer" not in view.details.value
+        assert "[" * 100 in view.details.value
+    finally:
+        view.close()
+
+
+def test_a_pane_that_fails_to_draw_shows_a_short_note(
+    records: RecordFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agenta_notebook.views import widget
+
+    monkeypatch.setenv("AGENTA_NOTEBOOK_STRICT", "0")
+    real = widget.details_html
+
+    def failing(node: SpanNode) -> str:
+        if node.name == "bad":
+            raise RuntimeError("a bug of ours")
+        return real(node)
+
+    monkeypatch.setattr(widget, "details_html", failing)
+    view, good, bad = deep_view(records)
+    try:
+        view.click(good.span_id)
+        assert "the good answer" in view.details.value
+        with caplog.at_level("ERROR", logger="agenta_notebook"):
+            view.click(bad.span_id)
+        assert view.state.selected == bad.span_id
+        assert "the good answer" not in view.details.value
+        assert "the details of this span cannot be shown" in view.details.value
+        assert any("drawing a span's details" in r.getMessage() for r in caplog.records)
+        monkeypatch.setattr(widget, "details_html", real)
+        view.click(good.span_id)  # the good one again: drawn again, not taken for drawn
+        assert "the good answer" in view.details.value
+        view.click(bad.span_id)
+        assert "the details of this span cannot be shown" not in view.details.value
+        assert "[" * 100 in view.details.value
+    finally:
+        view.close()
+
+
+def test_a_span_ending_before_it_starts_lasts_zero() -> None:
+    skewed = SpanRecord(1, 2, 1, "skewed", 50_000_000, 40_000_000)
+    root = SpanRecord(1, 1, None, "root", 0, 100_000_000)
+    trace = Trace(1, "root", root_span_id=1, records=[root, skewed])
+    markup = details_html(trace.find("skewed"))
+    meta = re.search(r'<div class="agn-d-meta">.*?</div>', markup)
+    assert meta is not None and meta.group(0).endswith("· 0.00 ms</div>")

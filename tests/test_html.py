@@ -11,9 +11,12 @@ from conftest import RecordFactory
 
 from agenta_notebook.core.fields import Figures
 from agenta_notebook.core.rollup import SpanEvent, SpanRecord
+from agenta_notebook.core.usage import usage_attributes
 from agenta_notebook.live import Trace
 from agenta_notebook.views.details import details_html
 from agenta_notebook.views.html import (
+    MAX_AMOUNT_CHARS,
+    MAX_PLACES,
     STATIC_MAX_NODES,
     cost_share,
     costliest,
@@ -394,3 +397,49 @@ def test_costliest_spans() -> None:
         + [call(i, 1, f"c{i}", i, i + 1, tokens_in=i * 100) for i in range(2, 12)],
     )
     assert [node.name for node in costliest(many.nodes)] == ["c11", "c10", "c9", "c8", "c7"]
+
+
+def test_a_tiny_cost_does_not_widen_every_row(records: RecordFactory) -> None:
+    """One span costing $1e-12 does not give every row twelve decimals."""
+    root = records.add("root")
+    records.add("big", root, type="llm", **usage_attributes(model="x", cost=12.34))
+    records.add("tiny", root, type="llm", **usage_attributes(model="x", cost=1e-12))
+    trace = Trace(records.trace_id, "tiny", root_span_id=root.span_id, records=records.all)
+    scale = view_scale(trace.tree.root, trace.nodes)
+    assert scale.places == MAX_PLACES == 8
+    assert format_amount(Decimal("12.34"), scale.places) == "$12.34000000"
+    assert format_amount(Decimal("1e-12"), scale.places) == "<$0.00000001"
+
+
+def test_the_time_axis_reaches_spans_that_end_after_the_root() -> None:
+    trace = Trace(
+        1,
+        "late",
+        root_span_id=1,
+        records=[
+            SpanRecord(1, 1, None, "root", 0, 100),
+            SpanRecord(1, 2, 1, "background", 50, 400),
+        ],
+    )
+    tree = trace.tree
+    scale = view_scale(tree.root, tree.nodes)
+    assert (scale.start_ns, scale.end_ns) == (0, 400)
+
+
+def test_row_figures_fit_their_columns_whatever_the_totals(records: RecordFactory) -> None:
+    """A $1,234 trace with sub-cent spans, and 123 million tokens: the cost keeps to the
+    column's width (fewer decimals) and the tokens are shortened, exact in the tooltip."""
+    root = records.add("root")
+    records.add("big", root, type="llm", **usage_attributes(model="x", cost=1234.5))
+    records.add(
+        "small",
+        root,
+        type="llm",
+        **usage_attributes(model="x", cost=0.000123, input_tokens=123_456_000, output_tokens=789),
+    )
+    trace = Trace(records.trace_id, "big", root_span_id=root.span_id, records=records.all)
+    scale = view_scale(trace.tree.root, trace.nodes)
+    total = format_amount(trace.tree.root.subtotal.cost, scale.places)
+    assert total.startswith("$1,234.5") and len(total) <= MAX_AMOUNT_CHARS
+    line = row_figures_html(trace.tree.root, scale)
+    assert ">123.5M<" in line and "123,456,789" in line  # shown short, exact in the title

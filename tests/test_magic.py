@@ -816,6 +816,18 @@ def fall(n):
 """
 
 
+#: An exception IPython takes half a second to show (its text is slow to make): a root
+#: span that ended after the traceback was formatted lasts at least that long.
+SLOW_TO_SHOW = """\
+import time
+
+class SlowToShow(Exception):
+    def __str__(self):
+        time.sleep(0.5)
+        return "slow to show"
+"""
+
+
 def test_the_root_ends_when_the_failing_code_ends_and_our_frames_are_hidden(
     kernel: Kernel,
 ) -> None:
@@ -825,33 +837,54 @@ def test_the_root_ends_when_the_failing_code_ends_and_our_frames_are_hidden(
     text = "\n".join(plain_traceback(error))
     assert "fall(n - 1)" in text and "at the bottom" in text
     assert "spans.py" not in text and "wrapper" not in text
-    # IPython takes hundreds of milliseconds to format this traceback (40 frames with
-    # their source): the root span used to last that long over a few ms of code.
-    cell = kernel.run("%%agenta_trace\nfall(40)", fails=True)
-    assert "spans.py" not in "\n".join(plain_traceback(outputs(cell, "error")[0]))
     root, *children = kernel.value(DURATIONS_MS)
-    assert len(children) == 41
-    assert max(children) <= root < 150, (root, max(children))
+    assert len(children) == 3 and max(children) <= root
     # the recorded stack trace leaves our frames out too
     recorded = kernel.value(
         "[e.attributes['exception.stacktrace'] for e in"
         " __import__('agenta_notebook').last_trace().nodes[-1].record.events]"
     )
     assert recorded and "fall" in recorded[0] and "spans.py" not in recorded[0]
+    # IPython formats the traceback (here: half a second) before the cell's end event;
+    # the root ends when the code stopped, before that.
+    kernel.run(SLOW_TO_SHOW)
+    cell = kernel.run("%%agenta_trace --quiet\nraise SlowToShow()", fails=True)
+    assert "slow to show" in "\n".join(plain_traceback(outputs(cell, "error")[0]))
+    [root] = kernel.value(DURATIONS_MS)
+    assert root < 500, root
+    assert kernel.value("__import__('agenta_notebook').last_trace().root.is_error") is True
 
 
 def test_the_root_of_the_magic_called_directly_ends_with_its_code(kernel: Kernel) -> None:
-    kernel.run(FALLING)
-    kernel.run("get_ipython().run_cell_magic('agenta_trace', '--quiet', 'fall(40)')", fails=True)
-    root, *children = kernel.value(DURATIONS_MS)
-    assert max(children) <= root < 150, (root, max(children))
+    kernel.run(SLOW_TO_SHOW)
+    kernel.run(
+        "get_ipython().run_cell_magic('agenta_trace', '--quiet', 'raise SlowToShow()')",
+        fails=True,
+    )
+    [root] = kernel.value(DURATIONS_MS)
+    assert root < 500, root
 
 
-def test_a_first_pass_cell_is_short(tmp_path: Path) -> None:
+def test_a_failing_cell_run_from_a_traced_cell_does_not_end_its_root(kernel: Kernel) -> None:
+    """`run_cell` (or `%run`) inside a traced cell: the inner cell's traceback is not the
+    end of the traced cell's code, which goes on."""
+    kernel.run(
+        "%%agenta_trace --quiet\n"
+        "import time\n"
+        "get_ipython().run_cell('1 / 0')\n"
+        "with span('after'):\n"
+        "    time.sleep(0.05)\n"
+    )
+    root, after = kernel.value(DURATIONS_MS)
+    assert root >= after >= 50, (root, after)
+    assert kernel.value("__import__('agenta_notebook').last_trace().root.is_error") is False
+
+
+def test_loading_the_extension_imports_the_view(tmp_path: Path) -> None:
+    """The view's modules (ipywidgets: ~0.1 s on a first import) are imported by
+    `%load_ext`, not inside the first traced cell's root span."""
     with started(Kernel, tmp_path, HELPERS) as fresh:
-        fresh.run("%%agenta_trace\npass")
-        [root] = fresh.value(DURATIONS_MS)
-    assert root < 50, root
+        assert fresh.value("'agenta_notebook.views.widget' in __import__('sys').modules")
 
 
 def test_a_traceback_shown_by_the_cells_own_code_does_not_end_the_root(kernel: Kernel) -> None:

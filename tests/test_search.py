@@ -12,7 +12,9 @@ import pytest
 
 from agenta_notebook.core.rollup import SpanEvent, SpanRecord, TraceTree, build_tree
 from agenta_notebook.live import Trace
+from agenta_notebook.views.html import view_scale, waterfall_bar, waterfall_html
 from agenta_notebook.views.state import (
+    SEARCH_CACHE_CHARS,
     SEARCH_CHARS,
     SEARCH_SPAN_CHARS,
     TreeState,
@@ -382,3 +384,68 @@ def test_the_bars_control_draws_them_against_the_parent() -> None:
         assert {row.node.name: line for row, _label, line in view.visible} == before
     finally:
         view.close()
+
+
+# -- the search's memory --------------------------------------------------------------------
+
+
+def big_records(spans: int = 600) -> list[SpanRecord]:
+    """Spans of almost `SEARCH_SPAN_CHARS` characters each, every tenth with a needle at the
+    end of its text: more than 11M characters for the search to read in all."""
+    text = "x" * (SEARCH_SPAN_CHARS - 1_000)
+    found = [record(1, "root", parent=None)]
+    for index in range(spans):
+        value = text + (" needle" if index % 10 == 0 else "")
+        found.append(record(index + 2, f"call {index}", **{"output.value": value}))
+    return found
+
+
+def test_the_search_cache_stays_within_its_bound() -> None:
+    records = big_records()
+    state = TreeState(build_tree(records, 1))
+    state.set_filter(text="needle")
+    expected = [f"call {index}" for index in range(0, 600, 10)]
+    assert matching(state) == expected
+    assert 0 < state.search_cache_chars <= SEARCH_CACHE_CHARS <= 8_000_000
+    state.set_filter(text="NEEDLE")  # again: the spans kept and the ones not, the same answer
+    assert matching(state) == expected
+    assert state.search_cache_chars <= SEARCH_CACHE_CHARS
+
+
+def test_closing_a_view_releases_its_search_cache() -> None:
+    view = TraceView(Trace(1, "root", root_span_id=1, records=big_records(50)))
+    try:
+        view.state.set_filter(text="needle")
+        view.state.rows()
+        assert view.state.search_cache_chars > 0
+    finally:
+        view.close()
+    assert view.state.search_cache_chars == 0
+    view.state.set_filter(text="needle")  # a closed view's state still answers
+    assert matching(view.state)[:2] == ["call 0", "call 10"]
+
+
+# -- clock skew in the waterfall ------------------------------------------------------------
+
+
+def test_waterfall_tooltips_of_skewed_spans() -> None:
+    """A span ending before it starts lasts 0 (text and bar); one starting before the
+    trace reads "-X", never "+-X"."""
+    records = [
+        record(1, "root", parent=None, duration_ms=100),
+        record(2, "backwards", start_ms=50, duration_ms=-10),
+        record(3, "early", start_ms=-5, duration_ms=20),
+    ]
+    trace = Trace(1, "root", root_span_id=1, records=records)
+    scale = view_scale(trace.tree.root, trace.nodes)
+    backwards = waterfall_bar(trace.find("backwards"), scale)
+    assert backwards.title == "starts at +50 ms · lasts 0.00 ms"
+    assert backwards.width == 0
+    early = waterfall_bar(trace.find("early"), scale)
+    assert early.title == "starts at -5 ms · lasts 20 ms"
+    against_parent = waterfall_bar(trace.find("early"), scale, "parent")
+    assert against_parent.title.endswith("(-5 ms into its parent)")
+    for node in trace.nodes:
+        for scope in ("trace", "parent"):
+            cell = waterfall_html(node, scale, scope)
+            assert "+-" not in cell and "lasts -" not in cell and "width:-" not in cell

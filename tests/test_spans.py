@@ -137,6 +137,43 @@ def test_recorded_stack_trace_leaves_our_wrapper_frames_out() -> None:
     assert texts["outer"].rstrip().endswith("KeyError: 'outer failed'")
 
 
+def test_recorded_stack_trace_of_an_exception_group_leaves_our_frames_out() -> None:
+    @an.span
+    def inner() -> None:
+        raise ValueError("inner failed")
+
+    @an.span
+    def outer() -> None:
+        try:
+            inner()
+        except ValueError as error:
+            raise ExceptionGroup("both failed", [error]) from None
+
+    with an.trace("group") as result, pytest.raises(ExceptionGroup):
+        outer()
+    [node] = [node for node in result.nodes if node.name.endswith("outer")]
+    [event] = [e for e in node.record.events if e.name == "exception"]
+    text = str(event.attributes["exception.stacktrace"])
+    assert ", in inner" in text and "ValueError: inner failed" in text
+    assert "agenta_notebook/spans.py" not in text
+
+
+def test_an_exception_whose_str_fails_is_still_recorded_and_raised() -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    @an.span
+    def failing() -> None:
+        raise Unprintable()
+
+    with an.trace("unprintable") as result, pytest.raises(Unprintable):
+        failing()
+    node = result.nodes[-1]
+    assert node.record.status == "ERROR"
+    assert "Unprintable" in (node.record.status_message or "")
+
+
 # --- generators -----------------------------------------------------------------------------
 
 

@@ -91,6 +91,8 @@ MAGIC_NAME: Final = "agenta_trace"
 EXIT_WAIT: Final = 10.0
 #: How many cells' last runs are remembered (to close a re-run cell's old view).
 REMEMBERED_CELLS: Final = 256
+#: Cells running one inside another that are tracked (a deeper nesting is not expected).
+MAX_NESTED_CELLS: Final = 64
 #: Attribute on the root span holding the notebook cell id, when the frontend sends one.
 CELL_ID_ATTRIBUTE: Final = "agenta_notebook.cell_id"
 
@@ -324,16 +326,18 @@ class CellRun:
         """Close the root span (failed by `error`, if any) and settle the view.
 
         The root ends when the cell's code stopped (`mark_code_end`), or else now: not
-        after IPython's traceback formatting.
+        after IPython's traceback formatting, nor after the error is recorded on it.
         """
         if self._ended:
             return
         self._ended = True
+        # The mark stands only for a cell that failed: its code stopped there.
+        end_ns = self.code_end_ns if error is not None and self.code_end_ns else time.time_ns()
         _reset_context(self._token)
         try:
             if error is not None:
                 fail_span(self.root, error)
-            self.root.end(end_time=self.code_end_ns)
+            self.root.end(end_time=end_ns)
         finally:
             # A span processor of the user's that raises in on_end must not leave the
             # cell's trace half-settled: it is still closed, returned and bound.
@@ -449,6 +453,9 @@ class TraceMagics(Magics):
         super().__init__(shell)
         # id(ExecutionInfo) -> (info, run): pre_run_cell and post_run_cell share `info`.
         self._open: dict[int, tuple[Any, CellRun]] = {}
+        #: id(ExecutionInfo) of every cell running now, traced or not, innermost last: a
+        #: cell run by another (`run_cell`, `%run`) sits above the one that ran it.
+        self._running: list[int] = []
         self._by_cell: OrderedDict[str, CellRun] = OrderedDict()
         self._parsed: dict[str, CellOptions | None] = {}
         #: writes the --save files of cells whose spans outlive the cell
@@ -532,6 +539,10 @@ class TraceMagics(Magics):
 
     # -- execution events ------------------------------------------------------------------
     def pre_run_cell(self, info: Any) -> None:
+        running = self._running
+        running.append(id(info))
+        if len(running) > MAX_NESTED_CELLS:  # a cell whose end event never came
+            del running[0]
         try:
             raw_cell = info.raw_cell or ""
             transformed = getattr(info, "transformed_cell", None)
@@ -568,6 +579,14 @@ class TraceMagics(Magics):
             internal_error("starting the trace of a cell")
 
     def post_run_cell(self, result: Any) -> None:
+        running = self._running
+        if result is None:
+            if running:
+                running.pop()
+        elif id(result.info) in running:
+            # The innermost entry for it (an `ExecutionInfo` id can come back after the
+            # object is freed, never while it runs).
+            del running[len(running) - 1 - running[::-1].index(id(result.info))]
         try:
             if result is None:
                 # The cell's task was cancelled before it returned (an interrupt).
@@ -586,13 +605,19 @@ class TraceMagics(Magics):
             internal_error("ending the trace of a cell")
 
     def code_ended(self) -> None:
-        """The code of the running cell has stopped (it raised): mark its end."""
-        for _, run in self._open.values():
-            run.mark_code_end()
+        """The code of the innermost running cell has stopped (it raised): mark its end
+        when that cell is traced. A cell run from a traced cell (`run_cell`, `%run`) that
+        fails marks nothing: the traced cell's code goes on."""
+        if not self._running:
+            return
+        entry = self._open.get(self._running[-1])
+        if entry is not None:
+            entry[1].mark_code_end()
 
     def adopt(self, previous: Any) -> None:
         """Take over the cells `previous` (an unloaded instance) still has open."""
         self._open.update(previous._open)
+        self._running[:0] = previous._running
         self._by_cell.update(previous._by_cell)
         previous._open.clear()
         previous._by_cell.clear()

@@ -53,6 +53,8 @@ FOLD_LINES: Final = 4
 MAX_JSON: Final = 200_000
 #: Agenta's SDK marks a JSON-encoded attribute value with this prefix.
 AGENTA_JSON: Final = "@ag.type=json:"
+#: What stands for a value nested too deeply to show (see "all attributes" for its text).
+TOO_DEEP: Final = "(nested too deeply to show here; its text is under all attributes)"
 
 #: Where our own code lives: traceback frames in these files are hidden in the pane.
 PACKAGE_DIR: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,7 +119,8 @@ PRICE_SOURCES: Final[Mapping[str, str]] = {
 
 def json_value(value: Any) -> Any:
     """`value` decoded when it is JSON text (Agenta's `@ag.type=json:` prefix or a string
-    that starts like a JSON object or array); otherwise `value` itself."""
+    that starts like a JSON object or array); otherwise `value` itself. Text that is not
+    JSON, or nested too deeply for `json` to read (a RecursionError), stays text."""
     if not isinstance(value, str):
         return value
     text = value[len(AGENTA_JSON) :] if value.startswith(AGENTA_JSON) else value
@@ -125,22 +128,28 @@ def json_value(value: Any) -> Any:
     if (stripped[:1] in ("{", "[") or text is not value) and len(stripped) <= MAX_JSON:
         try:
             return json.loads(stripped)
-        except ValueError:
+        except (ValueError, RecursionError):
             return text
     return text
 
 
 def value_text(value: Any) -> str:
-    """A value as readable text: JSON (and JSON text) pretty-printed, strings as they are."""
-    value = json_value(value)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, tuple):
-        value = list(value)
+    """A value as readable text: JSON (and JSON text) pretty-printed, strings as they are.
+    A value nested too deeply to print shows as the text it came from (or a note)."""
+    decoded = json_value(value)
+    if isinstance(decoded, str):
+        return decoded
+    if isinstance(decoded, tuple):
+        decoded = list(decoded)
     try:
-        return json.dumps(value, indent=2, ensure_ascii=False, default=repr)
-    except (TypeError, ValueError):  # a value json cannot walk (a cycle): its repr
-        return repr(value)
+        try:
+            return json.dumps(decoded, indent=2, ensure_ascii=False, default=repr)
+        except (TypeError, ValueError):  # a value json cannot walk (a cycle): its repr
+            return repr(decoded)
+    except RecursionError:
+        if isinstance(value, str):
+            return value[len(AGENTA_JSON) :] if value.startswith(AGENTA_JSON) else value
+        return TOO_DEEP
 
 
 def value_html(value: Any, limit: int = MAX_VALUE) -> str:
@@ -568,6 +577,15 @@ def content_html(node: SpanNode) -> str:
     return conversation + "".join(sections)
 
 
+def _content_or_note(node: SpanNode) -> str:
+    """`content_html`, or a note where a value is nested too deeply to walk (its text is
+    still under "all attributes")."""
+    try:
+        return content_html(node)
+    except RecursionError:
+        return f'<div class="agn-d-section"><i>{TOO_DEEP}</i></div>'
+
+
 def figures_table_html(own: Figures, subtotal: Figures, table: Sequence[Figure] = FIGURES) -> str:
     """The details pane's figures: one row per figure, own (counted) and subtotal."""
     rows = []
@@ -739,7 +757,8 @@ def details_html(node: SpanNode) -> str:
         + (f" <i>{escape(node.type)}</i>" if node.type else "")
         + "</div>"
     ]
-    duration = "running" if node.running else format_duration(node.duration_ms)
+    length = node.duration_ms  # a span ending before it starts (clock skew) lasts 0
+    duration = "running" if node.running else format_duration(length and max(length, 0.0))
     status = status_words(node)
     parts.append(
         f'<div class="agn-d-meta"><span class="agn-d-status agn-d-status-'
@@ -760,7 +779,7 @@ def details_html(node: SpanNode) -> str:
     exceptions = [e for e in record.events if e.name == "exception"]
     for event in exceptions[:5]:
         parts.append(_exception_html(event))
-    parts.append(content_html(node))
+    parts.append(_content_or_note(node))
     parts.append(_events_html(node))
     parts.append(_raw_html(node))
     return f'<div class="agn-details">{"".join(parts)}</div>'

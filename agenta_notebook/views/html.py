@@ -153,6 +153,24 @@ def format_tokens(tokens: int | None) -> str:
     return "—" if tokens is None else f"{tokens:,}"
 
 
+#: The longest token count a row shows digit by digit ("99,999,999"); larger ones are
+#: shortened ("123.4M", the exact count in the tooltip) so that the column never clips.
+ROW_TOKENS_EXACT: Final = 99_999_999
+
+
+def format_row_tokens(tokens: int | None) -> str:
+    """A token count in a row's fixed-width column.
+
+    >>> format_row_tokens(12_345), format_row_tokens(123_456_789), format_row_tokens(4 * 10**12)
+    ('12,345', '123.5M', '4,000.0B')
+    """
+    if tokens is None or abs(tokens) <= ROW_TOKENS_EXACT:
+        return format_tokens(tokens)
+    if abs(tokens) < 10**9 * 10:
+        return f"{tokens / 1e6:,.1f}M"
+    return f"{tokens / 1e9:,.1f}B"
+
+
 def format_duration(duration_ms: float | None) -> str:
     """Milliseconds as a short human duration, "—" when unknown (running).
 
@@ -161,6 +179,8 @@ def format_duration(duration_ms: float | None) -> str:
     """
     if duration_ms is None:
         return "—"
+    # A span that ends before it starts (clocks of two processes) lasted no time.
+    duration_ms = max(duration_ms, 0.0)
     if duration_ms < 1:
         return f"{duration_ms:.2f} ms"
     if duration_ms < 1000:
@@ -208,7 +228,10 @@ def tokens_title(figures: Figures, table: Sequence[Figure] = FIGURES) -> str:
 
 #: Fewest and most decimals a view's costs are shown with.
 MIN_PLACES: Final = 2
-MAX_PLACES: Final = 10
+MAX_PLACES: Final = 8
+#: The longest amount a row's cost column holds whole ("$123.45678901"): a view whose
+#: total has more whole digits gets fewer decimals.
+MAX_AMOUNT_CHARS: Final = 13
 #: The "costliest spans" list: this many spans.
 COSTLIEST: Final = 5
 
@@ -231,7 +254,9 @@ def view_scale(root: SpanNode, nodes: Iterable[SpanNode]) -> ViewScale:
     """The scale of a view of the tree under `root`: one pass over its `nodes`.
 
     The decimals show the smallest non-zero own cost with two significant figures
-    (every subtotal is a sum of own costs, so none is smaller).
+    (every subtotal is a sum of own costs, so none is smaller), up to `MAX_PLACES`: a
+    smaller cost reads "<$0.00000001" rather than widening every row. The time axis
+    reaches the latest end of any span (some end after the root).
 
     >>> from agenta_notebook.core.rollup import SpanRecord, build_tree
     >>> tree = build_tree([SpanRecord(1, 1, None, "r", 0, 10)])
@@ -258,8 +283,14 @@ def view_scale(root: SpanNode, nodes: Iterable[SpanNode]) -> ViewScale:
     places = MIN_PLACES
     if smallest is not None:
         places = min(max(MIN_PLACES, -smallest.adjusted() + 1), MAX_PLACES)
+        total = root.subtotal.cost
+        if total is not None:  # "$" and the whole part with its commas, then "."
+            whole = len(f"{int(total.copy_abs()):,}") + 2 + (1 if total < 0 else 0)
+            places = max(MIN_PLACES, min(places, MAX_AMOUNT_CHARS - whole))
+    # Spans may end after the root (work a cell left running, then finished): the axis
+    # reaches the latest end, so that their bars keep their true length.
     if not running and root.record.end_time_ns is not None:
-        latest = root.record.end_time_ns
+        latest = max(latest, root.record.end_time_ns)
     return ViewScale(places, root.subtotal.cost, start, max(latest, start), running)
 
 
@@ -380,11 +411,15 @@ def waterfall_bar(node: SpanNode, scale: ViewScale, scope: str = "trace") -> Bar
     span = max(high - low, 1)
     left = min(max((start - low) / span, 0.0), 1.0)
     right = min(max((end - low) / span, left), 1.0)
-    offset = format_duration((start - scale.start_ns) / 1e6)
-    lasts = "running" if node.running else f"lasts {format_duration(node.duration_ms)}"
-    title = f"starts at +{offset} · {lasts}"
+
+    def signed(offset_ns: int) -> str:  # before the trace (clock skew): "-X", never "+-X"
+        return ("-" if offset_ns < 0 else "+") + format_duration(abs(offset_ns) / 1e6)
+
+    # A span ending before it starts (clock skew between processes) lasts 0, as its bar.
+    lasts = "running" if node.running else f"lasts {format_duration(max(end - start, 0) / 1e6)}"
+    title = f"starts at {signed(start - scale.start_ns)} · {lasts}"
     if scope == "parent" and parent is not None:
-        title += f" (+{format_duration((start - low) / 1e6)} into its parent)"
+        title += f" ({signed(start - low)} into its parent)"
     return Bar(100 * left, 100 * (right - left), node.running, node.is_error, title)
 
 
@@ -496,7 +531,7 @@ def figure_cell(node: SpanNode, figure: Figure) -> tuple[str, str | None, str | 
         return shown, None, own
     value = getattr(node.subtotal, figure.name)
     if figure.kind == "tokens":
-        return format_tokens(value), tokens_title(node.subtotal), None
+        return format_row_tokens(value), tokens_title(node.subtotal), None
     return format_figure(figure, value), None, None
 
 

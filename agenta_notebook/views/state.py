@@ -34,8 +34,10 @@ SEARCH_CHARS: Final = 2_000
 SEARCH_VALUES: Final = 200
 #: ...and at most this many characters of one span in all.
 SEARCH_SPAN_CHARS: Final = 20_000
-#: A view keeps what the search read of its spans, up to this many characters in all.
-SEARCH_CACHE_CHARS: Final = 64_000_000
+#: A view keeps what the search read of its spans, up to this many characters in all
+#: (many views may be open, one per remembered cell: each holds at most this much, and
+#: none once closed); spans beyond it are read again at each search.
+SEARCH_CACHE_CHARS: Final = 8_000_000
 #: Agenta's marker of a value that is JSON text (the search reads the text after it).
 _JSON_PREFIX: Final = "@ag.type=json:"
 _PLAIN: Final = frozenset({str, int, float})
@@ -353,6 +355,18 @@ class TreeState:
             self._texts[record.span_id] = (record, text)
             self._texts_chars += len(text)
         return text
+
+    @property
+    def search_cache_chars(self) -> int:
+        """How many characters of span text the search keeps now (`SEARCH_CACHE_CHARS` at
+        most)."""
+        return self._texts_chars
+
+    def clear_search_cache(self) -> None:
+        """Let go of the text the search kept (the view is closing); a later search reads
+        the spans again."""
+        self._texts.clear()
+        self._texts_chars = 0
 
     def _kept(self) -> set[int] | None:
         """Ids of spans that match or have a match below them (`None`: no filter)."""

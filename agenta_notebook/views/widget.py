@@ -875,8 +875,15 @@ class TraceView:
     def _draw_details(self, node: SpanNode) -> None:
         if self._details_for is not None and self._details_for[1] is node:
             return
+        self._details_for = None  # set once this span's pane is drawn, never before
+        try:
+            value = details_html(node)
+        except Exception:  # a bug of ours must not leave another span's pane under this row
+            internal_error("drawing a span's details")
+            value = '<div class="agn-details"><i>the details of this span cannot be shown</i></div>'
+        # The pane is this span's now (or says it cannot be shown): a redraw of the same
+        # tree neither draws nor logs it again.
         self._details_for = (node.span_id, node)
-        value = details_html(node)
         if self._details is None:
             self._details = self._html(value, "agn-details-box")
         else:
@@ -902,6 +909,8 @@ class TraceView:
             created = list(self._created.values())
             self._created.clear()
             self._segments.clear()
+            self._details_for = None
+            self.state.clear_search_cache()
         for widget in reversed(created):
             try:
                 widget.close()
