@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
 
 import agenta_notebook as an
-from agenta_notebook.spans import CUT, DEFAULT_OUTPUT, JSON_PREFIX, YIELDED_ATTRIBUTE
+from agenta_notebook.capture import CUT, DEFAULT_OUTPUT, JSON_PREFIX, YIELDED_ATTRIBUTE
 
 pytestmark = pytest.mark.usefixtures("fresh_runtime")
 
