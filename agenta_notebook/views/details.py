@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -504,17 +504,26 @@ def arguments_html(value: Any) -> str:
     """Inputs or outputs as a key/value list (a dictionary), or one value."""
     if not isinstance(value, dict):
         return value_html(value, MAX_MESSAGE)
-    items = list(value.items())
+    return _key_value_table(
+        list(value.items()), MAX_ARGUMENTS, lambda item: value_html(item, MAX_MESSAGE), "agn-args"
+    )
+
+
+def _key_value_table(
+    items: list[tuple[Any, Any]], limit: int, cell: Callable[[Any], str], css: str
+) -> str:
+    """A two-column table of `items` (key, value HTML from `cell`), at most `limit` rows
+    and `MAX_SECTION` characters, then how many more; "none" when empty."""
     rows = _within_budget(
         (
-            f"<tr><th>{escape(key, 200)}</th><td>{value_html(item, MAX_MESSAGE)}</td></tr>"
-            for key, item in items[:MAX_ARGUMENTS]
+            f"<tr><th>{escape(key, 200)}</th><td>{cell(value)}</td></tr>"
+            for key, value in items[:limit]
         ),
         MAX_SECTION,
     )
     if len(items) > len(rows):
         rows.append(f'<tr><td colspan="2">… {len(items) - len(rows):,} more</td></tr>')
-    return f'<table class="agn-args">{"".join(rows)}</table>'
+    return f'<table class="{css}">{"".join(rows)}</table>' if rows else "<i>none</i>"
 
 
 def _data_section(title: str, value: Any) -> tuple[list[Message], str]:
@@ -613,16 +622,7 @@ def _raw_text(value: Any) -> str:
 
 def _attributes_table(attributes: Mapping[str, Any], css: str = "agn-attrs") -> str:
     items = sorted(attributes.items(), key=lambda item: str(item[0]))
-    rows = _within_budget(
-        (
-            f"<tr><th>{escape(key, 200)}</th><td>{value_html(_raw_text(value))}</td></tr>"
-            for key, value in items[:MAX_ATTRIBUTES]
-        ),
-        MAX_SECTION,
-    )
-    if len(items) > len(rows):
-        rows.append(f'<tr><td colspan="2">… {len(items) - len(rows):,} more</td></tr>')
-    return f'<table class="{css}">{"".join(rows)}</table>' if rows else "<i>none</i>"
+    return _key_value_table(items, MAX_ATTRIBUTES, lambda value: value_html(_raw_text(value)), css)
 
 
 # -- tracebacks -----------------------------------------------------------------------------
