@@ -17,16 +17,17 @@ from typing import Any, Final, Literal
 
 from opentelemetry import trace as otel_trace
 
+from agenta_notebook.core.usage import AG_INPUTS, AG_JSON_PREFIX, AG_OUTPUTS
 from agenta_notebook.errors import internal_error
 from agenta_notebook.runtime import Capture
 
 #: Agenta's keys of a span's inputs and outputs (`ag.data.inputs.<parameter>`,
 #: `ag.data.outputs.<key>`, `ag.data.outputs.__default__` for a return value that is
 #: not a dict), and the prefix of a value that is JSON text.
-INPUTS_PREFIX: Final = "ag.data.inputs."
-OUTPUTS_PREFIX: Final = "ag.data.outputs."
-DEFAULT_OUTPUT: Final = "ag.data.outputs.__default__"
-JSON_PREFIX: Final = "@ag.type=json:"
+INPUTS_PREFIX: Final = AG_INPUTS + "."
+OUTPUTS_PREFIX: Final = AG_OUTPUTS + "."
+DEFAULT_OUTPUT: Final = OUTPUTS_PREFIX + "__default__"
+JSON_PREFIX: Final = AG_JSON_PREFIX
 #: How many items a generator's span yielded (its outputs keep the first `max_items`).
 YIELDED_ATTRIBUTE: Final = "agenta_notebook.yielded"
 #: Ends a value cut at the size caps (and stands for values dropped past the span's cap).

@@ -70,7 +70,7 @@ def _open(
     settings = RUNTIME.capture
     if not settings.enabled:
         return get_tracer().start_span(name, attributes=attributes), None, 0
-    if not inputs:
+    if not inputs or not (args or kwargs):
         return get_tracer().start_span(name, attributes=attributes), settings, 0
     captured, used = capture_inputs(parameters, args, kwargs, settings)
     if captured:
@@ -129,7 +129,7 @@ class SpanSpec:
                     result = await func(*args, **kwargs)
                     if legacy:
                         _record_returned_usage(span, result)
-                    if outputs and settings is not None:
+                    if outputs and settings is not None and result is not None:
                         capture_output(span, result, settings, used)
                     return result
                 except BaseException as error:
@@ -150,7 +150,7 @@ class SpanSpec:
                 result = func(*args, **kwargs)
                 if legacy:
                     _record_returned_usage(span, result)
-                if outputs and settings is not None:
+                if outputs and settings is not None and result is not None:
                     capture_output(span, result, settings, used)
                 return result
             except BaseException as error:

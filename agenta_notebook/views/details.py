@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 
 from agenta_notebook.core.fields import FIGURES, Figure
 from agenta_notebook.core.rollup import Figures, SpanEvent, SpanNode
+from agenta_notebook.core.usage import AG_INPUTS, AG_JSON_PREFIX, AG_OUTPUTS
 from agenta_notebook.views.html import (
     MAX_VALUE,
     escape,
@@ -52,7 +53,6 @@ FOLD_LINES: Final = 4
 #: JSON text longer than this is shown as it is, not parsed and pretty-printed.
 MAX_JSON: Final = 200_000
 #: Agenta's SDK marks a JSON-encoded attribute value with this prefix.
-AGENTA_JSON: Final = "@ag.type=json:"
 #: What stands for a value nested too deeply to show (see "all attributes" for its text).
 TOO_DEEP: Final = "(nested too deeply to show here; its text is under all attributes)"
 
@@ -123,7 +123,7 @@ def json_value(value: Any) -> Any:
     JSON, or nested too deeply for `json` to read (a RecursionError), stays text."""
     if not isinstance(value, str):
         return value
-    text = value[len(AGENTA_JSON) :] if value.startswith(AGENTA_JSON) else value
+    text = value[len(AG_JSON_PREFIX) :] if value.startswith(AG_JSON_PREFIX) else value
     stripped = text.strip()
     if (stripped[:1] in ("{", "[") or text is not value) and len(stripped) <= MAX_JSON:
         try:
@@ -148,7 +148,7 @@ def value_text(value: Any) -> str:
             return repr(decoded)
     except RecursionError:
         if isinstance(value, str):
-            return value[len(AGENTA_JSON) :] if value.startswith(AGENTA_JSON) else value
+            return value[len(AG_JSON_PREFIX) :] if value.startswith(AG_JSON_PREFIX) else value
         return TOO_DEEP
 
 
@@ -567,8 +567,8 @@ def content_html(node: SpanNode) -> str:
     inputs, outputs = input_messages(node), output_messages(node)
     sections: list[str] = []
     agenta_in, agenta_out = (
-        _agenta(attributes, "ag.data.inputs"),
-        _agenta(attributes, "ag.data.outputs"),
+        _agenta(attributes, AG_INPUTS),
+        _agenta(attributes, AG_OUTPUTS),
     )
     if agenta_in is not None:
         found, section = _data_section("inputs", agenta_in)

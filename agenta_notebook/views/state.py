@@ -13,6 +13,7 @@ from itertools import islice
 from typing import Any, Final, Literal
 
 from agenta_notebook.core.rollup import SpanNode, SpanRecord, TraceTree
+from agenta_notebook.core.usage import AG_JSON_PREFIX
 from agenta_notebook.views.html import open_depth
 
 SortKey = Literal["start", "cost", "duration"]
@@ -38,10 +39,9 @@ SEARCH_SPAN_CHARS: Final = 20_000
 #: (many views may be open, one per remembered cell: each holds at most this much, and
 #: none once closed); spans beyond it are read again at each search.
 SEARCH_CACHE_CHARS: Final = 8_000_000
-#: Agenta's marker of a value that is JSON text (the search reads the text after it).
-_JSON_PREFIX: Final = "@ag.type=json:"
 _PLAIN: Final = frozenset({str, int, float})
-_JSON_MARK: Final = _JSON_PREFIX.lower()
+#: Agenta's marker of a value that is JSON text (the search reads the text after it).
+_JSON_MARK: Final = AG_JSON_PREFIX.lower()
 _FIELD = re.compile(r"(model|type|name):(\S.*)", re.IGNORECASE | re.DOTALL)
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min)?\s*", re.IGNORECASE)
 _UNIT_MS: Final = {"": 1.0, "ms": 1.0, "s": 1_000.0, "m": 60_000.0, "min": 60_000.0}
@@ -270,12 +270,7 @@ class TreeState:
         "1.5s", "200ms"). A bad value raises `ValueError` and changes nothing."""
         cost = self.min_cost
         if min_cost is not False:
-            if isinstance(min_cost, str):
-                cost = parse_min_cost(min_cost)
-            elif min_cost is None:
-                cost = None
-            else:
-                cost = parse_min_cost(str(min_cost))
+            cost = None if min_cost is None else parse_min_cost(str(min_cost))
             if cost is not None and cost <= 0:
                 cost = None  # "cost ≥ 0" keeps every span, unpriced ones too
         duration = self.min_duration_ms
