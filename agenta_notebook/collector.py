@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import traceback
 import warnings
 import weakref
 from collections import OrderedDict
@@ -729,10 +730,76 @@ def home_provider() -> TracerProvider:
     return own
 
 
+def _hidden(frame: Any) -> bool:
+    """Whether `frame` asks to be left out of tracebacks (`__tracebackhide__`, as IPython
+    and pytest read it); its locals are only looked at when its code has that name."""
+    return "__tracebackhide__" in frame.f_code.co_varnames and bool(
+        frame.f_locals.get("__tracebackhide__")
+    )
+
+
+def _stacktrace(error: BaseException) -> str:
+    """`traceback.format_exception(error)` without the frames that ask to be hidden."""
+    formatted = traceback.TracebackException.from_exception(error, compact=True)
+    pending: list[tuple[traceback.TracebackException, BaseException]] = [(formatted, error)]
+    seen: set[int] = set()
+    while pending:
+        summary, exception = pending.pop()
+        if id(exception) in seen:
+            continue
+        seen.add(id(exception))
+        frames = list(traceback.walk_tb(exception.__traceback__))
+        if any(_hidden(frame) for frame, _ in frames):
+            summary.stack = traceback.StackSummary.extract(
+                ((frame, line) for frame, line in frames if not _hidden(frame)),
+                lookup_lines=True,
+            )
+        linked_pairs: list[tuple[Any, Any]] = [
+            (summary.__cause__, exception.__cause__),
+            (summary.__context__, exception.__context__),
+        ]
+        if isinstance(exception, BaseExceptionGroup) and summary.exceptions:
+            linked_pairs += zip(summary.exceptions, exception.exceptions, strict=False)
+        for linked_summary, linked in linked_pairs:
+            if linked_summary is not None and linked is not None:
+                pending.append((linked_summary, linked))
+    return "".join(formatted.format())
+
+
 def fail_span(span: otel_trace.Span, error: BaseException) -> None:
-    """Mark `span` as failed by `error`, the way OpenTelemetry's own helpers do."""
-    span.record_exception(error)
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    """Mark `span` as failed by `error`, the way OpenTelemetry's own helpers do.
+
+    The exception event has the attributes of OpenTelemetry's `record_exception`, but
+    its `exception.stacktrace` leaves out the frames that ask to be hidden from
+    tracebacks (`__tracebackhide__`: our wrappers), so the recorded text shows the
+    user's code only. (Written here rather than through `record_exception`, which would
+    format the traceback a second time.)
+    """
+    if not span.is_recording():
+        return
+    try:
+        stacktrace = _stacktrace(error)
+    except Exception:
+        internal_error("formatting an exception's stack trace")
+        stacktrace = "".join(traceback.format_exception(error))
+    kind = type(error)
+    module = kind.__module__
+    try:
+        message = str(error)
+    except Exception:  # the user's exception cannot say what it is: still recorded
+        message = f"<{kind.__name__} whose str() failed>"
+    span.add_event(
+        "exception",
+        {
+            "exception.type": kind.__qualname__
+            if not module or module == "builtins"
+            else f"{module}.{kind.__qualname__}",
+            "exception.message": message,
+            "exception.stacktrace": stacktrace,
+            "exception.escaped": "False",
+        },
+    )
+    span.set_status(Status(StatusCode.ERROR, f"{kind.__name__}: {message}"))
 
 
 def root_attributes(attributes: Mapping[str, Any] | None = None) -> dict[str, Any]:

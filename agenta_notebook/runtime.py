@@ -11,7 +11,8 @@ Everything that lives longer than one call is owned by a `Runtime`, in a few sma
   redrawn when prices change), and the widget models they share;
 - `exports`: the OTLP export route (`export_to`);
 - `instruments`: what `instrument()` and `instrument_openai()` did, and how to undo it;
-- `threads`: whether threads inherit the current span.
+- `threads`: whether threads inherit the current span;
+- `capture`: what `@span` records of its functions' inputs and outputs (`set_capture`).
 
 There is one default instance, `RUNTIME`; the package's functions (`trace`,
 `last_trace`, `set_retention`, `set_prices`, `export_to`, `instrument`, ...) act on it.
@@ -72,6 +73,7 @@ __all__ = [
     "get_collector",
     "get_tracer",
     "last_trace",
+    "set_capture",
     "set_last_trace",
     "set_prices",
     "set_retention",
@@ -533,6 +535,98 @@ class ThreadPropagation:
         return ["thread propagation: " + ("on" if self.active else "off")]
 
 
+# -- capture of inputs and outputs -----------------------------------------------------------
+
+#: A redaction hook: given an attribute key (``ag.data.inputs.password``) and the Python
+#: value, returns what to record (None records nothing).
+Redactor = Callable[[str, Any], Any]
+
+DEFAULT_CAPTURE_MAX_CHARS: Final = 2_000
+DEFAULT_CAPTURE_MAX_TOTAL: Final = 16_000
+DEFAULT_CAPTURE_MAX_ITEMS: Final = 100
+
+
+class Capture:
+    """What `@span` records of its functions' arguments, return values and yields.
+
+    Read on every decorated call without the lock (each field is one atomic read; a call
+    racing `set_capture` sees the old or the new value of each); written under it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = forksafe.new_lock()
+        self.enabled = True
+        self.max_chars = DEFAULT_CAPTURE_MAX_CHARS
+        self.max_total = DEFAULT_CAPTURE_MAX_TOTAL
+        self.max_items = DEFAULT_CAPTURE_MAX_ITEMS
+        self.redact: Redactor | None = None
+        #: Whether the failing redaction hook was already reported (once per hook).
+        self.redact_warned = False
+
+    def configure(
+        self,
+        enabled: bool | None,
+        max_chars: int | None,
+        max_total: int | None,
+        max_items: int | None,
+        redact: Redactor | bool | None,
+    ) -> None:
+        """Validate every argument first, then change them all (or nothing)."""
+        if enabled is not None and not isinstance(enabled, bool):
+            raise TypeError(f"set_capture: enabled must be True or False, not {enabled!r}")
+        for label, bound in (
+            ("max_chars", max_chars),
+            ("max_total", max_total),
+            ("max_items", max_items),
+        ):
+            if bound is None:
+                continue
+            if not isinstance(bound, int) or isinstance(bound, bool):
+                raise TypeError(f"set_capture: {label} must be an int, not {bound!r}")
+            if bound < 1:
+                raise ValueError(f"set_capture: {label} must be at least 1, not {bound}")
+        if redact is True or (redact is not None and redact is not False and not callable(redact)):
+            raise TypeError(
+                f"set_capture: redact must be a callable (key, value) -> value, "
+                f"or False to remove it, not {redact!r}"
+            )
+        with self.lock:
+            if enabled is not None:
+                self.enabled = enabled
+            if max_chars is not None:
+                self.max_chars = max_chars
+            if max_total is not None:
+                self.max_total = max_total
+            if max_items is not None:
+                self.max_items = max_items
+            if redact is False:
+                self.redact = None
+                self.redact_warned = False
+            elif callable(redact):
+                self.redact = redact
+                self.redact_warned = False
+
+    def reset(self) -> None:
+        with self.lock:
+            self.enabled = True
+            self.max_chars = DEFAULT_CAPTURE_MAX_CHARS
+            self.max_total = DEFAULT_CAPTURE_MAX_TOTAL
+            self.max_items = DEFAULT_CAPTURE_MAX_ITEMS
+            self.redact = None
+            self.redact_warned = False
+
+    def describe(self) -> list[str]:
+        if not self.enabled:
+            return ["capture of inputs/outputs: off"]
+        hook = self.redact
+        return [
+            f"capture of inputs/outputs: on (max {self.max_chars:,} chars a value, "
+            f"{self.max_total:,} a span, {self.max_items:,} yielded items"
+            + (f", redact={getattr(hook, '__qualname__', repr(hook))}" if hook else "")
+            + ")"
+        ]
+
+
 # -- the runtime ----------------------------------------------------------------------------
 
 
@@ -546,13 +640,15 @@ class Runtime:
         self.exports = Exports()
         self.instruments = Instruments()
         self.threads = ThreadPropagation()
+        self.capture = Capture()
 
     def reset(self) -> None:
         """Back to the state of a fresh import, in one call.
 
         Stops the export, undoes the instrumentation, closes the open views, forgets
         every trace and the user's prices, restores the default retention, turns thread
-        propagation off. The collector stays on its providers (process-wide wiring).
+        propagation off, restores the default capture settings. The collector stays on
+        its providers (process-wide wiring).
         """
         self.exports.reset()
         self.instruments.reset()
@@ -561,6 +657,7 @@ class Runtime:
         self.tracing.reset()
         self.prices.reset()
         self.threads.reset()
+        self.capture.reset()
 
     def describe(self) -> str:
         """What is attached, retained, priced, exported and open, one line each."""
@@ -571,6 +668,7 @@ class Runtime:
             *self.views.describe(),
             *self.instruments.describe(),
             *self.threads.describe(),
+            *self.capture.describe(),
         ]
         return "agenta_notebook runtime\n" + "\n".join(f"  {line}" for line in lines)
 
@@ -640,6 +738,28 @@ def set_retention(max_traces: int | None = None, max_spans: int | None = None) -
     ValueError and changes nothing.
     """
     get_collector().set_retention(max_traces, max_spans)
+
+
+def set_capture(
+    enabled: bool | None = None,
+    *,
+    max_chars: int | None = None,
+    max_total: int | None = None,
+    max_items: int | None = None,
+    redact: Redactor | bool | None = None,
+) -> None:
+    """Choose what `@span` records of its functions' inputs and outputs.
+
+    `enabled`: capture on (the default) or off for every decorated function.
+    `max_chars`: the longest value recorded (longer ones end with "…"; default 2,000).
+    `max_total`: the characters recorded per span, inputs and outputs together
+    (default 16,000). `max_items`: the yielded items a generator's span keeps (default
+    100). `redact`: a callable `(key, value) -> value` given each attribute key
+    (`ag.data.inputs.password`) and the Python value, returning what to record (None
+    records nothing); `False` removes it. Arguments left as None are unchanged; a bad
+    one raises TypeError or ValueError and changes nothing.
+    """
+    RUNTIME.capture.configure(enabled, max_chars, max_total, max_items, redact)
 
 
 def last_trace() -> Trace | None:

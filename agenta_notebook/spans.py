@@ -14,6 +14,14 @@ from typing import Any, Final, ParamSpec, TypeVar, overload
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
+from agenta_notebook.capture import (
+    Capturing,
+    Parameters,
+    Yields,
+    capture_inputs,
+    capture_modes,
+    capture_output,
+)
 from agenta_notebook.collector import fail_span
 from agenta_notebook.core.pricing import usage_from_any
 from agenta_notebook.core.usage import (
@@ -22,7 +30,7 @@ from agenta_notebook.core.usage import (
     figure_attributes,
     usage_attributes,
 )
-from agenta_notebook.runtime import get_tracer
+from agenta_notebook.runtime import RUNTIME, Capture, get_tracer
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,6 +57,28 @@ def _settle(span: otel_trace.Span, error: BaseException) -> None:
     fail_span(span, error)
 
 
+def _open(
+    name: str,
+    attributes: dict[str, Any],
+    parameters: Parameters,
+    inputs: bool,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[otel_trace.Span, Capture | None, int]:
+    """Start a decorated call's span with its captured inputs; the capture settings
+    (None when capture is off) and the characters the inputs used."""
+    settings = RUNTIME.capture
+    if not settings.enabled:
+        return get_tracer().start_span(name, attributes=attributes), None, 0
+    if not inputs or not (args or kwargs):
+        return get_tracer().start_span(name, attributes=attributes), settings, 0
+    captured, used = capture_inputs(parameters, args, kwargs, settings)
+    if captured:
+        captured = {**attributes, **captured}
+        return get_tracer().start_span(name, attributes=captured), settings, used
+    return get_tracer().start_span(name, attributes=attributes), settings, used
+
+
 class SpanSpec:
     """What `span(...)` returns: use it as a decorator or as a (async) context manager.
 
@@ -58,34 +88,49 @@ class SpanSpec:
     once by concurrent tasks or threads.
     """
 
-    __slots__ = ("attributes", "name", "type")
+    __slots__ = ("attributes", "capture", "name", "type")
 
     def __init__(
-        self, name: str | None, type: str, attributes: Mapping[str, Any] | None = None
+        self,
+        name: str | None,
+        type: str,
+        attributes: Mapping[str, Any] | None = None,
+        capture: Capturing = True,
     ) -> None:
         self.name = name
         self.type = type
         self.attributes: dict[str, Any] = {AG_TYPE: type, **(attributes or {})}
+        capture_modes(capture)  # a bad value fails here, before anything is decorated
+        self.capture = capture
 
     # -- decorator -----------------------------------------------------------------------
     def __call__(self, func: F) -> F:
         name = self.name or getattr(func, "__qualname__", None) or repr(func)
         attributes = self.attributes
         legacy = self.type.lower() in MODEL_CALL_TYPES
+        inputs, outputs = capture_modes(self.capture)
+        parameters = Parameters(func)
         if inspect.isasyncgenfunction(func):
-            return functools.wraps(func)(_async_generator_wrapper(func, name, attributes))  # type: ignore[return-value]
+            return functools.wraps(func)(  # type: ignore[return-value]
+                _async_generator_wrapper(func, name, attributes, parameters, inputs, outputs)
+            )
         if inspect.isgeneratorfunction(func):
-            return functools.wraps(func)(_generator_wrapper(func, name, attributes))  # type: ignore[return-value]
+            return functools.wraps(func)(  # type: ignore[return-value]
+                _generator_wrapper(func, name, attributes, parameters, inputs, outputs)
+            )
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                span = get_tracer().start_span(name, attributes=attributes)
+                __tracebackhide__ = True  # IPython and pytest leave this frame out
+                span, settings, used = _open(name, attributes, parameters, inputs, args, kwargs)
                 token = otel_context.attach(otel_trace.set_span_in_context(span))
                 try:
                     result = await func(*args, **kwargs)
                     if legacy:
                         _record_returned_usage(span, result)
+                    if outputs and settings is not None and result is not None:
+                        capture_output(span, result, settings, used)
                     return result
                 except BaseException as error:
                     _settle(span, error)
@@ -98,12 +143,15 @@ class SpanSpec:
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            span = get_tracer().start_span(name, attributes=attributes)
+            __tracebackhide__ = True  # IPython and pytest leave this frame out
+            span, settings, used = _open(name, attributes, parameters, inputs, args, kwargs)
             token = otel_context.attach(otel_trace.set_span_in_context(span))
             try:
                 result = func(*args, **kwargs)
                 if legacy:
                     _record_returned_usage(span, result)
+                if outputs and settings is not None and result is not None:
+                    capture_output(span, result, settings, used)
                 return result
             except BaseException as error:
                 _settle(span, error)
@@ -166,10 +214,17 @@ def _close_block(spec: SpanSpec) -> tuple[otel_trace.Span, Any]:
 
 
 def _generator_wrapper(
-    func: Callable[..., Generator[Any, Any, Any]], name: str, attributes: Mapping[str, Any]
+    func: Callable[..., Generator[Any, Any, Any]],
+    name: str,
+    attributes: dict[str, Any],
+    parameters: Parameters,
+    inputs: bool,
+    outputs: bool,
 ) -> Callable[..., Generator[Any, Any, Any]]:
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        span = get_tracer().start_span(name, attributes=attributes)
+        __tracebackhide__ = True  # IPython and pytest leave this frame out
+        span, settings, used = _open(name, attributes, parameters, inputs, args, kwargs)
+        yields = Yields(settings, used) if outputs and settings is not None else None
         span_context = otel_trace.set_span_in_context(span)
         # The span is current only while the generator's own code runs, never in the
         # consumer's code between two items.
@@ -193,6 +248,8 @@ def _generator_wrapper(
                     return stop.value
                 finally:
                     otel_context.detach(token)
+                if yields is not None:
+                    yields.add(item)
                 try:
                     to_send = yield item
                 except GeneratorExit:
@@ -208,16 +265,25 @@ def _generator_wrapper(
             _settle(span, error)
             raise
         finally:
+            if yields is not None:
+                yields.record(span)
             span.end()
 
     return wrapper
 
 
 def _async_generator_wrapper(
-    func: Callable[..., AsyncGenerator[Any, Any]], name: str, attributes: Mapping[str, Any]
+    func: Callable[..., AsyncGenerator[Any, Any]],
+    name: str,
+    attributes: dict[str, Any],
+    parameters: Parameters,
+    inputs: bool,
+    outputs: bool,
 ) -> Callable[..., AsyncGenerator[Any, Any]]:
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        span = get_tracer().start_span(name, attributes=attributes)
+        __tracebackhide__ = True  # IPython and pytest leave this frame out
+        span, settings, used = _open(name, attributes, parameters, inputs, args, kwargs)
+        yields = Yields(settings, used) if outputs and settings is not None else None
         span_context = otel_trace.set_span_in_context(span)
         try:
             token = otel_context.attach(span_context)
@@ -239,6 +305,8 @@ def _async_generator_wrapper(
                     return
                 finally:
                     otel_context.detach(token)
+                if yields is not None:
+                    yields.add(item)
                 try:
                     to_send = yield item
                 except GeneratorExit:
@@ -254,18 +322,30 @@ def _async_generator_wrapper(
             _settle(span, error)
             raise
         finally:
+            if yields is not None:
+                yields.record(span)
             span.end()
 
     return wrapper
 
 
 @overload
-def span(name: F, type: str = "task", *, attributes: Mapping[str, Any] | None = None) -> F: ...
+def span(
+    name: F,
+    type: str = "task",
+    *,
+    attributes: Mapping[str, Any] | None = None,
+    capture: Capturing = True,
+) -> F: ...
 
 
 @overload
 def span(
-    name: str | None = None, type: str = "task", *, attributes: Mapping[str, Any] | None = None
+    name: str | None = None,
+    type: str = "task",
+    *,
+    attributes: Mapping[str, Any] | None = None,
+    capture: Capturing = True,
 ) -> SpanSpec: ...
 
 
@@ -274,6 +354,7 @@ def span(
     type: str = "task",
     *,
     attributes: Mapping[str, Any] | None = None,
+    capture: Capturing = True,
 ) -> Any:
     """Open a span around a function or a block: a node of the trace.
 
@@ -288,12 +369,19 @@ def span(
     >>> with span("retrieve", type="retriever"):
     ...     docs = search("q")
 
+    A decorated function's arguments and return value (or what a generator yielded) are
+    recorded under Agenta's keys, `ag.data.inputs.<parameter>` and
+    `ag.data.outputs.__default__` (or one key per item of a returned dict), cut at the
+    caps of `set_capture`. `capture=False` records neither, `capture="inputs"` or
+    `capture="outputs"` only one; `set_capture(enabled=False)` turns it off everywhere.
+    The context-manager form records no inputs or outputs (it has no arguments).
+
     A function typed as a model call that returns `{"cost": ..., "usage": {...}}`
     (the pattern Agenta's SDK used to ask for) has that usage recorded on its span.
     """
     if callable(name):
-        return SpanSpec(None, type, attributes)(name)
-    return SpanSpec(name, type, attributes)
+        return SpanSpec(None, type, attributes, capture)(name)
+    return SpanSpec(name, type, attributes, capture)
 
 
 def _record_returned_usage(span: otel_trace.Span, result: Any) -> None:

@@ -88,6 +88,7 @@ def _wrap_start(original: Callable[..., None], state: ThreadPropagation) -> Call
 def _wrap_run(original: Callable[..., None], state: ThreadPropagation) -> Callable[..., None]:
     @functools.wraps(original)
     def run(self: threading.Thread, *args: Any, **kwargs: Any) -> None:
+        __tracebackhide__ = True  # IPython and pytest leave this frame out
         captured = self.__dict__.get(_CONTEXT_ATTR)
         if captured is None:
             original(self, *args, **kwargs)
@@ -104,6 +105,7 @@ def _wrap_run(original: Callable[..., None], state: ThreadPropagation) -> Callab
 
 def _in_context(captured: otel_context.Context, fn: Callable[..., R]) -> Callable[..., R]:
     def in_context(*args: Any, **kwargs: Any) -> R:
+        __tracebackhide__ = True  # IPython and pytest leave this frame out
         token = otel_context.attach(captured)
         try:
             return fn(*args, **kwargs)

@@ -8,6 +8,18 @@ nothing about time. Every baseline is measured in the same process and run:
     from a separate SDK `TracerProvider` (SimpleSpanProcessor + InMemorySpanExporter)
     that sets the same attribute keys with `start_as_current_span` + `set_attributes`.
     Target: at most 1.3x.
+(c) Capture of inputs and outputs: an `@span` function `answer(question: str, k: int = 3)`
+    returning a short str, called with two arguments, against the same bare span calling
+    the same undecorated function and setting the same attributes (`ag.type.node`,
+    `ag.data.inputs.question`, `ag.data.inputs.k` at the start,
+    `ag.data.outputs.__default__` after the call). Target: at most 1.5x. Then with
+    capture off (`set_capture(enabled=False)`) against the bare span setting only
+    `ag.type.node`. Target: at most 1.1x.
+(d) Capture of a large argument and result: an `@span` function `embed(x)` called with and
+    returning 300 embeddings of 1,536 floats (460,800 floats, ~5 MB of JSON), with capture
+    on against capture off (both ours). The capture is cut at `max_chars`, and so is the
+    work: no target, the ratio is reported (it was ~5,000x, 0.6 s a call, when whole
+    values were serialised before being cut).
 (b) Building the Trace (SDK spans -> records -> tree with every subtotal) and then the
     DataFrame, for 10k and 100k finished spans, against one plain Python pass over the
     same finished spans that reads one attribute of each. Targets: the roll-up at most
@@ -19,8 +31,9 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -46,13 +59,16 @@ def traced_call() -> None:
     an.record_usage(model="gpt-4o", input_tokens=120, output_tokens=30)
 
 
+def plain_answer(question: str, k: int = 3) -> str:
+    return "Paris"
+
+
+traced_answer = an.span("answer")(plain_answer)
+QUESTION = "What is the capital of France?"
+
+
 def bench_span_overhead(calls: int, rounds: int) -> tuple[float, float, float]:
-    """Seconds per call for our span and the bare SDK span (best round of each), and
-    the median over rounds of the ratio of the two, each pair measured back to back."""
-    exporter = InMemorySpanExporter()
-    provider = bare_provider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    bare_tracer = provider.get_tracer("bench")
+    """(a): `@span` + `record_usage` against a bare span setting the same keys."""
     attributes: dict[str, str | int] = {
         AG_TYPE: "llm",
         AG_MODEL: "gpt-4o",
@@ -60,16 +76,81 @@ def bench_span_overhead(calls: int, rounds: int) -> tuple[float, float, float]:
         AG_OUTPUT_TOKENS: 30,
     }
 
-    def bare_call() -> None:
-        with bare_tracer.start_as_current_span("call") as span:
+    def bare_call(tracer: Any) -> None:
+        with tracer.start_as_current_span("call") as span:
             span.set_attributes(attributes)
+
+    return compare_with_bare(traced_call, bare_call, calls, rounds)
+
+
+def bench_capture(calls: int, rounds: int, *, capture: bool) -> tuple[float, float, float]:
+    """(c): `@span` capturing (or not) two small arguments and a short str result."""
+    an.set_capture(enabled=capture)
+
+    def bare_call(tracer: Any) -> None:
+        started: dict[str, str | int] = {AG_TYPE: "task"}
+        if capture:
+            started["ag.data.inputs.question"] = QUESTION
+            started["ag.data.inputs.k"] = 5
+        with tracer.start_as_current_span("answer", attributes=started) as span:
+            result = plain_answer(QUESTION, 5)
+            if capture:
+                span.set_attribute("ag.data.outputs.__default__", result)
+
+    try:
+        return compare_with_bare(lambda: traced_answer(QUESTION, 5), bare_call, calls, rounds)
+    finally:
+        an.set_capture(enabled=True)
+
+
+EMBEDDINGS = [[0.1234567] * 1536] * 300
+
+
+@an.span("embed", type="embedding")
+def traced_embed(x: list[list[float]]) -> list[list[float]]:
+    return x
+
+
+def bench_large_capture(calls: int, rounds: int) -> tuple[float, float, float]:
+    """(d): `embed(x)` with a large argument and result, capture on against off."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+
+    def run(capture: bool) -> None:
+        an.set_capture(enabled=capture)
+        gc.collect()
+        with an.trace("bench embed"):
+            started = clock()
+            for _ in range(calls):
+                traced_embed(EMBEDDINGS)
+            times[capture].append(clock() - started)
+        an.get_collector().clear()
+
+    try:
+        for index in range(rounds):  # interleaved, alternating who goes first
+            for capture in (True, False) if index % 2 else (False, True):
+                run(capture)
+    finally:
+        an.set_capture(enabled=True)
+    paired = sorted(on / off for on, off in zip(times[True], times[False], strict=True))
+    return min(times[True]) / calls, min(times[False]) / calls, paired[len(paired) // 2]
+
+
+def compare_with_bare(
+    traced: Callable[[], object], bare_call: Callable[[Any], None], calls: int, rounds: int
+) -> tuple[float, float, float]:
+    """Seconds per call for our span and the bare SDK span (best round of each), and
+    the median over rounds of the ratio of the two, each pair measured back to back."""
+    exporter = InMemorySpanExporter()
+    provider = bare_provider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    bare_tracer = provider.get_tracer("bench")
 
     def ours() -> float:
         gc.collect()
         with an.trace("bench calls") as trace:
             started = clock()
             for _ in range(calls):
-                traced_call()
+                traced()
             elapsed = clock() - started
         assert trace.span_count == calls + 1, "the collector must keep every span"
         an.get_collector().clear()  # as the exporter is cleared: same memory for both
@@ -80,7 +161,7 @@ def bench_span_overhead(calls: int, rounds: int) -> tuple[float, float, float]:
         with bare_tracer.start_as_current_span("bench calls"):
             started = clock()
             for _ in range(calls):
-                bare_call()
+                bare_call(bare_tracer)
             elapsed = clock() - started
         assert len(exporter.get_finished_spans()) == calls + 1
         exporter.clear()
@@ -222,6 +303,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("(a) per call: @span + record_usage vs bare OpenTelemetry span (target <= 1.3x)")
     print(f"    {'ours us/call':>14} {'bare us/call':>14} {'best/best':>10} {'median pair':>12}")
     print(f"    {ours * 1e6:14.2f} {bare * 1e6:14.2f} {ours / bare:9.2f}x {median_ratio:11.2f}x")
+    print()
+    print("(c) per call: @span capturing answer(question, k) -> str vs a bare span setting")
+    print("    the same attributes (target <= 1.5x); capture off vs a bare span (<= 1.1x)")
+    heads = f"{'ours us/call':>14} {'bare us/call':>14} {'best/best':>10} {'median pair':>12}"
+    print(f"    {'':12} {heads}")
+    for label, capture in (("capture on", True), ("capture off", False)):
+        ours, bare, median_ratio = bench_capture(calls, rounds, capture=capture)
+        print(
+            f"    {label:12} {ours * 1e6:14.2f} {bare * 1e6:14.2f} {ours / bare:9.2f}x "
+            f"{median_ratio:11.2f}x"
+        )
+    print()
+    print("(d) per call: @span embed(x) with 300 x 1,536 floats in and out, capture on vs off")
+    print(f"    {'on us/call':>14} {'off us/call':>14} {'best/best':>10} {'median pair':>12}")
+    on, off, median_ratio = bench_large_capture(calls // 10, rounds)
+    print(f"    {on * 1e6:14.2f} {off * 1e6:14.2f} {on / off:9.2f}x {median_ratio:11.2f}x")
     print()
 
     print("(b) roll-up vs one plain pass over the same finished spans (target <= 3x)")

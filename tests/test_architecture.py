@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("live",),
     ("collector",),
     ("runtime",),
-    ("spans", "threads", "views", "io", "integrations", "demo"),
+    ("capture", "spans", "threads", "views", "io", "integrations", "demo"),
     ("ipython",),
     ("",),  # the package's __init__
 )

@@ -524,3 +524,31 @@ def test_anthropic_client_helpers(server: demo.DemoServer, monkeypatch: pytest.M
     assert demo.anthropic_client().base_url.host == "api.anthropic.com"
     assert demo.async_anthropic_client().base_url.host == "api.anthropic.com"
     assert str(demo.anthropic_client(server).base_url).rstrip("/") == server.anthropic_base_url
+
+
+def test_fan_out_is_served_at_the_configured_latency(
+    server: demo.DemoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 concurrent calls to a model that answers after 0.5 s each take under 2x that:
+    the server accepts them all at once (a listen backlog of 5 made most of them wait
+    for the client's SYN retry, a second or more)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-dummy-for-the-stand-in")
+    latency = 0.5
+
+    async def timed(client: openai.AsyncOpenAI, index: int) -> float:
+        started = time.perf_counter()
+        await client.chat.completions.create(
+            model=f"slow-{latency}", messages=_messages(f"q{index}")
+        )
+        return time.perf_counter() - started
+
+    async def fan_out() -> list[float]:
+        async with openai.AsyncOpenAI(
+            base_url=server.base_url, max_retries=0, timeout=30
+        ) as client:
+            return await asyncio.gather(*(timed(client, i) for i in range(50)))
+
+    took = sorted(asyncio.run(fan_out()))
+    assert took[0] >= latency  # the server did wait: the figure below means something
+    slow = [round(seconds, 2) for seconds in took if seconds > 2 * latency]
+    assert not slow, f"{len(slow)} of 50 calls took over {2 * latency} s: {slow}"

@@ -60,6 +60,7 @@ from agenta_notebook.views.html import (
     row_figures_html,
     static_html,
     tokens_title,
+    view_scale,
 )
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -460,7 +461,7 @@ def test_the_details_rows_and_the_token_breakdown_follow_the_table() -> None:
 def test_the_tree_rows_show_the_figures_with_a_column(records: RecordFactory) -> None:
     assert ROW_FIGURES == tuple(figure for figure in FIGURES if figure.column is not None)
     heads = re.findall(r'<span class="agn-c [^"]*">([^<]*)</span>', column_heads_html())
-    assert heads == ["duration", *[figure.column for figure in ROW_FIGURES]]
+    assert heads == ["duration", *[figure.column for figure in ROW_FIGURES], "share"]
     root = records.add("root", type="workflow")
     records.add(
         "call",
@@ -471,7 +472,9 @@ def test_the_tree_rows_show_the_figures_with_a_column(records: RecordFactory) ->
     )
     trace = Trace(records.trace_id, "rows", records=records.all)
     node = trace.tree.root
-    cells = re.findall(r'<span class="agn-c ([^"]*)"', row_figures_html(node))
-    assert len(cells) == 1 + len(ROW_FIGURES)
-    assert "1,234" in row_figures_html(node) and "1,234 tok" in static_html(trace)
+    row = row_figures_html(node, view_scale(node, trace.nodes))
+    cells = re.findall(r'<span class="agn-c ([^"]*)"', row)
+    assert len(cells) == 1 + len(ROW_FIGURES) + 1  # duration, the figures, the share
+    assert '<span class="agn-c agn-tok" title="input 1,200, output 34, total 1,234">1,234<' in row
+    assert ">1,234<" in static_html(trace)
     assert "total tokens" in details_html(node)

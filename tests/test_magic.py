@@ -797,3 +797,106 @@ def test_output_variable_never_replaces_a_builtin_or_ipythons_own(kernel: Kernel
     assert kernel.value("len([1, 2]) + (type(__builtins__).__name__ in ('dict', 'module'))") == 3
     kernel.run("%%agenta_trace -o result_1 --quiet\ncall(1);")  # a plain name is still fine
     assert kernel.value("type(result_1).__name__") == "Trace"
+
+
+# -- our frames hidden, the root ending with the cell's code (issue 13) ----------------------
+
+DURATIONS_MS = (
+    "[(n.record.end_time_ns - n.record.start_time_ns) / 1e6"
+    " for n in __import__('agenta_notebook').last_trace().nodes]"
+)
+FALLING = """\
+import agenta_notebook as an
+
+@an.span
+def fall(n):
+    if n == 0:
+        raise ValueError('at the bottom')
+    return fall(n - 1)
+"""
+
+
+#: An exception IPython takes half a second to show (its text is slow to make): a root
+#: span that ended after the traceback was formatted lasts at least that long.
+SLOW_TO_SHOW = """\
+import time
+
+class SlowToShow(Exception):
+    def __str__(self):
+        time.sleep(0.5)
+        return "slow to show"
+"""
+
+
+def test_the_root_ends_when_the_failing_code_ends_and_our_frames_are_hidden(
+    kernel: Kernel,
+) -> None:
+    kernel.run(FALLING)
+    cell = kernel.run("%%agenta_trace\nfall(2)", fails=True)
+    [error] = outputs(cell, "error")
+    text = "\n".join(plain_traceback(error))
+    assert "fall(n - 1)" in text and "at the bottom" in text
+    assert "spans.py" not in text and "wrapper" not in text
+    root, *children = kernel.value(DURATIONS_MS)
+    assert len(children) == 3 and max(children) <= root
+    # the recorded stack trace leaves our frames out too
+    recorded = kernel.value(
+        "[e.attributes['exception.stacktrace'] for e in"
+        " __import__('agenta_notebook').last_trace().nodes[-1].record.events]"
+    )
+    assert recorded and "fall" in recorded[0] and "spans.py" not in recorded[0]
+    # IPython formats the traceback (here: half a second) before the cell's end event;
+    # the root ends when the code stopped, before that.
+    kernel.run(SLOW_TO_SHOW)
+    cell = kernel.run("%%agenta_trace --quiet\nraise SlowToShow()", fails=True)
+    assert "slow to show" in "\n".join(plain_traceback(outputs(cell, "error")[0]))
+    [root] = kernel.value(DURATIONS_MS)
+    assert root < 500, root
+    assert kernel.value("__import__('agenta_notebook').last_trace().root.is_error") is True
+
+
+def test_the_root_of_the_magic_called_directly_ends_with_its_code(kernel: Kernel) -> None:
+    kernel.run(SLOW_TO_SHOW)
+    kernel.run(
+        "get_ipython().run_cell_magic('agenta_trace', '--quiet', 'raise SlowToShow()')",
+        fails=True,
+    )
+    [root] = kernel.value(DURATIONS_MS)
+    assert root < 500, root
+
+
+def test_a_failing_cell_run_from_a_traced_cell_does_not_end_its_root(kernel: Kernel) -> None:
+    """`run_cell` (or `%run`) inside a traced cell: the inner cell's traceback is not the
+    end of the traced cell's code, which goes on."""
+    kernel.run(
+        "%%agenta_trace --quiet\n"
+        "import time\n"
+        "get_ipython().run_cell('1 / 0')\n"
+        "with span('after'):\n"
+        "    time.sleep(0.05)\n"
+    )
+    root, after = kernel.value(DURATIONS_MS)
+    assert root >= after >= 50, (root, after)
+    assert kernel.value("__import__('agenta_notebook').last_trace().root.is_error") is False
+
+
+def test_loading_the_extension_imports_the_view(tmp_path: Path) -> None:
+    """The view's modules (ipywidgets: ~0.1 s on a first import) are imported by
+    `%load_ext`, not inside the first traced cell's root span."""
+    with started(Kernel, tmp_path, HELPERS) as fresh:
+        assert fresh.value("'agenta_notebook.views.widget' in __import__('sys').modules")
+
+
+def test_a_traceback_shown_by_the_cells_own_code_does_not_end_the_root(kernel: Kernel) -> None:
+    kernel.run(
+        "%%agenta_trace --quiet\n"
+        "import time\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    get_ipython().showtraceback()\n"
+        "with span('after'):\n"
+        "    time.sleep(0.05)\n"
+    )
+    root, after = kernel.value(DURATIONS_MS)
+    assert root >= after >= 50, (root, after)

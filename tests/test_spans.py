@@ -109,6 +109,71 @@ def test_async_function_raising() -> None:
     assert exception_events(result.nodes[1]) == ["RuntimeError"]
 
 
+def test_recorded_stack_trace_leaves_our_wrapper_frames_out() -> None:
+    @an.span
+    def inner() -> None:
+        raise ValueError("inner failed")
+
+    @an.span
+    def outer() -> None:
+        try:
+            inner()
+        except ValueError as error:
+            raise KeyError("outer failed") from error
+
+    with an.trace("hidden") as result, pytest.raises(KeyError):
+        outer()
+    texts = {}
+    for node in result.nodes[1:]:
+        [event] = [e for e in node.record.events if e.name == "exception"]
+        texts[node.name.rsplit(".", 1)[-1]] = str(event.attributes["exception.stacktrace"])
+        assert event.attributes["exception.escaped"] == "False"
+    assert "agenta_notebook/spans.py" not in texts["inner"] and ", in inner" in texts["inner"]
+    assert texts["inner"].rstrip().endswith("ValueError: inner failed")
+    # the chain is kept, each part without our frames
+    assert "agenta_notebook/spans.py" not in texts["outer"]
+    assert "direct cause of the following exception" in texts["outer"]
+    assert ", in inner" in texts["outer"] and ", in outer" in texts["outer"]
+    assert texts["outer"].rstrip().endswith("KeyError: 'outer failed'")
+
+
+def test_recorded_stack_trace_of_an_exception_group_leaves_our_frames_out() -> None:
+    @an.span
+    def inner() -> None:
+        raise ValueError("inner failed")
+
+    @an.span
+    def outer() -> None:
+        try:
+            inner()
+        except ValueError as error:
+            raise ExceptionGroup("both failed", [error]) from None
+
+    with an.trace("group") as result, pytest.raises(ExceptionGroup):
+        outer()
+    [node] = [node for node in result.nodes if node.name.endswith("outer")]
+    [event] = [e for e in node.record.events if e.name == "exception"]
+    text = str(event.attributes["exception.stacktrace"])
+    assert ", in inner" in text and "ValueError: inner failed" in text
+    assert "agenta_notebook/spans.py" not in text
+
+
+def test_an_exception_whose_str_fails_is_still_recorded_and_raised() -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    @an.span
+    def failing() -> None:
+        raise Unprintable()
+
+    with an.trace("unprintable") as result, pytest.raises(Unprintable):
+        failing()
+    node = result.nodes[-1]
+    assert node.record.status == "ERROR"
+    assert "Unprintable" in (node.record.status_message or "")
+
+
 # --- generators -----------------------------------------------------------------------------
 
 

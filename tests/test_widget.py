@@ -15,10 +15,10 @@ from opentelemetry import context as otel_context
 
 import agenta_notebook as an
 from agenta_notebook.collector import Collector
-from agenta_notebook.core.rollup import SpanEvent, SpanRecord
+from agenta_notebook.core.rollup import SpanEvent, SpanNode, SpanRecord
 from agenta_notebook.live import Trace
 from agenta_notebook.views.display import MIN_INTERVAL, TraceDisplay, open_view_count
-from agenta_notebook.views.html import format_money, format_tokens
+from agenta_notebook.views.html import format_amount, format_money_in, format_tokens
 from agenta_notebook.views.widget import PAGE_SIZE, Row, TraceView, live_widget_count
 
 LLM = "llm"
@@ -81,6 +81,14 @@ def row_of(view: TraceView, span_id: int, kind: str = "span") -> RowView | None:
     return None
 
 
+def shown_cost(node: SpanNode, view: TraceView) -> str:
+    """What a row's cost column shows: the view's unit, or "unpriced"."""
+    subtotal = node.subtotal
+    if subtotal.cost is None and subtotal.unpriced_calls:
+        return "unpriced"
+    return format_amount(subtotal.cost, view._scale.places)
+
+
 def test_rows_show_the_core_figures(records: RecordFactory) -> None:
     trace = small_trace(records)
     view = TraceView(trace)
@@ -91,12 +99,11 @@ def test_rows_show_the_core_figures(records: RecordFactory) -> None:
             assert widgets is not None
             figures = widgets.figures
             assert format_tokens(node.subtotal.total_tokens) in figures
-            cost = format_money(node.subtotal.cost, node.subtotal.unpriced_calls)
-            assert cost in figures
+            assert shown_cost(node, view) in figures
             assert node.name in widgets.label
         root = row_of(view, trace.root.span_id)
         assert root is not None
-        assert "+ 1 unpriced" in root.figures
+        assert "+?" in root.figures and "1 model call without a price" in root.figures
         agent = trace.find("agent")
         assert agent.mismatch is not None
         agent_row = row_of(view, agent.span_id)
@@ -105,7 +112,7 @@ def test_rows_show_the_core_figures(records: RecordFactory) -> None:
         assert tool_row is not None and "✖ error" in tool_row.figures
         header = view.header.value
         totals = trace.totals
-        assert format_money(totals.cost, totals.unpriced_calls) in header
+        assert format_money_in(totals.cost, totals.unpriced_calls, view._scale.places) in header
         assert "my-local-llama" in header and "model calls</b> 2" in header
     finally:
         view.close()
@@ -127,7 +134,7 @@ def test_a_wrapper_row_shows_the_calls_cost_not_its_claim() -> None:
         assert outer.own.cost is None and outer.subtotal.cost == inner.own.cost
         widgets = row_of(view, outer.span_id)
         assert widgets is not None
-        assert format_money(inner.own.cost, 0) in widgets.figures
+        assert format_amount(inner.own.cost, view._scale.places) in widgets.figures
         assert "own" not in widgets.figures and "roll-up" in widgets.figures
     finally:
         view.close()
@@ -316,7 +323,7 @@ def test_details_pane(records: RecordFactory) -> None:
         assert "ValueError" in text and "bad &lt;input&gt;" in text
         assert "Traceback (most recent call last)" in text
         assert "custom.key" in text and "&lt;value&gt;" in text
-        assert f"price source {node.priced.source}" in text
+        assert node.priced.source == "price table" and "priced from the price table" in text
         assert node.priced.matched_model is not None and node.priced.matched_model in text
         assert node.warnings and any("abc" in w for w in node.warnings)
         assert all(html.escape(w) in text for w in node.warnings)
@@ -614,9 +621,10 @@ def test_a_plain_display_is_cheap(records: RecordFactory, monkeypatch: pytest.Mo
         assert sent == []
         rows = len(names(view))
         assert rows == len(trace.nodes)
-        # header, options, rows box, root box, and one run of rows: row buttons, figures
-        # and their box; layout and styles are shared. No widget per row.
-        assert live_widget_count() - before == 7 == view.widget_count
+        # header, rows note, options, rows box, root box, the costliest list, and one run
+        # of rows: row buttons, figures and their box; layout and styles are shared. No
+        # widget per row.
+        assert live_widget_count() - before == 9 == view.widget_count
         assert view._controls is None and view._details is None
         assert len(view.rows_box.children) == 1 and len(view.visible) == rows
 
@@ -747,3 +755,56 @@ def test_loaded_trace_views_in_a_real_kernel_stay_bounded(tmp_path: Path) -> Non
     for output in outputs[:20]:
         assert set(output["data"]) == {"text/html", "text/plain"}
     assert "application/vnd.jupyter.widget-view+json" in outputs[-1]["data"]
+
+
+def test_costliest_list_jumps_to_a_span_beyond_a_page() -> None:
+    """The costliest spans are a list of buttons next to the per-model table; clicking
+    one expands its ancestors, pages in its siblings up to it, and opens its details."""
+    records = [SpanRecord(1, 1, None, "root", 0, 10_000), SpanRecord(1, 2, 1, "batch", 1, 9_000)]
+    for index in range(250):
+        tokens = 10_000 if index == 240 else 10 + index
+        records.append(
+            SpanRecord(
+                1,
+                10 + index,
+                2,
+                f"call {index}",
+                10 + index,
+                11 + index,
+                attributes={"ag.type.node": LLM, **usage(tokens)},
+            )
+        )
+    trace = Trace(1, "root", root_span_id=1, records=records)
+    view = TraceView(trace, auto_budget=3)
+    try:
+        assert "call 240" not in names(view)  # collapsed, and beyond the first page
+        assert view.costliest is not None and view.costliest in view.widget.children
+        labels = view.costliest._options_labels
+        assert len(labels) == 5 and "call 240" in labels[0] and "gpt-4o-mini" in labels[0]
+        view.jump_to(0)
+        assert view.state.selected == 250
+        assert "call 240" in names(view)
+        assert view.details in view.rows_box.children
+        assert "call 240" in view.details.value
+        assert view.costliest.index is None  # the list is not a selection
+    finally:
+        view.close()
+
+
+def test_waterfall_in_rows_follows_the_scope(records: RecordFactory) -> None:
+    trace = small_trace(records)
+    view = TraceView(trace)
+    try:
+        plan = trace.find("plan")
+        row = row_of(view, plan.span_id)
+        assert row is not None and 'class="agn-wf"' in row.figures
+        before = row.figures
+        view._event(lambda: view.state.set_waterfall_scope("parent"))
+        row = row_of(view, plan.span_id)
+        assert row is not None and row.figures != before and "into its parent" in row.figures
+        heads = view.status.value
+        for head in ("duration", "timeline", "tokens", "cost", "share"):
+            assert f">{head}<" in heads
+        assert "agn-conversation" in view.header.value  # the details pane's style rules
+    finally:
+        view.close()

@@ -22,6 +22,11 @@ from agenta_notebook.core.fields import FIGURE, STATED, stated_mask, stated_valu
 # --- Keys this package writes (Agenta's vocabulary) ------------------------------------
 # The keys of the figures (tokens, cost) are declared with their figure in `fields.py`.
 AG_TYPE: Final = "ag.type.node"
+#: Where Agenta records a span's inputs and outputs (flattened below these keys), and
+#: the prefix of a value that is JSON text.
+AG_INPUTS: Final = "ag.data.inputs"
+AG_OUTPUTS: Final = "ag.data.outputs"
+AG_JSON_PREFIX: Final = "@ag.type=json:"
 AG_INPUT_TOKENS: Final = FIGURE["input_tokens"].keys[0]
 AG_OUTPUT_TOKENS: Final = FIGURE["output_tokens"].keys[0]
 AG_COST: Final = FIGURE["cost"].keys[0]

@@ -148,6 +148,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _DemoHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    #: The listen backlog. socketserver's default of 5 made a fan-out of 20 calls wait
+    #: for the client's SYN retry (a second or more), or fail: the stand-in taught that
+    #: fan-out is slow. The kernel caps it at `net.core.somaxconn`.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int]) -> None:
         super().__init__(address, _Handler)

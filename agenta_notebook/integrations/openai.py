@@ -165,6 +165,7 @@ def _watch_stream(response: Any) -> None:
 
 
 def _sync_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    __tracebackhide__ = True  # IPython and pytest leave this frame out
     response = wrapped(*args, **kwargs)
     try:
         _watch_stream(response)
@@ -174,6 +175,7 @@ def _sync_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 
 async def _async_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    __tracebackhide__ = True  # IPython and pytest leave this frame out
     response = await wrapped(*args, **kwargs)
     try:
         _watch_stream(response)

@@ -91,6 +91,8 @@ MAGIC_NAME: Final = "agenta_trace"
 EXIT_WAIT: Final = 10.0
 #: How many cells' last runs are remembered (to close a re-run cell's old view).
 REMEMBERED_CELLS: Final = 256
+#: Cells running one inside another that are tracked (a deeper nesting is not expected).
+MAX_NESTED_CELLS: Final = 64
 #: Attribute on the root span holding the notebook cell id, when the frontend sends one.
 CELL_ID_ATTRIBUTE: Final = "agenta_notebook.cell_id"
 
@@ -299,6 +301,8 @@ class CellRun:
         self._worker_expects = False
         self._ended = False
         self._display: display.TraceDisplay | None = None
+        #: when the cell's code stopped (`mark_code_end`), if known before the cell ends
+        self.code_end_ns: int | None = None
         self.root, self.trace = start_root(name, attributes)
         self._token = otel_context.attach(otel_trace.set_span_in_context(self.root))
 
@@ -312,16 +316,28 @@ class CellRun:
             internal_error("showing the trace of a cell")
 
     # -- when the cell ends ----------------------------------------------------------------
+    def mark_code_end(self) -> None:
+        """The cell's code has stopped (IPython is about to format its traceback): the
+        root span ends now, whatever IPython does before the cell's end event."""
+        if self.code_end_ns is None and not self._ended:
+            self.code_end_ns = time.time_ns()
+
     def end(self, error: BaseException | None) -> None:
-        """Close the root span (failed by `error`, if any) and settle the view."""
+        """Close the root span (failed by `error`, if any) and settle the view.
+
+        The root ends when the cell's code stopped (`mark_code_end`), or else now: not
+        after IPython's traceback formatting, nor after the error is recorded on it.
+        """
         if self._ended:
             return
         self._ended = True
+        # The mark stands only for a cell that failed: its code stopped there.
+        end_ns = self.code_end_ns if error is not None and self.code_end_ns else time.time_ns()
         _reset_context(self._token)
         try:
             if error is not None:
                 fail_span(self.root, error)
-            self.root.end()
+            self.root.end(end_time=end_ns)
         finally:
             # A span processor of the user's that raises in on_end must not leave the
             # cell's trace half-settled: it is still closed, returned and bound.
@@ -437,6 +453,9 @@ class TraceMagics(Magics):
         super().__init__(shell)
         # id(ExecutionInfo) -> (info, run): pre_run_cell and post_run_cell share `info`.
         self._open: dict[int, tuple[Any, CellRun]] = {}
+        #: id(ExecutionInfo) of every cell running now, traced or not, innermost last: a
+        #: cell run by another (`run_cell`, `%run`) sits above the one that ran it.
+        self._running: list[int] = []
         self._by_cell: OrderedDict[str, CellRun] = OrderedDict()
         self._parsed: dict[str, CellOptions | None] = {}
         #: writes the --save files of cells whose spans outlive the cell
@@ -520,6 +539,10 @@ class TraceMagics(Magics):
 
     # -- execution events ------------------------------------------------------------------
     def pre_run_cell(self, info: Any) -> None:
+        running = self._running
+        running.append(id(info))
+        if len(running) > MAX_NESTED_CELLS:  # a cell whose end event never came
+            del running[0]
         try:
             raw_cell = info.raw_cell or ""
             transformed = getattr(info, "transformed_cell", None)
@@ -556,6 +579,14 @@ class TraceMagics(Magics):
             internal_error("starting the trace of a cell")
 
     def post_run_cell(self, result: Any) -> None:
+        running = self._running
+        if result is None:
+            if running:
+                running.pop()
+        elif id(result.info) in running:
+            # The innermost entry for it (an `ExecutionInfo` id can come back after the
+            # object is freed, never while it runs).
+            del running[len(running) - 1 - running[::-1].index(id(result.info))]
         try:
             if result is None:
                 # The cell's task was cancelled before it returned (an interrupt).
@@ -573,9 +604,20 @@ class TraceMagics(Magics):
         except Exception:  # the cell has run; its trace may be left open
             internal_error("ending the trace of a cell")
 
+    def code_ended(self) -> None:
+        """The code of the innermost running cell has stopped (it raised): mark its end
+        when that cell is traced. A cell run from a traced cell (`run_cell`, `%run`) that
+        fails marks nothing: the traced cell's code goes on."""
+        if not self._running:
+            return
+        entry = self._open.get(self._running[-1])
+        if entry is not None:
+            entry[1].mark_code_end()
+
     def adopt(self, previous: Any) -> None:
         """Take over the cells `previous` (an unloaded instance) still has open."""
         self._open.update(previous._open)
+        self._running[:0] = previous._running
         self._by_cell.update(previous._by_cell)
         previous._open.clear()
         previous._by_cell.clear()
@@ -656,6 +698,55 @@ def _run_body(shell: Any, body: str) -> Any:
 _SHELL_ATTRIBUTE: Final = "_agenta_notebook_magics"
 
 
+class _MarkCodeEnd:
+    """Stands in for the shell's `showtraceback` while the extension is loaded.
+
+    IPython calls `showtraceback` as soon as a cell's code raises, then formats the
+    traceback (hundreds of milliseconds for a deep one) before the cell's end event:
+    the open cells' root spans are marked as ended first.
+    """
+
+    _agenta_notebook_hooks: Final = True
+
+    def __init__(self, shell: Any, magics: TraceMagics) -> None:
+        self.magics = magics
+        #: the shell's own attribute it replaced, if the instance had one
+        self.replaced = shell.__dict__.get("showtraceback")
+        self.original = shell.showtraceback
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # IPython and pytest leave this frame out
+        try:
+            # Only IPython's own calls when the cell's code raised: not a call of the
+            # user's (or a library's) from a cell that goes on afterwards.
+            if kwargs.get("running_compiled_code") or kwargs.get("exception_only"):
+                self.magics.code_ended()
+        except Exception:  # the traceback is shown all the same
+            internal_error("marking the end of a cell's code")
+        return self.original(*args, **kwargs)
+
+
+def _remove_code_end_marker(shell: Any) -> None:
+    marker = shell.__dict__.get("showtraceback")
+    if not _is_ours(marker):
+        return
+    if marker.replaced is not None:
+        shell.showtraceback = marker.replaced
+    else:
+        del shell.showtraceback
+
+
+def _warm_up_views(shell: Any) -> None:
+    """Import the widget view now, in a kernel, rather than inside the first traced
+    cell's root span (the first import of ipywidgets takes ~0.1 s)."""
+    if getattr(shell, "kernel", None) is None:
+        return
+    try:
+        import agenta_notebook.views.widget  # noqa: F401
+    except ImportError:  # no ipywidgets: the views are static HTML
+        return
+
+
 class _RemoveWhenDone:
     """After an unload mid-cell: once the open cells have ended, remove the last hooks."""
 
@@ -671,6 +762,7 @@ class _RemoveWhenDone:
 
 
 def _remove_hooks(shell: Any, *, keep_post_run: bool = False) -> None:
+    _remove_code_end_marker(shell)
     shell.input_transformers_cleanup[:] = [
         transform for transform in shell.input_transformers_cleanup if not _is_ours(transform)
     ]
@@ -693,12 +785,14 @@ def load(shell: Any) -> TraceMagics:
     shell.input_transformers_cleanup.append(magics.transform)
     shell.events.register("pre_run_cell", magics.pre_run_cell)
     shell.events.register("post_run_cell", magics.post_run_cell)
+    shell.showtraceback = _MarkCodeEnd(shell, magics)
     setattr(shell, _SHELL_ATTRIBUTE, magics)
     enable_thread_propagation()
     # Both are opt-in through the environment and idempotent, so a reload adds nothing.
     maybe_instrument_on_load()
     if current_export() is None:
         maybe_export_on_load()
+    _warm_up_views(shell)
     return magics
 
 

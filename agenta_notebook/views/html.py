@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import heapq
 import html as _html
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -133,9 +134,41 @@ def format_money(cost: Decimal | None, unpriced_calls: int) -> str:
     return f"{format_cost(cost)} + {unpriced_calls:,} unpriced"
 
 
+def format_money_in(cost: Decimal | None, unpriced_calls: int, places: int | None) -> str:
+    """`format_money` in a view's unit (`places` decimals; `None`: its own).
+
+    >>> format_money_in(Decimal("0.0009"), 1, 5), format_money_in(None, 2, 5)
+    ('$0.00090 + 1 unpriced', '2 unpriced')
+    """
+    if places is None:
+        return format_money(cost, unpriced_calls)
+    if cost is None and unpriced_calls:
+        return f"{unpriced_calls:,} unpriced"
+    shown = format_amount(cost, places)
+    return f"{shown} + {unpriced_calls:,} unpriced" if unpriced_calls else shown
+
+
 def format_tokens(tokens: int | None) -> str:
     """A token count with thousands separators, "—" when absent."""
     return "—" if tokens is None else f"{tokens:,}"
+
+
+#: The longest token count a row shows digit by digit ("99,999,999"); larger ones are
+#: shortened ("123.4M", the exact count in the tooltip) so that the column never clips.
+ROW_TOKENS_EXACT: Final = 99_999_999
+
+
+def format_row_tokens(tokens: int | None) -> str:
+    """A token count in a row's fixed-width column.
+
+    >>> format_row_tokens(12_345), format_row_tokens(123_456_789), format_row_tokens(4 * 10**12)
+    ('12,345', '123.5M', '4,000.0B')
+    """
+    if tokens is None or abs(tokens) <= ROW_TOKENS_EXACT:
+        return format_tokens(tokens)
+    if abs(tokens) < 10**9 * 10:
+        return f"{tokens / 1e6:,.1f}M"
+    return f"{tokens / 1e9:,.1f}B"
 
 
 def format_duration(duration_ms: float | None) -> str:
@@ -146,6 +179,8 @@ def format_duration(duration_ms: float | None) -> str:
     """
     if duration_ms is None:
         return "—"
+    # A span that ends before it starts (clocks of two processes) lasted no time.
+    duration_ms = max(duration_ms, 0.0)
     if duration_ms < 1:
         return f"{duration_ms:.2f} ms"
     if duration_ms < 1000:
@@ -187,6 +222,220 @@ def tokens_title(figures: Figures, table: Sequence[Figure] = FIGURES) -> str:
         if value is not None or not shown_where_present(figure):
             parts.append(f"{figure.short} {format_tokens(value)}")
     return ", ".join(parts)
+
+
+# -- one view's scales: money and time ----------------------------------------------------
+
+#: Fewest and most decimals a view's costs are shown with.
+MIN_PLACES: Final = 2
+MAX_PLACES: Final = 8
+#: The longest amount a row's cost column holds whole ("$123.45678901"): a view whose
+#: total has more whole digits gets fewer decimals.
+MAX_AMOUNT_CHARS: Final = 13
+#: The "costliest spans" list: this many spans.
+COSTLIEST: Final = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ViewScale:
+    """What every row of one view shares: the decimals of its costs (all rows the same,
+    so that they line up on the decimal point), the trace's cost (for each row's share)
+    and the time axis of the waterfall (the root's start to its end, or to the latest
+    time seen while the trace runs)."""
+
+    places: int
+    total_cost: Decimal | None
+    start_ns: int
+    end_ns: int
+    running: bool
+
+
+def view_scale(root: SpanNode, nodes: Iterable[SpanNode]) -> ViewScale:
+    """The scale of a view of the tree under `root`: one pass over its `nodes`.
+
+    The decimals show the smallest non-zero own cost with two significant figures
+    (every subtotal is a sum of own costs, so none is smaller), up to `MAX_PLACES`: a
+    smaller cost reads "<$0.00000001" rather than widening every row. The time axis
+    reaches the latest end of any span (some end after the root).
+
+    >>> from agenta_notebook.core.rollup import SpanRecord, build_tree
+    >>> tree = build_tree([SpanRecord(1, 1, None, "r", 0, 10)])
+    >>> view_scale(tree.root, tree.nodes)
+    ViewScale(places=2, total_cost=None, start_ns=0, end_ns=10, running=False)
+    """
+    smallest: Decimal | None = None
+    start = root.record.start_time_ns
+    latest = root.record.end_time_ns or start
+    running = root.running
+    for node in nodes:
+        record = node.record
+        end = record.end_time_ns
+        if end is None:
+            running = True
+            end = record.start_time_ns
+        if end > latest:
+            latest = end
+        cost = node.own.cost
+        if cost is not None and cost != 0:
+            size = cost.copy_abs()  # no context: never the notebook's
+            if smallest is None or size < smallest:
+                smallest = size
+    places = MIN_PLACES
+    if smallest is not None:
+        places = min(max(MIN_PLACES, -smallest.adjusted() + 1), MAX_PLACES)
+        total = root.subtotal.cost
+        if total is not None:  # "$" and the whole part with its commas, then "."
+            whole = len(f"{int(total.copy_abs()):,}") + 2 + (1 if total < 0 else 0)
+            places = max(MIN_PLACES, min(places, MAX_AMOUNT_CHARS - whole))
+    # Spans may end after the root (work a cell left running, then finished): the axis
+    # reaches the latest end, so that their bars keep their true length.
+    if not running and root.record.end_time_ns is not None:
+        latest = max(latest, root.record.end_time_ns)
+    return ViewScale(places, root.subtotal.cost, start, max(latest, start), running)
+
+
+def format_amount(cost: Decimal | None, places: int) -> str:
+    """A dollar amount with exactly `places` decimals (a view's unit), "—" when absent.
+
+    >>> [format_amount(c, 6) for c in (Decimal("0.000695"), Decimal("0.0000486"), None)]
+    ['$0.000695', '$0.000049', '—']
+    >>> format_amount(Decimal("1234.5"), 2), format_amount(Decimal("1e-12"), 4)
+    ('$1,234.50', '<$0.0001')
+    """
+    if cost is None:
+        return "—"
+    with localcontext(COST_CONTEXT):
+        sign = "-" if cost < 0 else ""
+        step = Decimal(1).scaleb(-places)
+        shown = abs(cost).quantize(step)
+        if shown == 0 and cost != 0:
+            return f"{sign}<${step:f}"
+        return f"{sign}${shown:,.{places}f}"
+
+
+def cost_share(node: SpanNode, scale: ViewScale) -> float | None:
+    """The row's part of the trace's cost, 0..1 (`None`: no cost to share)."""
+    total, cost = scale.total_cost, node.subtotal.cost
+    if total is None or cost is None or total <= 0:
+        return None
+    # In floats: a share needs no exact decimals, nor the notebook's decimal context.
+    return min(max(float(cost) / float(total), 0.0), 1.0)
+
+
+def format_share(share: float | None) -> str:
+    """A share as a whole percent; "<1%" for a small one that is not zero.
+
+    >>> [format_share(s) for s in (None, 0.0, 0.0004, 0.123, 1.0)]
+    ['', '0%', '<1%', '12%', '100%']
+    """
+    if share is None:
+        return ""
+    if 0 < share < 0.005:
+        return "<1%"
+    return f"{share:.0%}"
+
+
+def model_inline(node: SpanNode) -> str:
+    """On a model-call row, the model and its tokens in → out ("gpt-4o · 1,200→300");
+    plain text (callers escape it), "" elsewhere."""
+    usage = node.usage
+    if not usage.is_model_call or node.role == "model call wrapper":
+        return ""
+    parts = [safe_text(usage.model, 60)] if usage.model else []
+    tokens_in, tokens_out = usage.input_tokens, usage.output_tokens
+    if tokens_in is not None and tokens_out is not None:
+        parts.append(f"{tokens_in:,}→{tokens_out:,}")
+    elif tokens_in is not None:
+        parts.append(f"{tokens_in:,} in")
+    elif tokens_out is not None:
+        parts.append(f"{tokens_out:,} out")
+    return " · ".join(parts)
+
+
+def costliest(nodes: Iterable[SpanNode], count: int = COSTLIEST) -> list[SpanNode]:
+    """The `count` spans with the largest own counted cost, costliest first."""
+    priced = (node for node in nodes if node.own.cost is not None and node.own.cost > 0)
+    return heapq.nlargest(count, priced, key=lambda node: node.own.cost or 0)
+
+
+def costliest_label(node: SpanNode, scale: ViewScale) -> str:
+    """One entry of the costliest list as plain text: amount, share, name, model."""
+    share = format_share(cost_share_own(node, scale))
+    model = model_inline(node)
+    name = safe_text(node.name, 60)
+    return f"{format_amount(node.own.cost, scale.places)} ({share}) {name}" + (
+        f" · {model}" if model else ""
+    )
+
+
+def cost_share_own(node: SpanNode, scale: ViewScale) -> float | None:
+    total, cost = scale.total_cost, node.own.cost
+    if total is None or cost is None or total <= 0:
+        return None
+    # In floats: a share needs no exact decimals, nor the notebook's decimal context.
+    return min(max(float(cost) / float(total), 0.0), 1.0)
+
+
+def costliest_html(nodes: Iterable[SpanNode], scale: ViewScale) -> str:
+    """The costliest spans as a plain list (the static HTML; the widget's is clickable)."""
+    top = costliest(nodes)
+    if not top:
+        return ""
+    items = "".join(f"<li>{escape(costliest_label(node, scale), None)}</li>" for node in top)
+    return f'<div class="agn-costliest-static"><b>costliest spans</b><ol>{items}</ol></div>'
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """A waterfall bar: offset and length in percent of its axis, and how to draw it."""
+
+    left: float
+    width: float
+    running: bool
+    error: bool
+    title: str
+
+
+def waterfall_bar(node: SpanNode, scale: ViewScale, scope: str = "trace") -> Bar:
+    """Where `node`'s bar sits: against the trace's time axis, or (`scope="parent"`)
+    against its parent's span; a running span reaches the trace's current end."""
+    record = node.record
+    trace_end = scale.end_ns
+    start = record.start_time_ns
+    end = trace_end if record.end_time_ns is None else record.end_time_ns
+    low, high = scale.start_ns, trace_end
+    parent = node.parent
+    if scope == "parent" and parent is not None:
+        low = parent.record.start_time_ns
+        high = trace_end if parent.record.end_time_ns is None else parent.record.end_time_ns
+    span = max(high - low, 1)
+    left = min(max((start - low) / span, 0.0), 1.0)
+    right = min(max((end - low) / span, left), 1.0)
+
+    def signed(offset_ns: int) -> str:  # before the trace (clock skew): "-X", never "+-X"
+        return ("-" if offset_ns < 0 else "+") + format_duration(abs(offset_ns) / 1e6)
+
+    # A span ending before it starts (clock skew between processes) lasts 0, as its bar.
+    lasts = "running" if node.running else f"lasts {format_duration(max(end - start, 0) / 1e6)}"
+    title = f"starts at {signed(start - scale.start_ns)} · {lasts}"
+    if scope == "parent" and parent is not None:
+        title += f" ({signed(start - low)} into its parent)"
+    return Bar(100 * left, 100 * (right - left), node.running, node.is_error, title)
+
+
+def waterfall_html(node: SpanNode, scale: ViewScale, scope: str = "trace") -> str:
+    """The waterfall cell of a row: pure CSS, a bar placed by percentages."""
+    bar = waterfall_bar(node, scale, scope)
+    css = "agn-bar"
+    if bar.running:
+        css += " agn-bar-run"
+    if bar.error:
+        css += " agn-bar-err"
+    return (
+        # The title is our own text (offsets and durations): nothing to escape.
+        f'<span class="agn-wf" title="{bar.title}"><span class="{css}" '
+        f'style="left:{bar.left:.2f}%;width:{bar.width:.2f}%"></span></span>'
+    )
 
 
 # -- per span ------------------------------------------------------------------------------
@@ -282,49 +531,107 @@ def figure_cell(node: SpanNode, figure: Figure) -> tuple[str, str | None, str | 
         return shown, None, own
     value = getattr(node.subtotal, figure.name)
     if figure.kind == "tokens":
-        return format_tokens(value), tokens_title(node.subtotal), None
+        return format_row_tokens(value), tokens_title(node.subtotal), None
     return format_figure(figure, value), None, None
 
 
 def column_heads_html() -> str:
-    """The heads of the widget's row columns: duration, then `ROW_FIGURES`."""
+    """The heads of the widget's row columns, laid out like `row_figures_html`."""
     heads = "".join(
         f'<span class="agn-c {_CELL_STYLES[figure.kind][0]}">{escape(figure.column)}</span>'
         for figure in ROW_FIGURES
     )
-    return f'<span class="agn-c agn-dur">duration</span>{heads}'
+    return (
+        '<span class="agn-c agn-dur">duration</span>'
+        '<span class="agn-wf agn-wf-head">timeline</span>'
+        f'{heads}<span class="agn-c agn-share">share</span><span class="agn-marks"></span>'
+    )
 
 
-def label(node: SpanNode) -> str:
-    """Name and type as plain text (`safe_text`: HTML callers still escape it)."""
-    name = safe_text(node.name)
-    return f"{name} · {safe_text(node.type)}" if node.type else name
+def label(node: SpanNode, limit: int = MAX_LABEL) -> str:
+    """Name (at most `limit` characters) and type, and on a model-call row its model and
+    tokens, as plain text (`safe_text`: HTML callers still escape it)."""
+    name = safe_text(node.name, limit)
+    text = f"{name} · {safe_text(node.type)}" if node.type else name
+    model = model_inline(node)
+    return f"{text} · {model}" if model else text
 
 
-def row_figures_html(node: SpanNode) -> str:
-    """The figure columns of a widget row: duration, `ROW_FIGURES`, markers (escaped)."""
+def money_html(node: SpanNode, scale: ViewScale, figure: Figure = FIGURE["cost"]) -> str:
+    """A money cell: the subtotal in the view's unit (so amounts line up on the decimal
+    point), "unpriced" when only unpriced calls are below, and a fixed-width "+?" after
+    a known amount that leaves unpriced calls out; the span's own amount in the tooltip."""
+    subtotal = node.subtotal
+    value = getattr(subtotal, figure.name)
+    unpriced = subtotal.unpriced_calls
+    notes = []
+    if value is None and unpriced:
+        amount, suffix = "unpriced", ""
+    else:
+        amount = format_amount(value, scale.places)
+        suffix = "+?" if unpriced else ""
+    if unpriced:
+        notes.append(f"{_plural(unpriced, 'model call')} without a price below")
+    own_value = getattr(node.own, figure.name)
+    if node.children and own_value is not None and own_value != value:
+        notes.append(f"own {format_amount(own_value, scale.places)}")
+    # Amounts and notes are our own text: nothing to escape.
+    title = f' title="{"; ".join(notes)}"' if notes else ""
+    return (
+        f'<span class="agn-c agn-cost"{title}>{amount}<span class="agn-unp">{suffix}</span></span>'
+    )
+
+
+def share_html(node: SpanNode, scale: ViewScale) -> str:
+    """The row's share of the trace's cost: a percent over a small bar."""
+    share = cost_share(node, scale)
+    if share is None:
+        return '<span class="agn-c agn-share"></span>'
+    return (
+        f'<span class="agn-c agn-share" title="{share:.1%} of the trace\'s cost">'
+        f'<span class="agn-sbar" style="width:{100 * share:.0f}%"></span>'
+        f'<span class="agn-stext">{format_share(share)}</span></span>'
+    )
+
+
+def row_figures_html(node: SpanNode, scale: ViewScale, scope: str = "trace") -> str:
+    """The figure columns of a row: duration, waterfall, `ROW_FIGURES` (money in the
+    view's unit), share of the cost, markers (escaped)."""
     duration = "…" if node.running else format_duration(node.duration_ms)
-    cells = [f'<span class="agn-c agn-dur">{duration}</span>']
+    cells = [f'<span class="agn-c agn-dur">{duration}</span>', waterfall_html(node, scale, scope)]
     for figure in ROW_FIGURES:
-        shown, title, own = figure_cell(node, figure)
-        title_html = f' title="{escape(title, None)}"' if title else ""
-        own_html = f' <span class="agn-own">{escape(own)}</span>' if own else ""
+        if figure.kind == "money":
+            cells.append(money_html(node, scale, figure))
+            continue
+        shown, title, _own = figure_cell(node, figure)
+        # Figures and their breakdown are our own text: nothing to escape.
+        title_html = f' title="{title}"' if title else ""
         css = _CELL_STYLES[figure.kind][0]
-        cells.append(f'<span class="agn-c {css}"{title_html}>{escape(shown)}{own_html}</span>')
-    cells.append(f'<span class="agn-marks">{markers_html(node)}</span>')
+        cells.append(f'<span class="agn-c {css}"{title_html}>{shown}</span>')
+    cells.append(share_html(node, scale))
+    found = markers(node)
+    if found:
+        every = escape(" · ".join(mark.label for mark in found), None)
+        badges = " ".join(
+            f'<span class="agn-m {m.css}" title="{escape(m.title, 600)}">{escape(m.label)}</span>'
+            for m in found
+        )
+        cells.append(f'<span class="agn-marks" title="{every}">{badges}</span>')
+    else:
+        cells.append('<span class="agn-marks"></span>')
     return "".join(cells)
 
 
 # -- header --------------------------------------------------------------------------------
 
 
-def totals_line(summary: TraceSummary) -> str:
+def totals_line(summary: TraceSummary, places: int | None = None) -> str:
     """The trace totals as HTML (escaped): cost, tokens, calls, duration, errors, spans."""
     totals = summary.totals
     duration = "running" if summary.duration_ms is None else format_duration(summary.duration_ms)
     parts = [
         f'<span class="agn-h-cost"><b>cost</b> '
-        f"{escape(format_money(totals.cost, totals.unpriced_calls))}</span>",
+        f"{escape(format_money_in(totals.cost, totals.unpriced_calls, places))}</span>",
         f"<b>tokens</b> {format_tokens(totals.total_tokens)} "
         f"(in {format_tokens(totals.input_tokens)} / out {format_tokens(totals.output_tokens)})",
         f"<b>model calls</b> {totals.model_calls:,}",
@@ -335,10 +642,13 @@ def totals_line(summary: TraceSummary) -> str:
     ]
     if summary.warnings:
         parts.append(f"<b>warnings</b> {len(summary.warnings):,}")
-    return " · ".join(parts)
+    # A narrow output breaks the line between two totals, never inside one.
+    return " · ".join(f'<span style="white-space:nowrap">{part}</span>' for part in parts)
 
 
-def by_model_html(rows: Iterable[ModelBreakdown], limit: int = 12) -> str:
+def by_model_html(
+    rows: Iterable[ModelBreakdown], limit: int = 12, places: int | None = None
+) -> str:
     """The per-model breakdown as a small table (escaped)."""
     rows = list(rows)
     if not rows:
@@ -347,7 +657,7 @@ def by_model_html(rows: Iterable[ModelBreakdown], limit: int = 12) -> str:
         f"<tr><td>{escape(row.model)}</td><td>{row.calls:,}</td>"
         f"<td>{format_tokens(row.input_tokens)}</td><td>{format_tokens(row.output_tokens)}</td>"
         f"<td>{format_tokens(row.total_tokens)}</td>"
-        f"<td>{escape(format_money(row.cost, row.unpriced_calls))}</td></tr>"
+        f"<td>{escape(format_money_in(row.cost, row.unpriced_calls, places))}</td></tr>"
         for row in rows[:limit]
     )
     more = (
@@ -362,55 +672,64 @@ def by_model_html(rows: Iterable[ModelBreakdown], limit: int = 12) -> str:
     )
 
 
-def header_html(summary: TraceSummary) -> str:
-    """Trace name, totals and per-model breakdown (escaped)."""
+def header_html(summary: TraceSummary, beside_models: str = "", places: int | None = None) -> str:
+    """Trace name, totals and per-model breakdown (escaped), in the view's unit (`places`
+    decimals), and `beside_models` (HTML: the costliest spans) next to that table."""
+    models = by_model_html(summary.by_model, places=places)
+    if beside_models:
+        models = (
+            '<div class="agn-money" style="display:flex;flex-wrap:wrap;gap:0 24px;'
+            f'align-items:flex-start">{models}{beside_models}</div>'
+        )
     return (
         f'<div class="agn-header"><div class="agn-title">{escape(summary.name)}</div>'
-        f'<div class="agn-totals">{totals_line(summary)}</div>'
-        f"{by_model_html(summary.by_model)}</div>"
+        f'<div class="agn-totals">{totals_line(summary, places)}</div>'
+        f"{models}</div>"
     )
 
 
 # -- the static twin -----------------------------------------------------------------------
 
-_COLUMN: Final = "display:inline-block;text-align:right;padding:0 0.4em;"
-_NAME_STYLE: Final = (
-    "display:inline-block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;"
-    "vertical-align:bottom;"
-)
-_INDENT: Final = "margin-left:1.5em"
+#: The static rows' style: the widget's row layout in fixed em widths (no script).
 _STATIC_STYLE: Final = (
     "<style>.agn-static summary,.agn-static .agn-leaf{font-family:monospace;"
     "white-space:nowrap}.agn-static .agn-m{margin-left:0.3em}"
     ".agn-static .agn-m-error{color:#c62828}.agn-static .agn-m-unpriced{color:#8a6d00}"
-    ".agn-static .agn-models td,.agn-static .agn-models th{padding:0 0.5em}</style>"
+    ".agn-static .agn-models td,.agn-static .agn-models th{padding:0 0.5em}"
+    ".agn-static .agn-name{display:inline-block;overflow:hidden;text-overflow:ellipsis;"
+    "white-space:nowrap;vertical-align:bottom}"
+    ".agn-static .agn-c{display:inline-block;text-align:right;padding:0 0.4em;"
+    "vertical-align:bottom;font-variant-numeric:tabular-nums}"
+    ".agn-static .agn-dur{min-width:6em}.agn-static .agn-tok{min-width:7em}"
+    ".agn-static .agn-cost{min-width:9em}.agn-static .agn-share{width:3.5em;position:relative}"
+    ".agn-static .agn-unp{display:inline-block;width:1.3em;text-align:left;color:#8a6d00}"
+    ".agn-static .agn-wf{display:inline-block;position:relative;width:12em;height:0.9em;"
+    "margin:0 0.4em;vertical-align:middle;background:rgba(128,128,128,.08)}"
+    ".agn-static .agn-wf-head{background:none;height:auto;vertical-align:bottom}"
+    ".agn-static .agn-costliest-static ol{margin:2px 0;padding-left:1.8em}"
+    ".agn-static .agn-bar{position:absolute;top:0;bottom:0;min-width:1px;"
+    "background:#5c8fd6;opacity:.85}"
+    ".agn-static .agn-bar-run{background:repeating-linear-gradient(45deg,#90caf9 0 4px,"
+    "#e3f2fd 4px 8px);border-right:2px dashed #1565c0}"
+    ".agn-static .agn-bar-err{background:#e53935}"
+    ".agn-static .agn-sbar{position:absolute;left:0;bottom:0;height:2px;background:#f9a825}"
+    "</style>"
 )
+_INDENT: Final = "margin-left:1.5em"
 
 
-def _static_row(node: SpanNode) -> str:
-    duration = "…" if node.running else format_duration(node.duration_ms)
+def _static_row(node: SpanNode, scale: ViewScale) -> str:
     name = escape(node.name)
-    kind = f" <i>{escape(node.type)}</i>" if node.type else ""
-    marks = " ".join(
-        f'<span class="agn-m {m.css}" title="{escape(m.title, 300)}">{escape(m.label)}</span>'
-        for m in markers(node)
+    kind = escape(node.type) if node.type else ""
+    model = model_inline(node)
+    model_html = f" · {escape(model)}" if model else ""
+    title = name + (f" · {kind}" if kind else "") + model_html
+    width = max(8.0, 30 - 1.5 * min(node.depth, 14))
+    return (
+        f'<span class="agn-name" style="width:{width:.1f}em" title="{title}">'
+        f"{name}{f' <i>{kind}</i>' if kind else ''}{model_html}</span>"
+        f"{row_figures_html(node, scale)}"
     )
-    cells = [
-        f'<span style="{_NAME_STYLE}width:{max(8.0, 30 - 1.5 * min(node.depth, 14)):.1f}em">'
-        f"{name}{kind}</span>"
-        f'<span style="{_COLUMN}min-width:6em">{duration}</span>'
-    ]
-    for figure in ROW_FIGURES:
-        shown, title, own = figure_cell(node, figure)
-        _css, width, unit = _CELL_STYLES[figure.kind]
-        title_html = f' title="{escape(title, None)}"' if title else ""
-        own_text = f" ({escape(own)})" if own else ""
-        cells.append(
-            f'<span style="{_COLUMN}min-width:{width}"{title_html}>'
-            f"{escape(shown)}{unit}{own_text}</span>"
-        )
-    cells.append(marks)
-    return "".join(cells)
 
 
 def open_depth(trace_nodes: Iterable[SpanNode], budget: int) -> int:
@@ -435,12 +754,16 @@ def static_html(
     each cut subtree saying how many spans it leaves out."""
     tree = trace.tree
     summary = trace.summary()
+    scale = view_scale(tree.root, tree.nodes)
     open_below = open_depth(tree.nodes, STATIC_OPEN_BUDGET)
     out: list[str] = [
         '<div class="agn-static">',
         _STATIC_STYLE,
-        header_html(summary),
-        '<div style="font-family:monospace;font-size:12px;white-space:nowrap">',
+        header_html(summary, costliest_html(tree.nodes, scale), scale.places),
+        '<div style="font-family:monospace;font-size:12px;white-space:nowrap">'
+        '<div class="agn-leaf" style="padding-left:1.1em;font-weight:600">'
+        '<span class="agn-name" style="width:30.0em">span · type</span>'
+        f"{column_heads_html()}</div>",
     ]
     size = sum(len(part) for part in out)
     written = 0
@@ -464,7 +787,7 @@ def static_html(
             size += len(line)
             continue
         written += 1
-        row = _static_row(item)
+        row = _static_row(item, scale)
         # Deep levels stop indenting so that the columns stay on screen.
         indent = _INDENT if item.parent is not None and item.depth <= 14 else ""
         if item.children:

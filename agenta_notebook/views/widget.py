@@ -11,7 +11,12 @@ Two layers:
   ▸/▾, name and type) beside one `HTML` (a line of figures per row, 24 px each, so
   they line up). Clicking a row opens its details pane, inline below it, and expands
   it; clicking it again closes and collapses it. The rows after a selected row are a
-  second run. The sort/filter/depth controls (behind "⚙ options") and the details
+  second run. The names and the figures are flex items: the figure columns have fixed
+  widths, the waterfall (a CSS bar per row) narrows, the names give way first (ellipsis,
+  full name in the tooltip), so no figure is clipped however narrow the output. The
+  header and the "costliest spans" list (one `ToggleButtons`, beside the per-model
+  table) come before the column heads (their own `HTML`, full width, laid out like the
+  rows). The sort/filter/depth controls (behind "⚙ options") and the details
   pane are made on first use; every widget is created with its final state and a
   redraw sends only what changed, so a traced cell costs a handful of messages to the
   front end and a 100,000-span trace displays with a few models.
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import ipywidgets as widgets
 from ipywidgets.widgets.widget_string import HTMLStyle
@@ -35,14 +40,18 @@ from agenta_notebook.core.rollup import SpanNode, TraceTree
 from agenta_notebook.errors import internal_error
 from agenta_notebook.live import Trace
 from agenta_notebook.runtime import RUNTIME
-from agenta_notebook.views.details import details_html
+from agenta_notebook.views.details import DETAILS_CSS, details_html
 from agenta_notebook.views.html import (
+    ViewScale,
     column_heads_html,
+    costliest,
+    costliest_label,
     escape,
     header_html,
     label,
     row_figures_html,
     safe_text,
+    view_scale,
 )
 from agenta_notebook.views.state import (
     AUTO_BUDGET,
@@ -50,7 +59,15 @@ from agenta_notebook.views.state import (
     PAGE_SIZE,
     Row,
     TreeState,
+    parse_min_cost,
+    parse_min_duration,
 )
+
+#: The tooltips of the "cost ≥" and "duration ≥" controls, and their border when the
+#: text typed in is not a valid amount.
+_MIN_COST_HINT: Final = "show spans costing at least this many dollars (their subtotal)"
+_MIN_DURATION_HINT: Final = "show spans lasting at least this long: 200 (ms), 200ms, 1.5s"
+_INVALID_BORDER: Final = "1px solid #d9534f"
 
 #: Indentation classes stop here; deeper rows indent like this depth.
 MAX_INDENT: Final = 16
@@ -90,18 +107,57 @@ def live_widget_count() -> int:
 # -- the widget ------------------------------------------------------------------------------
 
 
+#: Fixed widths (px) of the figure columns; they never shrink, so no number is clipped.
+DURATION_WIDTH: Final = 74
+TOKENS_WIDTH: Final = 78
+COST_WIDTH: Final = 118
+SHARE_WIDTH: Final = 46
+#: The marks' column (error, unpriced, ...): this wide when there is room, else narrower.
+MARKS_WIDTH: Final = 180
+#: What the figures take at least: the fixed columns and the narrowest waterfall.
+FIGURES_MIN_WIDTH: Final = DURATION_WIDTH + TOKENS_WIDTH + COST_WIDTH + SHARE_WIDTH + 36
+
+#: The name column and the figures share a row as flex items: the names take their
+#: basis when there is room and give it up first (ellipsis; the tooltip has the full
+#: name), the waterfall narrows next, the figure columns keep their width and place.
+_NAMES_FLEX: Final = f"flex:1 1 {NAME_WIDTH - 60}px;min-width:0;max-width:{NAME_WIDTH + 160}px"
+_FIGS_FLEX: Final = (
+    f"flex:1 1 {FIGURES_MIN_WIDTH + 200 + MARKS_WIDTH}px;min-width:{FIGURES_MIN_WIDTH}px"
+)
+
+
 @functools.cache
 def _css() -> str:
     return (
         "<style>"
         ".agn-root{font-size:13px;position:relative}"
+        # The root's parts wrap as rows: the header and the costliest list side by side,
+        # the rows note (with the column heads) and the rows full width.
+        ".agn-root.widget-vbox{flex-direction:row;flex-wrap:wrap;align-items:flex-end}"
+        ".agn-root>.agn-controls,.agn-root>.agn-statusbox,.agn-root>.agn-rows"
+        "{flex:0 0 100%;max-width:100%;min-width:0}"
+        ".agn-root>.agn-headbox{flex:1 1 420px;min-width:0;margin:0}"
+        ".agn-root .widget-html-content{width:100%}"
+        ".agn-root>.agn-statusbox{margin:0}"
+        ".agn-root .agn-costliest.widget-toggle-buttons{flex:0 1 auto;min-width:0;"
+        "max-width:100%;flex-direction:column;align-items:flex-start;margin:0 0 4px 0;"
+        "height:auto}"
+        ".agn-root .agn-costliest .widget-label{width:auto;max-width:none;font-weight:600;"
+        "font-size:12px;text-align:left;height:18px;line-height:18px;margin:0}"
+        ".agn-root .agn-costliest>div{display:flex;flex-direction:column;min-width:0;"
+        "max-width:100%}"
+        ".agn-root .agn-costliest .widget-toggle-button{width:auto;max-width:420px;"
+        "height:20px;line-height:20px;margin:0;padding:0 4px;font-size:12px;text-align:left;"
+        "background:transparent;box-shadow:none;border:none;border-radius:0;"
+        "color:var(--jp-brand-color1,#1565c0);font-variant-numeric:tabular-nums;"
+        "overflow:hidden;text-overflow:ellipsis;white-space:pre}"
+        ".agn-root .agn-costliest .widget-toggle-button:hover{text-decoration:underline}"
         # A run of rows is one `ToggleButtons` (a button per row: indentation, ▸/▾, name
         # and type) beside one `HTML` (a line of figures per row), both 24 px a row.
-        ".agn-root .agn-seg{align-items:flex-start;margin:0;gap:0}"
-        f".agn-root .agn-names.widget-toggle-buttons{{width:{NAME_WIDTH + 26}px;"
-        "flex:0 0 auto;margin:0;display:block}"
+        ".agn-root .agn-seg{align-items:flex-start;margin:0;gap:0;width:100%}"
+        f".agn-root .agn-names.widget-toggle-buttons{{{_NAMES_FLEX};margin:0;display:block}}"
         ".agn-root .agn-names>div{display:flex;flex-direction:column}"
-        f".agn-root .agn-names .widget-toggle-button{{width:{NAME_WIDTH + 26}px;height:24px;"
+        ".agn-root .agn-names .widget-toggle-button{width:100%;height:24px;"
         "margin:0;padding:0 4px;text-align:left;background:transparent;box-shadow:none;"
         "border:none;border-bottom:1px solid var(--jp-border-color2,#eee);border-radius:0;"
         "box-sizing:border-box;color:var(--jp-ui-font-color1,#222);font-family:inherit;"
@@ -111,21 +167,42 @@ def _css() -> str:
         ".agn-root .agn-names .widget-toggle-button.mod-active{background:transparent}"
         ".agn-root .agn-names.agn-sel .widget-toggle-button:last-child,"
         ".agn-root .agn-line.agn-selected{background:var(--jp-brand-color3,#dbeafe)}"
-        ".agn-root .agn-figs.widget-html{margin:0;flex:1 1 auto;min-width:0;overflow:hidden}"
+        f".agn-root .agn-figs.widget-html{{margin:0;{_FIGS_FLEX};overflow:hidden}}"
         ".agn-root .agn-figs .widget-html-content{height:auto;line-height:normal;"
         "display:block;align-self:stretch}"
         ".agn-root .agn-line{height:24px;line-height:23px;box-sizing:border-box;"
         "border-bottom:1px solid var(--jp-border-color2,#eee);white-space:nowrap;"
-        "overflow:hidden;font-variant-numeric:tabular-nums}"
+        "overflow:hidden;font-variant-numeric:tabular-nums;display:flex;align-items:center}"
         ".agn-root .agn-c{display:inline-block;text-align:right;padding:0 6px;"
-        "vertical-align:top}"
-        ".agn-root .agn-dur{width:72px}.agn-root .agn-tok{width:80px}"
-        ".agn-root .agn-cost{width:170px}"
+        "box-sizing:border-box;flex:0 0 auto;overflow:hidden}"
+        f".agn-root .agn-dur{{width:{DURATION_WIDTH}px}}"
+        f".agn-root .agn-tok{{width:{TOKENS_WIDTH}px}}"
+        f".agn-root .agn-cost{{width:{COST_WIDTH}px;padding-right:0}}"
+        ".agn-root .agn-unp{display:inline-block;width:16px;text-align:left;font-size:10px;"
+        "color:#7a5b00}"
+        f".agn-root .agn-share{{width:{SHARE_WIDTH}px;position:relative;font-size:11px;"
+        "color:var(--jp-ui-font-color2,#666)}"
+        ".agn-root .agn-sbar{position:absolute;left:6px;bottom:3px;height:3px;"
+        "max-width:calc(100% - 12px);background:#f9a825;border-radius:1px}"
+        ".agn-root .agn-wf{flex:1 1 160px;min-width:24px;max-width:480px;height:10px;"
+        "position:relative;margin:0 6px;background:rgba(128,128,128,.09);border-radius:2px}"
+        ".agn-root .agn-wf-head{height:auto;background:none;font-weight:600;"
+        "text-align:left;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}"
+        ".agn-root .agn-bar{position:absolute;top:0;bottom:0;min-width:2px;"
+        "background:#5c8fd6;border-radius:2px;opacity:.85}"
+        ".agn-root .agn-bar-run{background:repeating-linear-gradient(45deg,#90caf9 0 4px,"
+        "#e3f2fd 4px 8px);border-right:2px dashed #1565c0;border-radius:2px 0 0 2px}"
+        ".agn-root .agn-bar-err{background:#e53935}"
+        # The marks are a column of their own (same basis on every line, so that every
+        # line shrinks alike and the columns and bars stay in place): it gives way first.
+        f".agn-root .agn-marks{{flex:0 1 {MARKS_WIDTH}px;min-width:0;overflow:hidden;"
+        "text-overflow:ellipsis;white-space:nowrap}"
         ".agn-root .agn-own{color:var(--jp-ui-font-color2,#777);font-size:11px}"
         ".agn-root .agn-colhead{font-weight:600;border-bottom:1px solid "
-        "var(--jp-border-color1,#ccc)}"
-        f".agn-root .agn-colhead .agn-cname{{display:inline-block;width:{NAME_WIDTH + 26}px;"
-        "padding-left:4px}"
+        "var(--jp-border-color1,#ccc);display:flex;align-items:flex-end}"
+        f".agn-root .agn-colhead .agn-cname{{{_NAMES_FLEX};padding-left:4px;"
+        "box-sizing:border-box;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}"
+        f".agn-root .agn-colhead .agn-chead{{{_FIGS_FLEX};border-bottom:none}}"
         ".agn-m{border-radius:3px;padding:0 4px;margin-left:4px;font-size:11px;"
         "white-space:nowrap}"
         ".agn-m-error{background:#fdecea;color:#b71c1c}"
@@ -155,8 +232,7 @@ def _css() -> str:
         ".agn-root .agn-options.jupyter-button{width:auto;height:22px;margin:2px 0;"
         "padding:0 6px;font-size:12px;background:transparent;box-shadow:none;"
         "color:var(--jp-brand-color1,#1565c0);position:absolute;top:0;right:0;z-index:1}"
-        ".agn-root .agn-controls{padding-right:120px}"
-        "</style>"
+        ".agn-root .agn-controls{padding-right:120px}" + DETAILS_CSS + "</style>"
     )
 
 
@@ -228,12 +304,19 @@ class TraceView:
             shared = _shared_models()
             self._layout, self._button_style, self._html_style, self._names_style = shared
             # Everything is made with its final state: no update message follows.
+            self._scale: ViewScale = view_scale(tree.root, tree.nodes)
+            self._top: list[SpanNode] = costliest(tree.nodes)
+            self.costliest: Any = None
             rows = self.state.rows()
             self._header_for: TraceTree | None = tree
-            self._header_part = header_html(trace.summary())
-            # One HTML for the style sheet, the totals, the rows note and the column heads.
-            self.header = self._html(self._header_value(rows), "agn-headbox")
+            self._header_part = header_html(trace.summary(), places=self._scale.places)
+            # One HTML for the style sheet and the totals, one for the rows note and the
+            # column heads (full width, so that they line up with the rows).
+            self.header = self._html(_css() + self._header_part, "agn-headbox")
+            self.status_line = self._html(self._status_html(rows), "agn-statusbox")
             self._drawn_tree: TraceTree | None = tree
+            if self._top:
+                self.costliest = self._make_costliest()
             self.options_button = self._button(
                 self._toggle_options,
                 "agn-options",
@@ -247,7 +330,7 @@ class TraceView:
             )
             self.widget = self._own(
                 widgets.VBox(
-                    [self.options_button, self.header, self.rows_box],
+                    [self.options_button, *self._body()],
                     layout=self._layout,
                     _dom_classes=("agn-root",),
                 )
@@ -312,7 +395,7 @@ class TraceView:
         parts = [self.options_button]
         if self._options_open:
             parts.append(controls)
-        parts += [self.header, self.rows_box]
+        parts += self._body()
         with self.widget.hold_sync():
             self.widget.children = tuple(parts)
         self.options_button.description = "⚙ hide options" if self._options_open else "⚙ options"
@@ -349,6 +432,21 @@ class TraceView:
     def depth_control(self) -> Any:
         return self._get_control("depth")
 
+    @property
+    def min_cost_control(self) -> Any:
+        """The "cost ≥" filter: dollars, as a user types them ("0.01", "$0.01")."""
+        return self._get_control("min_cost")
+
+    @property
+    def min_duration_control(self) -> Any:
+        """The "duration ≥" filter: "200" (ms), "200ms", "1.5s"."""
+        return self._get_control("min_duration")
+
+    @property
+    def scope_control(self) -> Any:
+        """What the waterfall bars are drawn against: the whole trace or the parent."""
+        return self._get_control("scope")
+
     def _make_controls(self) -> Any:
         state = self.state
         self._types = state.types()
@@ -384,6 +482,30 @@ class TraceView:
                 indent=False,
                 layout=widgets.Layout(width="100px"),
             ),
+            "min_cost": widgets.Text(
+                value="" if state.min_cost is None else str(state.min_cost),
+                description="cost ≥",
+                placeholder="$0.01",
+                tooltip=_MIN_COST_HINT,
+                continuous_update=False,
+                layout=widgets.Layout(width="120px"),
+                style={"description_width": "46px"},
+            ),
+            "min_duration": widgets.Text(
+                value="" if state.min_duration_ms is None else f"{state.min_duration_ms:g}ms",
+                description="duration ≥",
+                placeholder="1.5s",
+                tooltip=_MIN_DURATION_HINT,
+                continuous_update=False,
+                layout=widgets.Layout(width="140px"),
+                style={"description_width": "70px"},
+            ),
+            "scope": widgets.Dropdown(
+                options=[("bars: whole trace", "trace"), ("bars: parent", "parent")],
+                value=state.waterfall_scope,
+                tooltip="draw each waterfall bar against the whole trace or its parent span",
+                layout=widgets.Layout(width="150px"),
+            ),
             "depth": widgets.BoundedIntText(
                 value=2, min=0, max=10_000, layout=widgets.Layout(width="60px")
             ),
@@ -395,7 +517,8 @@ class TraceView:
             self._own(control.layout)
             self._own(control.style)
         self._control = made
-        for name in ("sort", "text", "type", "model_calls", "errors"):
+        watched = ("sort", "text", "type", "model_calls", "errors", "min_cost", "min_duration")
+        for name in (*watched, "scope"):
             made[name].observe(self._on_controls, names="value")
         expand.on_click(
             lambda _b: self._event(lambda: self.state.expand_to_depth(made["depth"].value))
@@ -411,13 +534,34 @@ class TraceView:
             return
         control = self._control
 
+        def threshold(name: str, hint: str) -> str | Literal[False]:
+            """The control's text, or False (filter unchanged) when it is not valid: the
+            control then shows why (a red border and its tooltip)."""
+            widget = control[name]
+            text = str(widget.value)
+            try:
+                if name == "min_cost":
+                    parse_min_cost(text)
+                else:
+                    parse_min_duration(text)
+            except ValueError as error:
+                widget.layout.border = _INVALID_BORDER
+                widget.tooltip = str(error)
+                return False
+            widget.layout.border = None
+            widget.tooltip = hint
+            return text
+
         def apply() -> None:
             self.state.set_sort(control["sort"].value)
+            self.state.set_waterfall_scope(control["scope"].value)
             self.state.set_filter(
                 text=control["text"].value,
                 span_type=control["type"].value or None,
                 model_calls_only=bool(control["model_calls"].value),
                 errors_only=bool(control["errors"].value),
+                min_cost=threshold("min_cost", _MIN_COST_HINT),
+                min_duration_ms=threshold("min_duration", _MIN_DURATION_HINT),
             )
 
         self._event(apply)
@@ -524,21 +668,92 @@ class TraceView:
         note = f"{shown:,} of {len(state.tree.nodes):,} spans shown"
         if state.filter_active:
             note += " (filtered)"
+            if state.nothing_matches:
+                note += " · no span matches the filters"
         if state.truncated:
             note += f" · stopped at {state.max_rows:,} rows: collapse or filter to see others"
         return (
             f'<div class="agn-note">{escape(note, None)}</div>'
             '<div class="agn-colhead"><span class="agn-cname">span · type</span>'
-            f"{column_heads_html()}</div>"
+            f'<span class="agn-chead agn-line">{column_heads_html()}</span></div>'
         )
-
-    def _header_value(self, rows: list[Row]) -> str:
-        return _css() + self._header_part + self._status_html(rows)
 
     @property
     def status(self) -> Any:
-        """The widget with the rows note ("N of M spans shown"): the header."""
-        return self.header
+        """The widget with the rows note ("N of M spans shown") and the column heads."""
+        return self.status_line
+
+    def _body(self) -> list[Any]:
+        """The root's children below the options: header, costliest list, status, rows."""
+        parts = [self.header]
+        if self.costliest is not None:
+            parts.append(self.costliest)
+        return [*parts, self.status_line, self.rows_box]
+
+    # -- the costliest spans -----------------------------------------------------------
+    def _costliest_state(self) -> dict[str, Any]:
+        labels = [costliest_label(node, self._scale) for node in self._top]
+        return {
+            "options": [(text, index) for index, text in enumerate(labels)],
+            "tooltips": tuple(f"show {safe_text(node.name, 200)}" for node in self._top),
+        }
+
+    def _make_costliest(self) -> Any:
+        state = self._costliest_state()
+        buttons = self._own(
+            widgets.ToggleButtons(
+                options=state["options"],
+                index=None,
+                tooltips=state["tooltips"],
+                description="costliest spans",
+                layout=self._layout,
+                style=self._names_style,
+                _dom_classes=("agn-costliest",),
+            )
+        )
+        buttons.on_msg(lambda _widget, content, _buffers: self._on_costliest_msg(content))
+        return buttons
+
+    def _sync_costliest(self) -> None:
+        """Follow a new tree: the list is made when costs first appear, then updated."""
+        tree = self.state.tree
+        self._top = costliest(tree.nodes)
+        if not self._top:
+            return
+        if self.costliest is None:
+            self.costliest = self._make_costliest()
+            with self.widget.hold_sync():
+                children = list(self.widget.children)
+                children.insert(children.index(self.header) + 1, self.costliest)
+                self.widget.children = tuple(children)
+            return
+        state = self._costliest_state()
+        buttons = self.costliest
+        if buttons._options_labels != tuple(text for text, _ in state["options"]):
+            with buttons.hold_sync():
+                buttons.options = state["options"]
+                buttons.tooltips = state["tooltips"]
+                buttons.index = None
+
+    def _on_costliest_msg(self, content: Any) -> None:
+        if not isinstance(content, dict) or content.get("event") != "click":
+            return
+        with self._lock:
+            if self._closed or self.costliest is None:
+                return
+            index = self.costliest.index
+            self.costliest.index = None
+            if index is None or not 0 <= index < len(self._top):
+                return
+            self.state.reveal(self._top[index].span_id)
+            self._render()
+
+    def jump_to(self, position: int) -> None:
+        """Click entry `position` of the costliest list, as the front end does."""
+        if self.costliest is None:
+            raise IndexError("no costliest spans")
+        self.costliest.index = position
+        self.costliest._handle_custom_msg({"event": "click"}, [])
 
     def _rows_children(self, rows: list[Row]) -> list[Any]:
         """The children of the rows box: one run of rows, or the rows up to the selected
@@ -573,8 +788,9 @@ class TraceView:
                 hint = "details, and collapse" if row.expanded else "details and expand"
             else:
                 hint = "details"
-            tooltips.append(f"{safe_text(node.name, 500)}\n(click: {hint}; again: close)")
-            lines.append(f'<div class="agn-line">{row_figures_html(node)}</div>')
+            tooltips.append(f"{label(node, 500)}\n(click: {hint}; again: close)")
+            figures = row_figures_html(node, self._scale, self.state.waterfall_scope)
+            lines.append(f'<div class="agn-line">{figures}</div>')
         if selected and lines:
             lines[-1] = lines[-1].replace('"agn-line"', '"agn-line agn-selected"', 1)
         return {
@@ -645,19 +861,29 @@ class TraceView:
         state = self.state
         tree = state.tree
         if self._header_for is not tree:
-            self._header_part = header_html(self.trace.summary())
+            self._scale = view_scale(tree.root, tree.nodes)
+            self._header_part = header_html(self.trace.summary(), places=self._scale.places)
             self._sync_type_options()
+            self._sync_costliest()
             self._header_for = tree
         self._drawn_tree = tree
         rows = state.rows()
         self.rows_box.children = tuple(self._rows_children(rows))
-        self.header.value = self._header_value(rows)
+        self.header.value = _css() + self._header_part
+        self.status_line.value = self._status_html(rows)
 
     def _draw_details(self, node: SpanNode) -> None:
         if self._details_for is not None and self._details_for[1] is node:
             return
+        self._details_for = None  # set once this span's pane is drawn, never before
+        try:
+            value = details_html(node)
+        except Exception:  # a bug of ours must not leave another span's pane under this row
+            internal_error("drawing a span's details")
+            value = '<div class="agn-details"><i>the details of this span cannot be shown</i></div>'
+        # The pane is this span's now (or says it cannot be shown): a redraw of the same
+        # tree neither draws nor logs it again.
         self._details_for = (node.span_id, node)
-        value = details_html(node)
         if self._details is None:
             self._details = self._html(value, "agn-details-box")
         else:
@@ -683,6 +909,8 @@ class TraceView:
             created = list(self._created.values())
             self._created.clear()
             self._segments.clear()
+            self._details_for = None
+            self.state.clear_search_cache()
         for widget in reversed(created):
             try:
                 widget.close()

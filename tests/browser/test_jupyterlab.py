@@ -4,7 +4,11 @@ Starts JupyterLab on 127.0.0.1 (free port, random token, temp root dir) with a n
 whose first cell traces a small agent run and shows it with `show_trace`, and whose
 second cell shows a trace live while its spans end. Checks, in the browser: the root
 row's subtotals, expanding rows, the details pane, escaping, live filling-in, no console
-errors, and that no request leaves 127.0.0.1. A screenshot goes to test-output/.
+errors, and that no request leaves 127.0.0.1. With the file browser open, in windows of
+900, 1,000 and 1,400 px: the root row's cost and tokens whole and under their heads, the
+waterfall bars of an `asyncio.gather` overlapping; a model call's messages shown as a
+conversation. Screenshots go to test-output/ (view-900.png, view-1000.png, view-1400.png,
+view-details.png, jupyterlab-widget.png, jupyterlab-live.png).
 """
 
 from __future__ import annotations
@@ -37,11 +41,30 @@ pytestmark = pytest.mark.skipif(
 
 #: The traced code, shared by the notebook and by this test's own expectation.
 AGENT = """
+import asyncio
 import agenta_notebook as an
+
+#: OpenInference chat messages on the "plan" call: its details show a conversation.
+MESSAGES = {
+    "llm.input_messages.0.message.role": "system",
+    "llm.input_messages.0.message.content": "You plan the steps of a trip.",
+    "llm.input_messages.1.message.role": "user",
+    "llm.input_messages.1.message.content": "Two days in Lisbon, please.",
+    "llm.output_messages.0.message.role": "assistant",
+    "llm.output_messages.0.message.content": "Day 1: Alfama. Day 2: Belem.",
+}
+
+async def fetch(index):
+    with an.span(f"fetch {index}", type="tool"):
+        await asyncio.sleep(0.3 + 0.05 * index)
+
+async def fan_out():
+    with an.span("fan out", type="chain"):
+        await asyncio.gather(*(fetch(index) for index in range(4)))
 
 def run_agent():
     with an.span("agent", type="agent"):
-        with an.span("plan", type="llm"):
+        with an.span("plan", type="llm", attributes=MESSAGES):
             an.record_usage(model="gpt-4o-mini", input_tokens=1200, output_tokens=300)
         with an.span("tools", type="chain"):
             with an.span("<img src=x onerror=alert(1)>", type="llm"):
@@ -62,6 +85,7 @@ from agenta_notebook.views.display import show_trace
 with an.trace("browser demo") as demo_trace:
     demo_display = show_trace(demo_trace)
     run_agent()
+    await fan_out()
 demo_display.finish()
 """
 )
@@ -96,20 +120,30 @@ def _has_magic() -> bool:
 def _expected() -> dict[str, str]:
     """Figures the browser must show, computed by the core in this process."""
     from agenta_notebook.live import Trace
-    from agenta_notebook.views.html import format_money, format_tokens
+    from agenta_notebook.views.html import format_amount, format_money_in, format_tokens, view_scale
 
     scope: dict[str, Any] = {}
     exec(AGENT, scope)
+    import asyncio
+
     import agenta_notebook as an
 
     with an.trace("browser demo") as trace:
         scope["run_agent"]()
+        asyncio.run(scope["fan_out"]())
     assert isinstance(trace, Trace)
     figures: dict[str, str] = {}
+    places = view_scale(trace.tree.root, trace.nodes).places
     for node in trace.nodes:
         subtotal = node.subtotal
-        figures[node.name + " cost"] = format_money(subtotal.cost, subtotal.unpriced_calls)
+        if subtotal.cost is None and subtotal.unpriced_calls:
+            figures[node.name + " cost"] = "unpriced"
+        else:
+            figures[node.name + " cost"] = format_amount(subtotal.cost, places)
+        figures[node.name + " unpriced"] = "+?" if subtotal.unpriced_calls else ""
         figures[node.name + " tokens"] = format_tokens(subtotal.total_tokens)
+    totals = trace.tree.root.subtotal
+    figures["header cost"] = format_money_in(totals.cost, totals.unpriced_calls, places)
     return figures
 
 
@@ -244,11 +278,79 @@ def _cells(row: Any) -> Any:
 
 
 def _figures(row: Any) -> tuple[str, str]:
+    """A row's cost (without its "+?" of unpriced calls) and tokens, as shown."""
     cells = _cells(row)
+    cost = cells.locator(".agn-cost").first.inner_text()
+    unpriced = cells.locator(".agn-cost .agn-unp").first.inner_text()
     return (
-        cells.locator(".agn-cost").first.inner_text().split("own")[0].strip(),
+        cost.removesuffix(unpriced).strip(),
         cells.locator(".agn-tok").inner_text().strip(),
     )
+
+
+#: Where an element sits against every box that clips it, up to the output area:
+#: the boxes that cut it, and whether its own content overflows it.
+CLIPPED = """(element) => {
+  const own = element.getBoundingClientRect();
+  const cut = [];
+  if (element.scrollWidth > element.clientWidth + 1) cut.push('own content');
+  let box = element.parentElement;
+  while (box) {
+    const style = getComputedStyle(box);
+    const last = box.classList.contains('jp-OutputArea-output');
+    if (last || style.overflowX !== 'visible') {
+      const r = box.getBoundingClientRect();
+      if (own.left < r.left - 0.5 || own.right > r.right + 0.5) cut.push(box.className);
+    }
+    if (last) break;
+    box = box.parentElement;
+  }
+  return {cut, width: own.width, right: own.right};
+}"""
+
+
+def _fully_visible(element: Any) -> dict[str, Any]:
+    found: dict[str, Any] = element.evaluate(CLIPPED)
+    assert found["cut"] == [], found
+    assert found["width"] > 0, found
+    return found
+
+
+def _check_view(page: Any, expected: dict[str, str], width: int) -> None:
+    """At this window width: the root row's cost and tokens are whole and under their
+    heads, the gather's bars overlap; a screenshot goes to test-output/."""
+    page.set_viewport_size({"width": width, "height": 1800})
+    cell = page.locator(".jp-Cell").first
+    output = cell.locator(".jp-OutputArea-output").first
+    root = _row(page, "browser demo")
+    page.wait_for_timeout(500)  # the layout settles after the resize
+    area = output.bounding_box()
+    assert area is not None
+    print(f"window {width} px: output area {area['width']:.0f} px wide")
+    line = _cells(root)
+    assert _figures(root) == (expected["browser demo cost"], expected["browser demo tokens"])
+    cost, tokens = line.locator(".agn-cost").first, line.locator(".agn-tok").first
+    for element in (cost, tokens, line.locator(".agn-dur").first):
+        _fully_visible(element)
+    # The column heads stay above their figures.
+    heads = cell.locator(".agn-colhead").first
+    for css in (".agn-cost", ".agn-tok"):
+        head = heads.locator(css).first.bounding_box()
+        figure = line.locator(css).first.bounding_box()
+        assert head is not None and figure is not None
+        assert abs(head["x"] + head["width"] - figure["x"] - figure["width"]) <= 1.5, css
+    # The gather's four calls ran at the same time: their bars overlap.
+    bars = []
+    for index in range(4):
+        bar = _cells(_row(page, f"fetch {index}")).locator(".agn-bar").bounding_box()
+        assert bar is not None and bar["width"] >= 2, bar
+        bars.append((bar["x"], bar["x"] + bar["width"]))
+    for first in range(4):
+        for second in range(first + 1, 4):
+            (a_left, a_right), (b_left, b_right) = bars[first], bars[second]
+            assert a_left < b_right and b_left < a_right, (first, second, bars)
+    OUTPUT.mkdir(exist_ok=True)
+    output.screenshot(path=str(OUTPUT / f"view-{width}.png"))
 
 
 def _wait_idle(page: Any, timeout_ms: int = 60_000) -> None:
@@ -373,9 +475,19 @@ def _drive(page: Any, base: str, token: str, expected: dict[str, str]) -> None:
         expected["browser demo cost"],
         expected["browser demo tokens"],
     )
-    assert "+ 1 unpriced" in expected["browser demo cost"]
+    assert expected["browser demo unpriced"] == "+?"
     header = page.locator(".agn-header").first.inner_text()
-    assert expected["browser demo cost"] in header
+    assert expected["header cost"] in header
+    costliest = page.locator(".jp-Cell").first.locator(".agn-costliest")
+    assert "costliest spans" in costliest.inner_text()
+
+    # Any width: with the file browser open in a 900 px window, and at 1,400 px.
+    if not page.locator("#filebrowser").is_visible():
+        page.locator(".jp-SideBar [data-id='filebrowser']").first.click()
+    page.locator("#filebrowser").wait_for()
+    _check_view(page, expected, 900)  # an output area under 560 px: figures still whole
+    _check_view(page, expected, 1000)  # an output area of about 560 px
+    _check_view(page, expected, 1400)
 
     # The controls are behind "⚙ options": collapse everything, then expand level by level
     # (clicking a row opens its details and expands it).
@@ -421,11 +533,19 @@ def _drive(page: Any, base: str, token: str, expected: dict[str, str]) -> None:
     payload.click()
     page.wait_for_function(
         "() => document.querySelector('.agn-details')"
-        " && document.querySelector('.agn-details').innerText.includes('price source')"
+        " && document.querySelector('.agn-details').innerText.includes('no price known')"
         " && document.querySelector('.agn-details').innerText.includes('my-local-llama')"
     )
     assert page.locator("img[src='x']").count() == 0
     assert page.locator(".jp-OutputArea script").count() == 0
+
+    # A model call's messages show as a conversation.
+    _row(page, "plan").click()
+    page.locator(".agn-details .agn-conversation .agn-msg").first.wait_for()
+    roles = page.locator(".agn-details .agn-conversation .agn-msg")
+    assert roles.count() >= 3
+    assert "Two days in Lisbon" in page.locator(".agn-details .agn-conversation").inner_text()
+    page.locator(".jp-Cell").first.screenshot(path=str(OUTPUT / "view-details.png"))
 
     OUTPUT.mkdir(exist_ok=True)
     page.locator(".jp-Cell").first.screenshot(path=str(OUTPUT / "jupyterlab-widget.png"))

@@ -9,7 +9,7 @@ import pytest
 
 from agenta_notebook.core.rollup import SpanEvent, SpanRecord
 from agenta_notebook.live import Trace
-from agenta_notebook.views.html import format_money, format_tokens, static_html
+from agenta_notebook.views.html import format_amount, format_tokens, static_html, view_scale
 
 CHROMIUM = "/usr/bin/chromium"
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
@@ -86,13 +86,25 @@ def test_static_html_in_chromium() -> None:
                 summary.hover()
             assert page.locator("script, img, iframe").count() == 0
             text = page.locator("body").inner_text()
+            places = view_scale(trace.tree.root, trace.nodes).places
             for node in trace.nodes:
                 assert node.name in text
-                cost = format_money(node.subtotal.cost, node.subtotal.unpriced_calls)
-                assert cost in text and format_tokens(node.subtotal.total_tokens) in text
+                subtotal = node.subtotal
+                cost = (
+                    "unpriced"
+                    if subtotal.cost is None and subtotal.unpriced_calls
+                    else format_amount(subtotal.cost, places)
+                )
+                assert cost in text and format_tokens(subtotal.total_tokens) in text
+            # A waterfall bar per span, drawn where the span ran: "plan" then "tools".
+            assert page.locator(".agn-bar").count() == len(trace.nodes)
+            plan = page.locator(".agn-bar").nth(1).bounding_box()
+            tools = page.locator(".agn-bar").nth(2).bounding_box()
+            assert plan is not None and tools is not None
+            assert plan["x"] + plan["width"] <= tools["x"] + 1 and plan["width"] > 5
             # nested: the tools row holds its two children
-            tools = page.locator("details", has=page.locator("summary", has_text="tools")).last
-            assert "local" in tools.inner_text()
+            tools_row = page.locator("details", has=page.locator("summary", has_text="tools")).last
+            assert "local" in tools_row.inner_text()
             OUTPUT.mkdir(exist_ok=True)
             page.screenshot(path=str(OUTPUT / "static-html.png"), full_page=True)
         finally:
