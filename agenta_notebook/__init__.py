@@ -18,6 +18,8 @@ from agenta_notebook.core.usage import Usage, read_usage
 from agenta_notebook.integrations.instrument import instrument, uninstrument
 from agenta_notebook.integrations.openai import instrument_openai, uninstrument_openai
 from agenta_notebook.io.frame import spans_dataframe
+from agenta_notebook.io.frame import trace_totals_dataframe as traces_dataframe
+from agenta_notebook.io.ledger import spend_dataframe
 from agenta_notebook.io.otlp import export_to, stop_export
 from agenta_notebook.io.persist import TraceFileError, load, load_all
 from agenta_notebook.live import SHELLS, Trace
@@ -29,6 +31,7 @@ from agenta_notebook.runtime import (
     get_collector,
     last_trace,
     set_capture,
+    set_ledger,
     set_prices,
     set_retention,
     trace,
@@ -58,7 +61,14 @@ def _trace_dataframe(trace: Trace) -> Any:
     return trace_dataframe(trace)
 
 
+def _by_model_dataframe(trace: Trace) -> Any:
+    from agenta_notebook.io.frame import by_model_dataframe
+
+    return by_model_dataframe(trace)
+
+
 SHELLS.dataframe = _trace_dataframe
+SHELLS.by_model = _by_model_dataframe
 SHELLS.save = _save_trace
 SHELLS.mimebundle = _trace_mimebundle
 SHELLS.user_prices = RUNTIME.prices.current
@@ -102,12 +112,15 @@ __all__ = [
     "read_usage",
     "record_usage",
     "set_capture",
+    "set_ledger",
     "set_prices",
     "set_retention",
     "span",
     "spans_dataframe",
+    "spend_dataframe",
     "stop_export",
     "trace",
+    "traces_dataframe",
     "uninstrument",
     "uninstrument_openai",
 ]

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 
 Listener = Callable[["Trace"], None]
+#: Ended spans are converted to records (and the SDK's span objects released) in batches
+#: of this many, as they end, rather than all at the first read.
+CONVERT_EVERY: Final = 512
 #: Where a trace reads the user's prices when it builds its tree: a snapshot, cheap to call.
 UserPricesSource = Callable[[], UserPrices]
 
@@ -51,6 +54,7 @@ class Shells:
     """
 
     dataframe: Callable[[Trace], pd.DataFrame] | None = None
+    by_model: Callable[[Trace], pd.DataFrame] | None = None
     save: Callable[[Trace, str | os.PathLike[str]], None] | None = None
     mimebundle: Callable[[Trace], dict[str, Any]] | None = None
     #: the prices source of a trace made without one (by hand, from records): the
@@ -130,10 +134,16 @@ class Trace:
         """A span of this trace ended; open views are told."""
         with self._lock:
             self._open_raw.pop(span_id, None)
-            self._finished_raw.append(raw)
+            finished = self._finished_raw
+            finished.append(raw)
             self._version += 1
             if span_id == self.root_span_id:
                 self.root_ended = True
+            if len(finished) >= CONVERT_EVERY and self._converter is not None:
+                # Let go of the SDK's span objects: a record is one object where a
+                # finished SDK span is about ten the garbage collector walks again and
+                # again while the cell runs.
+                self._convert_finished()
         if self._listeners:
             self._notify()
 
@@ -327,7 +337,7 @@ class Trace:
         summary = TraceSummary(
             name=self.name,
             trace_id=f"{self.trace_id:032x}",
-            spans=len(tree.nodes) - (1 if tree.root.synthetic else 0),
+            spans=tree.size - (1 if tree.root.synthetic else 0),
             running=tree.running_count,
             duration_ms=tree.root.duration_ms,
             totals=tree.totals,
@@ -340,6 +350,10 @@ class Trace:
     def to_dataframe(self) -> pd.DataFrame:
         """One row per span with own figures, subtotals and cost source (nullable dtypes)."""
         return _shell(SHELLS.dataframe, "to_dataframe")(self)
+
+    def by_model(self) -> pd.DataFrame:
+        """One row per model: calls, every token figure, cost (`<NA>` when unpriced)."""
+        return _shell(SHELLS.by_model, "by_model")(self)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the trace to `path` as OTLP JSON (see `agenta_notebook.load`)."""
@@ -364,7 +378,7 @@ class Trace:
     def __repr__(self) -> str:
         totals = self.totals
         return (
-            f"<Trace {self.name!r} spans={len(self.nodes)} tokens={totals.total_tokens} "
+            f"<Trace {self.name!r} spans={self.tree.size} tokens={totals.total_tokens} "
             f"cost={totals.cost} unpriced={totals.unpriced_calls} errors={totals.errors}>"
         )
 

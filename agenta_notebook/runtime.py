@@ -12,7 +12,9 @@ Everything that lives longer than one call is owned by a `Runtime`, in a few sma
 - `exports`: the OTLP export route (`export_to`);
 - `instruments`: what `instrument()` and `instrument_openai()` did, and how to undo it;
 - `threads`: whether threads inherit the current span;
-- `capture`: what `@span` records of its functions' inputs and outputs (`set_capture`).
+- `capture`: what `@span` records of its functions' inputs and outputs (`set_capture`);
+- `ledger`: whether, and where, finished traced cells are written to the spend ledger
+  (`set_ledger`; the writer is `io/ledger.py`).
 
 There is one default instance, `RUNTIME`; the package's functions (`trace`,
 `last_trace`, `set_retention`, `set_prices`, `export_to`, `instrument`, ...) act on it.
@@ -28,10 +30,12 @@ library is pending), and the logging filter of the OTLP export (see `io/otlp.py`
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from opentelemetry import context as otel_context
@@ -73,8 +77,10 @@ __all__ = [
     "get_collector",
     "get_tracer",
     "last_trace",
+    "ledger_path",
     "set_capture",
     "set_last_trace",
+    "set_ledger",
     "set_prices",
     "set_retention",
     "start_root",
@@ -627,6 +633,100 @@ class Capture:
         ]
 
 
+# -- the spend ledger -----------------------------------------------------------------------
+
+#: The environment variable that moves the ledger (a file or a folder) or turns it off.
+LEDGER_ENV: Final = "AGENTA_NOTEBOOK_LEDGER"
+#: The ledger's file name inside a folder (the user's data folder, or one given).
+LEDGER_FILE_NAME: Final = "ledger.sqlite3"
+_OFF_WORDS: Final = frozenset({"off", "0", "false", "no", "none"})
+
+
+def default_ledger_path() -> Path:
+    """The ledger in the user's data folder (`platformdirs.user_data_dir`)."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("agenta-notebook")) / LEDGER_FILE_NAME
+
+
+def _ledger_file(path: Path) -> Path:
+    return path / LEDGER_FILE_NAME if path.is_dir() else path
+
+
+class Ledger:
+    """Whether finished traced cells are written to the spend ledger, and where.
+
+    On by default, in the user's data folder; `set_ledger` wins over the environment
+    variable ``AGENTA_NOTEBOOK_LEDGER`` (a path, or ``off``), which wins over the default.
+    Read once per finished cell (`path()`, a few attribute reads), written under the lock.
+    """
+
+    def __init__(self) -> None:
+        self.lock = forksafe.new_lock()
+        #: set_ledger(enabled=...): None follows the environment (on unless it says off)
+        self.enabled: bool | None = None
+        #: set_ledger(path=...): None follows the environment, else the default
+        self.chosen: Path | None = None
+        #: the last resolution: ((enabled, chosen, environment variable), path)
+        self._resolved: tuple[tuple[bool | None, Path | None, str], Path | None] | None = None
+
+    def configure(self, enabled: bool | None, path: str | os.PathLike[str] | None) -> None:
+        """Validate both arguments first, then change them (or nothing)."""
+        if enabled is not None and not isinstance(enabled, bool):
+            raise TypeError(f"set_ledger: enabled must be True or False, not {enabled!r}")
+        chosen: Path | None = None
+        if path is not None:
+            if not isinstance(path, str | os.PathLike):
+                raise TypeError(f"set_ledger: path must be a str or a path, not {path!r}")
+            text = os.fspath(path)
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"set_ledger: path must name a file or a folder, not {path!r}")
+            chosen = Path(text).expanduser()
+        with self.lock:
+            if enabled is not None:
+                self.enabled = enabled
+            if chosen is not None:
+                self.chosen = chosen
+
+    def path(self) -> Path | None:
+        """The ledger file rows are written to now, or None when the ledger is off.
+
+        Read at the end of every traced cell: resolved once per setting (the switch,
+        the chosen path, the environment variable), not once per cell."""
+        key = (self.enabled, self.chosen, os.environ.get(LEDGER_ENV, ""))
+        cached = self._resolved
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        path = self._resolve(*key)
+        self._resolved = (key, path)
+        return path
+
+    @staticmethod
+    def _resolve(enabled: bool | None, chosen: Path | None, setting: str) -> Path | None:
+        if enabled is False:
+            return None
+        if chosen is not None:
+            return _ledger_file(chosen)
+        setting = setting.strip()
+        if setting.lower() in _OFF_WORDS:
+            return None if enabled is None else default_ledger_path()
+        if setting:
+            return _ledger_file(Path(setting).expanduser())
+        return default_ledger_path()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.enabled = None
+            self.chosen = None
+
+    def describe(self) -> list[str]:
+        path = self.path()
+        if path is not None:
+            return [f"spend ledger: on, {path}"]
+        why = "set_ledger(enabled=False)" if self.enabled is False else f"{LEDGER_ENV}=off"
+        return [f"spend ledger: off ({why})"]
+
+
 # -- the runtime ----------------------------------------------------------------------------
 
 
@@ -641,14 +741,16 @@ class Runtime:
         self.instruments = Instruments()
         self.threads = ThreadPropagation()
         self.capture = Capture()
+        self.ledger = Ledger()
 
     def reset(self) -> None:
         """Back to the state of a fresh import, in one call.
 
         Stops the export, undoes the instrumentation, closes the open views, forgets
         every trace and the user's prices, restores the default retention, turns thread
-        propagation off, restores the default capture settings. The collector stays on
-        its providers (process-wide wiring).
+        propagation off, restores the default capture settings and the ledger's (on,
+        where the environment says). The collector stays on its providers (process-wide
+        wiring).
         """
         self.exports.reset()
         self.instruments.reset()
@@ -658,6 +760,7 @@ class Runtime:
         self.prices.reset()
         self.threads.reset()
         self.capture.reset()
+        self.ledger.reset()
 
     def describe(self) -> str:
         """What is attached, retained, priced, exported and open, one line each."""
@@ -669,6 +772,7 @@ class Runtime:
             *self.instruments.describe(),
             *self.threads.describe(),
             *self.capture.describe(),
+            *self.ledger.describe(),
         ]
         return "agenta_notebook runtime\n" + "\n".join(f"  {line}" for line in lines)
 
@@ -760,6 +864,25 @@ def set_capture(
     one raises TypeError or ValueError and changes nothing.
     """
     RUNTIME.capture.configure(enabled, max_chars, max_total, max_items, redact)
+
+
+def set_ledger(enabled: bool | None = None, *, path: str | os.PathLike[str] | None = None) -> None:
+    """Turn the spend ledger on or off, or move it.
+
+    Every finished ``%%agenta_trace`` cell appends its totals by model (no prompts, no
+    outputs) to a local SQLite file; `agenta_notebook.spend_dataframe()` and
+    ``%agenta_spend`` read it. `enabled`: on (the default) or off. `path`: the file, or
+    a folder to hold ``ledger.sqlite3``. Without a call, the environment variable
+    ``AGENTA_NOTEBOOK_LEDGER`` (a path, or ``off``) decides, else the file is in the
+    user's data folder (`platformdirs.user_data_dir("agenta-notebook")`). Arguments left
+    as None are unchanged; a bad one raises TypeError or ValueError and changes nothing.
+    """
+    RUNTIME.ledger.configure(enabled, path)
+
+
+def ledger_path() -> Path | None:
+    """The ledger file finished cells are written to now, or None when it is off."""
+    return RUNTIME.ledger.path()
 
 
 def last_trace() -> Trace | None:

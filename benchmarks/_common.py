@@ -14,6 +14,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+# A benchmark's traced cells are not the user's spending: keep them out of the spend
+# ledger (kernels and subprocesses the benchmarks start inherit this).
+os.environ.setdefault("AGENTA_NOTEBOOK_LEDGER", "off")
+
 #: CPU time of this process: on a shared machine it is much steadier than wall time.
 clock = time.process_time
 

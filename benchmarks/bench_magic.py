@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+import _common  # noqa: F401  (keeps the benchmark's cells out of the spend ledger)
 from jupyter_client.manager import KernelManager
 
 SETUP = """

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import _common  # noqa: F401  (keeps the benchmark's cells out of the spend ledger)
 import genai_prices
 import openai
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,11 +14,16 @@ import pytest
 # Our own failures raise under the test suite instead of being logged (errors.py): set
 # before the package is imported, and inherited by every kernel and interpreter a test starts.
 os.environ["AGENTA_NOTEBOOK_STRICT"] = "1"
+# The spend ledger never writes to the user's data folder under the tests: a folder of the
+# test run instead, inherited by every kernel and interpreter (tests/test_ledger.py moves it).
+os.environ["AGENTA_NOTEBOOK_LEDGER"] = tempfile.mkdtemp(prefix="agenta-notebook-ledger-")
 
 from agenta_notebook.collector import Collector
 from agenta_notebook.core.rollup import SpanEvent, SpanRecord, StatusCode
 from agenta_notebook.core.usage import AG_TYPE
 from agenta_notebook.runtime import RUNTIME, Runtime, get_collector
+
+atexit.register(shutil.rmtree, os.environ["AGENTA_NOTEBOOK_LEDGER"], True)
 
 TRACE_ID = 0xABC
 

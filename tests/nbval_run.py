@@ -19,6 +19,8 @@ def run_nbval(notebook: str, *, drop_env: Iterable[str] = (), sanitize: bool = T
         key: value
         for key, value in os.environ.items()
         if not any(key == name or (name.endswith("_") and key.startswith(name)) for name in dropped)
+        # the spend ledger stays in the test run's folder (tests/conftest.py), whatever is dropped
+        or key == "AGENTA_NOTEBOOK_LEDGER"
     }
     command = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env"]
     if sanitize:

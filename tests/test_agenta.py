@@ -48,6 +48,7 @@ def side_env(server: demo.DemoServer, receiver: OtlpReceiver) -> dict[str, str]:
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("OPENAI_", "AGENTA_", "OTEL_", "LITELLM_"))
+        or key == "AGENTA_NOTEBOOK_LEDGER"  # the test run's ledger (tests/conftest.py)
     }
     env.update(
         DEMO_BASE_URL=server.base_url,

@@ -170,7 +170,26 @@ def describe(node: SpanNode | None) -> tuple[Any, ...] | None:
     )
 
 
+def stats_of(tree: TraceTree) -> tuple[Any, ...]:
+    stats = tree.stats
+    return (
+        stats.count,
+        stats.running,
+        stats.latest_ns,
+        sorted(node.span_id for node in stats.costed),
+        sorted(node.span_id for node in stats.warned),
+        stats.types,
+        stats.depth_counts,
+    )
+
+
 def assert_same_tree(folded: TraceTree, full: TraceTree) -> None:
+    # The stats first: a snapshot of the fold has them without a walk over its nodes.
+    assert stats_of(folded) == stats_of(full)
+    assert [n.span_id for n in folded.costed_nodes()] == [n.span_id for n in full.costed_nodes()]
+    assert folded.warnings() == full.warnings()
+    assert folded.by_model() == full.by_model()
+    assert folded.size == len(full.nodes)
     assert [describe(n) for n in folded.nodes] == [describe(n) for n in full.nodes]
     assert folded.trace_id == full.trace_id
     assert describe(folded.root) == describe(full.root)

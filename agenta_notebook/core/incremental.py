@@ -45,8 +45,10 @@ from agenta_notebook.core.rollup import (
     SpanNode,
     SpanRecord,
     TraceTree,
+    TreeStats,
     call_key,
     new_node,
+    preorder_key,
     response_ids,
     settle_node,
 )
@@ -230,6 +232,15 @@ class IncrementalTree:
         self._bounds_stale = False
         #: nodes made in the current fold (their children's sums start empty)
         self._fresh: set[SpanNode] = set()
+        # What the views read of the whole tree (`TreeStats`), taken from one walk at
+        # the first snapshot after a fold, then kept by each fold.
+        self._stats_ready = False
+        #: the latest end of any record, or start of a running one (`TreeStats.latest_ns`)
+        self._latest: int | None = None
+        self._costed: dict[SpanNode, None] = {}
+        self._warned: dict[SpanNode, None] = {}
+        self._types: dict[str, int] = {}
+        self._depths: list[int] = []
 
     # -- reading ------------------------------------------------------------------------
     @property
@@ -238,27 +249,68 @@ class IncrementalTree:
         return self.root.subtotal
 
     def snapshot(self) -> TraceTree:
-        """The tree as it is now: the same one until the next fold that changes it."""
+        """The tree as it is now: the same one until the next fold that changes it.
+
+        No walk: its `nodes` are walked when first read, and its stats are the ones the
+        fold keeps (`TreeStats`)."""
         tree = self._snapshot
         if tree is None:
-            order: list[SpanNode] = []
-            stack = [self.root]
-            while stack:
-                node = stack.pop()
-                order.append(node)
-                children = node.children
-                if children:
-                    stack.extend(reversed(children))
+            self._ensure_stats()
             failures = self._failures
-            failed = tuple(node for node in reversed(order) if node in failures) if failures else ()
-            tree = TraceTree(self._trace_id, self.root, tuple(order), dict(self._by_id), failed)
+            failed = tuple(sorted(failures, key=preorder_key, reverse=True)) if failures else ()
+            root = self.root
+            latest = self._latest
+            if root.synthetic and latest is not None:
+                latest = max(latest, root.record.start_time_ns)
+            stats = TreeStats(
+                count=len(self._by_id) + (1 if root.synthetic else 0),
+                running=self._running,
+                latest_ns=latest if latest is not None else root.record.start_time_ns,
+                costed=tuple(self._costed),
+                warned=tuple(self._warned),
+                types=tuple(sorted(kind for kind, count in self._types.items() if count)),
+                depth_counts=tuple(self._depths),
+            )
+            tree = TraceTree(self._trace_id, root, None, dict(self._by_id), failed, stats=stats)
             self._snapshot = tree
         return tree
+
+    def _ensure_stats(self) -> None:
+        """Take the stats from a walk, once; the folds keep them from then on."""
+        if self._stats_ready:
+            return
+        if not self._indexed:
+            self._index()
+        for node in self.root.walk():
+            self._note(node)
+            kind = node.usage.span_type
+            if kind:
+                self._types[kind] = self._types.get(kind, 0) + 1
+            self._count_depth(node)
+        self._stats_ready = True
+
+    def _note(self, node: SpanNode) -> None:
+        """Keep `node` among the costed and warned nodes, or not, as it is now."""
+        if node.own is not NO_FIGURES:
+            self._costed[node] = None
+        else:
+            self._costed.pop(node, None)
+        if node.span_warnings:
+            self._warned[node] = None
+        else:
+            self._warned.pop(node, None)
+
+    def _count_depth(self, node: SpanNode) -> None:
+        depths = self._depths
+        while len(depths) <= node.depth:
+            depths.append(0)
+        depths[node.depth] += 1
 
     # -- folding ------------------------------------------------------------------------
     def _index(self) -> None:
         for node in self._by_id.values():
             self._count_in(node.record, 1)
+            self._move_latest(None, _latest_of(node.record))
             parent_id = node.record.parent_span_id
             if parent_id is None:
                 self._tops[node.span_id] = node
@@ -350,12 +402,20 @@ class IncrementalTree:
         elif start == self._first_start or (end is not None and end == self._last_end):
             self._bounds_stale = True  # rescanned once the records are replaced
 
+    def _move_latest(self, old: int | None, new: int) -> None:
+        latest = self._latest
+        if latest is None or new > latest:
+            self._latest = new
+        elif old is not None and old == latest and new < old:
+            self._bounds_stale = True  # rescanned once the records are replaced
+
     def _rescan_bounds(self) -> None:
         self._bounds_stale = False
         records = [node.record for node in self._by_id.values()]
         self._first_start = min((r.start_time_ns for r in records), default=None)
         ends = [r.end_time_ns for r in records if r.end_time_ns is not None]
         self._last_end = max(ends, default=None)
+        self._latest = max((_latest_of(r) for r in records), default=None)
 
     def _expected_root(self) -> SpanNode | None:
         """The root a full build would choose now (None: a synthetic one)."""
@@ -419,15 +479,26 @@ class IncrementalTree:
         expected = self._expected_root()
         if expected is not self.root and not (expected is None and self.root.synthetic):
             raise NeedsFullBuild("the root changed")
+        stats = self._stats_ready
+        types = self._types
         for node, record, new in changed:
             self._count_in(node.record, -1)
             self._count_in(record, 1)
+            self._move_latest(_latest_of(node.record), _latest_of(record))
+            if stats and node.usage.span_type != new.usage.span_type:
+                if node.usage.span_type:
+                    types[node.usage.span_type] -= 1
+                if new.usage.span_type:
+                    types[new.usage.span_type] = types.get(new.usage.span_type, 0) + 1
             if node.usage.is_model_call:
                 self._count_scope(node.record.scope, -1)
             if new.usage.is_model_call:
                 self._count_scope(record.scope, 1)
         for node in fresh:
             self._count_in(node.record, 1)
+            self._move_latest(None, _latest_of(node.record))
+            if stats and node.usage.span_type:
+                types[node.usage.span_type] = types.get(node.usage.span_type, 0) + 1
             if node.usage.is_model_call:
                 self._count_scope(node.record.scope, 1)
         placing = self._placing_order(fresh)
@@ -438,6 +509,11 @@ class IncrementalTree:
         finally:
             self._fresh = set()
         self._check_pairs(settled, {*fresh, *(node for node, _record, _new in changed)})
+        if stats:
+            for node in fresh:
+                self._count_depth(node)
+            for node in settled:
+                self._note(node)
         if self._bounds_stale:
             self._rescan_bounds()
         self._trace_id = trace_id
@@ -598,6 +674,11 @@ class IncrementalTree:
                     queued.add(parent)
                     queue.setdefault(parent.depth, []).append(parent)
         return settled
+
+
+def _latest_of(record: SpanRecord) -> int:
+    end = record.end_time_ns
+    return record.start_time_ns if end is None else end
 
 
 def _may_pair(node: SpanNode) -> bool:

@@ -216,15 +216,118 @@ class ModelBreakdown:
 
 
 @dataclass(frozen=True, slots=True)
-class TraceTree:
-    """An immutable snapshot of a trace: the root, every node in pre-order, and lookups."""
+class TreeStats:
+    """What the views read of a whole tree on every redraw, without a walk over its
+    nodes: the live roll-up keeps these up to date as spans are folded in."""
 
-    trace_id: int
-    root: SpanNode
-    nodes: tuple[SpanNode, ...]
-    by_id: Mapping[int, SpanNode]
-    #: the spans genai-prices failed to price (`node.priced.failure`): bugs to report
-    pricing_failures: tuple[SpanNode, ...] = ()
+    #: nodes in the tree, the root (synthetic or not) included
+    count: int
+    #: spans still running (a synthetic root is not one)
+    running: int
+    #: the latest end of any span, or start of a running one (None: no span)
+    latest_ns: int | None
+    #: the nodes with counted figures of their own (`own` is not `NO_FIGURES`), any order
+    costed: tuple[SpanNode, ...]
+    #: the nodes with warnings, any order
+    warned: tuple[SpanNode, ...]
+    #: the span types present, sorted
+    types: tuple[str, ...]
+    #: how many nodes sit at each depth (index 0: the root)
+    depth_counts: tuple[int, ...]
+
+
+def tree_stats(nodes: Iterable[SpanNode]) -> TreeStats:
+    """The stats of a tree from its nodes (one pass)."""
+    count = running = 0
+    latest: int | None = None
+    costed: list[SpanNode] = []
+    warned: list[SpanNode] = []
+    types: set[str] = set()
+    depths: list[int] = []
+    for node in nodes:
+        count += 1
+        record = node.record
+        end = record.end_time_ns
+        if end is None:
+            if not node.synthetic:
+                running += 1
+            end = record.start_time_ns
+        if latest is None or end > latest:
+            latest = end
+        if node.own is not NO_FIGURES:
+            costed.append(node)
+        if node.span_warnings:
+            warned.append(node)
+        kind = node.usage.span_type
+        if kind:
+            types.add(kind)
+        while len(depths) <= node.depth:
+            depths.append(0)
+        depths[node.depth] += 1
+    return TreeStats(
+        count, running, latest, tuple(costed), tuple(warned), tuple(sorted(types)), tuple(depths)
+    )
+
+
+def preorder_key(node: SpanNode) -> tuple[tuple[int, int], ...]:
+    """Sort key giving nodes in the tree's pre-order (children in start order)."""
+    path: list[tuple[int, int]] = []
+    current: SpanNode | None = node
+    while current is not None and current.parent is not None:
+        path.append(_start_order(current))
+        current = current.parent
+    path.reverse()
+    return tuple(path)
+
+
+class TraceTree:
+    """A snapshot of a trace: the root, every node in pre-order, and lookups.
+
+    `nodes` is walked from the root when first read, when the snapshot was made without
+    it (the live roll-up's: a redraw that shows 100 rows of 100,000 spans walks none of
+    the others). The live roll-up updates nodes in place, so a snapshot's nodes carry the
+    figures of the latest fold; its `by_id` keeps the spans of its time.
+    """
+
+    __slots__ = ("_nodes", "_stats", "by_id", "pricing_failures", "root", "trace_id")
+
+    def __init__(
+        self,
+        trace_id: int,
+        root: SpanNode,
+        nodes: tuple[SpanNode, ...] | None,
+        by_id: Mapping[int, SpanNode],
+        pricing_failures: tuple[SpanNode, ...] = (),
+        *,
+        stats: TreeStats | None = None,
+    ) -> None:
+        self.trace_id = trace_id
+        self.root = root
+        self.by_id = by_id
+        #: the spans genai-prices failed to price (`node.priced.failure`): bugs to report
+        self.pricing_failures = pricing_failures
+        self._nodes = nodes
+        self._stats = stats
+
+    @property
+    def nodes(self) -> tuple[SpanNode, ...]:
+        """Every node, parents before children, children in start order."""
+        nodes = self._nodes
+        if nodes is None:
+            nodes = self._nodes = tuple(self.root.walk())
+        return nodes
+
+    @property
+    def stats(self) -> TreeStats:
+        stats = self._stats
+        if stats is None:
+            stats = self._stats = tree_stats(self.nodes)
+        return stats
+
+    @property
+    def size(self) -> int:
+        """How many nodes the tree has (`len(nodes)`, without a walk)."""
+        return self.stats.count
 
     @property
     def totals(self) -> Figures:
@@ -232,12 +335,20 @@ class TraceTree:
 
     @property
     def running_count(self) -> int:
-        return sum(1 for node in self.nodes if node.running and not node.synthetic)
+        return self.stats.running
+
+    def costed_nodes(self) -> list[SpanNode]:
+        """The nodes with counted figures of their own, in pre-order."""
+        costed = self.stats.costed
+        if self._nodes is not None:  # the walk's order: no sort
+            keep = set(costed)
+            return [node for node in self._nodes if node in keep] if keep else []
+        return sorted(costed, key=preorder_key)
 
     def by_model(self) -> tuple[ModelBreakdown, ...]:
         """Counted usage per model, most expensive first."""
         groups: dict[str, list[Figures]] = {}
-        for node in self.nodes:
+        for node in self.stats.costed:
             if node.counts_usage:
                 model = node.priced.matched_model or node.usage.model or "(unknown model)"
                 groups.setdefault(model, []).append(node.own)
@@ -261,7 +372,13 @@ class TraceTree:
 
     def warnings(self) -> tuple[SpanWarning, ...]:
         """Every warning of the trace, span by span in pre-order."""
-        return tuple(warning for node in self.nodes for warning in node.span_warnings)
+        warned = self.stats.warned
+        if len(warned) > 1:
+            warned = tuple(sorted(warned, key=preorder_key))
+        return tuple(warning for node in warned for warning in node.span_warnings)
+
+    def __repr__(self) -> str:
+        return f"<TraceTree {self.root.name!r} nodes={self.size}>"
 
 
 def _claim_mismatch(usage: Usage, claimed: int, below: Figures) -> str | None:

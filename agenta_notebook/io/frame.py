@@ -7,8 +7,8 @@ figure (a count is a flag there: the span is one model call, one unpriced call).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from decimal import Decimal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import compress
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Final
@@ -16,7 +16,7 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from agenta_notebook.core.fields import FIGURES, Figure, Kind
+from agenta_notebook.core.fields import FIGURES, NO_FIGURES, Figure, Kind, sum_figures
 from agenta_notebook.core.rollup import Figures, SpanNode
 from agenta_notebook.live import Trace
 from agenta_notebook.memory import gc_paused
@@ -74,12 +74,15 @@ COLUMNS: Final[Mapping[str, str]] = MappingProxyType(
 )
 
 
-def _cost(cost: Decimal | None) -> float | None:
-    return None if cost is None else float(cost)
+_FIGURE_NAMES: Final = tuple(figure.name for figure in FIGURES)
+#: Past this a difference of two int64 times could overflow: durations are then summed in
+#: Python.
+_SAFE_TIME: Final = 2**62
 
 
-def _columns(traces: Iterable[Trace]) -> dict[str, list[Any]]:
-    """Every column as one list, built column by column (no per-row lists to transpose)."""
+def _columns(traces: Iterable[Trace]) -> dict[str, Any]:
+    """Every column, each read from the nodes by one list comprehension and made into its
+    array at once (numpy and pandas' arrays built from a numpy array and a mask)."""
     nodes: list[SpanNode] = []
     trace_ids: list[str] = []
     trace_names: list[str] = []
@@ -88,47 +91,223 @@ def _columns(traces: Iterable[Trace]) -> dict[str, list[Any]]:
         nodes.extend(trace_nodes)
         trace_ids.extend([f"{trace.trace_id:032x}"] * len(trace_nodes))
         trace_names.extend([trace.name] * len(trace_nodes))
+    if not nodes:
+        return {column: _column([], dtype) for column, dtype in COLUMNS.items()}
     records = [node.record for node in nodes]
     usages = [node.usage for node in nodes]
     owns: list[Figures] = [node.own for node in nodes]
     subtotals: list[Figures] = [node.subtotal for node in nodes]
-    priced = [node.priced if node.counts_usage else None for node in nodes]
-    columns: dict[str, list[Any]] = {
-        "trace_id": trace_ids,
-        "trace_name": trace_names,
-        "span_id": [None if node.synthetic else f"{node.record.span_id:016x}" for node in nodes],
-        "parent_span_id": [
-            None if node.parent is None else f"{node.parent.record.span_id:016x}" for node in nodes
-        ],
-        "name": [record.name for record in records],
-        "type": [usage.span_type for usage in usages],
-        "depth": [node.depth for node in nodes],
-        "start_time": [record.start_time_ns for record in records],
-        "end_time": [record.end_time_ns for record in records],
-        "duration_ms": [node.duration_ms for node in nodes],
-        "status": [record.status for record in records],
-        "error": [node.is_error_origin for node in nodes],
-        "running": [record.end_time_ns is None for record in records],
-        "detached": [node.detached for node in nodes],
-        "role": [node.role for node in nodes],
-        "model": [usage.model for usage in usages],
-        "provider": [usage.provider for usage in usages],
+    ends = [record.end_time_ns for record in records]
+    running = _is(ends, None)
+    parents = [node.parent for node in nodes]
+    own_rows, subtotal_rows = _FigureRows(owns), _FigureRows(subtotals)
+    # How the spans with figures of their own were priced (`counts_usage` is False for a
+    # span without): the others have no pricing columns.
+    priced = [node.priced if node.counts_usage else None for node in compress(nodes, own_rows.held)]
+    columns: dict[str, Any] = {
+        "trace_id": _strings(trace_ids),
+        "trace_name": _strings(trace_names),
+        "span_id": _hex_ids(
+            [record.span_id for record in records],
+            np.fromiter([node.synthetic for node in nodes], dtype=bool, count=len(nodes)),
+        ),
+        "parent_span_id": _hex_ids(
+            [0 if parent is None else parent.record.span_id for parent in parents],
+            _is(parents, None),
+        ),
+        "name": _strings([record.name for record in records]),
+        "type": _strings([usage.span_type for usage in usages]),
+        "depth": _ints([node.depth for node in nodes]),  # never null
+        **_times([record.start_time_ns for record in records], ends, running, nodes),
+        "status": _strings([record.status for record in records]),
+        "error": _flags([node.is_error_origin for node in nodes]),
+        "running": pd.arrays.BooleanArray(running, np.zeros(len(nodes), dtype=bool)),
+        "detached": _flags([node.detached for node in nodes]),
+        "role": _strings([node.role for node in nodes]),
+        "model": _strings([usage.model for usage in usages]),
+        "provider": _strings([usage.provider for usage in usages]),
     }
     for figure in FIGURES:
-        name = figure.name
         if figure.own_column is not None:
-            columns[figure.own_column] = _values(figure.kind, name, owns, own=True)
+            columns[figure.own_column] = own_rows.column(figure, own=True)
         if figure.kind == "money":
-            columns["cost_source"] = [None if price is None else price.source for price in priced]
-            columns["priced_model"] = [
-                None if price is None else price.matched_model for price in priced
-            ]
-        columns[figure.subtotal_column] = _values(figure.kind, name, subtotals, own=False)
-    columns["warnings"] = [
-        "\n".join(warning.message for warning in found) if (found := node.span_warnings) else None
-        for node in nodes
-    ]
+            where, size = own_rows.where, len(nodes)
+            sources = [None if p is None else p.source for p in priced]
+            columns["cost_source"] = _strings(_spread(sources, where, size))
+            matched = [None if p is None else p.matched_model for p in priced]
+            columns["priced_model"] = _strings(_spread(matched, where, size))
+        columns[figure.subtotal_column] = subtotal_rows.column(figure, own=False)
+    columns["warnings"] = _strings(
+        [
+            "\n".join(warning.message for warning in found)
+            if (found := node.span_warnings)
+            else None
+            for node in nodes
+        ]
+    )
     return columns
+
+
+def _is(values: Sequence[Any], single: object) -> Any:
+    """Where `values` holds the object `single` (identity: no `__eq__` is called)."""
+    return np.fromiter([value is single for value in values], dtype=bool, count=len(values))
+
+
+def _spread(values: Sequence[Any], where: Any, size: int) -> Any:
+    """An object array of `size` Nones, with `values` at the positions `where`."""
+    spread = np.full(size, None, dtype=object)
+    spread[where] = _objects(values)
+    return spread
+
+
+def _objects(values: Sequence[Any]) -> Any:
+    """A 1-d object array of `values` (`np.array` would look into each for a sequence)."""
+    return np.fromiter(values, dtype=object, count=len(values))
+
+
+def _strings(values: Sequence[Any]) -> Any:
+    """A `string` array from str and None values (pandas' own path checks and copies each
+    value again); anything else takes that path, which turns it into text."""
+    try:
+        return pd.arrays.StringArray(_objects(values))
+    except (TypeError, ValueError):
+        return pd.array(list(values), dtype="string")
+
+
+def _hex_ids(ids: Sequence[int], null: Any) -> Any:
+    """`f"{id:016x}"` of each id at once, from the ids' bytes; None where `null`."""
+    try:
+        raw = np.fromiter(ids, dtype=np.uint64, count=len(ids))
+    except (OverflowError, TypeError, ValueError):  # a hand-made id past 64 bits
+        text = [None if hidden else f"{i:016x}" for i, hidden in zip(ids, null, strict=True)]
+        return _strings(text)
+    # the big-endian bytes in hex, read back as fixed-width text (UTF-32 is numpy's `U`)
+    digits = raw.astype(">u8").tobytes().hex().encode("utf-32-le")
+    hexed = np.frombuffer(digits, dtype="<U16").astype(object)
+    hexed[null] = None
+    return pd.arrays.StringArray(hexed)
+
+
+def _ints(values: Sequence[Any]) -> Any:
+    """A nullable Int64 array; the general path (`_column`) for anything unusual."""
+    try:
+        try:
+            data = np.fromiter(values, dtype=np.int64, count=len(values))
+            mask = np.zeros(len(values), dtype=bool)
+        except TypeError:  # a None among them
+            boxed = _objects(values)
+            mask = _is(values, None)
+            boxed[mask] = 0
+            data = boxed.astype(np.int64)
+        return pd.arrays.IntegerArray(data, mask)
+    except (OverflowError, TypeError, ValueError):
+        return _column(list(values), "Int64")
+
+
+def _flags(values: Sequence[Any]) -> Any:
+    data = np.fromiter(values, dtype=bool, count=len(values))
+    return pd.arrays.BooleanArray(data, np.zeros(len(values), dtype=bool))
+
+
+def _make_reader(names: Iterable[str]) -> Callable[[list[Figures]], tuple[list[Any], ...]]:
+    """A function that reads each figure of every row, one list comprehension per figure
+    written out (a comprehension with the attribute's name in it reads twice as fast as
+    `map(attrgetter(name), rows)`)."""
+    lists = "".join(f"[row.{name} for row in rows], " for name in names)
+    source = f"def read_figures(rows):\n    return ({lists})\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<agenta_notebook.io.frame: read_figures>", "exec"), namespace)
+    reader: Callable[[list[Figures]], tuple[list[Any], ...]] = namespace["read_figures"]
+    return reader
+
+
+_read_figures: Final = _make_reader(_FIGURE_NAMES)
+
+
+class _FigureRows:
+    """The figures of every row, read only where they are not `NO_FIGURES` (most spans
+    count nothing of their own, and a tool with nothing below has no subtotal): the
+    others hold every figure's default, `None` or 0."""
+
+    def __init__(self, figures: list[Figures]) -> None:
+        self.figures = figures
+        #: the rows with figures, as a mask and as positions
+        self.held = ~_is(figures, NO_FIGURES)
+        self.where = np.flatnonzero(self.held)
+        kept = list(compress(figures, self.held))
+        #: figure -> its value in each row that has figures
+        self.values: dict[str, list[Any]] = dict(
+            zip(_FIGURE_NAMES, _read_figures(kept), strict=True)
+        )
+
+    def column(self, figure: Figure, own: bool) -> Any:
+        """One figure of every row: money as a float, a span's own count as a flag."""
+        kind, size, where = figure.kind, len(self.figures), self.where
+        values = self.values[figure.name]
+        try:
+            if kind == "money":
+                # Decimal -> float as float() does it; None -> NaN -> null (no cost is NaN)
+                floats = np.full(size, np.nan)
+                floats[where] = _objects(values).astype(np.float64)
+                return pd.arrays.FloatingArray(floats, np.isnan(floats))
+            if kind == "count":
+                counts = np.zeros(size, dtype=np.int64)
+                counts[where] = np.fromiter(values, dtype=np.int64, count=len(values))
+                unmasked = np.zeros(size, dtype=bool)
+                if own:
+                    return pd.arrays.BooleanArray(counts > 0, unmasked)
+                return pd.arrays.IntegerArray(counts, unmasked)
+            data = np.zeros(size, dtype=np.int64)
+            mask = np.ones(size, dtype=bool)
+            try:
+                data[where] = np.fromiter(values, dtype=np.int64, count=len(values))
+                mask[where] = False
+            except TypeError:  # a None among them
+                boxed = _objects(values)
+                missing = _is(values, None)
+                boxed[missing] = 0
+                data[where] = boxed.astype(np.int64)
+                mask[where] = missing
+            return pd.arrays.IntegerArray(data, mask)
+        except (OverflowError, TypeError, ValueError):  # past 64 bits: exact Python ints
+            dtype = (_OWN_DTYPES if own else _SUBTOTAL_DTYPES)[kind]
+            return _column(_values(kind, figure.name, self.figures, own), dtype)
+
+
+def _times(
+    starts: Sequence[Any], ends: Sequence[Any], running: Any, nodes: Sequence[SpanNode]
+) -> dict[str, Any]:
+    """The start and end times (UTC, null when unknown or not an int64) and the duration."""
+    try:
+        start = np.fromiter(starts, dtype=np.int64, count=len(starts))
+        boxed = _objects(ends)
+        boxed[running] = 0
+        end = boxed.astype(np.int64)
+    except (OverflowError, TypeError, ValueError):  # hand-made records
+        return {
+            "start_time": _column(list(starts), COLUMNS["start_time"]),
+            "end_time": _column(list(ends), COLUMNS["end_time"]),
+            "duration_ms": _column([node.duration_ms for node in nodes], "Float64"),
+        }
+    known = end[~running]
+    # (no np.abs: the smallest int64 is its own absolute value)
+    if all(((times > -_SAFE_TIME) & (times < _SAFE_TIME)).all() for times in (start, known)):
+        durations = (end - start) / 1e6  # int64 -> float64 rounds as Python's int / float
+        durations[running] = np.nan
+        duration = pd.arrays.FloatingArray(durations, running.copy())
+    else:
+        duration = _column([node.duration_ms for node in nodes], "Float64")
+    # the smallest int64 is NaT: null, as `_in_int64` has it
+    end[running] = np.iinfo(np.int64).min
+    return {
+        "start_time": _utc(start),
+        "end_time": _utc(end),
+        "duration_ms": duration,
+    }
+
+
+def _utc(nanoseconds: Any) -> Any:
+    return pd.DatetimeIndex(nanoseconds.view("M8[ns]")).tz_localize("UTC")
 
 
 def _values(kind: Kind, name: str, figures: list[Figures], own: bool) -> list[Any]:
@@ -171,10 +350,9 @@ def _column(values: list[Any], dtype: str) -> Any:
     return pd.array(values, dtype=dtype)  # type: ignore[call-overload]
 
 
-def _frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {column: _column(columns[column], dtype) for column, dtype in COLUMNS.items()}
-    )
+def _frame(columns: dict[str, Any]) -> pd.DataFrame:
+    # the arrays are new: no copy
+    return pd.DataFrame({column: columns[column] for column in COLUMNS}, copy=False)
 
 
 _INT64_MIN: Final = -(2**63) + 1  # the smallest int64 is pandas' NaT
@@ -192,10 +370,10 @@ def _in_int64(values: list[Any]) -> Any:
 
 def trace_dataframe(trace: Trace) -> pd.DataFrame:
     """One row per span of `trace`, parents before children (depth-first)."""
-    return traces_dataframe([trace])
+    return spans_of_traces([trace])
 
 
-def traces_dataframe(traces: Iterable[Trace]) -> pd.DataFrame:
+def spans_of_traces(traces: Iterable[Trace]) -> pd.DataFrame:
     """The rows of several traces in one frame."""
     built = [(trace, trace.tree) for trace in traces]  # build outside the pause below
     with gc_paused():  # many lists, none of them garbage
@@ -209,4 +387,138 @@ def spans_dataframe() -> pd.DataFrame:
     >>> list(spans_dataframe().columns)[:3]
     ['trace_id', 'trace_name', 'span_id']
     """
-    return traces_dataframe(get_collector().traces())
+    return spans_of_traces(get_collector().traces())
+
+
+# -- per model and per trace ---------------------------------------------------------------
+
+#: The name `TraceTree.by_model` gives the counted calls of no known model.
+UNKNOWN_MODEL: Final = "(unknown model)"
+
+#: The figures of a model's row: every token count and the money (a count is a column of
+#: its own there: `calls`, `unpriced_calls`).
+_MODEL_FIGURES: Final = tuple(figure for figure in FIGURES if figure.kind != "count")
+
+#: Column -> nullable dtype of `by_model_dataframe`, in order.
+MODEL_COLUMNS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "model": "string",
+        "calls": "Int64",
+        **{figure.name: _SUBTOTAL_DTYPES[figure.kind] for figure in _MODEL_FIGURES},
+        "unpriced_calls": "Int64",
+    }
+)
+
+#: The root span attribute holding the notebook cell id (`ipython/magic.py` writes it).
+CELL_ID_KEY: Final = "agenta_notebook.cell_id"
+
+#: Column -> nullable dtype of `trace_totals_dataframe`, in order: one column per figure,
+#: the whole trace's (the root's subtotal), named like the figure.
+TRACE_COLUMNS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "trace_id": "string",
+        "name": "string",
+        "cell": "string",
+        "start_time": "datetime64[ns, UTC]",
+        "duration_ms": "Float64",
+        "spans": "Int64",
+        "running": "boolean",
+        **{figure.name: _SUBTOTAL_DTYPES[figure.kind] for figure in FIGURES},
+    }
+)
+
+
+def _typed_frame(columns: dict[str, list[Any]], dtypes: Mapping[str, str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {column: _column(columns[column], dtype) for column, dtype in dtypes.items()}
+    )
+
+
+def by_model_dataframe(trace: Trace) -> pd.DataFrame:
+    """One row per model of `trace`: its counted calls, every token figure, the cost and the
+    unpriced calls, most expensive first (as `TraceTree.by_model`). A model none of whose
+    calls has a price has cost `<NA>`, not 0.0; a cost next to unpriced calls is the known
+    part.
+
+    >>> import agenta_notebook as an
+    >>> with an.trace("models") as t:
+    ...     with an.span("a", type="llm"):
+    ...         an.record_usage(model="gpt-4o", input_tokens=10, output_tokens=5)
+    ...     with an.span("b", type="llm"):
+    ...         an.record_usage(model="my-own-llm", input_tokens=7, output_tokens=1)
+    >>> frame = t.by_model()
+    >>> frame["model"].tolist(), frame["total_tokens"].tolist(), frame["unpriced_calls"].tolist()
+    (['openai/gpt-4o', 'my-own-llm'], [15, 8], [0, 1])
+    >>> frame["cost"].isna().tolist()
+    [False, True]
+    """
+    groups: dict[str, list[Figures]] = {}
+    for node in trace.tree.stats.costed:
+        if node.counts_usage:
+            model = node.priced.matched_model or node.usage.model or UNKNOWN_MODEL
+            groups.setdefault(model, []).append(node.own)
+    totals = [(model, sum_figures(owns), owns) for model, owns in sorted(groups.items())]
+    # Most expensive first, then by name (a stable sort keeps the names' order); no
+    # arithmetic on the costs, so the caller's decimal context plays no part.
+    totals.sort(key=lambda row: row[1].cost or 0, reverse=True)
+    columns: dict[str, list[Any]] = {
+        "model": [model for model, _, _ in totals],
+        "calls": [sum(1 for own in owns if own.model_calls) for _, _, owns in totals],
+        "unpriced_calls": [total.unpriced_calls for _, total, _ in totals],
+    }
+    for figure in _MODEL_FIGURES:
+        columns[figure.name] = _values(figure.kind, figure.name, [t for _, t, _ in totals], False)
+    return _typed_frame(columns, MODEL_COLUMNS)
+
+
+def trace_totals_dataframe(*traces: Trace, kept: bool | None = None) -> pd.DataFrame:
+    """One row per trace: its name, notebook cell, start, duration, span count and the
+    totals of every figure (the root's subtotals, named like the figures), nullable.
+
+    With no trace given, the traces the session keeps (oldest first); else the ones given
+    (loaded from files, say), after the kept ones if `kept=True`. A trace given twice
+    has one row. `cell` is the notebook cell id of a `%%agenta_trace` cell when the
+    frontend sent one, else `<NA>`.
+    """
+    for given in traces:
+        if not isinstance(given, Trace):
+            raise TypeError(
+                "traces_dataframe takes traces as separate arguments, not "
+                f"{type(given).__name__} (unpack a list: traces_dataframe(*traces))"
+            )
+    chosen: list[Trace] = []
+    if kept or (kept is None and not traces):
+        chosen.extend(get_collector().traces())
+    seen: set[int] = set()
+    unique = []
+    for trace in (*chosen, *traces):
+        if id(trace) not in seen:
+            seen.add(id(trace))
+            unique.append(trace)
+    trees = [trace.tree for trace in unique]
+    roots = [tree.root for tree in trees]
+    # a synthetic root holds the top-level spans of a trace whose root span is missing
+    spans = [tree.size - (1 if tree.root.synthetic else 0) for tree in trees]
+    columns: dict[str, list[Any]] = {
+        "trace_id": [f"{trace.trace_id:032x}" for trace in unique],
+        "name": [trace.name for trace in unique],
+        "cell": [None if root.synthetic else _cell(root.record.attributes) for root in roots],
+        "start_time": [
+            root.record.start_time_ns if count else None
+            for root, count in zip(roots, spans, strict=True)
+        ],
+        "duration_ms": [
+            root.duration_ms if count else None for root, count in zip(roots, spans, strict=True)
+        ],
+        "spans": spans,
+        "running": [tree.running_count > 0 for tree in trees],
+    }
+    totals = [root.subtotal for root in roots]
+    for figure in FIGURES:
+        columns[figure.name] = _values(figure.kind, figure.name, totals, own=False)
+    return _typed_frame(columns, TRACE_COLUMNS)
+
+
+def _cell(attributes: Mapping[str, Any]) -> str | None:
+    cell = attributes.get(CELL_ID_KEY)
+    return cell if isinstance(cell, str) else None

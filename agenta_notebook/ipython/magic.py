@@ -64,6 +64,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import (
     Magics,
     cell_magic,
+    line_magic,
     magics_class,
     no_var_expand,
     output_can_be_silenced,
@@ -77,9 +78,10 @@ from agenta_notebook.collector import fail_span
 from agenta_notebook.core.usage import shorten
 from agenta_notebook.errors import internal_error
 from agenta_notebook.integrations.openai import maybe_instrument_on_load
+from agenta_notebook.io import ledger
 from agenta_notebook.io.otlp import current_export, maybe_export_on_load
 from agenta_notebook.live import Trace
-from agenta_notebook.runtime import get_collector, set_last_trace, start_root
+from agenta_notebook.runtime import get_collector, ledger_path, set_last_trace, start_root
 from agenta_notebook.threads import disable_thread_propagation, enable_thread_propagation
 from agenta_notebook.views import display
 
@@ -87,6 +89,8 @@ if TYPE_CHECKING:
     from contextvars import Token
 
 MAGIC_NAME: Final = "agenta_trace"
+#: The line magic showing the spend ledger.
+SPEND_MAGIC_NAME: Final = "agenta_spend"
 #: At exit, how long (seconds) the ``--save`` files still being written are waited for.
 EXIT_WAIT: Final = 10.0
 #: How many cells' last runs are remembered (to close a re-run cell's old view).
@@ -303,6 +307,9 @@ class CellRun:
         self._display: display.TraceDisplay | None = None
         #: when the cell's code stopped (`mark_code_end`), if known before the cell ends
         self.code_end_ns: int | None = None
+        #: what the spend ledger records of where the cell ran
+        self.cell_id: str | None = (attributes or {}).get(CELL_ID_ATTRIBUTE)
+        self.execution_count: int | None = getattr(shell, "execution_count", None)
         self.root, self.trace = start_root(name, attributes)
         self._token = otel_context.attach(otel_trace.set_span_in_context(self.root))
 
@@ -345,6 +352,7 @@ class CellRun:
             set_last_trace(self.trace)
             if self.options.output:
                 self.shell.user_ns[self.options.output] = self.trace
+        self._record_spend()
         try:
             shown = self._display
             if shown is not None:
@@ -359,6 +367,18 @@ class CellRun:
             # skipped, it is handed to the worker, and the user is told so.
             if self.options.save is not None:
                 self._save_later(f"interrupted; the trace will be saved to {self.options.save}")
+
+    def _record_spend(self) -> None:
+        """Queue the cell's totals for the spend ledger (written off the cell's path)."""
+        try:
+            ledger.record(
+                self.trace,
+                notebook=ledger.notebook_path(self.shell),
+                cell_id=self.cell_id,
+                execution_count=self.execution_count,
+            )
+        except Exception:  # the cell is traced and shown all the same
+            internal_error("queueing a cell's spend for the ledger")
 
     # -- --save: here if the trace is complete, else by the worker once it is ------------
     def _claim_save(self) -> bool:
@@ -664,6 +684,54 @@ class TraceMagics(Magics):
         finally:
             run.end(failure)
 
+    # -- %agenta_spend ---------------------------------------------------------------------
+    @magic_arguments(name="%" + SPEND_MAGIC_NAME)  # type: ignore[no-untyped-call, untyped-decorator]
+    @argument(  # type: ignore[no-untyped-call, untyped-decorator]
+        "--since",
+        metavar="WHEN",
+        default=None,
+        help="Only cells since WHEN: a time ago (30m, 24h, 7d, 2w) or a date (2026-11-01).",
+    )
+    @argument(  # type: ignore[no-untyped-call, untyped-decorator]
+        "--by",
+        default="day",
+        help="Group the cells by model, notebook or day (the default).",
+    )
+    @no_var_expand
+    @line_magic
+    def agenta_spend(self, line: str) -> None:
+        """Show what traced cells cost, from the spend ledger: a table and a bar chart.
+
+        Every finished ``%%agenta_trace`` cell is recorded there (see
+        `agenta_notebook.set_ledger`); `agenta_notebook.spend_dataframe()` returns the
+        same figures as a DataFrame.
+        """
+        try:
+            args = parse_argstring(self.agenta_spend, line)  # type: ignore[no-untyped-call]
+        except ValueError as error:  # shlex: "No closing quotation"
+            raise UsageError(f"%{SPEND_MAGIC_NAME}: {error} in {line!r}") from None
+        try:
+            by = ledger.grouping(_unquote(args.by))
+        except ValueError:
+            raise UsageError(
+                f"%{SPEND_MAGIC_NAME}: --by must be one of {', '.join(ledger.GROUPINGS)}, "
+                f"not {_unquote(args.by)!r}"
+            ) from None
+        since = _unquote(args.since)
+        try:
+            ledger.parse_since(since)
+        except ValueError as error:
+            raise UsageError(f"%{SPEND_MAGIC_NAME}: --{error}") from None
+        try:
+            frame = ledger.spend_dataframe(since=since, by=by)
+        except OSError as error:  # a ledger that cannot be read: the user's to fix
+            raise UsageError(f"%{SPEND_MAGIC_NAME}: {error}") from None
+        from IPython.display import HTML
+        from IPython.display import display as show
+
+        page = HTML(ledger.spend_html(frame, by, ledger_path()))  # type: ignore[no-untyped-call]
+        show(page)  # type: ignore[no-untyped-call]
+
 
 def _run_body(shell: Any, body: str) -> Any:
     """Run `body` like a cell in the user namespace; return its last expression's value."""
@@ -806,5 +874,6 @@ def unload(shell: Any) -> None:
         # Runs after the old hook has ended the cell (callbacks run in order).
         shell.events.register("post_run_cell", _RemoveWhenDone(shell, magics))
     shell.magics_manager.magics["cell"].pop(MAGIC_NAME, None)
+    shell.magics_manager.magics["line"].pop(SPEND_MAGIC_NAME, None)
     shell.magics_manager.registry.pop(TraceMagics.__name__, None)
     disable_thread_propagation()

@@ -28,7 +28,13 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from agenta_notebook.core.fields import COST_CONTEXT, FIGURE, FIGURES, Figure, Kind
-from agenta_notebook.core.rollup import Figures, ModelBreakdown, SpanNode, TraceSummary
+from agenta_notebook.core.rollup import (
+    Figures,
+    ModelBreakdown,
+    SpanNode,
+    TraceSummary,
+    TraceTree,
+)
 from agenta_notebook.core.usage import shorten
 from agenta_notebook.live import Trace
 
@@ -275,11 +281,34 @@ def view_scale(root: SpanNode, nodes: Iterable[SpanNode]) -> ViewScale:
             end = record.start_time_ns
         if end > latest:
             latest = end
-        cost = node.own.cost
-        if cost is not None and cost != 0:
-            size = cost.copy_abs()  # no context: never the notebook's
-            if smallest is None or size < smallest:
-                smallest = size
+        smallest = _smaller_cost(smallest, node)
+    return _scale(root, smallest, latest, running)
+
+
+def tree_scale(tree: TraceTree) -> ViewScale:
+    """`view_scale(tree.root, tree.nodes)` without a walk: from the tree's stats, which the
+    live roll-up keeps (a redraw of a big running trace reads no other node)."""
+    stats = tree.stats
+    smallest: Decimal | None = None
+    for node in stats.costed:
+        smallest = _smaller_cost(smallest, node)
+    root = tree.root
+    start = root.record.start_time_ns
+    latest = max(root.record.end_time_ns or start, stats.latest_ns or start)
+    return _scale(root, smallest, latest, root.running or stats.running > 0)
+
+
+def _smaller_cost(smallest: Decimal | None, node: SpanNode) -> Decimal | None:
+    cost = node.own.cost
+    if cost is not None and cost != 0:
+        size = cost.copy_abs()  # no context: never the notebook's
+        if smallest is None or size < smallest:
+            return size
+    return smallest
+
+
+def _scale(root: SpanNode, smallest: Decimal | None, latest: int, running: bool) -> ViewScale:
+    start = root.record.start_time_ns
     places = MIN_PLACES
     if smallest is not None:
         places = min(max(MIN_PLACES, -smallest.adjusted() + 1), MAX_PLACES)
@@ -734,12 +763,21 @@ def _static_row(node: SpanNode, scale: ViewScale) -> str:
 
 def open_depth(trace_nodes: Iterable[SpanNode], budget: int) -> int:
     """The deepest level to open so that at most `budget` rows show (at least the root)."""
-    per_depth: dict[int, int] = {}
+    per_depth: list[int] = []
     for node in trace_nodes:
-        per_depth[node.depth] = per_depth.get(node.depth, 0) + 1
+        while len(per_depth) <= node.depth:
+            per_depth.append(0)
+        per_depth[node.depth] += 1
+    return open_depth_of(per_depth, budget)
+
+
+def open_depth_of(depth_counts: Sequence[int], budget: int) -> int:
+    """`open_depth` from how many nodes sit at each depth (`TreeStats.depth_counts`)."""
     shown, depth = 0, 0
-    for level in sorted(per_depth):
-        shown += per_depth[level]
+    for level, count in enumerate(depth_counts):
+        if not count:
+            continue
+        shown += count
         if shown > budget:
             break
         depth = level
@@ -754,12 +792,12 @@ def static_html(
     each cut subtree saying how many spans it leaves out."""
     tree = trace.tree
     summary = trace.summary()
-    scale = view_scale(tree.root, tree.nodes)
-    open_below = open_depth(tree.nodes, STATIC_OPEN_BUDGET)
+    scale = tree_scale(tree)
+    open_below = open_depth_of(tree.stats.depth_counts, STATIC_OPEN_BUDGET)
     out: list[str] = [
         '<div class="agn-static">',
         _STATIC_STYLE,
-        header_html(summary, costliest_html(tree.nodes, scale), scale.places),
+        header_html(summary, costliest_html(tree.costed_nodes(), scale), scale.places),
         '<div style="font-family:monospace;font-size:12px;white-space:nowrap">'
         '<div class="agn-leaf" style="padding-left:1.1em;font-weight:600">'
         '<span class="agn-name" style="width:30.0em">span · type</span>'

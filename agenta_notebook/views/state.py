@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 
 from agenta_notebook.core.rollup import SpanNode, SpanRecord, TraceTree
 from agenta_notebook.core.usage import AG_JSON_PREFIX
-from agenta_notebook.views.html import open_depth
+from agenta_notebook.views.html import open_depth_of
 
 SortKey = Literal["start", "cost", "duration"]
 #: What a row's waterfall bar is drawn against: the whole trace, or the row's parent.
@@ -240,7 +240,7 @@ class TreeState:
 
     def types(self) -> list[str]:
         """The span types present in the tree, sorted."""
-        return sorted({node.type for node in self.tree.nodes if node.type})
+        return list(self.tree.stats.types)
 
     # -- filters ----------------------------------------------------------------------
     @property
@@ -407,7 +407,7 @@ class TreeState:
         if self._default_depth is not None:
             return self._default_depth
         if self._auto_depth is None:
-            self._auto_depth = open_depth(self.tree.nodes, self.auto_budget)
+            self._auto_depth = open_depth_of(self.tree.stats.depth_counts, self.auto_budget)
         return self._auto_depth
 
     def is_expanded(self, node: SpanNode) -> bool:

@@ -51,7 +51,7 @@ from agenta_notebook.views.html import (
     label,
     row_figures_html,
     safe_text,
-    view_scale,
+    tree_scale,
 )
 from agenta_notebook.views.state import (
     AUTO_BUDGET,
@@ -304,8 +304,8 @@ class TraceView:
             shared = _shared_models()
             self._layout, self._button_style, self._html_style, self._names_style = shared
             # Everything is made with its final state: no update message follows.
-            self._scale: ViewScale = view_scale(tree.root, tree.nodes)
-            self._top: list[SpanNode] = costliest(tree.nodes)
+            self._scale: ViewScale = tree_scale(tree)
+            self._top: list[SpanNode] = costliest(tree.costed_nodes())
             self.costliest: Any = None
             rows = self.state.rows()
             self._header_for: TraceTree | None = tree
@@ -665,7 +665,7 @@ class TraceView:
     def _status_html(self, rows: list[Row]) -> str:
         state = self.state
         shown = sum(1 for row in rows if row.kind == "span")
-        note = f"{shown:,} of {len(state.tree.nodes):,} spans shown"
+        note = f"{shown:,} of {state.tree.size:,} spans shown"
         if state.filter_active:
             note += " (filtered)"
             if state.nothing_matches:
@@ -717,7 +717,7 @@ class TraceView:
     def _sync_costliest(self) -> None:
         """Follow a new tree: the list is made when costs first appear, then updated."""
         tree = self.state.tree
-        self._top = costliest(tree.nodes)
+        self._top = costliest(tree.costed_nodes())
         if not self._top:
             return
         if self.costliest is None:
@@ -861,7 +861,7 @@ class TraceView:
         state = self.state
         tree = state.tree
         if self._header_for is not tree:
-            self._scale = view_scale(tree.root, tree.nodes)
+            self._scale = tree_scale(tree)
             self._header_part = header_html(self.trace.summary(), places=self._scale.places)
             self._sync_type_options()
             self._sync_costliest()
