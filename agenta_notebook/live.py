@@ -101,6 +101,9 @@ class Trace:
         self._user_prices = SHELLS.user_prices if user_prices is None else user_prices
         self._records: dict[int, SpanRecord] = {r.span_id: r for r in records}
         self._finished_raw: list[Any] = []
+        #: ended spans are converted in batches of this many as they end (None: only
+        #: when read; the benchmarks time the conversion with the roll-up that way)
+        self.convert_every: int | None = CONVERT_EVERY
         self._open_raw: dict[int, Any] = {}
         #: records kept since the last fold (converted ended spans, `add_records`)
         self._unfolded: list[SpanRecord] = []
@@ -139,7 +142,8 @@ class Trace:
             self._version += 1
             if span_id == self.root_span_id:
                 self.root_ended = True
-            if len(finished) >= CONVERT_EVERY and self._converter is not None:
+            every = self.convert_every
+            if every is not None and len(finished) >= every and self._converter is not None:
                 # Let go of the SDK's span objects: a record is one object where a
                 # finished SDK span is about ten the garbage collector walks again and
                 # again while the cell runs.

@@ -6,6 +6,7 @@ provider configured by the user before the collector attaches runs in a subproce
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -498,3 +499,29 @@ def test_the_pause_of_the_garbage_collector_is_counted_across_threads() -> None:
     release.set()
     worker.join(5)
     assert gc.isenabled()
+
+
+def test_a_long_cell_lets_go_of_the_sdk_spans_as_they_end() -> None:
+    """Ended spans become records in batches while the block runs: the SDK's finished
+    spans (about ten garbage-collected objects each) are not kept until the end."""
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from agenta_notebook.live import CONVERT_EVERY
+
+    def finished_sdk_spans() -> int:
+        gc.collect()
+        return sum(1 for item in gc.get_objects() if type(item) is ReadableSpan)
+
+    tracer = otel_trace.get_tracer("tests.release")
+    count = 2 * CONVERT_EVERY + 100
+    before = finished_sdk_spans()
+    with an.trace("long") as trace:
+        for index in range(count):
+            with tracer.start_as_current_span(f"step {index}") as span:
+                span.set_attribute("index", index)
+        kept = finished_sdk_spans() - before
+        assert kept < CONVERT_EVERY  # the ones since the last batch, at most
+        assert trace.span_count == count + 1  # and the root, running
+    nodes = trace.tree.nodes[1:]
+    assert [node.name for node in nodes] == [f"step {index}" for index in range(count)]
+    assert [node.record.attributes["index"] for node in nodes] == list(range(count))

@@ -808,3 +808,45 @@ def test_waterfall_in_rows_follows_the_scope(records: RecordFactory) -> None:
         assert "agn-conversation" in view.header.value  # the details pane's style rules
     finally:
         view.close()
+
+
+def test_a_live_redraw_walks_no_node_it_does_not_show(
+    records: RecordFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A redraw of a running trace reads the fold's stats and the rows on screen: the
+    tree's full list of nodes is never walked, and the header still counts every span,
+    model and cost."""
+    from agenta_notebook.core import rollup
+
+    root = records.add("root", running=True)
+    agents = [records.add(f"agent {i}", root, type="agent") for i in range(30)]
+    trace = Trace(records.trace_id, "root", root_span_id=root.span_id, records=records.all)
+    view = TraceView(trace)
+    try:
+        walks: list[int] = []
+        walked = rollup.TraceTree.nodes
+
+        def counting(tree: rollup.TraceTree) -> tuple[SpanNode, ...]:
+            walks.append(1)
+            return walked.__get__(tree)  # type: ignore[no-any-return]
+
+        for batch in range(3):
+            added = [
+                records.add(f"call {batch}.{i}", agents[i % 30], type=LLM, **usage(10))
+                for i in range(600)
+            ]
+            trace.add_records(added)
+            view.update()
+            if batch == 0:  # the first fold takes its stats from one walk
+                monkeypatch.setattr(rollup.TraceTree, "nodes", property(counting))
+        assert walks == []
+        tree = trace.tree
+        monkeypatch.undo()
+        assert f"of {len(tree.nodes):,} spans shown" in view.status_line.value
+        assert len(tree.nodes) == 1 + 30 + 1800
+        header = view.header.value
+        assert format_tokens(trace.totals.total_tokens) in header
+        for row in tree.by_model():
+            assert html.escape(row.model) in header
+    finally:
+        view.close()
