@@ -275,8 +275,9 @@ class Trace:
     def tree(self) -> TraceTree:
         """The tree with every subtotal, built from the spans seen so far.
 
-        The nodes of a tree read earlier are updated in place as spans are folded in;
-        its `nodes` and `by_id` stay those of its time."""
+        The nodes of a tree read earlier are updated in place as spans are folded in
+        (their figures, and the children folded in since); its `nodes`, `by_id` and
+        `stats` stay the spans of its time."""
         with self._build_lock:
             tree = self._rolled_up().snapshot()
             if tree is not self._tree:

@@ -16,6 +16,8 @@ Two parts, each printing ratios measured in the same run:
   read while "running" is already finished here) in batches of events with
   `trace.totals` read after each (each batch folded in), then `trace.tree` once; every
   timing as a ratio to one plain pass over the spans (CPU time).
+- `--part scale --steps 500000`: issue 14's 1M-span check in a fresh kernel: roll-up +
+  DataFrame CPU time, and the peak RSS over the kernel's before the cell, per span.
 - `--part kernel`: the cells in a real kernel (`%%agenta_trace --quiet`, `%%agenta_trace`,
   no magic, bare SDK spans), wall time from the execute request to idle, and how long
   after the cell's last line the kernel went idle (when the next cell can start).
@@ -316,9 +318,106 @@ def part_kernel(steps: int, rounds: int) -> None:
     print("idle after the cell's last line <= 0.2 s")
 
 
+SCALE_CELL = """%%agenta_trace scale --quiet
+run_steps(span, {steps})
+"""
+
+SCALE_MEASURE = """
+import resource, time
+def _rss_kb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+from agenta_notebook import last_trace
+_t = last_trace()
+_c0 = time.process_time()
+_tree = _t.tree
+_c1 = time.process_time()
+_frame = _t.to_dataframe()
+_c2 = time.process_time()
+SCALE = dict(
+    spans=len(_tree.nodes),
+    rows=len(_frame),
+    rollup=_c1 - _c0,
+    frame=_c2 - _c1,
+    peak_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    now_kb=_rss_kb(),
+)
+"""
+
+
+def part_scale(steps: int) -> None:
+    """Issue 14's 1M-span check: a `--quiet` traced cell making `2 * steps` spans in a
+    fresh kernel (nothing else keeps the SDK spans), then `trace.tree` and
+    `trace.to_dataframe()`: their CPU time, and the kernel's peak RSS over its RSS just
+    before the cell, per span."""
+    from jupyter_client.manager import KernelManager
+
+    def ignore(_msg: dict[str, Any]) -> None:
+        pass
+
+    def value(client: Any, expression: str) -> Any:
+        reply = client.execute_interactive(
+            "", output_hook=ignore, timeout=60, user_expressions={"v": expression}
+        )
+        return eval(reply["content"]["user_expressions"]["v"]["data"]["text/plain"])
+
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        for code in (
+            KERNEL_SETUP,
+            STEP_CODE.format(steps=10),
+            "%%agenta_trace warm --quiet\nrun_steps(span, 10)",
+        ):
+            reply = client.execute_interactive(code, output_hook=ignore, timeout=60)
+            if reply["content"]["status"] != "ok":
+                raise RuntimeError(f"setup failed: {reply['content']}")
+        client.execute_interactive(
+            "import gc, resource; gc.collect()\n"
+            "START_KB = int(open('/proc/self/statm').read().split()[1])"
+            " * resource.getpagesize() // 1024",
+            output_hook=ignore,
+            timeout=60,
+        )
+        start_kb = value(client, "START_KB")
+        started = time.perf_counter()
+        reply = client.execute_interactive(
+            SCALE_CELL.format(steps=steps), output_hook=ignore, timeout=3600
+        )
+        cell = time.perf_counter() - started
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"cell failed: {reply['content']}")
+        reply = client.execute_interactive(SCALE_MEASURE, output_hook=ignore, timeout=3600)
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"measure failed: {reply['content']}")
+        result = value(client, "SCALE")
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    spans = result["spans"] - 1  # the root
+    print(", ".join(f"{key} {value}" for key, value in machine().items()))
+    print(f"{spans:,} spans in one --quiet traced cell (a fresh kernel), cell wall {cell:.1f} s")
+    total = result["rollup"] + result["frame"]
+    print(
+        f"roll-up {result['rollup']:.2f} s + DataFrame {result['frame']:.2f} s = {total:.2f} s CPU"
+        " (target < 5 s at 1M)"
+    )
+    peak = (result["peak_kb"] - start_kb) * 1024 / spans
+    after = (result["now_kb"] - start_kb) * 1024 / spans
+    print(
+        f"peak RSS over the kernel's before the cell: {peak:,.0f} B per span (target <= 1,536);"
+        f" after, with the tree and the frame held: {after:,.0f} B per span"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["process", "fold", "kernel", "all"], default="process")
+    parser.add_argument(
+        "--part", choices=["process", "fold", "kernel", "scale", "all"], default="process"
+    )
     parser.add_argument("--spans", type=int, default=100_000, help="for --part fold")
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=2)
@@ -329,6 +428,8 @@ def main() -> None:
         part_fold(options.spans, options.rounds)
     if options.part in ("kernel", "all"):
         part_kernel(options.steps, options.rounds)
+    if options.part == "scale":  # not in "all": a million spans take minutes
+        part_scale(options.steps)
 
 
 if __name__ == "__main__":

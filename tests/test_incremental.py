@@ -19,6 +19,7 @@ from agenta_notebook.core.incremental import IncrementalTree, NeedsFullBuild, sh
 from agenta_notebook.core.pricing import NO_USER_PRICES
 from agenta_notebook.core.rollup import Figures, SpanNode, SpanRecord, TraceTree, build_tree
 from agenta_notebook.live import Trace
+from agenta_notebook.views.html import costliest, tree_costliest
 
 TRACE_ID = 0x1AC
 ROOT = 1
@@ -189,6 +190,8 @@ def assert_same_tree(folded: TraceTree, full: TraceTree) -> None:
     assert [n.span_id for n in folded.costed_nodes()] == [n.span_id for n in full.costed_nodes()]
     assert folded.warnings() == full.warnings()
     assert folded.by_model() == full.by_model()
+    top = [node.span_id for node in tree_costliest(folded)]
+    assert top == [node.span_id for node in costliest(full.nodes)]
     assert folded.size == len(full.nodes)
     assert [describe(n) for n in folded.nodes] == [describe(n) for n in full.nodes]
     assert folded.trace_id == full.trace_id
@@ -304,6 +307,21 @@ def engine_of(records: list[SpanRecord], root: int | None = ROOT) -> Incremental
 
 def check(engine: IncrementalTree, records: list[SpanRecord], root: int | None = ROOT) -> None:
     assert_same_tree(engine.snapshot(), build_tree(records, root, name="t"))
+
+
+def test_a_snapshot_keeps_the_spans_of_its_time() -> None:
+    """A snapshot taken before a fold walks its own spans when its nodes are first read
+    after that fold (their figures are the fold's): nodes, size and stats agree."""
+    held = [record(ROOT, None, 0, None), llm(2, ROOT, 1, 5)]
+    engine = engine_of(held)
+    assert engine.update([llm(3, ROOT, 6, 9)])
+    before = engine.snapshot()
+    assert engine.update([llm(4, ROOT, 10, 12), record(5, 4, 10, 11)])
+    after = engine.snapshot()
+    assert [node.span_id for node in before.nodes] == [ROOT, 2, 3]
+    assert before.size == len(before.nodes) == 3
+    assert [node.span_id for node in after.nodes] == [ROOT, 2, 3, 4, 5]
+    assert after.size == 5
 
 
 def test_a_typical_live_cell_folds_without_a_full_build() -> None:

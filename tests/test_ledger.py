@@ -499,3 +499,89 @@ def test_four_kernels_writing_200_cells_each_then_agenta_spend_adds_up(
     page = "".join(o.get("data", {}).get("text/html", "") for o in shown.outputs)
     assert f"total ${format(expected, 'f')} + 800 unpriced calls" in page, page[-400:]
     assert page.count("<td>800</td>") >= 2, "each model: 800 cells, 800 calls"
+
+
+# -- review fixes ---------------------------------------------------------------------------
+
+
+def test_sums_are_exact_whatever_the_notebooks_decimal_context(ledger_file: Path) -> None:
+    import decimal
+
+    traces = [traced(f"cell {i}", [("gpt-4o", 12_345, 6_789)]) for i in range(3)]
+    for trace in traces:
+        ledger.record(trace)
+    expected = cost_sum(traces)
+    assert len(expected.as_tuple().digits) > 4  # so that 4 digits would round it
+    with decimal.localcontext() as context:
+        context.prec = 4  # what a notebook may set for its own sums
+        for by in ("day", "model", "notebook"):
+            frame = an.spend_dataframe(by=by)  # type: ignore[arg-type]
+            assert Decimal(frame["cost_exact"].iloc[0]) == expected, by
+        html = ledger.spend_html(an.spend_dataframe(by="day"), "day", ledger_file)
+        assert f"total ${format(expected, 'f')}" in html
+
+
+def _written_after(count: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if ledger.WRITER.written >= count:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_cell_is_written_once_its_trace_is_complete_and_the_shell_idle(
+    ledger_file: Path,
+) -> None:
+    """Rows are built from the whole trace, off the next cell's time: a trace with a span
+    still running, or a shell running a cell, waits (a flush writes at once)."""
+    from opentelemetry import trace as otel_trace
+
+    ledger.flush()
+    written = ledger.WRITER.written
+    with an.trace("background") as trace:
+        late = otel_trace.get_tracer("tests.ledger").start_span("late")  # left running
+    assert trace.running
+    ledger.record(trace)
+    assert not _written_after(written + 1, 4 * ledger.POLL_SECONDS)
+    late.set_attributes(
+        {
+            "gen_ai.request.model": "gpt-4o",
+            "gen_ai.usage.input_tokens": 1_000,
+            "gen_ai.usage.output_tokens": 100,
+            "gen_ai.operation.name": "chat",
+        }
+    )
+    late.end()
+    assert _written_after(written + 1, 10)
+    frame = an.spend_dataframe()
+    row = frame[frame["trace_name"] == "background"].iloc[0]
+    assert Decimal(row["cost_exact"]) == trace.totals.cost  # the late call is counted
+
+    ledger.WRITER.shell_busy()
+    try:
+        ledger.record(traced("while busy", [("gpt-4o", 10, 10)]))
+        assert not _written_after(written + 2, 4 * ledger.POLL_SECONDS)
+    finally:
+        ledger.WRITER.shell_idle()
+    assert _written_after(written + 2, 10)
+
+
+def test_paths_that_cannot_name_a_file_and_folders_without_an_extension(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="set_ledger"):
+        an.set_ledger(path=str(tmp_path / "a\0b.sqlite3"))
+    monkeypatch.setenv(LEDGER_ENV, str(tmp_path / "not-made-yet" / "ledgers"))
+    assert RUNTIME.ledger.path() == tmp_path / "not-made-yet" / "ledgers" / "ledger.sqlite3"
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    an.set_ledger(path="~/spend.sqlite3")
+    assert RUNTIME.ledger.path() == home / "spend.sqlite3"
+    ledger.record(traced("one", [("gpt-4o", 10, 10)]))
+    assert ledger.flush()
+    an.set_ledger(path=tmp_path / "other.sqlite3")
+    frame = an.spend_dataframe(path="~/spend.sqlite3")
+    assert list(frame["trace_name"]) == ["one"]
+    assert list(an.spend_dataframe(path="~")["trace_name"]) == []  # the folder's ledger.sqlite3

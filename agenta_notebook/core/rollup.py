@@ -269,6 +269,18 @@ def tree_stats(nodes: Iterable[SpanNode]) -> TreeStats:
     )
 
 
+def _walk_held(root: SpanNode, by_id: Mapping[int, SpanNode]) -> Iterator[SpanNode]:
+    """The nodes below `root` that `by_id` holds (and the root), parents first."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        children = node.children
+        if children:
+            held = [child for child in children if by_id.get(child.span_id) is child]
+            stack.extend(reversed(held))
+
+
 def preorder_key(node: SpanNode) -> tuple[tuple[int, int], ...]:
     """Sort key giving nodes in the tree's pre-order (children in start order)."""
     path: list[tuple[int, int]] = []
@@ -285,8 +297,9 @@ class TraceTree:
 
     `nodes` is walked from the root when first read, when the snapshot was made without
     it (the live roll-up's: a redraw that shows 100 rows of 100,000 spans walks none of
-    the others). The live roll-up updates nodes in place, so a snapshot's nodes carry the
-    figures of the latest fold; its `by_id` keeps the spans of its time.
+    the others); the walk keeps to the spans of `by_id`, the snapshot's spans, so `nodes`,
+    `size` and `stats` agree. The live roll-up updates nodes in place: a snapshot's nodes
+    carry the figures of the latest fold, and their `children` the spans folded in since.
     """
 
     __slots__ = ("_nodes", "_stats", "by_id", "pricing_failures", "root", "trace_id")
@@ -314,7 +327,7 @@ class TraceTree:
         """Every node, parents before children, children in start order."""
         nodes = self._nodes
         if nodes is None:
-            nodes = self._nodes = tuple(self.root.walk())
+            nodes = self._nodes = tuple(_walk_held(self.root, self.by_id))
         return nodes
 
     @property

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from agenta_notebook.core.fields import FIGURES, NO_FIGURES, Figure, Kind, sum_figures
-from agenta_notebook.core.rollup import Figures, SpanNode
+from agenta_notebook.core.rollup import Figures, SpanNode, TraceTree
 from agenta_notebook.live import Trace
 from agenta_notebook.memory import gc_paused
 from agenta_notebook.runtime import get_collector
@@ -80,14 +80,14 @@ _FIGURE_NAMES: Final = tuple(figure.name for figure in FIGURES)
 _SAFE_TIME: Final = 2**62
 
 
-def _columns(traces: Iterable[Trace]) -> dict[str, Any]:
+def _columns(traces: Iterable[tuple[Trace, TraceTree]]) -> dict[str, Any]:
     """Every column, each read from the nodes by one list comprehension and made into its
     array at once (numpy and pandas' arrays built from a numpy array and a mask)."""
     nodes: list[SpanNode] = []
     trace_ids: list[str] = []
     trace_names: list[str] = []
-    for trace in traces:
-        trace_nodes = trace.tree.nodes
+    for trace, tree in traces:
+        trace_nodes = tree.nodes
         nodes.extend(trace_nodes)
         trace_ids.extend([f"{trace.trace_id:032x}"] * len(trace_nodes))
         trace_names.extend([trace.name] * len(trace_nodes))
@@ -375,9 +375,12 @@ def trace_dataframe(trace: Trace) -> pd.DataFrame:
 
 def spans_of_traces(traces: Iterable[Trace]) -> pd.DataFrame:
     """The rows of several traces in one frame."""
-    built = [(trace, trace.tree) for trace in traces]  # build outside the pause below
+    # Built (and walked) outside the pause below; the rows are those of these trees.
+    built = [(trace, trace.tree) for trace in traces]
+    for _trace, tree in built:
+        tree.nodes  # noqa: B018 - the walk of a live snapshot, outside the pause
     with gc_paused():  # many lists, none of them garbage
-        return _frame(_columns(trace for trace, _ in built))
+        return _frame(_columns(built))
 
 
 def spans_dataframe() -> pd.DataFrame:

@@ -44,9 +44,10 @@ from typing import Any, Final, Literal, NamedTuple
 import pandas as pd
 
 from agenta_notebook import forksafe
+from agenta_notebook.core.fields import COST_CONTEXT
 from agenta_notebook.errors import internal_error
 from agenta_notebook.live import Trace
-from agenta_notebook.runtime import ledger_path
+from agenta_notebook.runtime import ledger_file, ledger_path
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -69,6 +70,10 @@ BUSY_TIMEOUT: Final = 10.0
 EXIT_WAIT: Final = 10.0
 #: How often (seconds) the writer thread looks at the queue, when no flush asks it to.
 POLL_SECONDS: Final = 0.25
+#: A cell is written once its trace has no running span and the shell is idle (its rows
+#: are built from the whole trace, off the next cell's time), or after this many seconds
+#: (spans that never end, a "run all" of many cells).
+MAX_WAIT: Final = 60.0
 #: Cells queued and not yet written, at most (beyond: dropped, with one warning).
 MAX_PENDING: Final = 10_000
 #: How `spend_dataframe` and ``%agenta_spend`` can group the cells.
@@ -111,6 +116,8 @@ class CellSpend(NamedTuple):
     notebook: str | None
     cell_id: str | None
     execution_count: int | None
+    #: `time.monotonic()` when it was queued
+    queued: float = 0.0
 
 
 def _text(cost: Decimal | None) -> str | None:
@@ -213,6 +220,17 @@ class LedgerWriter:
         self._pending: deque[CellSpend] = deque()
         self._busy = False
         self._thread: threading.Thread | None = None
+        #: set while no cell of the shell runs (the writer waits for it: `MAX_WAIT`)
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def shell_busy(self) -> None:
+        """A cell started (the magic's `pre_run_cell`): hold the writes."""
+        self._idle.clear()
+
+    def shell_idle(self) -> None:
+        """A cell ended (the magic's `post_run_cell`)."""
+        self._idle.set()
 
     def after_fork(self) -> None:
         """In a forked child: no writer thread, none of the parent's cells to write."""
@@ -264,16 +282,36 @@ class LedgerWriter:
                 self._changed.wait(min(left, POLL_SECONDS))
         return True
 
+    def _ready(self, forced: bool) -> list[CellSpend]:
+        """The queued cells to write now (under the lock): all of them on a flush; else
+        those whose trace is complete, once the shell is idle; or those waiting for
+        `MAX_WAIT` seconds."""
+        pending = self._pending
+        now = time.monotonic()
+        if forced:
+            return [pending.popleft() for _ in range(len(pending))]
+        if not self._idle.is_set() and now - pending[0].queued < MAX_WAIT:
+            return []
+        ready: list[CellSpend] = []
+        waiting: list[CellSpend] = []
+        for _ in range(len(pending)):  # cells queued meanwhile stay after these
+            cell = pending.popleft()
+            late = now - cell.queued >= MAX_WAIT
+            (ready if late or not cell.trace.running else waiting).append(cell)
+        pending.extendleft(reversed(waiting))
+        return ready
+
     def _work(self) -> None:
         pending, wake = self._pending, self._wake
         while True:
             wake.wait(POLL_SECONDS)
+            forced = wake.is_set()
             wake.clear()
             with self._changed:
-                if not pending:
+                batch = self._ready(forced) if pending else []
+                if not batch:
                     self._changed.notify_all()
                     continue
-                batch = [pending.popleft() for _ in range(len(pending))]
                 self._busy = True
             try:
                 self._write(batch)
@@ -300,7 +338,7 @@ class LedgerWriter:
                     internal_error("reading a cell's totals for the spend ledger")
             try:
                 self._insert(path, rows)
-            except (sqlite3.Error, OSError) as error:
+            except Exception as error:  # any failure to write: warned once, rows dropped
                 with self._changed:
                     self.dropped += len(cells)
                 self._cannot_write(path, error)
@@ -320,7 +358,7 @@ class LedgerWriter:
                 connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
-        except (sqlite3.Error, OSError):
+        except Exception:
             # Opened again for the next batch: the file may be writable by then.
             self._connections.pop(path, None)
             connection.close()
@@ -366,6 +404,7 @@ def record(
         notebook=notebook,
         cell_id=cell_id,
         execution_count=execution_count,
+        queued=time.monotonic(),
     )
     return WRITER.record(cell)
 
@@ -454,7 +493,8 @@ def _add_cost(total: Decimal | None, text: str | None) -> Decimal | None:
     if text is None:
         return total
     value = Decimal(text)
-    return value if total is None else total + value
+    # exact, whatever the notebook's decimal context says (`COST_CONTEXT`)
+    return value if total is None else COST_CONTEXT.add(total, value)
 
 
 class _Group:
@@ -562,7 +602,7 @@ def _grouped_frame(rows: Iterable[tuple[Any, ...]], by: Grouping) -> pd.DataFram
         key, group = item
         if by == "day":
             return (key,)
-        return (-(group.cost or 0), str(key))
+        return (COST_CONTEXT.minus(group.cost or Decimal(0)), str(key))
 
     items = sorted(groups.items(), key=order)
     data: dict[str, list[Any]] = {
@@ -603,7 +643,7 @@ def spend_dataframe(
     if by is not None:
         by = grouping(by)
     start = parse_since(since)
-    file = Path(path) if path is not None else ledger_path()
+    file = ledger_file(path) if path is not None else ledger_path()
     flush()
     rows = [] if file is None else _read(file, start)
     if by is None:
@@ -657,7 +697,10 @@ def spend_html(frame: pd.DataFrame, by: Grouping, source: Path | None) -> str:
             f'<td class="bars"><span class="bar" style="width:{width:.1f}px"></span></td>'
             "</tr>"
         )
-    total = sum((cost for cost in costs if cost is not None), Decimal(0))
+    total = Decimal(0)
+    for cost in costs:
+        if cost is not None:
+            total = COST_CONTEXT.add(total, cost)
     unpriced_total = int(frame["unpriced_calls"].sum()) if len(frame) else 0
     note = (
         f"total ${format(total, 'f')}"

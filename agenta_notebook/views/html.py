@@ -34,6 +34,7 @@ from agenta_notebook.core.rollup import (
     SpanNode,
     TraceSummary,
     TraceTree,
+    preorder_key,
 )
 from agenta_notebook.core.usage import shorten
 from agenta_notebook.live import Trace
@@ -384,6 +385,17 @@ def model_inline(node: SpanNode) -> str:
 def costliest(nodes: Iterable[SpanNode], count: int = COSTLIEST) -> list[SpanNode]:
     """The `count` spans with the largest own counted cost, costliest first."""
     priced = (node for node in nodes if node.own.cost is not None and node.own.cost > 0)
+    return heapq.nlargest(count, priced, key=lambda node: node.own.cost or 0)
+
+
+def tree_costliest(tree: TraceTree, count: int = COSTLIEST) -> list[SpanNode]:
+    """`costliest(tree.nodes)` without a walk: from the spans with figures of their own
+    (the tree's stats); only those tied at the cut are put in tree order."""
+    priced = [node for node in tree.stats.costed if node.own.cost is not None and node.own.cost > 0]
+    if len(priced) > count:
+        cut = heapq.nlargest(count, (node.own.cost or 0 for node in priced))[-1]
+        priced = [node for node in priced if (node.own.cost or 0) >= cut]
+    priced.sort(key=preorder_key)  # ties go in tree order, as in `costliest`
     return heapq.nlargest(count, priced, key=lambda node: node.own.cost or 0)
 
 

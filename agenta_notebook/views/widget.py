@@ -44,13 +44,13 @@ from agenta_notebook.views.details import DETAILS_CSS, details_html
 from agenta_notebook.views.html import (
     ViewScale,
     column_heads_html,
-    costliest,
     costliest_label,
     escape,
     header_html,
     label,
     row_figures_html,
     safe_text,
+    tree_costliest,
     tree_scale,
 )
 from agenta_notebook.views.state import (
@@ -305,7 +305,7 @@ class TraceView:
             self._layout, self._button_style, self._html_style, self._names_style = shared
             # Everything is made with its final state: no update message follows.
             self._scale: ViewScale = tree_scale(tree)
-            self._top: list[SpanNode] = costliest(tree.costed_nodes())
+            self._top: list[SpanNode] = tree_costliest(tree)
             self.costliest: Any = None
             rows = self.state.rows()
             self._header_for: TraceTree | None = tree
@@ -717,7 +717,7 @@ class TraceView:
     def _sync_costliest(self) -> None:
         """Follow a new tree: the list is made when costs first appear, then updated."""
         tree = self.state.tree
-        self._top = costliest(tree.costed_nodes())
+        self._top = tree_costliest(tree)
         if not self._top:
             return
         if self.costliest is None:
