@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from agenta_notebook.budget import BudgetExceeded
 from agenta_notebook.core.rollup import Figures, SpanNode, SpanRecord, TraceSummary, build_tree
 from agenta_notebook.core.usage import Usage, read_usage
 from agenta_notebook.integrations.instrument import instrument, uninstrument
 from agenta_notebook.integrations.openai import instrument_openai, uninstrument_openai
+from agenta_notebook.io.compare import Comparison, compare
 from agenta_notebook.io.frame import spans_dataframe
 from agenta_notebook.io.frame import trace_totals_dataframe as traces_dataframe
 from agenta_notebook.io.ledger import spend_dataframe
@@ -90,6 +92,8 @@ def unload_ipython_extension(ipython: object) -> None:
 
 __all__ = [
     "RUNTIME",
+    "BudgetExceeded",
+    "Comparison",
     "Figures",
     "Runtime",
     "SpanNode",
@@ -102,6 +106,7 @@ __all__ = [
     "build_tree",
     "calculate_cost",
     "clear_prices",
+    "compare",
     "export_to",
     "get_collector",
     "instrument",

@@ -67,7 +67,11 @@ if TYPE_CHECKING:
     from agenta_notebook.core.usage import Usage
 
 __all__ = [
+    "BUDGET_DOLLARS",
+    "BUDGET_TOKENS",
     "RUNTIME",
+    "Budget",
+    "Budgets",
     "Runtime",
     "attach_everywhere",
     "attached_providers",
@@ -77,7 +81,9 @@ __all__ = [
     "get_collector",
     "get_tracer",
     "last_trace",
+    "ledger_file",
     "ledger_path",
+    "make_budget",
     "set_capture",
     "set_last_trace",
     "set_ledger",
@@ -86,6 +92,7 @@ __all__ = [
     "start_root",
     "trace",
     "user_prices",
+    "with_budget",
 ]
 
 PriceListener = Callable[[], None]
@@ -519,6 +526,97 @@ class Instruments:
         ]
 
 
+# -- budgets --------------------------------------------------------------------------------
+
+
+class Budget:
+    """The limits a trace asked for: dollars of counted cost, tokens, or both."""
+
+    __slots__ = ("dollars", "max_tokens")
+
+    def __init__(self, dollars: Decimal | None, max_tokens: int | None) -> None:
+        self.dollars = dollars
+        self.max_tokens = max_tokens
+
+    def __repr__(self) -> str:
+        return f"<Budget dollars={self.dollars} max_tokens={self.max_tokens}>"
+
+    def attributes(self) -> dict[str, Any]:
+        """What the root span of its trace records of it (`BUDGET_DOLLARS`, `BUDGET_TOKENS`)."""
+        found: dict[str, Any] = {}
+        if self.dollars is not None:
+            found[BUDGET_DOLLARS] = str(self.dollars)
+        if self.max_tokens is not None:
+            found[BUDGET_TOKENS] = self.max_tokens
+        return found
+
+
+#: Root-span attributes of a trace with a budget: its dollars (a decimal string) and tokens.
+BUDGET_DOLLARS: Final = "agenta_notebook.budget.dollars"
+BUDGET_TOKENS: Final = "agenta_notebook.budget.max_tokens"
+
+
+def with_budget(
+    attributes: Mapping[str, Any] | None, budget: Budget | None
+) -> Mapping[str, Any] | None:
+    """`attributes` for a root span, with those of `budget` added (if any)."""
+    if budget is None:
+        return attributes
+    return {**(attributes or {}), **budget.attributes()}
+
+
+def make_budget(budget: Any = None, max_tokens: Any = None) -> Budget | None:
+    """Check a budget's values (dollars > 0, tokens a whole number > 0): None for none.
+
+    Raises TypeError or ValueError on a bad value, before anything starts."""
+    dollars: Decimal | None = None
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float, Decimal, str)):
+            raise TypeError(f"budget must be a number of dollars, not {type(budget).__name__}")
+        try:
+            dollars = Decimal(str(budget).strip())
+        except ArithmeticError:
+            raise ValueError(f"budget must be a number of dollars, not {budget!r}") from None
+        if not dollars.is_finite() or dollars <= 0:
+            raise ValueError(f"budget must be a positive number of dollars, not {budget!r}")
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+            raise TypeError(f"max_tokens must be an int, not {type(max_tokens).__name__}")
+        if max_tokens <= 0:
+            raise ValueError(f"max_tokens must be a positive number of tokens, not {max_tokens}")
+    if dollars is None and max_tokens is None:
+        return None
+    return Budget(dollars, max_tokens)
+
+
+class Budgets:
+    """The budgets of the traces running with one, by trace id (`agenta_notebook.budget`
+    refuses a model request of such a trace once its counted figures reach the budget)."""
+
+    def __init__(self) -> None:
+        #: trace id -> its budget; read without a lock before every model request
+        self.by_trace: dict[int, Budget] = {}
+        #: installs the request guards (set by `agenta_notebook.budget` when imported)
+        self.install_guards: Callable[[], None] | None = None
+
+    def start(self, trace: Trace, budget: Budget | None) -> None:
+        if budget is None:
+            return
+        install = self.install_guards
+        if install is not None:
+            install()
+        self.by_trace[trace.trace_id] = budget
+
+    def end(self, trace: Trace) -> None:
+        self.by_trace.pop(trace.trace_id, None)
+
+    def reset(self) -> None:
+        self.by_trace.clear()
+
+    def describe(self) -> list[str]:
+        return [f"budgets: {len(self.by_trace)} running trace(s) with one"]
+
+
 # -- threads --------------------------------------------------------------------------------
 
 
@@ -650,7 +748,18 @@ def default_ledger_path() -> Path:
 
 
 def _ledger_file(path: Path) -> Path:
-    return path / LEDGER_FILE_NAME if path.is_dir() else path
+    """The ledger file for a path given: a folder (one that exists, or a name with no
+    extension) holds `LEDGER_FILE_NAME`; anything else is the file itself."""
+    return path / LEDGER_FILE_NAME if path.is_dir() or not path.suffix else path
+
+
+def ledger_file(path: str | os.PathLike[str]) -> Path:
+    """`path` as the ledger file it names (`~` expanded; a folder holds the ledger);
+    ValueError for a path that cannot name a file."""
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text.strip() or "\0" in text:
+        raise ValueError(f"a spend ledger path must name a file or a folder, not {path!r}")
+    return _ledger_file(Path(text).expanduser())
 
 
 class Ledger:
@@ -679,7 +788,7 @@ class Ledger:
             if not isinstance(path, str | os.PathLike):
                 raise TypeError(f"set_ledger: path must be a str or a path, not {path!r}")
             text = os.fspath(path)
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(text, str) or not text.strip() or "\0" in text:
                 raise ValueError(f"set_ledger: path must name a file or a folder, not {path!r}")
             chosen = Path(text).expanduser()
         with self.lock:
@@ -711,6 +820,8 @@ class Ledger:
         if setting.lower() in _OFF_WORDS:
             return None if enabled is None else default_ledger_path()
         if setting:
+            if "\0" in setting:
+                return None  # cannot name a file: off (`describe` shows it)
             return _ledger_file(Path(setting).expanduser())
         return default_ledger_path()
 
@@ -742,6 +853,7 @@ class Runtime:
         self.threads = ThreadPropagation()
         self.capture = Capture()
         self.ledger = Ledger()
+        self.budgets = Budgets()
 
     def reset(self) -> None:
         """Back to the state of a fresh import, in one call.
@@ -761,6 +873,7 @@ class Runtime:
         self.threads.reset()
         self.capture.reset()
         self.ledger.reset()
+        self.budgets.reset()
 
     def describe(self) -> str:
         """What is attached, retained, priced, exported and open, one line each."""
@@ -773,6 +886,7 @@ class Runtime:
             *self.threads.describe(),
             *self.capture.describe(),
             *self.ledger.describe(),
+            *self.budgets.describe(),
         ]
         return "agenta_notebook runtime\n" + "\n".join(f"  {line}" for line in lines)
 
@@ -903,8 +1017,18 @@ def start_root(
 
 
 @contextmanager
-def trace(name: str = "trace", *, attributes: Mapping[str, Any] | None = None) -> Iterator[Trace]:
+def trace(
+    name: str = "trace",
+    *,
+    attributes: Mapping[str, Any] | None = None,
+    budget: float | Decimal | str | None = None,
+    max_tokens: int | None = None,
+) -> Iterator[Trace]:
     """Run a block inside one root span and yield its `Trace`, complete when it exits.
+
+    With `budget` (dollars) or `max_tokens`, a model request of this trace made once its
+    counted cost (or tokens) has reached the limit raises `BudgetExceeded` instead of
+    leaving the process (openai and anthropic clients; see docs/options.md).
 
     >>> from agenta_notebook import trace, span
     >>> with trace("demo") as t:
@@ -915,14 +1039,17 @@ def trace(name: str = "trace", *, attributes: Mapping[str, Any] | None = None) -
     """
     if not isinstance(name, str):  # a file's trace name is text: refuse before starting
         raise TypeError(f"the trace's name must be a str, not {type(name).__name__}")
-    root, result = start_root(name, attributes)
+    limits = make_budget(budget, max_tokens)
+    root, result = start_root(name, with_budget(attributes, limits))
     token = otel_context.attach(otel_trace.set_span_in_context(root))
     try:
+        RUNTIME.budgets.start(result, limits)
         yield result
     except BaseException as error:
         fail_span(root, error)
         raise
     finally:
+        RUNTIME.budgets.end(result)
         otel_context.detach(token)
         try:
             root.end()  # may raise: a user's span processor (the SDK does not catch)

@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("live",),
     ("collector",),
     ("runtime",),
-    ("capture", "spans", "threads", "views", "io", "integrations", "demo"),
+    ("budget", "capture", "spans", "threads", "views", "io", "integrations", "demo"),
     ("ipython",),
     ("",),  # the package's __init__
 )

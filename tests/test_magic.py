@@ -629,7 +629,12 @@ def test_help_lists_the_options(kernel: Kernel) -> None:
         o.get("data", {}).get("text/plain", "") + o.get("text", "") for o in cell.outputs
     )
     text = ANSI.sub("", text)
-    for option in ("%%agenta_trace [-o VAR] [--quiet] [--save PATH] [name]", "--quiet", "-o VAR"):
+    for option in (
+        "%%agenta_trace [-o VAR] [--quiet] [--save PATH] [--budget DOLLARS]",
+        "[--max-tokens N]",
+        "--quiet",
+        "-o VAR",
+    ):
         assert option in text
 
 

@@ -46,6 +46,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from agenta_notebook import forksafe
+from agenta_notebook.budget import check_request
 from agenta_notebook.errors import internal_error
 from agenta_notebook.runtime import RUNTIME, attach_everywhere, get_collector
 
@@ -164,8 +165,15 @@ def _watch_stream(response: Any) -> None:
         watch.watch(span_context.trace_id, response)
 
 
+def _options(args: Any, kwargs: Any) -> Any:
+    """The `options` argument of `request(cast_to, options, ...)`."""
+    return args[1] if len(args) > 1 else kwargs.get("options")
+
+
 def _sync_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     __tracebackhide__ = True  # IPython and pytest leave this frame out
+    # Before the instrumentor's span: a request refused by a budget is no model call.
+    check_request(_options(args, kwargs))
     response = wrapped(*args, **kwargs)
     try:
         _watch_stream(response)
@@ -176,6 +184,7 @@ def _sync_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 async def _async_request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     __tracebackhide__ = True  # IPython and pytest leave this frame out
+    check_request(_options(args, kwargs))
     response = await wrapped(*args, **kwargs)
     try:
         _watch_stream(response)

@@ -8,7 +8,7 @@ or ``ipython_kernel_config.py`` for Jupyter kernels only)::
 
 Then mark a cell::
 
-    %%agenta_trace [NAME] [-o VAR] [--quiet] [--save PATH]
+    %%agenta_trace [NAME] [-o VAR] [--quiet] [--save PATH] [--budget DOLLARS] [--max-tokens N]
     answer = await agent.run("question")
 
 The cell runs exactly as it would without the first line (same output, same errors,
@@ -81,7 +81,16 @@ from agenta_notebook.integrations.openai import maybe_instrument_on_load
 from agenta_notebook.io import ledger
 from agenta_notebook.io.otlp import current_export, maybe_export_on_load
 from agenta_notebook.live import Trace
-from agenta_notebook.runtime import get_collector, ledger_path, set_last_trace, start_root
+from agenta_notebook.runtime import (
+    RUNTIME,
+    Budget,
+    get_collector,
+    ledger_path,
+    make_budget,
+    set_last_trace,
+    start_root,
+    with_budget,
+)
 from agenta_notebook.threads import disable_thread_propagation, enable_thread_propagation
 from agenta_notebook.views import display
 
@@ -134,6 +143,8 @@ class CellOptions:
     output: str | None = None
     quiet: bool = False
     save: str | None = None
+    #: --budget / --max-tokens, checked (None: no budget)
+    budget: Budget | None = None
 
 
 def _inside_a_running_cell() -> bool:
@@ -166,6 +177,23 @@ def _unquote(value: str | None) -> str | None:
     if value is not None and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         return value[1:-1]
     return value
+
+
+def _budget(dollars: str | None, tokens: str | None) -> Budget | None:
+    """The checked --budget / --max-tokens of a magic line; `UsageError` on a bad one."""
+    dollars = _unquote(dollars)
+    tokens = _unquote(tokens)
+    if tokens is not None and not tokens.strip().isdecimal():
+        raise UsageError(f"%%{MAGIC_NAME}: --max-tokens needs a whole number, not {tokens!r}")
+    try:
+        return make_budget(dollars, int(tokens) if tokens is not None else None)
+    except (TypeError, ValueError) as error:
+        message = (
+            str(error)
+            .replace("budget must be", "--budget needs")
+            .replace("max_tokens must be", "--max-tokens needs")
+        )
+        raise UsageError(f"%%{MAGIC_NAME}: {message}") from None
 
 
 def cell_name(body: str) -> str:
@@ -310,7 +338,8 @@ class CellRun:
         #: what the spend ledger records of where the cell ran
         self.cell_id: str | None = (attributes or {}).get(CELL_ID_ATTRIBUTE)
         self.execution_count: int | None = getattr(shell, "execution_count", None)
-        self.root, self.trace = start_root(name, attributes)
+        self.root, self.trace = start_root(name, with_budget(attributes, options.budget))
+        RUNTIME.budgets.start(self.trace, options.budget)
         self._token = otel_context.attach(otel_trace.set_span_in_context(self.root))
 
     def show(self) -> None:
@@ -340,6 +369,7 @@ class CellRun:
         self._ended = True
         # The mark stands only for a cell that failed: its code stopped there.
         end_ns = self.code_end_ns if error is not None and self.code_end_ns else time.time_ns()
+        RUNTIME.budgets.end(self.trace)
         _reset_context(self._token)
         try:
             if error is not None:
@@ -501,6 +531,7 @@ class TraceMagics(Magics):
             output=output,
             quiet=args.quiet,
             save=_unquote(args.save),
+            budget=_budget(args.budget, args.max_tokens),
         )
 
     def _try_options(self, line: str) -> CellOptions | None:
@@ -559,6 +590,7 @@ class TraceMagics(Magics):
 
     # -- execution events ------------------------------------------------------------------
     def pre_run_cell(self, info: Any) -> None:
+        ledger.WRITER.shell_busy()
         running = self._running
         running.append(id(info))
         if len(running) > MAX_NESTED_CELLS:  # a cell whose end event never came
@@ -599,6 +631,7 @@ class TraceMagics(Magics):
             internal_error("starting the trace of a cell")
 
     def post_run_cell(self, result: Any) -> None:
+        ledger.WRITER.shell_idle()
         running = self._running
         if result is None:
             if running:
@@ -658,6 +691,18 @@ class TraceMagics(Magics):
         metavar="PATH",
         default=None,
         help="Write the trace to PATH (OTLP JSON) once every span in it has ended.",
+    )
+    @argument(  # type: ignore[no-untyped-call, untyped-decorator]
+        "--budget",
+        metavar="DOLLARS",
+        default=None,
+        help="Refuse the cell's model requests once its counted cost reaches DOLLARS.",
+    )
+    @argument(  # type: ignore[no-untyped-call, untyped-decorator]
+        "--max-tokens",
+        metavar="N",
+        default=None,
+        help="Refuse the cell's model requests once its counted tokens reach N.",
     )
     @no_var_expand
     @cell_magic

@@ -1,0 +1,423 @@
+"""`an.compare(*traces)`: several traces aligned span by span, with deltas or spreads.
+
+Spans are aligned by their path from the root: the names from the root down, each with
+its ordinal among the same-named children of its parent (in start order), so the 3rd
+`grade` under a step of run A meets the 3rd `grade` under the same step of run B. The
+roots always meet, whatever their names. A span present in only some traces is `<NA>` in
+the others.
+
+Per node and per trace, four figures of the subtree: `cost` (the known dollars; `<NA>`
+when nothing in it is priced or the span is absent: never 0.0 for "unknown"),
+`tokens` (total tokens), `duration_ms` and `calls` (model calls), plus `unpriced` (the
+unpriced calls, so a cost next to a non-zero count reads as a lower bound).
+
+Two traces: each trace's figures and the delta (second minus first); the cost delta is
+`<NA>` when either side has unpriced calls (a difference of two lower bounds is not a
+difference). Three or more (a loop over dataset rows): min / median / max of each figure
+over the traces that have the span, and `runs`, how many have it; the per-trace columns
+are left out by default (20 runs would be 100 columns) and kept with `per_trace=True`.
+
+>>> import agenta_notebook as an
+>>> runs = []
+>>> for model in ("gpt-4o", "gpt-4o-mini"):
+...     with an.trace("run") as t, an.span("llm", type="llm"):
+...         an.record_usage(model=model, input_tokens=100, output_tokens=20)
+...     runs.append(t)
+>>> frame = an.compare(*runs).to_dataframe()
+>>> frame[("delta", "tokens")].tolist()
+[0, 0]
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from decimal import Decimal, localcontext
+from typing import Any, Final
+
+import pandas as pd
+
+from agenta_notebook.core.fields import COST_CONTEXT
+from agenta_notebook.core.rollup import SpanNode
+from agenta_notebook.live import Trace
+from agenta_notebook.views.html import escape, format_cost, format_duration, format_money
+
+#: The static HTML shows at most this many rows; the DataFrame has them all.
+MAX_HTML_ROWS: Final = 500
+#: How many of the biggest changes of each figure are highlighted.
+HIGHLIGHTED: Final = 3
+
+#: The figures compared, in column order, with their nullable dtype.
+FIGURE_DTYPES: Final = (
+    ("cost", "Float64"),
+    ("tokens", "Int64"),
+    ("duration_ms", "Float64"),
+    ("calls", "Int64"),
+    ("unpriced", "Int64"),
+)
+#: The figures that get a delta or a spread (`unpriced` qualifies the cost).
+COMPARED: Final = ("cost", "tokens", "duration_ms", "calls")
+SPAN_GROUP: Final = "span"
+
+
+def _check(traces: Sequence[object]) -> tuple[Trace, ...]:
+    for position, value in enumerate(traces):
+        if not isinstance(value, Trace):
+            hint = (
+                " (a list or tuple of traces: unpack it, an.compare(*traces))"
+                if isinstance(value, list | tuple)
+                else ""
+            )
+            raise TypeError(
+                f"an.compare() takes traces (agenta_notebook.Trace); argument {position} "
+                f"is a {type(value).__name__}{hint}"
+            )
+    if len(traces) < 2:
+        raise ValueError(f"an.compare() needs at least 2 traces to compare, got {len(traces)}")
+    return tuple(traces)  # type: ignore[arg-type]
+
+
+#: What stands for the model in the aligned name of a span named after its model.
+MODEL_PLACEHOLDER: Final = "{model}"
+
+
+def _model_blind(name: str, node: SpanNode) -> str:
+    """`name` with a trailing model name replaced by `{model}`: the GenAI conventions name
+    a call `chat gpt-4o`, and the same call with another model must still align."""
+    for model in (node.usage.request_model, node.usage.model):
+        if model and name.endswith(model) and len(name) > len(model):
+            return name[: -len(model)] + MODEL_PLACEHOLDER
+    return name
+
+
+def _labels(traces: Sequence[Trace]) -> tuple[str, ...]:
+    """One column-group label per trace: its name, numbered when names repeat."""
+    names = [trace.name for trace in traces]
+    if len(set(names)) == len(names):
+        return tuple(names)
+    return tuple(f"{index}: {name}" for index, name in enumerate(names))
+
+
+class Comparison:
+    """Traces aligned span by span (see the module's docstring); `to_dataframe()` and, in a
+    notebook, a static HTML table."""
+
+    def __init__(self, traces: Sequence[Trace]) -> None:
+        self.traces: tuple[Trace, ...] = tuple(traces)
+        self.labels = _labels(self.traces)
+        #: per row: its parent row (-1 for the root), name, ordinal and depth, in tree order
+        self.parents: list[int] = []
+        self.names: list[str] = []
+        #: the names the rows are aligned by: a model in a span's name is `{model}`
+        self.keys: list[str] = []
+        self.ordinals: list[int] = []
+        self.depths: list[int] = []
+        #: per trace, per row: the aligned node, or None
+        self.nodes: list[list[SpanNode | None]] = []
+        self._align()
+
+    def _align(self) -> None:
+        parents: list[int] = [-1]
+        names: list[str] = [self.traces[0].tree.root.name]
+        keys: list[str] = list(names)
+        ordinals: list[int] = [0]
+        depths: list[int] = [0]
+        children: list[list[int]] = [[]]
+        index: dict[tuple[int, str, int], int] = {}
+        found: list[dict[int, SpanNode]] = []
+        for trace in self.traces:
+            here: dict[int, SpanNode] = {}
+            found.append(here)
+            stack: list[tuple[SpanNode, int]] = [(trace.tree.root, 0)]
+            while stack:
+                node, row = stack.pop()
+                here[row] = node
+                seen: dict[str, int] = {}
+                for child in node.children:
+                    name = child.record.name
+                    if child.usage.model is not None:
+                        name = _model_blind(name, child)
+                    ordinal = seen.get(name, 0)
+                    seen[name] = ordinal + 1
+                    key = (row, name, ordinal)
+                    child_row = index.get(key)
+                    if child_row is None:
+                        child_row = index[key] = len(parents)
+                        parents.append(row)
+                        names.append(child.record.name)
+                        keys.append(name)
+                        ordinals.append(ordinal)
+                        depths.append(depths[row] + 1)
+                        children.append([])
+                        children[row].append(child_row)
+                    stack.append((child, child_row))
+        # Tree order: parents before children, a trace's new spans after the others'.
+        order: list[int] = []
+        pending = [0]
+        while pending:
+            row = pending.pop()
+            order.append(row)
+            pending.extend(reversed(children[row]))
+        renumber = {row: position for position, row in enumerate(order)}
+        self.parents = [renumber.get(parents[row], -1) for row in order]
+        self.names = [names[row] for row in order]
+        self.keys = [keys[row] for row in order]
+        self.ordinals = [ordinals[row] for row in order]
+        self.depths = [depths[row] for row in order]
+        self.nodes = [[here.get(row) for row in order] for here in found]
+
+    @property
+    def paths(self) -> list[str]:
+        """Each row's path, `root/step[0]/grade[2]`: the aligned key, as text."""
+        paths: list[str] = []
+        for row, name in enumerate(self.keys):
+            parent = self.parents[row]
+            paths.append(name if parent < 0 else f"{paths[parent]}/{name}[{self.ordinals[row]}]")
+        return paths
+
+    def figures(self, trace_index: int) -> dict[str, list[Any]]:
+        """One trace's figures per row (None: absent or unknown), `cost` as Decimal."""
+        columns: dict[str, list[Any]] = {name: [] for name, _ in FIGURE_DTYPES}
+        cost, tokens, duration = columns["cost"], columns["tokens"], columns["duration_ms"]
+        calls, unpriced = columns["calls"], columns["unpriced"]
+        for node in self.nodes[trace_index]:
+            if node is None:
+                for column in (cost, tokens, duration, calls, unpriced):
+                    column.append(None)
+                continue
+            subtotal = node.subtotal
+            cost.append(subtotal.cost)
+            tokens.append(subtotal.total_tokens)
+            duration.append(node.duration_ms)
+            calls.append(subtotal.model_calls)
+            unpriced.append(subtotal.unpriced_calls)
+        return columns
+
+    def to_dataframe(self, *, per_trace: bool | None = None) -> pd.DataFrame:
+        """One row per aligned span, columns grouped: `span` (path, name, depth), one group
+        per trace (when two, or `per_trace=True`), then `delta` (two traces) or `min`,
+        `median`, `max` (three or more, with `span/runs`)."""
+        many = len(self.traces) > 2
+        if per_trace is None:
+            per_trace = not many
+        data: dict[tuple[str, str], Any] = {
+            (SPAN_GROUP, "path"): pd.array(self.paths, dtype="string"),
+            (SPAN_GROUP, "name"): pd.array(self.names, dtype="string"),
+            (SPAN_GROUP, "depth"): pd.array(self.depths, dtype="Int64"),
+        }
+        every = [self.figures(index) for index in range(len(self.traces))]
+        if many:
+            data[(SPAN_GROUP, "runs")] = pd.array(
+                [sum(node is not None for node in row) for row in zip(*self.nodes, strict=True)],
+                dtype="Int64",
+            )
+        if per_trace:
+            for label, figures in zip(self.labels, every, strict=True):
+                for name, dtype in FIGURE_DTYPES:
+                    data[(label, name)] = _nullable(figures[name], dtype)
+        with localcontext(COST_CONTEXT):  # exact sums of costs, whatever the caller's context
+            if many:
+                _spreads(data, every)
+            else:
+                _deltas(data, every[0], every[1])
+        frame = pd.DataFrame(data)
+        frame.columns = pd.MultiIndex.from_tuples(list(data))
+        return frame
+
+    def _repr_html_(self) -> str:
+        with localcontext(COST_CONTEXT):
+            return comparison_html(self)
+
+    def __repr__(self) -> str:
+        return f"<Comparison of {len(self.traces)} traces, {len(self.names)} aligned spans>"
+
+
+def _nullable(values: list[Any], dtype: str) -> Any:
+    if dtype == "Float64":
+        floats = [None if value is None else float(value) for value in values]
+        return pd.array(floats, dtype=pd.Float64Dtype())
+    return pd.array(values, dtype=pd.Int64Dtype())
+
+
+def _deltas(
+    data: dict[tuple[str, str], Any], first: dict[str, list[Any]], second: dict[str, list[Any]]
+) -> None:
+    """The `delta` group: second minus first, `<NA>` where either is unknown."""
+    for name, dtype in FIGURE_DTYPES:
+        if name not in COMPARED:
+            continue
+        deltas: list[Any] = []
+        for a, b in zip(first[name], second[name], strict=True):
+            deltas.append(None if a is None or b is None else b - a)
+        if name == "cost":  # a difference of lower bounds is not a difference
+            for row, (a, b) in enumerate(zip(first["unpriced"], second["unpriced"], strict=True)):
+                if a or b:
+                    deltas[row] = None
+        data[("delta", name)] = _nullable(deltas, dtype)
+
+
+def _spreads(data: dict[tuple[str, str], Any], every: list[dict[str, list[Any]]]) -> None:
+    """The `min`, `median`, `max` groups, over the traces that have each span."""
+    for name, dtype in FIGURE_DTYPES:
+        if name not in COMPARED:
+            continue
+        lows: list[Any] = []
+        middles: list[float | None] = []
+        highs: list[Any] = []
+        for row in zip(*(figures[name] for figures in every), strict=True):
+            known = [value for value in row if value is not None]
+            if not known:
+                lows.append(None)
+                middles.append(None)
+                highs.append(None)
+                continue
+            lows.append(min(known))
+            highs.append(max(known))
+            if isinstance(known[0], Decimal):
+                middles.append(statistics.median(float(value) for value in known))
+            else:
+                middles.append(float(statistics.median(known)))
+        data[("min", name)] = _nullable(lows, dtype)
+        data[("median", name)] = _nullable(list(middles), "Float64")
+        data[("max", name)] = _nullable(highs, dtype)
+
+
+def _signed(name: str, value: Any) -> str:
+    """A delta for display: its sign always shown, "—" when unknown."""
+    if value is None:
+        return "—"
+    if name == "cost":
+        text = format_cost(value)
+        return text if text.startswith("-") or value == 0 else f"+{text}"
+    sign = "-" if value < 0 else "+" if value > 0 else ""
+    if name == "duration_ms":
+        return f"{sign}{format_duration(abs(value))}"
+    return f"{sign}{abs(value):,}"
+
+
+def _plain(name: str, value: Any, unpriced: Any = 0) -> str:
+    if name == "cost":
+        return format_money(value, unpriced or 0)
+    if value is None:
+        return "—"
+    if name == "duration_ms":
+        return format_duration(value)
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return f"{value:,}"
+
+
+def _biggest(changes: list[Any]) -> set[int]:
+    """The rows (the root aside) of the `HIGHLIGHTED` largest non-zero changes."""
+    ranked = sorted(
+        (abs(value), row)
+        for row, value in enumerate(changes)
+        if row > 0 and value is not None and value != 0
+    )
+    return {row for _, row in ranked[-HIGHLIGHTED:]}
+
+
+_STYLE: Final = (
+    "<style>.an-cmp td,.an-cmp th{padding:2px 8px;text-align:right;white-space:nowrap}"
+    ".an-cmp td.an-cmp-name{text-align:left}.an-cmp .an-cmp-up{color:#b42318}"
+    ".an-cmp .an-cmp-down{color:#067647}.an-cmp .an-cmp-top{font-weight:bold;"
+    "background:rgba(255,200,0,.25)}.an-cmp .an-cmp-absent{color:#999}</style>"
+)
+_HEADS: Final = {"cost": "cost", "tokens": "tokens", "duration_ms": "duration", "calls": "calls"}
+
+
+def comparison_html(comparison: Comparison) -> str:
+    """The static HTML table: one row per aligned span (names indented by depth), a column
+    group per trace (two traces) with the deltas, or min / median / max (three or more);
+    the biggest changes of each figure highlighted. Every span string is escaped."""
+    every = [comparison.figures(index) for index in range(len(comparison.traces))]
+    many = len(every) > 2
+    rows = len(comparison.names)
+    groups: list[tuple[str, dict[str, list[Any]], bool]] = []  # label, figures, is a change
+    if many:
+        spread: dict[str, dict[str, list[Any]]] = {"min": {}, "median": {}, "max": {}}
+        changes: dict[str, list[Any]] = {}
+        for name in COMPARED:
+            columns = [figures[name] for figures in every]
+            for group, pick in (("min", min), ("max", max)):
+                spread[group][name] = [
+                    pick(known) if (known := [v for v in row if v is not None]) else None
+                    for row in zip(*columns, strict=True)
+                ]
+            spread["median"][name] = [
+                statistics.median(known) if (known := [v for v in row if v is not None]) else None
+                for row in zip(*columns, strict=True)
+            ]
+            changes[name] = [
+                None if low is None or high is None else high - low
+                for low, high in zip(spread["min"][name], spread["max"][name], strict=True)
+            ]
+        groups = [(group, spread[group], False) for group in ("min", "median", "max")]
+    else:
+        first, second = every
+        changes = {}
+        for name in COMPARED:
+            changes[name] = [
+                None if a is None or b is None else b - a
+                for a, b in zip(first[name], second[name], strict=True)
+            ]
+        for row, (a, b) in enumerate(zip(first["unpriced"], second["unpriced"], strict=True)):
+            if a or b:
+                changes["cost"][row] = None
+        groups = [
+            (comparison.labels[0], first, False),
+            (comparison.labels[1], second, False),
+            ("delta", changes, True),
+        ]
+    top = {name: _biggest(changes[name]) for name in COMPARED}
+    width = len(COMPARED)
+    head = "".join(f'<th colspan="{width}">{escape(label)}</th>' for label, _, _ in groups)
+    subhead = "".join(f"<th>{_HEADS[name]}</th>" for _ in groups for name in COMPARED)
+    parts = [
+        _STYLE,
+        '<table class="an-cmp"><thead>',
+        f"<tr><th></th>{head}</tr><tr><th>span</th>{subhead}</tr></thead><tbody>",
+    ]
+    for row in range(min(rows, MAX_HTML_ROWS)):
+        name = escape(comparison.names[row])
+        ordinal = comparison.ordinals[row]
+        label = name if row == 0 or ordinal == 0 else f"{name} #{ordinal + 1}"
+        indent = comparison.depths[row] * 1.2
+        cells = [f'<td class="an-cmp-name" style="padding-left:{indent:.1f}em">{label}</td>']
+        for _, figures, is_change in groups:
+            for name in COMPARED:
+                value = figures[name][row]
+                if is_change:
+                    classes = []
+                    if value is not None and value > 0:
+                        classes.append("an-cmp-up")
+                    elif value is not None and value < 0:
+                        classes.append("an-cmp-down")
+                    if row in top[name]:
+                        classes.append("an-cmp-top")
+                    text = _signed(name, value)
+                else:
+                    if not many and value is None and figures["calls"][row] is None:
+                        classes = ["an-cmp-absent"]
+                    else:
+                        classes = ["an-cmp-top"] if many and row in top[name] else []
+                    unpriced = figures["unpriced"][row] if "unpriced" in figures else 0
+                    text = _plain(name, value, unpriced)
+                attribute = f' class="{" ".join(classes)}"' if classes else ""
+                cells.append(f"<td{attribute}>{text}</td>")
+        parts.append(f"<tr>{''.join(cells)}</tr>")
+    parts.append("</tbody></table>")
+    if rows > MAX_HTML_ROWS:
+        parts.append(
+            f"<p>{rows - MAX_HTML_ROWS:,} more spans: "
+            "<code>.to_dataframe()</code> has every row.</p>"
+        )
+    return "".join(parts)
+
+
+def compare(*traces: Trace) -> Comparison:
+    """Align `traces` span by span (see `agenta_notebook.io.compare`).
+
+    Raises TypeError for anything that is not a Trace, ValueError for fewer than two.
+    """
+    return Comparison(_check(traces))

@@ -1,0 +1,361 @@
+"""`an.compare(*traces)`: spans aligned by path, deltas for two traces, spreads for more."""
+
+from __future__ import annotations
+
+import statistics
+from decimal import Decimal, localcontext
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from live_kernel import Kernel, started
+
+import agenta_notebook as an
+from agenta_notebook.core.rollup import SpanNode
+from agenta_notebook.io.compare import MAX_HTML_ROWS
+
+STEPS = ("retrieve", "generate", "grade")
+
+
+def chain(model: str, *, scale: int = 1, name: str = "chain") -> an.Trace:
+    """A 3-step chain, every step one model call of `model`."""
+    with an.trace(name) as trace:
+        for index, step in enumerate(STEPS):
+            with an.span(step, type="llm"):
+                an.record_usage(
+                    model=model,
+                    input_tokens=100 * scale + index,
+                    output_tokens=10 * scale + index,
+                )
+    return trace
+
+
+def by_name(trace: an.Trace) -> dict[str, SpanNode]:
+    nodes = {node.name: node for node in trace.tree.nodes}
+    assert len(nodes) == len(trace.tree.nodes)  # the names are unique in these traces
+    return nodes
+
+
+def figures(node: SpanNode) -> dict[str, Any]:
+    return {
+        "cost": node.subtotal.cost,
+        "tokens": node.subtotal.total_tokens,
+        "duration_ms": node.duration_ms,
+        "calls": node.subtotal.model_calls,
+    }
+
+
+def row_of(frame: pd.DataFrame, path: str) -> pd.Series:
+    rows = frame[frame[("span", "path")] == path]
+    assert len(rows) == 1, (path, frame[("span", "path")].tolist())
+    return rows.iloc[0]
+
+
+def test_two_runs_of_a_chain_compare_row_by_row_with_the_right_deltas() -> None:
+    first, second = chain("gpt-4o"), chain("gpt-4o-mini", scale=3)
+    frame = an.compare(first, second).to_dataframe()
+    assert frame[("span", "path")].tolist() == [
+        "chain",
+        "chain/retrieve[0]",
+        "chain/generate[0]",
+        "chain/grade[0]",
+    ]
+    assert frame[("span", "depth")].tolist() == [0, 1, 1, 1]
+    a_nodes, b_nodes = by_name(first), by_name(second)
+    for name in ("chain", *STEPS):
+        row = row_of(frame, "chain" if name == "chain" else f"chain/{name}[0]")
+        a, b = figures(a_nodes[name]), figures(b_nodes[name])
+        assert a["cost"] is not None and b["cost"] is not None
+        assert a["cost"] != b["cost"]  # the models are priced differently
+        assert row[("delta", "cost")] == float(b["cost"] - a["cost"])
+        assert row[("delta", "tokens")] == b["tokens"] - a["tokens"]
+        assert row[("delta", "calls")] == b["calls"] - a["calls"]
+        assert row[("delta", "duration_ms")] == pytest.approx(b["duration_ms"] - a["duration_ms"])
+        for label, side in (("0: chain", a), ("1: chain", b)):
+            assert row[(label, "cost")] == float(side["cost"])
+            assert row[(label, "tokens")] == side["tokens"]
+            assert row[(label, "calls")] == side["calls"]
+    assert str(frame[("delta", "tokens")].dtype) == "Int64"
+    assert str(frame[("delta", "cost")].dtype) == "Float64"
+
+
+def test_trace_names_label_the_column_groups() -> None:
+    frame = an.compare(chain("gpt-4o", name="a"), chain("gpt-4o", name="b")).to_dataframe()
+    assert {"a", "b", "delta", "span"} <= set(frame.columns.get_level_values(0))
+
+
+def test_twenty_runs_of_one_shape_give_min_median_max_per_node() -> None:
+    runs = [
+        chain("gpt-4o" if index % 3 else "gpt-4o-mini", scale=1 + index % 7) for index in range(20)
+    ]
+    frame = an.compare(*runs).to_dataframe()
+    assert "delta" not in frame.columns.get_level_values(0)
+    assert "0: chain" not in frame.columns.get_level_values(0)  # per-trace columns: opt-in
+    assert frame[("span", "runs")].tolist() == [20] * 4
+    every = [by_name(run) for run in runs]
+    for name in ("chain", *STEPS):
+        row = row_of(frame, "chain" if name == "chain" else f"chain/{name}[0]")
+        for figure in ("cost", "tokens", "duration_ms", "calls"):
+            values = [figures(nodes[name])[figure] for nodes in every]
+            floats = [float(value) for value in values]
+            assert row[("min", figure)] == float(min(values)), figure
+            assert row[("max", figure)] == float(max(values)), figure
+            assert row[("median", figure)] == pytest.approx(statistics.median(floats)), figure
+    wide = an.compare(*runs).to_dataframe(per_trace=True)
+    last = [figures(node)["tokens"] for node in runs[19].tree.nodes]
+    assert wide[("19: chain", "tokens")].tolist() == last
+
+
+def grader(counts: tuple[int, ...], extra: bool = False) -> an.Trace:
+    """Two steps, each calling `grade` several times (tokens tell the calls apart)."""
+    with an.trace("eval") as trace:
+        for step, count in enumerate(counts):
+            with an.span(f"step{step}"):
+                for call in range(count):
+                    with an.span("grade", type="llm"):
+                        an.record_usage(
+                            model="gpt-4o", input_tokens=1000 * step + call + 1, output_tokens=0
+                        )
+        if extra:
+            with an.span("retry", type="llm"):
+                an.record_usage(model="gpt-4o", input_tokens=7, output_tokens=0)
+    return trace
+
+
+def test_repeated_siblings_align_by_ordinal_and_a_span_in_one_run_only_is_na() -> None:
+    frame = an.compare(grader((3, 2)), grader((4, 2), extra=True)).to_dataframe()
+    a, b = "0: eval", "1: eval"
+    for step, count in enumerate((3, 2)):
+        for call in range(count):
+            row = row_of(frame, f"eval/step{step}[0]/grade[{call}]")
+            assert row[(a, "tokens")] == row[(b, "tokens")] == 1000 * step + call + 1
+            assert row[("delta", "tokens")] == 0
+    fourth = row_of(frame, "eval/step0[0]/grade[3]")
+    assert pd.isna(fourth[(a, "tokens")]) and pd.isna(fourth[(a, "cost")])
+    assert fourth[(b, "tokens")] == 4
+    assert pd.isna(fourth[("delta", "tokens")]) and pd.isna(fourth[("delta", "cost")])
+    retry = row_of(frame, "eval/retry[0]")
+    assert pd.isna(retry[(a, "calls")]) and retry[(b, "calls")] == 1
+    # one tree: the extra grade sits under its step, after the grades both runs have
+    paths = frame[("span", "path")].tolist()
+    assert paths.index("eval/step0[0]/grade[3]") == paths.index("eval/step0[0]/grade[2]") + 1
+    assert paths.index("eval/step0[0]/grade[3]") < paths.index("eval/step1[0]")
+    assert len(paths) == 1 + 2 + 4 + 2 + 1
+
+
+def test_unpriced_stays_distinct_from_zero() -> None:
+    priced, unpriced = chain("gpt-4o"), chain("no-such-model-anywhere")
+    frame = an.compare(priced, unpriced).to_dataframe()
+    root = row_of(frame, "chain")
+    assert pd.isna(root[("1: chain", "cost")])
+    assert root[("1: chain", "unpriced")] == 3
+    assert root[("0: chain", "unpriced")] == 0
+    assert pd.isna(root[("delta", "cost")])
+    assert root[("delta", "tokens")] == 0  # the tokens are still known
+
+
+def test_a_trace_loaded_from_a_file_compares_with_todays(tmp_path: Path) -> None:
+    yesterday, today = chain("gpt-4o"), chain("gpt-4o-mini")
+    path = tmp_path / "yesterday.json"
+    yesterday.save(path)
+    loaded = an.load(path)
+    frame = an.compare(loaded, today).to_dataframe()
+    direct = an.compare(yesterday, today).to_dataframe()
+    for figure in ("cost", "tokens", "calls", "duration_ms"):
+        assert frame[("delta", figure)].tolist() == pytest.approx(
+            direct[("delta", figure)].tolist()
+        ), figure
+    same = an.compare(yesterday, loaded).to_dataframe()
+    assert same[("delta", "tokens")].tolist() == [0] * 4
+    assert same[("delta", "cost")].tolist() == [Decimal(0)] * 4
+
+
+def test_bad_input_is_refused_with_a_clear_message() -> None:
+    run = chain("gpt-4o")
+    with pytest.raises(TypeError, match=r"argument 1 is a str"):
+        an.compare(run, "run")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"unpack it, an.compare\(\*traces\)"):
+        an.compare([run, run])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 2 traces"):
+        an.compare(run)
+    with pytest.raises(ValueError, match="got 0"):
+        an.compare()
+
+
+class Cells(HTMLParser):
+    """The table's rows: each a list of (text, classes) cells, header rows included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[tuple[str, set[str]]]] = []
+        self.cell: list[str] | None = None
+        self.classes: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+            self.classes = set((dict(attrs).get("class") or "").split())
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            self.rows[-1].append(("".join(self.cell), self.classes))
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def table(comparison: an.Comparison) -> list[list[tuple[str, set[str]]]]:
+    parser = Cells()
+    parser.feed(comparison._repr_html_())
+    return parser.rows
+
+
+def test_the_html_is_one_tree_with_a_group_per_trace_and_the_biggest_changes_marked() -> None:
+    def run(big: int, name: str) -> an.Trace:
+        with an.trace(name) as trace:
+            for step, tokens in (("plan", 10), ("<script>alert(1)</script>", big), ("end", 5)):
+                with an.span(step, type="llm"):
+                    an.record_usage(model="gpt-4o", input_tokens=tokens, output_tokens=0)
+            if big > 100:
+                with an.span("only-in-b", type="tool"):
+                    pass
+        return trace
+
+    comparison = an.compare(run(50, "a<b>"), run(5000, "b"))
+    html = comparison._repr_html_()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    rows = table(comparison)
+    groups = [text for text, _ in rows[0]][1:]
+    assert groups == ["a<b>", "b", "delta"]  # escaped in the markup, the text once parsed
+    names = [row[0][0] for row in rows[2:]]
+    assert names == ["a<b>", "plan", "<script>alert(1)</script>", "end", "only-in-b"]
+    heads = [text for text, _ in rows[1]]
+    tokens_delta = len(heads) - 4 + heads[-4:].index("tokens")
+    script = rows[2 + 2]
+    assert script[tokens_delta][0] == "+4,950"
+    assert {"an-cmp-top", "an-cmp-up"} <= script[tokens_delta][1]
+    assert "an-cmp-top" not in rows[2 + 1][tokens_delta][1]  # "plan" did not change
+    only = rows[2 + 4]
+    assert only[heads.index("calls")][0] == "—"  # absent from the first trace
+    assert only[tokens_delta][0] == "—"
+
+
+def test_the_html_of_many_runs_shows_min_median_max() -> None:
+    runs = [chain("gpt-4o", scale=scale) for scale in (1, 2, 9)]
+    rows = table(an.compare(*runs))
+    assert [text for text, _ in rows[0]][1:] == ["min", "median", "max"]
+    root = rows[2]
+    heads = [text for text, _ in rows[1]]
+    tokens = [index for index, head in enumerate(heads) if head == "tokens"]
+    totals = sorted(run.tree.root.subtotal.total_tokens or 0 for run in runs)
+    assert [root[index][0] for index in tokens] == [f"{total:,}" for total in totals]
+
+
+def test_cost_deltas_are_exact_whatever_the_notebook_decimal_context() -> None:
+    first, second = chain("gpt-4o"), chain("gpt-4o-mini", scale=3)
+    exact = an.compare(first, second).to_dataframe()[("delta", "cost")].tolist()
+    with localcontext() as context:
+        context.prec = 2
+        coarse = an.compare(first, second)
+        assert coarse.to_dataframe()[("delta", "cost")].tolist() == exact
+        html = coarse._repr_html_()
+    # durations and tokens aside, the costs shown are the exact ones too
+    assert html == an.compare(first, second)._repr_html_()
+
+
+def test_the_html_shows_the_first_spans_and_says_how_many_more() -> None:
+    def wide(calls: int) -> an.Trace:
+        with an.trace("wide") as trace:
+            for _ in range(calls):
+                with an.span("call", type="tool"):
+                    pass
+        return trace
+
+    comparison = an.compare(wide(MAX_HTML_ROWS + 20), wide(3))
+    assert len(comparison.to_dataframe()) == MAX_HTML_ROWS + 21
+    rows = table(comparison)
+    assert len(rows) == 2 + MAX_HTML_ROWS
+    assert f"{21:,} more spans" in comparison._repr_html_()
+
+
+def test_calls_named_after_their_model_align_across_models() -> None:
+    def run(model: str) -> an.Trace:
+        with an.trace("chat") as trace, an.span("step"):
+            for _ in range(2):
+                with an.span(f"chat {model}", type="llm"):
+                    an.record_usage(model=model, input_tokens=10, output_tokens=1)
+        return trace
+
+    frame = an.compare(run("gpt-4o"), run("gpt-4o-mini")).to_dataframe()
+    assert frame[("span", "path")].tolist() == [
+        "chat",
+        "chat/step[0]",
+        "chat/step[0]/chat {model}[0]",
+        "chat/step[0]/chat {model}[1]",
+    ]
+    assert frame[("span", "name")].tolist()[2:] == ["chat gpt-4o", "chat gpt-4o"]
+    assert frame[("delta", "calls")].tolist() == [0, 0, 0, 0]
+    assert frame[("delta", "cost")].notna().all()
+
+
+# -- in a real kernel, through the stand-in ---------------------------------------------------
+KERNEL_SETUP = """
+import os, openai
+import agenta_notebook as an
+from agenta_notebook import demo
+an.instrument_openai()
+server = demo.start()
+os.environ["OPENAI_API_KEY"] = "sk-dummy-for-the-stand-in"
+client = openai.OpenAI(base_url=server.base_url, max_retries=0, timeout=10)
+
+def chain(model):
+    for step in ("retrieve", "generate", "grade"):
+        with an.span(step):
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": f"{step} a sailing boat"}])
+
+def figures(trace):
+    return {n.name + "/" + (n.parent.name if n.parent else ""): [
+        None if n.subtotal.cost is None else str(n.subtotal.cost),
+        n.subtotal.total_tokens, n.subtotal.model_calls] for n in trace.tree.nodes}
+"""
+
+
+def test_two_traced_cells_compare_in_a_kernel(tmp_path: Path) -> None:
+    with started(Kernel, tmp_path, KERNEL_SETUP) as kernel:
+        kernel.run('%%agenta_trace chain --quiet -o a\nchain("gpt-4o")')
+        kernel.run('%%agenta_trace chain --quiet -o b\nchain("gpt-4o-mini")')
+        cell = kernel.run("comparison = an.compare(a, b)\ncomparison")
+        shown = [o for o in cell.outputs if o.output_type == "execute_result"]
+        assert "delta" in shown[0]["data"]["text/html"]
+        kernel.run("frame = comparison.to_dataframe()")
+        paths = kernel.value('frame[("span", "path")].tolist()')
+        deltas = {
+            figure: kernel.value(f'frame[("delta", "{figure}")].astype(object).tolist()')
+            for figure in ("cost", "tokens", "calls")
+        }
+        a, b = kernel.value("figures(a)"), kernel.value("figures(b)")
+    assert paths[0] == "chain" and len(paths) == len(a) == len(b) == 7
+    assert [path.split("/")[-1] for path in paths[1::2]] == [
+        "retrieve[0]",
+        "generate[0]",
+        "grade[0]",
+    ]
+    keys = list(a)
+    assert list(b) == keys  # the same shape: one ChatCompletion under each step
+    for row, key in enumerate(keys):
+        cost_a, tokens_a, calls_a = a[key]
+        cost_b, tokens_b, calls_b = b[key]
+        if cost_a is None or cost_b is None:
+            assert deltas["cost"][row] is None
+        else:
+            assert cost_a != cost_b
+            assert deltas["cost"][row] == float(Decimal(cost_b) - Decimal(cost_a))
+        assert deltas["tokens"][row] == tokens_b - tokens_a
+        assert deltas["calls"][row] == calls_b - calls_a == 0
