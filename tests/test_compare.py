@@ -334,6 +334,18 @@ def test_two_traced_cells_compare_in_a_kernel(tmp_path: Path) -> None:
         cell = kernel.run("comparison = an.compare(a, b)\ncomparison")
         shown = [o for o in cell.outputs if o.output_type == "execute_result"]
         assert "delta" in shown[0]["data"]["text/html"]
+        by_magic = kernel.run("%agenta_compare a b")  # the same table, from the magic
+        magic_shown = [o for o in by_magic.outputs if o.output_type == "execute_result"]
+        assert magic_shown[0]["data"]["text/html"] == shown[0]["data"]["text/html"]
+        for line, message in (
+            ("%agenta_compare a", "at least two"),
+            ("%agenta_compare a nothing_here", "NameError"),
+            ("%agenta_compare a 42", "is a int, not a trace"),
+        ):
+            failed = kernel.run(line, fails=True)
+            text = "".join(o.get("text", "") for o in failed.outputs if o.output_type == "stream")
+            assert text.startswith("UsageError: %agenta_compare: "), (line, text)
+            assert message in text, (line, text)
         kernel.run("frame = comparison.to_dataframe()")
         paths = kernel.value('frame[("span", "path")].tolist()')
         deltas = {

@@ -13,6 +13,7 @@ from agenta_notebook.core.fields import Figures
 from agenta_notebook.core.rollup import SpanEvent, SpanRecord
 from agenta_notebook.core.usage import usage_attributes
 from agenta_notebook.live import Trace
+from agenta_notebook.views import html as views_html
 from agenta_notebook.views.details import details_html
 from agenta_notebook.views.html import (
     MAX_AMOUNT_CHARS,
@@ -443,3 +444,60 @@ def test_row_figures_fit_their_columns_whatever_the_totals(records: RecordFactor
     assert total.startswith("$1,234.5") and len(total) <= MAX_AMOUNT_CHARS
     line = row_figures_html(trace.tree.root, scale)
     assert ">123.5M<" in line and "123,456,789" in line  # shown short, exact in the title
+
+
+def test_the_header_shows_the_budget_where_it_was_reached_and_the_refusal(
+    records: RecordFactory,
+) -> None:
+    """A trace with a budget (`an.trace(budget=...)`, `--budget`) shows it under the totals:
+    how much of it is used, the span whose cost reached it (in the order spans ended), the
+    refused call, and the unpriced calls it does not count."""
+    from agenta_notebook.runtime import BUDGET_DOLLARS
+    from agenta_notebook.views.widget import TraceView
+
+    def calls(factory: RecordFactory, root: SpanRecord) -> None:
+        for index in range(4):
+            factory.add(
+                f"call {index}",
+                root,
+                type="llm",
+                **usage_attributes(model="gpt-4o-mini", input_tokens=1_000, output_tokens=100),
+            )
+        factory.add(
+            "local",
+            root,
+            type="llm",
+            **usage_attributes(model="my-local-llama", input_tokens=10, output_tokens=1),
+        )
+
+    plain = RecordFactory()
+    calls(plain, plain.add("loop"))
+    one_call = Trace(plain.trace_id, "loop", records=plain.all).find("call 0").own.cost
+    assert one_call is not None and one_call > 0
+    budget = one_call * Decimal("2.5")
+    refusal = f"budget of ${budget} reached; refused: POST /chat/completions"
+    root = records.add(
+        "loop",
+        status="ERROR",
+        events=(
+            SpanEvent(
+                "exception",
+                10**12,
+                {"exception.type": "BudgetExceeded", "exception.message": refusal},
+            ),
+        ),
+        **{BUDGET_DOLLARS: str(budget)},
+    )
+    calls(records, root)
+    trace = Trace(records.trace_id, "loop", root_span_id=root.span_id, records=records.all)
+    state = views_html.budget_state(trace.tree)
+    assert state is not None
+    assert state.dollars == budget and state.crossed_at == "call 2"  # 3 calls >= 2.5
+    assert state.refused == refusal and state.unpriced_calls == 1
+    used = f"{float(trace.totals.cost or 0) / float(budget):.0%}"
+    for shown in (static_html(trace), TraceView(trace).header.value):
+        assert f"({used})" in shown
+        assert "reached at <i>call 2</i>" in shown
+        assert f"refused: {views_html.escape(refusal)}" in shown
+        assert "1 unpriced call not counted in the budget" in shown
+    assert views_html.budget_state(Trace(plain.trace_id, "loop", records=plain.all).tree) is None

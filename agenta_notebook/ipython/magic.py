@@ -51,6 +51,7 @@ import builtins
 import contextlib
 import keyword
 import re
+import shlex
 import sys
 import threading
 import time
@@ -100,6 +101,8 @@ if TYPE_CHECKING:
 MAGIC_NAME: Final = "agenta_trace"
 #: The line magic showing the spend ledger.
 SPEND_MAGIC_NAME: Final = "agenta_spend"
+#: The line magic comparing traces held in variables.
+COMPARE_MAGIC_NAME: Final = "agenta_compare"
 #: At exit, how long (seconds) the ``--save`` files still being written are waited for.
 EXIT_WAIT: Final = 10.0
 #: How many cells' last runs are remembered (to close a re-run cell's old view).
@@ -777,6 +780,42 @@ class TraceMagics(Magics):
         page = HTML(ledger.spend_html(frame, by, ledger_path()))  # type: ignore[no-untyped-call]
         show(page)  # type: ignore[no-untyped-call]
 
+    # -- %agenta_compare ---------------------------------------------------------------------
+    @no_var_expand
+    @line_magic
+    def agenta_compare(self, line: str) -> Any:
+        """Compare traces held in variables: ``%agenta_compare run_a run_b [...]``.
+
+        The same as ``agenta_notebook.compare(run_a, run_b, ...)``: the spans aligned by
+        their path from the root, with the deltas of two runs or the min / median / max
+        of three or more. Each name may be a variable or an expression (``runs[0]``).
+        """
+        from agenta_notebook.io.compare import compare
+
+        try:
+            names = shlex.split(line)
+        except ValueError as error:
+            raise UsageError(f"%{COMPARE_MAGIC_NAME}: {error} in {line!r}") from None
+        if len(names) < 2:
+            raise UsageError(
+                f"%{COMPARE_MAGIC_NAME}: name at least two variables holding traces, "
+                f"e.g. %{COMPARE_MAGIC_NAME} run_a run_b"
+            )
+        namespace = self.shell.user_ns if self.shell is not None else {}
+        traces = []
+        for name in names:
+            try:
+                value = eval(name, namespace)  # the user's own expression
+            except Exception as error:
+                raise UsageError(f"%{COMPARE_MAGIC_NAME}: {name}: {error!r}") from None
+            if not isinstance(value, Trace):
+                raise UsageError(
+                    f"%{COMPARE_MAGIC_NAME}: {name} is a {type(value).__name__}, not a trace "
+                    "(keep one with %%agenta_trace -o NAME, or an.load(path))"
+                )
+            traces.append(value)
+        return compare(*traces)
+
 
 def _run_body(shell: Any, body: str) -> Any:
     """Run `body` like a cell in the user namespace; return its last expression's value."""
@@ -920,5 +959,6 @@ def unload(shell: Any) -> None:
         shell.events.register("post_run_cell", _RemoveWhenDone(shell, magics))
     shell.magics_manager.magics["cell"].pop(MAGIC_NAME, None)
     shell.magics_manager.magics["line"].pop(SPEND_MAGIC_NAME, None)
+    shell.magics_manager.magics["line"].pop(COMPARE_MAGIC_NAME, None)
     shell.magics_manager.registry.pop(TraceMagics.__name__, None)
     disable_thread_propagation()

@@ -38,6 +38,7 @@ from agenta_notebook.core.rollup import (
 )
 from agenta_notebook.core.usage import shorten
 from agenta_notebook.live import Trace
+from agenta_notebook.runtime import BUDGET_DOLLARS, BUDGET_TOKENS
 
 #: Longest span-derived string put into a row (names, types, messages).
 MAX_LABEL: Final = 160
@@ -713,9 +714,106 @@ def by_model_html(
     )
 
 
-def header_html(summary: TraceSummary, beside_models: str = "", places: int | None = None) -> str:
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """A trace's budget as the header shows it: the limits, how much is used, the span
+    whose own cost (or tokens) made the count reach it, the refusal, the unpriced calls."""
+
+    dollars: Decimal | None
+    max_tokens: int | None
+    spent: Decimal | None
+    tokens: int | None
+    crossed_at: str | None
+    refused: str | None
+    unpriced_calls: int
+
+
+def budget_state(tree: TraceTree) -> BudgetState | None:
+    """The budget of `tree` (its root's attributes), or None when it has none."""
+    root = tree.root
+    attributes = root.record.attributes
+    dollars_text = attributes.get(BUDGET_DOLLARS)
+    max_tokens = attributes.get(BUDGET_TOKENS)
+    if dollars_text is None and max_tokens is None:
+        return None
+    try:
+        dollars = None if dollars_text is None else Decimal(str(dollars_text))
+    except ArithmeticError:
+        dollars = None
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        max_tokens = None
+    totals = root.subtotal
+    crossed_at = None
+    # The span whose own figures made the count reach the budget, in the order spans ended.
+    ended = sorted(
+        (node for node in tree.stats.costed if node.record.end_time_ns is not None),
+        key=lambda node: (node.record.end_time_ns or 0, node.span_id),
+    )
+    cost = Decimal(0)
+    tokens = 0
+    for node in ended:
+        cost = COST_CONTEXT.add(cost, node.own.cost or Decimal(0))
+        tokens += node.own.total_tokens or 0
+        if (dollars is not None and cost >= dollars) or (
+            max_tokens is not None and tokens >= max_tokens
+        ):
+            crossed_at = node.name
+            break
+    refused = None
+    for event in root.record.events:
+        if event.attributes.get("exception.type") == "BudgetExceeded":
+            refused = str(event.attributes.get("exception.message", "")) or None
+    return BudgetState(
+        dollars,
+        max_tokens,
+        totals.cost,
+        totals.total_tokens,
+        crossed_at,
+        refused,
+        totals.unpriced_calls,
+    )
+
+
+def budget_html(state: BudgetState | None, places: int | None = None) -> str:
+    """The budget line of the header (escaped), or "" for a trace with no budget."""
+    if state is None:
+        return ""
+    parts: list[str] = []
+    if state.dollars is not None:
+        spent = state.spent or Decimal(0)
+        used = float(spent / state.dollars) if state.dollars else 0.0
+        parts.append(
+            f"<b>budget</b> {escape(format_money_in(spent, 0, places))} of "
+            f"{escape('$' + format(state.dollars, 'f'))} ({used:.0%})"
+        )
+    if state.max_tokens is not None:
+        used_tokens = state.tokens or 0
+        parts.append(
+            f"<b>token budget</b> {format_tokens(used_tokens)} of "
+            f"{format_tokens(state.max_tokens)} ({used_tokens / state.max_tokens:.0%})"
+        )
+    if state.crossed_at is not None:
+        parts.append(f"reached at <i>{escape(state.crossed_at)}</i>")
+    if state.refused is not None:
+        parts.append(f'<span class="agn-m-error">refused: {escape(state.refused)}</span>')
+    if state.dollars is not None and state.unpriced_calls:
+        parts.append(
+            f'<span class="agn-m-unpriced">⚠ {_plural(state.unpriced_calls, "unpriced call")}'
+            " not counted in the budget</span>"
+        )
+    return '<div class="agn-budget">' + " · ".join(parts) + "</div>"
+
+
+def header_html(
+    summary: TraceSummary,
+    beside_models: str = "",
+    places: int | None = None,
+    *,
+    budget: str = "",
+) -> str:
     """Trace name, totals and per-model breakdown (escaped), in the view's unit (`places`
-    decimals), and `beside_models` (HTML: the costliest spans) next to that table."""
+    decimals), `budget` (HTML: `budget_html`) under the totals, and `beside_models`
+    (HTML: the costliest spans) next to that table."""
     models = by_model_html(summary.by_model, places=places)
     if beside_models:
         models = (
@@ -725,7 +823,7 @@ def header_html(summary: TraceSummary, beside_models: str = "", places: int | No
     return (
         f'<div class="agn-header"><div class="agn-title">{escape(summary.name)}</div>'
         f'<div class="agn-totals">{totals_line(summary, places)}</div>'
-        f"{models}</div>"
+        f"{budget}{models}</div>"
     )
 
 
@@ -809,7 +907,12 @@ def static_html(
     out: list[str] = [
         '<div class="agn-static">',
         _STATIC_STYLE,
-        header_html(summary, costliest_html(tree.costed_nodes(), scale), scale.places),
+        header_html(
+            summary,
+            costliest_html(tree.costed_nodes(), scale),
+            scale.places,
+            budget=budget_html(budget_state(tree), scale.places),
+        ),
         '<div style="font-family:monospace;font-size:12px;white-space:nowrap">'
         '<div class="agn-leaf" style="padding-left:1.1em;font-weight:600">'
         '<span class="agn-name" style="width:30.0em">span · type</span>'

@@ -43,6 +43,8 @@ from agenta_notebook.runtime import RUNTIME
 from agenta_notebook.views.details import DETAILS_CSS, details_html
 from agenta_notebook.views.html import (
     ViewScale,
+    budget_html,
+    budget_state,
     column_heads_html,
     costliest_label,
     escape,
@@ -309,7 +311,11 @@ class TraceView:
             self.costliest: Any = None
             rows = self.state.rows()
             self._header_for: TraceTree | None = tree
-            self._header_part = header_html(trace.summary(), places=self._scale.places)
+            self._header_part = header_html(
+                trace.summary(),
+                places=self._scale.places,
+                budget=budget_html(budget_state(tree), self._scale.places),
+            )
             # One HTML for the style sheet and the totals, one for the rows note and the
             # column heads (full width, so that they line up with the rows).
             self.header = self._html(_css() + self._header_part, "agn-headbox")
@@ -862,7 +868,11 @@ class TraceView:
         tree = state.tree
         if self._header_for is not tree:
             self._scale = tree_scale(tree)
-            self._header_part = header_html(self.trace.summary(), places=self._scale.places)
+            self._header_part = header_html(
+                self.trace.summary(),
+                places=self._scale.places,
+                budget=budget_html(budget_state(tree), self._scale.places),
+            )
             self._sync_type_options()
             self._sync_costliest()
             self._header_for = tree
