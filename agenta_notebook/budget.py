@@ -33,8 +33,9 @@ from typing import Any, Final
 from opentelemetry import trace as otel_trace
 
 from agenta_notebook import forksafe
+from agenta_notebook.core.fields import sum_figures
 from agenta_notebook.errors import internal_error
-from agenta_notebook.runtime import RUNTIME, Budget, get_collector
+from agenta_notebook.runtime import RUNTIME, Budget
 
 __all__ = ["GUARDED", "LITELLM_CALLS", "BudgetExceeded", "check", "check_request", "install_guards"]
 
@@ -86,11 +87,12 @@ def _describe(options: Any) -> str:
     return f"{method} {url}" + (f" (model {model})" if isinstance(model, str) else "")
 
 
-def _over(budget: Budget, trace_id: int) -> tuple[Decimal | int, Decimal | int, int] | None:
-    trace = get_collector().get(trace_id)
-    if trace is None:
-        return None
-    totals = trace.totals
+def _over(budget: Budget) -> tuple[Decimal | int, Decimal | int, int] | None:
+    covered = budget.covered
+    if len(covered) == 1:
+        totals = covered[0].totals
+    else:  # with the traces started inside its own
+        totals = sum_figures([trace.totals for trace in covered])
     if budget.dollars is not None:
         cost = totals.cost if totals.cost is not None else Decimal(0)
         if cost >= budget.dollars:
@@ -113,11 +115,15 @@ def check(options: Any = None, *, call: str | None = None) -> None:
     if not budgets:
         return
     context = otel_trace.get_current_span().get_span_context()
-    budget = budgets.get(context.trace_id)
-    if budget is None:
+    covering = budgets.get(context.trace_id)
+    if not covering:
         return
+    over = None
     try:
-        over = _over(budget, context.trace_id)
+        for budget in covering:
+            over = _over(budget)
+            if over is not None:
+                break
     except Exception:  # our failure must not refuse (or break) the user's request
         internal_error("checking a trace's budget")
         return
@@ -260,4 +266,29 @@ def install_guards() -> None:
             internal_error("guarding LiteLLM's calls for a budget")
 
 
+def uninstall_guards() -> None:
+    """Put back what `install_guards` wrapped, where our wrapper is still the one
+    installed (`RUNTIME.reset()`, unloading the extension)."""
+    with _LOCK:
+        for library in GUARDED:
+            module = sys.modules.get(f"{library}._base_client")
+            if module is None:
+                continue
+            for cls, name in (
+                (module.BaseClient, "_build_request"),
+                (getattr(module, "SyncAPIClient", None), "request"),
+                (getattr(module, "AsyncAPIClient", None), "request"),
+            ):
+                current = None if cls is None else cls.__dict__.get(name)
+                if current is not None and getattr(current, _MARK, False):
+                    setattr(cls, name, current.__wrapped__)
+        litellm = sys.modules.get("litellm")
+        if litellm is not None:
+            for name in LITELLM_CALLS:
+                current = getattr(litellm, name, None)
+                if current is not None and getattr(current, _MARK, False):
+                    setattr(litellm, name, current.__wrapped__)
+
+
 RUNTIME.budgets.install_guards = install_guards
+RUNTIME.budgets.uninstall_guards = uninstall_guards

@@ -532,11 +532,14 @@ class Instruments:
 class Budget:
     """The limits a trace asked for: dollars of counted cost, tokens, or both."""
 
-    __slots__ = ("dollars", "max_tokens")
+    __slots__ = ("covered", "dollars", "max_tokens")
 
     def __init__(self, dollars: Decimal | None, max_tokens: int | None) -> None:
         self.dollars = dollars
         self.max_tokens = max_tokens
+        #: the traces it counts: its own, and the traces started inside it (an
+        #: `an.trace` of a helper, a traced cell run from it), whose spending it covers
+        self.covered: list[Trace] = []
 
     def __repr__(self) -> str:
         return f"<Budget dollars={self.dollars} max_tokens={self.max_tokens}>"
@@ -594,24 +597,52 @@ class Budgets:
     refuses a model request of such a trace once its counted figures reach the budget)."""
 
     def __init__(self) -> None:
-        #: trace id -> its budget; read without a lock before every model request
-        self.by_trace: dict[int, Budget] = {}
-        #: installs the request guards (set by `agenta_notebook.budget` when imported)
+        #: trace id -> the budgets that cover it (its own first, then those of the traces
+        #: it was started in); read without a lock before every model request
+        self.by_trace: dict[int, tuple[Budget, ...]] = {}
+        self._traces: dict[int, Trace] = {}
+        #: install and remove the request guards (set by `agenta_notebook.budget`)
         self.install_guards: Callable[[], None] | None = None
+        self.uninstall_guards: Callable[[], None] | None = None
 
-    def start(self, trace: Trace, budget: Budget | None) -> None:
-        if budget is None:
+    def start(self, trace: Trace, budget: Budget | None, enclosing: int = 0) -> None:
+        """`trace` starts, with `budget` or none, inside the trace `enclosing` (0: none):
+        a trace started inside a budgeted one is covered by that budget too."""
+        self._prune()
+        covering = self.by_trace.get(enclosing, ()) if enclosing else ()
+        if budget is not None:
+            covering = (budget, *covering)
+        if not covering:
             return
         install = self.install_guards
         if install is not None:
             install()
-        self.by_trace[trace.trace_id] = budget
+        for each in covering:
+            each.covered.append(trace)
+        self._traces[trace.trace_id] = trace
+        self.by_trace[trace.trace_id] = covering
 
     def end(self, trace: Trace) -> None:
-        self.by_trace.pop(trace.trace_id, None)
+        """`trace`'s block ended. Its budget holds while any of its spans runs (a task
+        or a thread that outlives the block still spends for it): budgets are dropped
+        when their trace has no running span, at the next start or end."""
+        if len(trace.open_spans()) <= 1:  # its root only, about to end: done spending
+            self._traces.pop(trace.trace_id, None)
+            self.by_trace.pop(trace.trace_id, None)
+        self._prune()
+
+    def _prune(self) -> None:
+        for trace_id, trace in list(self._traces.items()):
+            if not trace.running:
+                self._traces.pop(trace_id, None)
+                self.by_trace.pop(trace_id, None)
 
     def reset(self) -> None:
         self.by_trace.clear()
+        self._traces.clear()
+        uninstall = self.uninstall_guards
+        if uninstall is not None:
+            uninstall()
 
     def describe(self) -> list[str]:
         return [f"budgets: {len(self.by_trace)} running trace(s) with one"]
@@ -749,8 +780,13 @@ def default_ledger_path() -> Path:
 
 def _ledger_file(path: Path) -> Path:
     """The ledger file for a path given: a folder (one that exists, or a name with no
-    extension) holds `LEDGER_FILE_NAME`; anything else is the file itself."""
-    return path / LEDGER_FILE_NAME if path.is_dir() or not path.suffix else path
+    extension that does not exist yet) holds `LEDGER_FILE_NAME`; anything else (an
+    existing file, whatever its name) is the file itself."""
+    if path.is_dir():
+        return path / LEDGER_FILE_NAME
+    if not path.suffix and not path.exists() and not path.name.startswith("."):
+        return path / LEDGER_FILE_NAME
+    return path
 
 
 def ledger_file(path: str | os.PathLike[str]) -> Path:
@@ -1040,10 +1076,11 @@ def trace(
     if not isinstance(name, str):  # a file's trace name is text: refuse before starting
         raise TypeError(f"the trace's name must be a str, not {type(name).__name__}")
     limits = make_budget(budget, max_tokens)
+    enclosing = otel_trace.get_current_span().get_span_context().trace_id
     root, result = start_root(name, with_budget(attributes, limits))
     token = otel_context.attach(otel_trace.set_span_in_context(root))
     try:
-        RUNTIME.budgets.start(result, limits)
+        RUNTIME.budgets.start(result, limits, enclosing)
         yield result
     except BaseException as error:
         fail_span(root, error)

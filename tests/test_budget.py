@@ -412,3 +412,58 @@ def test_bad_budget_option_is_a_usage_error(kernel: Kernel) -> None:
         assert message.count("\n") == 1, message
         assert [o for o in cell.outputs if o.output_type == "error"] == []
     assert kernel.value("not_set") is True
+
+
+# -- review fixes ---------------------------------------------------------------------------
+
+
+def test_a_trace_started_inside_a_budgeted_one_spends_from_its_budget(
+    server: demo.DemoServer, client: openai.OpenAI
+) -> None:
+    """A helper that opens its own `an.trace` inside a budgeted trace is covered by that
+    budget: its calls count toward it and are refused once it is reached."""
+    cost, _ = one_call(client)
+    before = len(server.requests)
+    with pytest.raises(an.BudgetExceeded), an.trace("outer", budget=cost * 2):
+        for _ in range(10):
+            with an.trace("inner step"):
+                ask(client)
+    assert 2 <= sent(server, before) <= 3
+
+
+def test_a_task_that_outlives_the_block_still_spends_from_its_budget(
+    server: demo.DemoServer, async_client: openai.AsyncOpenAI, client: openai.OpenAI
+) -> None:
+    cost, _ = one_call(client)
+    before = len(server.requests)
+    refused: list[BaseException] = []
+
+    async def loop() -> None:
+        try:
+            for _ in range(10):
+                await async_client.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "hi"}]
+                )
+        except an.BudgetExceeded as error:
+            refused.append(error)
+
+    async def main() -> None:
+        with an.trace("background", budget=cost * 2):
+            with an.span("work"):  # the task's parent span, still running after the block
+                task = asyncio.get_running_loop().create_task(loop())
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        await task
+
+    asyncio.run(main())
+    assert refused and 2 <= sent(server, before) <= 3
+
+
+def test_reset_takes_the_request_guards_off() -> None:
+    import openai._base_client as base
+
+    with an.trace("guarded", budget=1):
+        pass
+    assert getattr(base.BaseClient._build_request, "__agenta_notebook_budget__", False)
+    RUNTIME.reset()
+    assert not getattr(base.BaseClient._build_request, "__agenta_notebook_budget__", False)

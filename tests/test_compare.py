@@ -371,3 +371,27 @@ def test_two_traced_cells_compare_in_a_kernel(tmp_path: Path) -> None:
             assert deltas["cost"][row] == float(Decimal(cost_b) - Decimal(cost_a))
         assert deltas["tokens"][row] == tokens_b - tokens_a
         assert deltas["calls"][row] == calls_b - calls_a == 0
+
+
+def test_a_span_with_no_call_in_one_run_has_a_known_zero_not_an_unknown() -> None:
+    """A step that made no model call in run A (cost $0, 0 tokens) and one in run B: its
+    deltas are the call's cost and tokens, not `<NA>`; a spread counts the zero too."""
+
+    def run(calls: int) -> an.Trace:
+        with an.trace("run") as result, an.span("retrieve"):
+            for _ in range(calls):
+                with an.span("llm", type="llm"):
+                    an.record_usage(model="gpt-4o", input_tokens=100, output_tokens=10)
+        return result
+
+    a, b = run(0), run(1)
+    frame = an.compare(a, b).to_dataframe()
+    row = frame[frame[("span", "path")] == "run/retrieve[0]"].iloc[0]
+    step_b = b.find("retrieve").subtotal
+    assert step_b.cost is not None and step_b.total_tokens is not None
+    assert row[("delta", "cost")] == float(step_b.cost)
+    assert row[("delta", "tokens")] == step_b.total_tokens
+    spread = an.compare(a, b, run(0)).to_dataframe()
+    row = spread[spread[("span", "path")] == "run/retrieve[0]"].iloc[0]
+    assert row[("min", "cost")] == 0 and row[("max", "cost")] == float(step_b.cost)
+    assert row[("max", "unpriced")] == 0

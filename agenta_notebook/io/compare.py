@@ -239,15 +239,31 @@ def _nullable(values: list[Any], dtype: str) -> Any:
     return pd.array(values, dtype=pd.Int64Dtype())
 
 
+def _known(figures: dict[str, list[Any]], name: str) -> list[Any]:
+    """`figures[name]`, with 0 where the span is there and made no model call at all (no
+    cost, no tokens: known to be zero, not unknown)."""
+    values = figures[name]
+    if name not in ("cost", "tokens"):
+        return values
+    zero: Any = Decimal(0) if name == "cost" else 0
+    return [
+        zero if value is None and calls == 0 and not unpriced else value
+        for value, calls, unpriced in zip(
+            values, figures["calls"], figures["unpriced"], strict=True
+        )
+    ]
+
+
 def _deltas(
     data: dict[tuple[str, str], Any], first: dict[str, list[Any]], second: dict[str, list[Any]]
 ) -> None:
-    """The `delta` group: second minus first, `<NA>` where either is unknown."""
+    """The `delta` group: second minus first, `<NA>` where either is unknown (a span
+    with no model call has a known cost and tokens: 0)."""
     for name, dtype in FIGURE_DTYPES:
         if name not in COMPARED:
             continue
         deltas: list[Any] = []
-        for a, b in zip(first[name], second[name], strict=True):
+        for a, b in zip(_known(first, name), _known(second, name), strict=True):
             deltas.append(None if a is None or b is None else b - a)
         if name == "cost":  # a difference of lower bounds is not a difference
             for row, (a, b) in enumerate(zip(first["unpriced"], second["unpriced"], strict=True)):
@@ -264,7 +280,7 @@ def _spreads(data: dict[tuple[str, str], Any], every: list[dict[str, list[Any]]]
         lows: list[Any] = []
         middles: list[float | None] = []
         highs: list[Any] = []
-        for row in zip(*(figures[name] for figures in every), strict=True):
+        for row in zip(*(_known(figures, name) for figures in every), strict=True):
             known = [value for value in row if value is not None]
             if not known:
                 lows.append(None)
@@ -280,6 +296,12 @@ def _spreads(data: dict[tuple[str, str], Any], every: list[dict[str, list[Any]]]
         data[("min", name)] = _nullable(lows, dtype)
         data[("median", name)] = _nullable(list(middles), "Float64")
         data[("max", name)] = _nullable(highs, dtype)
+    # A cost spread over runs with unpriced calls is one of lower bounds: say how many.
+    unpriced = [
+        max((value for value in row if value is not None), default=None)
+        for row in zip(*(figures["unpriced"] for figures in every), strict=True)
+    ]
+    data[("max", "unpriced")] = _nullable(unpriced, "Int64")
 
 
 def _signed(name: str, value: Any) -> str:

@@ -51,7 +51,6 @@ import builtins
 import contextlib
 import keyword
 import re
-import shlex
 import sys
 import threading
 import time
@@ -341,8 +340,9 @@ class CellRun:
         #: what the spend ledger records of where the cell ran
         self.cell_id: str | None = (attributes or {}).get(CELL_ID_ATTRIBUTE)
         self.execution_count: int | None = getattr(shell, "execution_count", None)
+        enclosing = otel_trace.get_current_span().get_span_context().trace_id
         self.root, self.trace = start_root(name, with_budget(attributes, options.budget))
-        RUNTIME.budgets.start(self.trace, options.budget)
+        RUNTIME.budgets.start(self.trace, options.budget, enclosing)
         self._token = otel_context.attach(otel_trace.set_span_in_context(self.root))
 
     def show(self) -> None:
@@ -792,10 +792,7 @@ class TraceMagics(Magics):
         """
         from agenta_notebook.io.compare import compare
 
-        try:
-            names = shlex.split(line)
-        except ValueError as error:
-            raise UsageError(f"%{COMPARE_MAGIC_NAME}: {error} in {line!r}") from None
+        names = line.split()  # each an expression without spaces: `runs["a"]`, `runs[0]`
         if len(names) < 2:
             raise UsageError(
                 f"%{COMPARE_MAGIC_NAME}: name at least two variables holding traces, "
@@ -952,6 +949,8 @@ def unload(shell: Any) -> None:
     """Undo `load`; a cell still running keeps its hook until it ends, then it is removed."""
     magics = getattr(shell, _SHELL_ATTRIBUTE, None)
     still_open = isinstance(magics, TraceMagics) and bool(magics._open)
+    if not RUNTIME.budgets.by_trace:  # the budgets' request guards go with the extension
+        RUNTIME.budgets.reset()
     _remove_hooks(shell, keep_post_run=still_open)
     if still_open:
         assert isinstance(magics, TraceMagics)
