@@ -385,7 +385,7 @@ def test_costliest_spans() -> None:
     assert top[-1].span_id == 4  # the small call
     assert all(node.own.cost for node in top)
     scale = view_scale(trace.tree.root, trace.nodes)
-    listed = costliest_html(trace.nodes, scale)
+    listed = costliest_html(costliest(trace.nodes), scale)
     assert listed.count("<li>") == 4 and "costliest spans" in listed
     assert format_amount(top[0].own.cost, scale.places) in listed
     text = "".join(assert_inert(static_html(trace)).text)

@@ -350,14 +350,6 @@ class TraceTree:
     def running_count(self) -> int:
         return self.stats.running
 
-    def costed_nodes(self) -> list[SpanNode]:
-        """The nodes with counted figures of their own, in pre-order."""
-        costed = self.stats.costed
-        if self._nodes is not None:  # the walk's order: no sort
-            keep = set(costed)
-            return [node for node in self._nodes if node in keep] if keep else []
-        return sorted(costed, key=preorder_key)
-
     def by_model(self) -> tuple[ModelBreakdown, ...]:
         """Counted usage per model, most expensive first."""
         groups: dict[str, list[Figures]] = {}

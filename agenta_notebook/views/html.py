@@ -418,9 +418,9 @@ def cost_share_own(node: SpanNode, scale: ViewScale) -> float | None:
     return min(max(float(cost) / float(total), 0.0), 1.0)
 
 
-def costliest_html(nodes: Iterable[SpanNode], scale: ViewScale) -> str:
-    """The costliest spans as a plain list (the static HTML; the widget's is clickable)."""
-    top = costliest(nodes)
+def costliest_html(top: Sequence[SpanNode], scale: ViewScale) -> str:
+    """The costliest spans (`costliest`, `tree_costliest`) as a plain list (the static
+    HTML; the widget's is clickable)."""
     if not top:
         return ""
     items = "".join(f"<li>{escape(costliest_label(node, scale), None)}</li>" for node in top)
@@ -871,18 +871,9 @@ def _static_row(node: SpanNode, scale: ViewScale) -> str:
     )
 
 
-def open_depth(trace_nodes: Iterable[SpanNode], budget: int) -> int:
-    """The deepest level to open so that at most `budget` rows show (at least the root)."""
-    per_depth: list[int] = []
-    for node in trace_nodes:
-        while len(per_depth) <= node.depth:
-            per_depth.append(0)
-        per_depth[node.depth] += 1
-    return open_depth_of(per_depth, budget)
-
-
 def open_depth_of(depth_counts: Sequence[int], budget: int) -> int:
-    """`open_depth` from how many nodes sit at each depth (`TreeStats.depth_counts`)."""
+    """The deepest level to open so that at most `budget` rows show (at least the root),
+    from how many nodes sit at each depth (`TreeStats.depth_counts`)."""
     shown, depth = 0, 0
     for level, count in enumerate(depth_counts):
         if not count:
@@ -909,7 +900,7 @@ def static_html(
         _STATIC_STYLE,
         header_html(
             summary,
-            costliest_html(tree.costed_nodes(), scale),
+            costliest_html(tree_costliest(tree), scale),
             scale.places,
             budget=budget_html(budget_state(tree), scale.places),
         ),
