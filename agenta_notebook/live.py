@@ -91,12 +91,15 @@ class Trace:
         root_span_id: int | None = None,
         records: Iterable[SpanRecord] = (),
         converter: Callable[[Any], SpanRecord] | None = None,
+        convert_many: Callable[[list[Any]], list[SpanRecord]] | None = None,
         user_prices: UserPricesSource | None = None,
     ) -> None:
         self.trace_id = trace_id
         self.name = name
         self.root_span_id = root_span_id
         self._converter = converter
+        #: `converter` over a list of spans, in one call (default: a loop over `converter`)
+        self._convert_many = convert_many
         #: where the user's prices are read at each build (`SHELLS.user_prices` if None)
         self._user_prices = SHELLS.user_prices if user_prices is None else user_prices
         self._records: dict[int, SpanRecord] = {r.span_id: r for r in records}
@@ -177,13 +180,20 @@ class Trace:
 
     def _convert_finished(self) -> None:
         """The spans that ended since, as records (under `_lock`)."""
-        if self._finished_raw:
-            assert self._converter is not None
-            for raw in self._finished_raw:
-                record = self._converter(raw)
-                self._records[record.span_id] = record
-                self._unfolded.append(record)
-            self._finished_raw.clear()
+        finished = self._finished_raw
+        if finished:
+            convert_many = self._convert_many
+            if convert_many is not None:
+                records = convert_many(finished)
+            else:
+                convert = self._converter
+                assert convert is not None
+                records = [convert(raw) for raw in finished]
+            held = self._records
+            for record in records:
+                held[record.span_id] = record
+            self._unfolded.extend(records)
+            finished.clear()
 
     def records(self) -> list[SpanRecord]:
         """Every span of the trace as plain records, running ones with no end time."""

@@ -396,9 +396,9 @@ def test_fast_and_public_conversions_of_an_ended_span_agree() -> None:
     from opentelemetry.sdk.trace import ReadableSpan
 
     from agenta_notebook.collector import (
-        _record_from_ended_fields,
         _record_from_public_api,
         record_from_span,
+        records_from_spans,
     )
 
     tracer = otel_trace.get_tracer("tests.conversion", "1.2")
@@ -413,10 +413,13 @@ def test_fast_and_public_conversions_of_an_ended_span_agree() -> None:
     raw: list[ReadableSpan] = list(result._finished_raw)
     assert len(raw) == 3
     for finished in raw:
-        fast = _record_from_ended_fields(finished, vars(finished))
         public = _record_from_public_api(finished)
-        assert fast == public
+        assert records_from_spans([finished]) == [public]
         assert record_from_span(finished) == public
+    assert records_from_spans(raw) == [_record_from_public_api(span) for span in raw]
+    # The fast path was taken: an ended span's frozen attribute dict is shared, not copied.
+    for finished, record in zip(raw, records_from_spans(raw), strict=True):
+        assert record.attributes is finished._attributes._dict  # type: ignore[attr-defined]
     client = result.find("client call").record
     assert client.kind == "CLIENT" and client.scope == "tests.conversion"
     assert dict(client.attributes) == {"a": 1, "b": "x", "gen_ai.usage.input_tokens": 3}

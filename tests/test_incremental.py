@@ -188,7 +188,9 @@ def assert_same_tree(folded: TraceTree, full: TraceTree) -> None:
     # The stats first: a snapshot of the fold has them without a walk over its nodes.
     assert stats_of(folded) == stats_of(full)
     assert folded.warnings() == full.warnings()
-    assert folded.by_model() == full.by_model()
+    # repr: costs equal to the digit; the fold keeps its per-model sums itself
+    assert full.stats.by_model is None  # a full build sums them from the costed nodes
+    assert repr(folded.by_model()) == repr(full.by_model())
     top = [node.span_id for node in tree_costliest(folded)]
     assert top == [node.span_id for node in costliest(full.nodes)]
     assert folded.size == len(full.nodes)
@@ -321,6 +323,61 @@ def test_a_snapshot_keeps_the_spans_of_its_time() -> None:
     assert before.size == len(before.nodes) == 3
     assert [node.span_id for node in after.nodes] == [ROOT, 2, 3, 4, 5]
     assert after.size == 5
+
+
+def test_the_fold_keeps_the_per_model_sums_to_the_digit() -> None:
+    """`by_model()` of a folded snapshot comes from sums the fold keeps (no pass over the
+    model calls), equal to the digit to the full build's, as calls of several models end,
+    change (a running call that ends with other figures) and state costs of different
+    precisions (a sum of 0.10 and 0.2 is 0.30; without the 0.10, it is 0.2)."""
+    held: dict[int, SpanRecord] = {ROOT: record(ROOT, None, 0, None)}
+    engine = engine_of(list(held.values()))
+    costs = ["0.10", "0.2", "0.0035", "1", "0.000001"]
+    for index in range(12):
+        span_id = 2 + index
+        model = ("gpt-4o", "gpt-4o-mini", "no-such-model")[index % 3]
+        running = record(  # a call reporting nothing yet: unpriced until it ends
+            span_id, ROOT, index * 10, None, ag__type__node="llm", gen_ai__request__model=model
+        )
+        held[span_id] = running
+        assert engine.update([running])
+        check(engine, list(held.values()))
+        ended = llm(
+            span_id,
+            ROOT,
+            index * 10,
+            index * 10 + 5,
+            gen_ai__request__model=model,
+            gen_ai__usage__cost=costs[index % len(costs)] if index % 4 else None,
+            gen_ai__usage__output_tokens=index,
+        )
+        held[span_id] = ended
+        assert engine.update([ended])
+        snapshot = engine.snapshot()
+        assert snapshot.stats.by_model is not None  # kept by the fold, not summed again
+        check(engine, list(held.values()))
+    assert {row.model for row in engine.snapshot().by_model()} >= {"no-such-model"}
+
+
+def test_per_model_sums_that_may_not_be_exact_leave_by_model_to_a_full_sum() -> None:
+    from agenta_notebook.core.incremental import _ModelSums
+
+    sums = _ModelSums()
+    sums.add(Figures(cost=Decimal("0.10"), model_calls=1), 1)
+    sums.add(Figures(cost=Decimal("0.2"), input_tokens=3, model_calls=1, unpriced_calls=0), 1)
+    assert sums.exact and repr(sums.row("m").cost) == "Decimal('0.30')"
+    sums.add(Figures(cost=Decimal("0.10"), model_calls=1), -1)
+    row = sums.row("m")
+    assert (row.calls, row.input_tokens, row.output_tokens, repr(row.cost)) == (
+        1,
+        3,
+        None,
+        "Decimal('0.2')",
+    )
+    for odd in (Decimal("1e-31"), Decimal("NaN"), Decimal("1e60")):
+        other = _ModelSums()
+        other.add(Figures(cost=odd, model_calls=1), 1)
+        assert not other.exact
 
 
 def test_a_typical_live_cell_folds_without_a_full_build() -> None:

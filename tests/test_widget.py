@@ -458,6 +458,37 @@ def test_a_burst_of_spans_is_redrawn_a_few_times_and_the_last_state_always(
             shown.close()
 
 
+def test_a_slow_redraw_spaces_the_next_ones_out(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A redraw that took t seconds (a huge live trace) lets the next one start only
+    `SLOW_REDRAW_SPACING` * t later: the view takes a bounded share of the interpreter
+    from the cell. A fast one waits `MIN_INTERVAL`. (A clock of our own: no timing.)"""
+    from types import SimpleNamespace
+
+    from agenta_notebook.views import display
+
+    clock = [1000.0]
+    monkeypatch.setattr(display, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    with an.trace("slow") as trace:
+        shown = TraceDisplay(trace, widget=True)
+        try:
+            took = [0.5]
+
+            def redraw(*, settle: bool) -> None:
+                clock[0] += took[0]
+
+            monkeypatch.setattr(shown, "_redraw", redraw)
+            shown._scheduled_redraw()
+            assert shown._next_allowed == pytest.approx(1000.5 + display.SLOW_REDRAW_SPACING * 0.5)
+            assert display.SLOW_REDRAW_SPACING >= 8  # at most a ninth of the time redrawing
+            took[0] = 0.001
+            shown._scheduled_redraw()
+            assert shown._next_allowed == pytest.approx(clock[0] + MIN_INTERVAL)
+        finally:
+            shown.close()
+
+
 def test_a_span_ending_during_a_redraw_is_drawn_by_the_next_one(
     collector: Collector, monkeypatch: pytest.MonkeyPatch
 ) -> None:

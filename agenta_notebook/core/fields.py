@@ -29,6 +29,8 @@ from decimal import MAX_EMAX, MIN_EMIN, ROUND_HALF_EVEN, Context, Decimal
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from agenta_notebook.core.frozen import fast_constructor
+
 #: What a figure is: how it is summed, shown and stored.
 #: "tokens": a token count, `None` when unknown; "money": dollars as an exact `Decimal`,
 #: `None` when unknown; "count": how many spans are something, 0 when none.
@@ -355,6 +357,15 @@ def _stated_expression(figure: Figure, holder: str) -> str:
     return f"({own} if {own} is not None else (None if {none} else {total}))"
 
 
+def _builder(figures_class: type) -> Callable[..., Any]:
+    """What the generated code calls to make a `figures_class`: its fast constructor
+    (`core.frozen`), or the class itself when it is not a frozen slots dataclass."""
+    try:
+        return fast_constructor(figures_class)
+    except TypeError:
+        return figures_class
+
+
 def make_sum(figures_class: type, table: Sequence[Figure]) -> Callable[[Iterable[Any]], Any]:
     """`sum_figures` for this class and table: the sum of several figures in one pass (one
     allocation, not one per addition). Tokens add up, `None` where no part has any;
@@ -377,7 +388,7 @@ def make_sum(figures_class: type, table: Sequence[Figure]) -> Callable[[Iterable
     lines.append("    return Figures(")
     lines += [f"        {figure.name}_sum," for figure in table]
     lines.append("    )")
-    namespace = {"Figures": figures_class, "add_money": COST_CONTEXT.add}
+    namespace = {"Figures": _builder(figures_class), "add_money": COST_CONTEXT.add}
     function: Callable[[Iterable[Any]], Any] = _compile(
         "\n".join(lines), "sum_figures", namespace, make_sum.__doc__
     )
@@ -409,7 +420,10 @@ def make_counted(figures_class: type, table: Sequence[Figure]) -> Callable[..., 
         ]
     )
     function: Callable[..., Any] = _compile(
-        source, "counted_figures", {"Figures": figures_class}, make_counted.__doc__
+        source,
+        "counted_figures",
+        {"Figures": _builder(figures_class)},
+        make_counted.__doc__,
     )
     return function
 

@@ -42,15 +42,18 @@ from typing import Final
 from agenta_notebook.core.fields import COST_CONTEXT, FIGURES, NO_FIGURES, Figures, sum_figures
 from agenta_notebook.core.pricing import UNPRICED, UserPrices
 from agenta_notebook.core.rollup import (
+    ModelBreakdown,
     SpanNode,
     SpanRecord,
     TraceTree,
     TreeStats,
     call_key,
+    model_of,
     new_node,
     preorder_key,
     response_ids,
     settle_node,
+    sort_breakdown,
 )
 
 
@@ -115,6 +118,85 @@ class _Below:
         elif parts:
             below.total = sum_figures(parts)
         return below
+
+
+#: Counted costs have at most 30 decimal places (`rollup._exact_cost`); a per-model cost
+#: sum under 1e60 then has at most 90 digits, exact in `COST_CONTEXT` (100).
+_FINEST_EXPONENT: Final = -30
+_LARGEST_MAGNITUDE: Final = 59
+#: The token counts `ModelBreakdown` carries (absent: None), in its order.
+_MODEL_TOKENS: Final = ("input_tokens", "output_tokens", "total_tokens")
+
+
+class _ModelSums:
+    """The counted usage of one model, kept as spans are folded in and out, so that
+    `TraceTree.by_model()` costs O(models) on a redraw, not O(model calls).
+
+    Equal to the digit to `sum_figures` of the members: a token count is absent when no
+    member has one (how many do is kept), and a cost sum keeps the finest exponent of
+    the members' costs (how many have each is kept), as an exact sum in `COST_CONTEXT`
+    has. `exact` turns False when a cost sum may have been rounded: `by_model()` then
+    sums the members again.
+    """
+
+    __slots__ = ("calls", "cost", "exact", "exponents", "known", "members", "tokens", "unpriced")
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.calls = 0
+        self.unpriced = 0
+        self.tokens = [0, 0, 0]
+        self.known = [0, 0, 0]
+        self.cost = Decimal(0)
+        #: exponent -> how many members' costs have it
+        self.exponents: dict[int, int] = {}
+        self.exact = True
+
+    def add(self, own: Figures, sign: int) -> None:
+        """Count `own` in (`sign` 1) or out (-1)."""
+        self.members += sign
+        if own.model_calls:
+            self.calls += sign
+        self.unpriced += sign * own.unpriced_calls
+        tokens, known = self.tokens, self.known
+        for index, name in enumerate(_MODEL_TOKENS):
+            value = getattr(own, name)
+            if value is not None:
+                tokens[index] += sign * value
+                known[index] += sign
+        cost = own.cost
+        if cost is not None:
+            exponent = cost.as_tuple().exponent
+            if not isinstance(exponent, int) or exponent < _FINEST_EXPONENT:
+                self.exact = False  # NaN, infinity, or finer than a counted cost can be
+                return
+            context = COST_CONTEXT
+            total = context.add(self.cost, cost) if sign > 0 else context.subtract(self.cost, cost)
+            if total.adjusted() > _LARGEST_MAGNITUDE:
+                self.exact = False  # nearing the digits an exact sum may have
+            self.cost = total
+            left = self.exponents.get(exponent, 0) + sign
+            if left:
+                self.exponents[exponent] = left
+            else:
+                del self.exponents[exponent]
+
+    def row(self, model: str) -> ModelBreakdown:
+        tokens, known = self.tokens, self.known
+        exponents = self.exponents
+        cost = None
+        if exponents:
+            finest = Decimal(1).scaleb(min(exponents), COST_CONTEXT)
+            cost = self.cost.quantize(finest, context=COST_CONTEXT)
+        return ModelBreakdown(
+            model=model,
+            calls=self.calls,
+            input_tokens=tokens[0] if known[0] else None,
+            output_tokens=tokens[1] if known[1] else None,
+            total_tokens=tokens[2] if known[2] else None,
+            cost=cost,
+            unpriced_calls=self.unpriced,
+        )
 
 
 def _checked_sum(parts: list[Figures]) -> Figures:
@@ -238,6 +320,9 @@ class IncrementalTree:
         #: the latest end of any record, or start of a running one (`TreeStats.latest_ns`)
         self._latest: int | None = None
         self._costed: dict[SpanNode, None] = {}
+        #: per model, its counted usage; per node counted there, its model and own figures
+        self._models: dict[str, _ModelSums] = {}
+        self._modelled: dict[SpanNode, tuple[str, Figures]] = {}
         self._warned: dict[SpanNode, None] = {}
         self._types: dict[str, int] = {}
         self._depths: list[int] = []
@@ -270,6 +355,7 @@ class IncrementalTree:
                 warned=tuple(self._warned),
                 types=tuple(sorted(kind for kind, count in self._types.items() if count)),
                 depth_counts=tuple(self._depths),
+                by_model=self._by_model(),
             )
             tree = TraceTree(self._trace_id, root, None, dict(self._by_id), failed, stats=stats)
             self._snapshot = tree
@@ -289,12 +375,34 @@ class IncrementalTree:
             self._count_depth(node)
         self._stats_ready = True
 
+    def _by_model(self) -> tuple[ModelBreakdown, ...] | None:
+        models = self._models
+        if not all(sums.exact for sums in models.values()):
+            return None  # a cost sum may have been rounded: by_model() sums them again
+        return sort_breakdown(sums.row(model) for model, sums in models.items())
+
     def _note(self, node: SpanNode) -> None:
-        """Keep `node` among the costed and warned nodes, or not, as it is now."""
-        if node.own is not NO_FIGURES:
+        """Keep `node` among the costed and warned nodes, or not, as it is now, and its
+        counted usage in its model's sums."""
+        own = node.own
+        if own is not NO_FIGURES:
             self._costed[node] = None
         else:
             self._costed.pop(node, None)
+        noted = self._modelled.pop(node, None)
+        if noted is not None:
+            model, counted = noted
+            sums = self._models[model]
+            sums.add(counted, -1)
+            if not sums.members:
+                del self._models[model]
+        if own is not NO_FIGURES and node.counts_usage:
+            model = model_of(node)
+            found = self._models.get(model)
+            if found is None:
+                found = self._models[model] = _ModelSums()
+            found.add(own, 1)
+            self._modelled[node] = (model, own)
         if node.span_warnings:
             self._warned[node] = None
         else:

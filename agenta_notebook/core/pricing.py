@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from agenta_notebook.core.fields import COST_CONTEXT, TOKEN_FIGURES
+from agenta_notebook.core.frozen import fast_constructor
 from agenta_notebook.core.usage import Usage, parse_token_count
 
 if TYPE_CHECKING:
@@ -91,6 +92,8 @@ class PricingFailure(PricedCost):
 
 
 UNPRICED: Final = PricedCost(None, "unpriced")
+#: `PricedCost(...)`, built faster: `price_usage` makes one per model call.
+_new_priced: Final = fast_constructor(PricedCost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,7 +486,7 @@ def price_usage(usage: Usage, user_prices: UserPrices = NO_USER_PRICES) -> Price
     PricedCost(cost=Decimal('0.0035'), source='price table', matched_model='openai/gpt-4o')
     """
     if usage.cost is not None:
-        return PricedCost(usage.cost, "reported", usage.model)
+        return _new_priced(usage.cost, "reported", usage.model)
     model = usage.model
     if model is None or (usage.input_tokens is None and usage.output_tokens is None):
         return UNPRICED
@@ -502,7 +505,7 @@ def price_usage(usage: Usage, user_prices: UserPrices = NO_USER_PRICES) -> Price
             prices = user_prices.lookup(name, usage.provider)
             if prices is not None:
                 cost = _override_cost(prices, input_tokens, output_tokens, cache_read, cache_write)
-                return PricedCost(cost, "override", name)
+                return _new_priced(cost, "override", name)
     try:
         known = None
         for name in names:
@@ -514,7 +517,7 @@ def price_usage(usage: Usage, user_prices: UserPrices = NO_USER_PRICES) -> Price
         linear = _linear_price(*known)
         if linear is not None:
             cost = linear.cost(input_tokens, output_tokens, cache_read, cache_write, reasoning)
-            return PricedCost(cost, "price table", linear.matched_model)
+            return _new_priced(cost, "price table", linear.matched_model)
         cost, matched = _table_cost(
             known[0], known[1], input_tokens, output_tokens, cache_read, cache_write, reasoning
         )
@@ -522,7 +525,7 @@ def price_usage(usage: Usage, user_prices: UserPrices = NO_USER_PRICES) -> Price
         return UNPRICED
     except Exception as error:  # a bug, not a missing price: carried, never hidden
         return PricingFailure(None, "unpriced", model, error)
-    return PricedCost(cost, "price table", matched)
+    return _new_priced(cost, "price table", matched)
 
 
 def _usage_from_mapping(usage: Mapping[str, Any], keep_bad: bool = False) -> dict[str, Any]:

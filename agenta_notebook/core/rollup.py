@@ -28,6 +28,7 @@ from agenta_notebook.core.fields import (
 # Declared with the other figures in `fields`, and part of the tree's interface.
 from agenta_notebook.core.fields import NO_FIGURES as NO_FIGURES
 from agenta_notebook.core.fields import Figures as Figures
+from agenta_notebook.core.frozen import fast_constructor
 from agenta_notebook.core.pricing import (
     NO_USER_PRICES,
     UNPRICED,
@@ -71,6 +72,9 @@ class SpanRecord:
     resource: Mapping[str, Any] = field(default_factory=dict)
 
 
+#: `SpanRecord(...)`, built faster (`core.frozen`): the collector makes one per span.
+new_record: Final = fast_constructor(SpanRecord)
+
 #: Costs are summed in `COST_CONTEXT` (fields.py), exact at this resolution or coarser.
 _FINEST_COST: Final = Decimal("1e-30")
 
@@ -112,6 +116,7 @@ Role = Literal[
     "model call",  # a lowest model-call span that reports usage (rules 2, 3)
     "unreported model call",  # a lowest model call reporting nothing: counted, unpriced
     "failed model call",  # refused with an HTTP error, no usage: 1 call, not unpriced (14)
+    "refused by budget",  # a request our budget refused before it was sent: 0 calls (14)
     "model call wrapper",  # a model-call span over model-call spans: 0 calls (rule 3)
     "recorded twice",  # the same call as another span of another scope (rule 13)
     "claim counted",  # not a model call; reports a figure nothing below reports (rule 2)
@@ -234,6 +239,8 @@ class TreeStats:
     types: tuple[str, ...]
     #: how many nodes sit at each depth (index 0: the root)
     depth_counts: tuple[int, ...]
+    #: `TraceTree.by_model()` when the fold keeps it (None: summed from `costed`)
+    by_model: tuple[ModelBreakdown, ...] | None = None
 
 
 def tree_stats(nodes: Iterable[SpanNode]) -> TreeStats:
@@ -352,11 +359,13 @@ class TraceTree:
 
     def by_model(self) -> tuple[ModelBreakdown, ...]:
         """Counted usage per model, most expensive first."""
+        stats = self.stats
+        if stats.by_model is not None:  # kept by the live roll-up as spans are folded in
+            return stats.by_model
         groups: dict[str, list[Figures]] = {}
-        for node in self.stats.costed:
+        for node in stats.costed:
             if node.counts_usage:
-                model = node.priced.matched_model or node.usage.model or "(unknown model)"
-                groups.setdefault(model, []).append(node.own)
+                groups.setdefault(model_of(node), []).append(node.own)
         rows = []
         for model, members in groups.items():
             total = sum_figures(members)  # one pass, not one Figures per addition
@@ -371,9 +380,7 @@ class TraceTree:
                     unpriced_calls=total.unpriced_calls,
                 )
             )
-        minus = COST_CONTEXT.minus
-        rows.sort(key=lambda row: (minus(row.cost or 0), row.model))
-        return tuple(rows)
+        return sort_breakdown(rows)
 
     def warnings(self) -> tuple[SpanWarning, ...]:
         """Every warning of the trace, span by span in pre-order."""
@@ -384,6 +391,17 @@ class TraceTree:
 
     def __repr__(self) -> str:
         return f"<TraceTree {self.root.name!r} nodes={self.size}>"
+
+
+def model_of(node: SpanNode) -> str:
+    """The model a span's counted usage is grouped under in `TraceTree.by_model()`."""
+    return node.priced.matched_model or node.usage.model or "(unknown model)"
+
+
+def sort_breakdown(rows: Iterable[ModelBreakdown]) -> tuple[ModelBreakdown, ...]:
+    """Rows of `TraceTree.by_model()` in its order: most expensive first, then by name."""
+    minus = COST_CONTEXT.minus
+    return tuple(sorted(rows, key=lambda row: (minus(row.cost or 0), row.model)))
 
 
 def _claim_mismatch(usage: Usage, claimed: int, below: Figures) -> str | None:
@@ -421,6 +439,29 @@ _HTTP_REFUSAL: Final = re.compile(
     r"|Error code: [45]\d\d|HTTP [45]\d\d|\b[45]\d\d\b"
 )
 _NOT_A_RESPONSE: Final = re.compile(r"Timeout|TimedOut|Connection|Network|Disconnect", re.I)
+
+
+# `error.type` / `exception.type` of a request a budget refused: `BudgetExceeded`, qualified
+# or not, or as `str()` of the class (`<class 'agenta_notebook.budget.BudgetExceeded'>`).
+_BUDGET_REFUSAL: Final = re.compile(
+    r"(?:[A-Za-z_][\w.]*\.)?BudgetExceeded|<class '(?:[A-Za-z_][\w.]*\.)?BudgetExceeded'>"
+)
+
+
+def refused_by_budget(record: SpanRecord) -> bool:
+    """True when the span failed with `BudgetExceeded`: a request refused before it was
+    sent (rule 14), told by the exception type it records, never by a message."""
+    if record.status != "ERROR":
+        return False
+    value = record.attributes.get("error.type")
+    if isinstance(value, str) and _BUDGET_REFUSAL.fullmatch(value):
+        return True
+    for event in record.events:
+        if event.name == "exception":
+            value = event.attributes.get("exception.type")
+            if isinstance(value, str) and _BUDGET_REFUSAL.fullmatch(value):
+                return True
+    return False
 
 
 def failed_with_http_response(record: SpanRecord) -> bool:
@@ -771,6 +812,9 @@ def _count_own(
             node.role = "model call wrapper"
         elif reported:
             node.role = "model call"
+        elif refused_by_budget(node.record):
+            node.role = "refused by budget"
+            lowest_call = False  # never sent: no call, nothing to price, its error only
         elif failed_with_http_response(node.record):
             node.role = "failed model call"
         else:

@@ -25,6 +25,8 @@ from agenta_notebook.runtime import RUNTIME
 
 #: Redraw a live view at most this often (seconds); slower for big trees (see `refresh`).
 MIN_INTERVAL: Final = 0.25
+#: After a redraw that took `t` seconds, the next waits at least this many times `t`.
+SLOW_REDRAW_SPACING: Final = 8
 
 
 def _in_kernel() -> bool:
@@ -147,8 +149,9 @@ class TraceDisplay:
             internal_error("redrawing a trace view")
         spent = time.monotonic() - started
         with self._lock:
-            # A redraw that takes long (huge live trace) spaces the next ones out.
-            self._next_allowed = time.monotonic() + max(MIN_INTERVAL, 3 * spent)
+            # A redraw that takes long (huge live trace) spaces the next ones out, so that
+            # the view takes at most about a ninth of the interpreter from the cell.
+            self._next_allowed = time.monotonic() + max(MIN_INTERVAL, SLOW_REDRAW_SPACING * spent)
 
     def _redraw(self, *, settle: bool) -> None:
         if self.view is not None:
