@@ -13,37 +13,59 @@ the guard finds the trace of the current span and reads its counted figures
 (`Trace.totals`, cheap): once the cost reaches the budget, or the tokens reach
 `max_tokens`, the request raises `BudgetExceeded` before it is sent.
 
+The guards are put on when the package is imported (and the extension loaded): the
+libraries already imported are wrapped then, and those imported later as soon as their
+module has run (`IMPORT_HOOK`, a `sys.meta_path` finder), so that `from litellm import
+completion` binds a guarded function whatever the order of the imports and of the first
+budget. Nothing is imported here. `RUNTIME.reset()` and unloading the extension take
+them off (and the hook); the next budget or load puts them back.
+
 Counted figures are those of the calls that have ended: requests already in flight
 when the limit is reached still complete, so a fan-out of k concurrent calls may go
 over by up to k calls. Unpriced calls do not count toward a dollar budget (their cost is
-unknown); the exception's message says how many there were. Without a budget the guard
-costs one dict lookup per request.
+unknown); the exception's message says how many there were (the refused request's own
+span, opened by an instrumentor before the request was built, is not one of them).
+Without a budget a guard costs one truth test of a dict: about 0.5 µs per request
+(`benchmarks/bench_budget.py`).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
+import importlib.abc
 import inspect
 import sys
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from opentelemetry import trace as otel_trace
 
 from agenta_notebook import forksafe
 from agenta_notebook.core.fields import sum_figures
+from agenta_notebook.core.rollup import TraceTree, refused_by_budget
 from agenta_notebook.errors import internal_error
-from agenta_notebook.runtime import RUNTIME, Budget
+from agenta_notebook.runtime import BUDGET_DOLLARS, BUDGET_TOKENS, RUNTIME, Budget
 
-__all__ = ["GUARDED", "LITELLM_CALLS", "BudgetExceeded", "check", "check_request", "install_guards"]
+__all__ = [
+    "GUARD",
+    "GUARDED",
+    "IMPORT_HOOK",
+    "LITELLM_CALLS",
+    "BudgetExceeded",
+    "GuardOnImport",
+    "TraceBudget",
+    "check",
+    "check_request",
+    "install_guards",
+    "trace_budget",
+    "uninstall_guards",
+]
 
 #: The client libraries whose request path is guarded (each has its own `_base_client`).
 GUARDED: Final = ("openai", "anthropic")
 #: Marks a guarded `_build_request`, so that a library is never wrapped twice.
 _MARK: Final = "__agenta_notebook_budget__"
-_LOCK = forksafe.new_lock()
+_LOCK = forksafe.new_rlock()  # an import under it may guard a module
 
 
 class BudgetExceeded(Exception):
@@ -78,6 +100,50 @@ class BudgetExceeded(Exception):
         super().__init__(f"{what}; refused: {call}")
 
 
+class TraceBudget(NamedTuple):
+    """What a trace says of its budget (its root's attributes, its spans): the limits,
+    whether its counted figures reached them, and whether a request was refused."""
+
+    dollars: Decimal | None
+    max_tokens: int | None
+    reached: bool
+    refused: bool
+
+
+def trace_budget(tree: TraceTree) -> TraceBudget | None:
+    """The budget of a trace (live or loaded) from its tree, or None when it had none.
+
+    `reached`: its counted cost (or tokens) is at the budget or over it, or a request was
+    refused; `refused`: a span of it failed with `BudgetExceeded` (the trace's block, a
+    step that let it through, an instrumentor's span of the refused request). A refusal
+    caught inside the trace before any span failed with it leaves no trace of itself.
+    """
+    root = tree.root
+    attributes = root.record.attributes
+    dollars_text = attributes.get(BUDGET_DOLLARS)
+    max_tokens = attributes.get(BUDGET_TOKENS)
+    dollars: Decimal | None = None
+    if isinstance(dollars_text, str):
+        try:
+            dollars = Decimal(dollars_text)
+        except ArithmeticError:
+            dollars = None
+        if dollars is not None and not dollars.is_finite():
+            dollars = None
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        max_tokens = None
+    if dollars is None and max_tokens is None:
+        return None
+    totals = root.subtotal
+    refused = any(node.is_error and refused_by_budget(node.record) for node in tree.nodes)
+    reached = (
+        refused
+        or (dollars is not None and (totals.cost or 0) >= dollars)
+        or (max_tokens is not None and (totals.total_tokens or 0) >= max_tokens)
+    )
+    return TraceBudget(dollars, max_tokens, reached, refused)
+
+
 def _describe(options: Any) -> str:
     """The refused request, as `POST /chat/completions (model gpt-4o-mini)`."""
     method = str(getattr(options, "method", "") or "").upper()
@@ -102,6 +168,23 @@ def _over(budget: Budget) -> tuple[Decimal | int, Decimal | int, int] | None:
         if tokens >= budget.max_tokens:
             return tokens, budget.max_tokens, totals.unpriced_calls
     return None
+
+
+def _pending(covering: tuple[Budget, ...], trace_id: int, span_id: int) -> int:
+    """The unpriced calls that the current span itself counts: the span an instrumentor
+    opened for the refused request before it was built (running, no usage yet). It is
+    no call of unknown cost: the message leaves it out."""
+    try:
+        for budget in covering:
+            for trace in budget.covered:
+                if trace.trace_id == trace_id:
+                    node = trace.tree.by_id.get(span_id)
+                    if node is None or not node.running:
+                        return 0
+                    return node.own.unpriced_calls
+    except Exception:
+        internal_error("reading the refused request's span for a budget's message")
+    return 0
 
 
 def check(options: Any = None, *, call: str | None = None) -> None:
@@ -129,6 +212,8 @@ def check(options: Any = None, *, call: str | None = None) -> None:
         return
     if over is not None:
         spent, limit, unpriced = over
+        if unpriced:
+            unpriced -= _pending(covering, context.trace_id, context.span_id)
         refused = call if call is not None else _describe(options)
         raise BudgetExceeded(spent, limit, refused, unpriced_calls=unpriced)
 
@@ -139,10 +224,15 @@ def check_request(options: Any) -> None:
         check(options)
 
 
+#: The budgets (never replaced: `Budgets.reset()` empties it), read by every guard.
+_BUDGETS: Final = RUNTIME.budgets
+
+
 def _guard(original: Any) -> Any:
     def _build_request(self: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True  # IPython and pytest leave this frame out
-        check_request(options)
+        if _BUDGETS.by_trace:  # without a budget: this test only
+            check_request(options)
         return original(self, options, *args, **kwargs)
 
     setattr(_build_request, _MARK, True)
@@ -150,10 +240,15 @@ def _guard(original: Any) -> Any:
     return _build_request
 
 
+#: The guard of `BaseClient._build_request` (`benchmarks/bench_budget.py` times it).
+GUARD: Final = _guard
+
+
 def _guard_sync_request(original: Any) -> Any:
     def request(self: Any, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True  # IPython and pytest leave this frame out
-        check_request(options)
+        if _BUDGETS.by_trace:
+            check_request(options)
         return original(self, cast_to, options, *args, **kwargs)
 
     setattr(request, _MARK, True)
@@ -164,7 +259,8 @@ def _guard_sync_request(original: Any) -> Any:
 def _guard_async_request(original: Any) -> Any:
     async def request(self: Any, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True  # IPython and pytest leave this frame out
-        check_request(options)
+        if _BUDGETS.by_trace:
+            check_request(options)
         return await original(self, cast_to, options, *args, **kwargs)
 
     setattr(request, _MARK, True)
@@ -185,7 +281,7 @@ def _guard_litellm(name: str, original: Any) -> Any:
         @functools.wraps(original)
         async def guarded_async(*args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True  # IPython and pytest leave this frame out
-            if RUNTIME.budgets.by_trace:
+            if _BUDGETS.by_trace:
                 check(call=_litellm_call(name, kwargs))
             return await original(*args, **kwargs)
 
@@ -195,7 +291,7 @@ def _guard_litellm(name: str, original: Any) -> Any:
         @functools.wraps(original)
         def guarded_sync(*args: Any, **kwargs: Any) -> Any:
             __tracebackhide__ = True  # IPython and pytest leave this frame out
-            if RUNTIME.budgets.by_trace:
+            if _BUDGETS.by_trace:
                 check(call=_litellm_call(name, kwargs))
             return original(*args, **kwargs)
 
@@ -217,13 +313,10 @@ LITELLM_CALLS: Final = (
 )
 
 
-def _install_litellm() -> None:
-    """Guard LiteLLM's entry points, if it is imported (importing it is slow and may
-    download its price map: never done here). Called at every budget's start, so that a
-    LiteLLM imported (or instrumented) since is guarded, outermost, then."""
-    litellm = sys.modules.get("litellm")
-    if litellm is None:
-        return
+def _install_litellm(litellm: Any) -> None:
+    """Guard LiteLLM's entry points (never imported here: importing it is slow and may
+    download its price map). Called when it is imported, and again at every budget's
+    start, so that an instrumentor that wrapped them since is guarded too, outermost."""
     for name in LITELLM_CALLS:
         current = getattr(litellm, name, None)
         if callable(current) and not getattr(current, _MARK, False):
@@ -236,13 +329,11 @@ def _wrap(cls: Any, name: str, guard: Any) -> None:
         setattr(cls, name, guard(current))
 
 
-def _install(library: str) -> None:
-    if importlib.util.find_spec(library) is None:
-        return
-    module = importlib.import_module(f"{library}._base_client")
+def _install_client(module: Any) -> None:
+    """Guard a client library's `_base_client` module (openai's or anthropic's)."""
     # Every request is built here, whoever wrapped the client's methods: the last line.
     _wrap(module.BaseClient, "_build_request", _guard)
-    if library == "anthropic":
+    if module.__name__.startswith("anthropic."):
         # The SDK opens its own span in `request`: refuse before it, so that a refused
         # request is no model call. (For openai, `instrument_openai()` checks before the
         # instrumentor's span; an instrumentor that wraps `OpenAI.request` itself keeps
@@ -251,25 +342,91 @@ def _install(library: str) -> None:
         _wrap(module.AsyncAPIClient, "request", _guard_async_request)
 
 
-def install_guards() -> None:
-    """Guard the request path of every installed client library (once each). Never
-    raises: a library that cannot be guarded is reported as a failure of ours."""
+#: The modules that carry a guard, and how each is guarded once it is imported.
+_GUARDED_MODULES: Final[dict[str, Any]] = {
+    **{f"{library}._base_client": _install_client for library in GUARDED},
+    "litellm": _install_litellm,
+}
+
+
+def _guard_module(name: str, module: Any) -> None:
+    """Guard `module` (one of `_GUARDED_MODULES`); never raises."""
     with _LOCK:
-        for library in GUARDED:
-            try:
-                _install(library)
-            except Exception:
-                internal_error(f"guarding the {library} client's requests for a budget")
         try:
-            _install_litellm()
+            _GUARDED_MODULES[name](module)
         except Exception:
-            internal_error("guarding LiteLLM's calls for a budget")
+            internal_error(f"guarding {name}'s requests for a budget")
+
+
+class _GuardAfterExec:
+    """A module's loader, which guards the module once it has run (the rest: the loader's)."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        _guard_module(module.__name__, module)
+
+
+class GuardOnImport(importlib.abc.MetaPathFinder):
+    """On `sys.meta_path` while the guards are on: a client library imported later
+    (openai, anthropic, litellm) is guarded as soon as its module has run, so that
+    `from litellm import completion` binds a guarded function whatever the order of the
+    imports. Every other import costs one set lookup."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in _GUARDED_MODULES:
+            return None
+        finders = sys.meta_path
+        try:  # the finders after this one (those before it have declined)
+            later = finders[finders.index(self) + 1 :]
+        except ValueError:
+            return None
+        for finder in later:
+            find = getattr(finder, "find_spec", None)
+            if find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is None:
+                continue
+            loader = spec.loader
+            if loader is not None and hasattr(loader, "exec_module"):
+                spec.loader = _GuardAfterExec(loader)
+            return spec
+        return None
+
+
+#: The import hook, on `sys.meta_path` while the guards are on.
+IMPORT_HOOK: Final = GuardOnImport()
+
+
+def install_guards() -> None:
+    """Guard the request path of every client library already imported (once each) and
+    those imported later (`IMPORT_HOOK`). Imports nothing; never raises: a library that
+    cannot be guarded is reported as a failure of ours. Done when the package is
+    imported and the extension loaded, and again at each budget's start."""
+    with _LOCK:
+        if IMPORT_HOOK not in sys.meta_path:
+            sys.meta_path.insert(0, IMPORT_HOOK)
+        for name in _GUARDED_MODULES:
+            module = sys.modules.get(name)
+            if module is not None:
+                _guard_module(name, module)
 
 
 def uninstall_guards() -> None:
-    """Put back what `install_guards` wrapped, where our wrapper is still the one
-    installed (`RUNTIME.reset()`, unloading the extension)."""
+    """Take the import hook off and put back what the guards wrapped, where our wrapper is
+    still the one installed (`RUNTIME.reset()`, unloading the extension)."""
     with _LOCK:
+        while IMPORT_HOOK in sys.meta_path:
+            sys.meta_path.remove(IMPORT_HOOK)
         for library in GUARDED:
             module = sys.modules.get(f"{library}._base_client")
             if module is None:
@@ -292,3 +449,5 @@ def uninstall_guards() -> None:
 
 RUNTIME.budgets.install_guards = install_guards
 RUNTIME.budgets.uninstall_guards = uninstall_guards
+# On from the package's import: a library imported before the first budget is guarded.
+install_guards()

@@ -637,6 +637,12 @@ class Budgets:
                 self._traces.pop(trace_id, None)
                 self.by_trace.pop(trace_id, None)
 
+    def guard(self) -> None:
+        """Put the request guards on (the extension's load; the package's import does)."""
+        install = self.install_guards
+        if install is not None:
+            install()
+
     def reset(self) -> None:
         self.by_trace.clear()
         self._traces.clear()

@@ -247,6 +247,205 @@ def test_anthropic_client_is_guarded_too(
     assert isinstance(claude, anthropic.Anthropic)
 
 
+def run_script(
+    script: str,
+    *arguments: str,
+    cwd: Path | None = None,
+    environment: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run `script` in a fresh interpreter (instrumentors that cannot be taken off stay
+    out of this process); it prints `RESULT <json>` last."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OPENAI_", "ANTHROPIC_", "AGENTA_NOTEBOOK"))
+    }
+    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_OFFLINE_MODE="true")
+    env.update(environment or {})
+    done = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        cwd=cwd or Path(__file__).parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    result: dict[str, Any] = json.loads(done.stdout.rpartition("RESULT ")[2])
+    return result
+
+
+# The official OpenTelemetry instrumentor and OpenLLMetry's open their span before the
+# request is built: the refused request leaves a failed model-call span behind.
+OTHER_INSTRUMENTOR_SCRIPT = """
+import asyncio, json, os, sys
+import agenta_notebook as an
+from agenta_notebook import demo
+if sys.argv[1] == "openai-v2":
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+else:
+    from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+OpenAIInstrumentor().instrument()
+import openai
+os.environ["OPENAI_API_KEY"] = "sk-dummy-for-the-stand-in"
+MESSAGES = [{"role": "user", "content": "What limits the speed of a sailing boat?"}]
+result = {}
+
+def figures(trace, error, sent):
+    refused = [n for n in trace.nodes if n.role == "refused by budget"]
+    return {
+        "sent": sent, "error": error,
+        "calls": trace.totals.model_calls, "unpriced": trace.totals.unpriced_calls,
+        "errors": trace.totals.errors, "refused": len(refused),
+        "refused_own": [[n.own.model_calls, n.own.unpriced_calls, n.own.errors] for n in refused],
+        "roles": sorted({n.role for n in trace.nodes if n.usage.is_model_call}),
+    }
+
+with demo.start() as server:
+    client = openai.OpenAI(base_url=server.base_url, max_retries=0, timeout=10)
+    aclient = openai.AsyncOpenAI(base_url=server.base_url, max_retries=0, timeout=10)
+    def ask():
+        return client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    with an.trace("one") as one:
+        ask()
+    before = len(server.requests)
+    error = None
+    try:
+        with an.trace("loop", budget=one.totals.cost * 3) as loop:
+            for _ in range(20):
+                ask()
+    except Exception as caught:
+        error = [type(caught).__name__, str(caught)]
+    result["loop"] = figures(loop, error, len(server.requests) - before)
+
+    async def fan_out():
+        gate = asyncio.Semaphore(2)
+        async def one_call():
+            async with gate:
+                return await aclient.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        return await asyncio.gather(*(one_call() for _ in range(20)), return_exceptions=True)
+
+    before = len(server.requests)
+    with an.trace("fan-out", budget=one.totals.cost * 3) as fan:
+        answers = asyncio.run(fan_out())
+    result["fan_out"] = figures(fan, None, len(server.requests) - before)
+    result["fan_out"]["raised"] = sorted({type(a).__name__ for a in answers})
+    result["fan_out"]["budget_exceeded"] = sum(isinstance(a, an.BudgetExceeded) for a in answers)
+print("RESULT " + json.dumps(result))
+"""
+
+
+@pytest.mark.parametrize("instrumentor", ["openai-v2", "openllmetry"])
+def test_a_refused_call_under_another_instrumentor_is_no_model_call(instrumentor: str) -> None:
+    result = run_script(OTHER_INSTRUMENTOR_SCRIPT, instrumentor)
+    loop = result["loop"]
+    assert loop["error"][0] == "BudgetExceeded"
+    assert 3 <= loop["sent"] <= 4
+    # Its span is there, failed, with a role of its own: no call, nothing unpriced.
+    assert loop["refused"] == 1 and loop["refused_own"] == [[0, 0, 1]]
+    assert loop["calls"] == loop["sent"], "model calls are the requests the server got"
+    assert loop["unpriced"] == 0 and loop["errors"] == 1
+    assert loop["roles"] == ["model call", "refused by budget"]
+    # Nothing was in flight: the refused call itself is not "of unknown cost".
+    assert "unknown cost" not in loop["error"][1], loop["error"][1]
+
+    fan = result["fan_out"]
+    assert fan["raised"] == ["BudgetExceeded", "ChatCompletion"]
+    assert 3 <= fan["sent"] <= 3 + 2
+    assert fan["budget_exceeded"] == 20 - fan["sent"] == fan["refused"]
+    assert fan["calls"] == fan["sent"] and fan["unpriced"] == 0
+    assert fan["errors"] == fan["refused"]
+
+
+OPENLLMETRY_ANTHROPIC_SCRIPT = """
+import json, sys
+import agenta_notebook as an
+from agenta_notebook import demo
+from opentelemetry.instrumentation.anthropic import AnthropicInstrumentor
+AnthropicInstrumentor().instrument()
+with demo.start() as server:
+    claude = demo.anthropic_client(server, max_retries=0, timeout=10)
+    def ask():
+        return claude.messages.create(model="claude-haiku-4-5", max_tokens=64,
+                                      messages=[{"role": "user", "content": "Why?"}])
+    with an.trace("one") as one:
+        ask()
+    before = len(server.requests)
+    error = None
+    try:
+        with an.trace("loop", budget=one.totals.cost * 3) as loop:
+            for _ in range(20):
+                ask()
+    except Exception as caught:
+        error = type(caught).__name__
+    refused = [n for n in loop.nodes if n.role == "refused by budget"]
+    print("RESULT " + json.dumps({
+        "sent": len(server.requests) - before, "error": error,
+        "calls": loop.totals.model_calls, "unpriced": loop.totals.unpriced_calls,
+        "refused": [n.record.scope for n in refused],
+    }))
+"""
+
+
+@pytest.mark.parametrize("sdk_spans", ["true", "false"])
+def test_a_refused_call_under_openllmetry_anthropic_is_no_model_call(sdk_spans: str) -> None:
+    """OpenLLMetry's Anthropic instrumentor opens its span before the SDK's `request`,
+    where the guard refuses: alone, or beside the SDK's own spans (rule 13)."""
+    env = {"ANTHROPIC_OPEN_TELEMETRY": sdk_spans}
+    result = run_script(OPENLLMETRY_ANTHROPIC_SCRIPT, environment=env)
+    assert result["error"] == "BudgetExceeded"
+    assert 3 <= result["sent"] <= 4
+    assert result["refused"] == ["opentelemetry.instrumentation.anthropic"]
+    assert result["calls"] == result["sent"] and result["unpriced"] == 0
+
+
+def _failed_call(error_type: str | None, exception_type: str | None, message: str) -> str:
+    """The role of a failed model-call span that records these (no usage, no status code)."""
+    from agenta_notebook.core.rollup import SpanEvent, SpanRecord, build_tree
+
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": MODEL,
+    }
+    if error_type is not None:
+        attributes["error.type"] = error_type
+    events = ()
+    if exception_type is not None:
+        events = (
+            SpanEvent(
+                "exception",
+                15,
+                {"exception.type": exception_type, "exception.message": message},
+            ),
+        )
+    root = SpanRecord(1, 1, None, "loop", 0, 100, status="ERROR")
+    call = SpanRecord(
+        1, 2, 1, "chat", 10, 20, "ERROR", message, attributes, events, scope="some.instrumentor"
+    )
+    tree = build_tree([root, call])
+    [node] = [n for n in tree.nodes if n.span_id == 2]
+    return node.role
+
+
+@pytest.mark.parametrize(
+    ("error_type", "exception_type", "role"),
+    [
+        ("BudgetExceeded", None, "refused by budget"),
+        (None, "agenta_notebook.budget.BudgetExceeded", "refused by budget"),
+        ("<class 'agenta_notebook.budget.BudgetExceeded'>", None, "refused by budget"),
+        ("ValueError", "ValueError", "unreported model call"),
+        ("MyBudgetExceededError", None, "unreported model call"),
+        (None, "BudgetExceeded: spent", "unreported model call"),
+        ("budget exceeded", None, "unreported model call"),
+    ],
+)
+def test_a_refusal_is_told_by_the_exception_type_only(
+    error_type: str | None, exception_type: str | None, role: str
+) -> None:
+    # The message names BudgetExceeded in every case: user text is never read for it.
+    assert _failed_call(error_type, exception_type, "BudgetExceeded: over budget") == role
+
+
 LITELLM_SCRIPT = """
 import json
 import agenta_notebook as an
@@ -293,6 +492,75 @@ def test_litellm_calls_are_refused_with_budget_exceeded(tmp_path: Path) -> None:
     assert result["error"] == "BudgetExceeded", "LiteLLM does not turn it into its own error"
     assert 3 <= result["sent"] <= 4
     assert result["calls"] == result["sent"], "the refused call is no model call"
+
+
+LITELLM_IMPORTED_FIRST_SCRIPT = """
+import json, sys, time
+import agenta_notebook as an
+from agenta_notebook import demo
+an.instrument(sys.argv[1])  # what records the calls: LiteLLM's spans, or the client's below
+from litellm import completion  # bound before any budget: the guard is in it already
+with demo.start() as server:
+    def ask():
+        return completion(model="openai/gpt-4o-mini", api_base=server.base_url,
+                          api_key="sk-dummy-for-the-stand-in",
+                          messages=[{"role": "user", "content": "Why?"}])
+    with an.trace("one") as one:
+        ask()
+    before = len(server.requests)
+    error = None
+    try:
+        with an.trace("loop", budget=one.totals.cost * 3) as loop:
+            for _ in range(20):
+                ask()
+    except Exception as caught:
+        error = type(caught).__name__
+    print("RESULT " + json.dumps({"sent": len(server.requests) - before, "error": error,
+                                  "calls": loop.totals.model_calls,
+                                  "unpriced": loop.totals.unpriced_calls}))
+"""
+
+
+@pytest.mark.parametrize("instrumented", ["litellm", "openai"])
+def test_litellm_imported_before_the_budget_is_guarded(tmp_path: Path, instrumented: str) -> None:
+    result = run_script(LITELLM_IMPORTED_FIRST_SCRIPT, instrumented, cwd=tmp_path)
+    assert result["error"] == "BudgetExceeded", "not LiteLLM's InternalServerError"
+    assert 3 <= result["sent"] <= 4
+    assert result["calls"] == result["sent"] and result["unpriced"] == 0
+
+
+IMPORT_ORDER_SCRIPT = """
+import json, sys
+import agenta_notebook as an
+from agenta_notebook.runtime import RUNTIME
+MARK = "__agenta_notebook_budget__"
+LIBRARIES = ("openai", "anthropic", "litellm")
+result = {"imported_by_us": sorted(m for m in LIBRARIES if m in sys.modules)}
+with an.trace("budgeted", budget=1):
+    pass
+result["imported_by_a_budget"] = sorted(m for m in LIBRARIES if m in sys.modules)
+import openai._base_client as base
+result["guarded_on_import"] = getattr(base.BaseClient._build_request, MARK, False)
+RUNTIME.reset()
+result["after_reset"] = getattr(base.BaseClient._build_request, MARK, False)
+import anthropic._base_client as claude
+result["anthropic_after_reset"] = getattr(claude.BaseClient._build_request, MARK, False)
+RUNTIME.budgets.guard()  # what loading the extension does
+result["guarded_again"] = [
+    getattr(base.BaseClient._build_request, MARK, False),
+    getattr(claude.BaseClient._build_request, MARK, False),
+    getattr(claude.SyncAPIClient.request, MARK, False),
+]
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_guards_are_put_on_at_import_and_taken_off_by_reset(tmp_path: Path) -> None:
+    result = run_script(IMPORT_ORDER_SCRIPT, cwd=tmp_path)
+    assert result["imported_by_us"] == [] and result["imported_by_a_budget"] == []
+    assert result["guarded_on_import"] is True, "guarded when imported, before any budget"
+    assert result["after_reset"] is False and result["anthropic_after_reset"] is False
+    assert result["guarded_again"] == [True, True, True]
 
 
 def test_no_budget_changes_nothing(server: demo.DemoServer, client: openai.OpenAI) -> None:
@@ -412,6 +680,25 @@ def test_bad_budget_option_is_a_usage_error(kernel: Kernel) -> None:
         assert message.count("\n") == 1, message
         assert [o for o in cell.outputs if o.output_type == "error"] == []
     assert kernel.value("not_set") is True
+
+
+def test_unloading_takes_the_guards_off_and_loading_puts_them_back(kernel: Kernel) -> None:
+    kernel.run(
+        "import openai._base_client as base\n"
+        "def guarded():\n"
+        "    return getattr(base.BaseClient._build_request, '__agenta_notebook_budget__', False)"
+    )
+    assert kernel.value("guarded()") is True
+    kernel.run("%unload_ext agenta_notebook")
+    assert kernel.value("guarded()") is False
+    kernel.run("%load_ext agenta_notebook")
+    assert kernel.value("guarded()") is True, "on again with the extension, before any budget"
+    kernel.run("before = len(server.requests)")
+    cell = kernel.run(
+        f"%%agenta_trace --quiet --max-tokens 1\nfor _ in range({CALLS}):\n    ask()", fails=True
+    )
+    assert [o.ename for o in cell.outputs if o.output_type == "error"] == ["BudgetExceeded"]
+    assert kernel.value("len(server.requests) - before") == 1
 
 
 # -- review fixes ---------------------------------------------------------------------------

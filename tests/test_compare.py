@@ -395,3 +395,237 @@ def test_a_span_with_no_call_in_one_run_has_a_known_zero_not_an_unknown() -> Non
     row = spread[spread[("span", "path")] == "run/retrieve[0]"].iloc[0]
     assert row[("min", "cost")] == 0 and row[("max", "cost")] == float(step_b.cost)
     assert row[("max", "unpriced")] == 0
+
+
+def test_medians_of_counts_show_as_whole_numbers_in_the_html() -> None:
+    """Four runs: a median is the mean of the two middle values; of counts (calls, tokens)
+    it shows as a whole number ("1", not "1.0"), or with its one decimal when halfway."""
+
+    def run(tokens: int) -> an.Trace:
+        with an.trace("loop") as trace:
+            for step in ("ask", "check"):
+                with an.span(step, type="llm"):
+                    an.record_usage(
+                        model="gpt-4o", input_tokens=tokens * (2 if step == "ask" else 1)
+                    )
+        return trace
+
+    rows = table(an.compare(*(run(tokens) for tokens in (10, 11, 12, 13))))
+    heads = [text for text, _ in rows[1]]
+    assert [text for text, _ in rows[0]][1:] == ["min", "median", "max"]
+    width = (len(heads) - 1) // 3
+    median = {head: 1 + width + index for index, head in enumerate(heads[1 : 1 + width])}
+    by_name = {row[0][0]: row for row in rows[2:]}
+    assert by_name["loop"][median["calls"]][0] == "2"
+    assert by_name["ask"][median["calls"]][0] == "1"
+    assert by_name["check"][median["calls"]][0] == "1"
+    assert by_name["ask"][median["tokens"]][0] == "23"  # (22 + 24) / 2
+    assert by_name["check"][median["tokens"]][0] == "11.5"  # (11 + 12) / 2
+    assert by_name["loop"][median["tokens"]][0] == "34.5"  # (33 + 36) / 2
+
+
+# -- the widget ------------------------------------------------------------------------------
+def _number(text: str) -> float:
+    """A count as the widget shows it ("+4,950", "-12", "11.5") as a number."""
+    return float(text.replace(",", "").replace("+", ""))
+
+
+def test_the_widget_shows_the_rows_columns_and_deltas_of_the_dataframe() -> None:
+    from agenta_notebook.views.compare_view import ComparisonView
+
+    comparison = an.compare(grader((3, 2)), grader((4, 1), extra=True))
+    frame = comparison.to_dataframe()
+    view = ComparisonView(comparison.table())
+    try:
+        view.expand_to_depth(100)
+        lines = [line for line, _ in view.visible]
+        assert [line.row for line in lines] == list(range(len(frame)))
+        shown_names = [text.lstrip("\u2003▸▾ ").split(" #")[0] for _, text in view.visible]
+        assert shown_names == frame[("span", "name")].tolist()
+        groups = [group for group, _ in frame.columns if group != "span"]
+        assert [group for group, _ in view.columns][::4] == list(dict.fromkeys(groups))
+        assert all(column in frame.columns for column in view.columns)
+        for line in lines:
+            cells = view.cells(line.row)
+            assert len(cells) == len(view.columns)
+            for (group, figure), (text, _) in zip(view.columns, cells, strict=True):
+                value = frame.iloc[line.row][(group, figure)]
+                if figure in ("tokens", "calls"):
+                    assert (text == "—") == pd.isna(value), (group, figure, text)
+                    if text != "—":
+                        assert _number(text) == value, (group, figure, text)
+                elif figure == "cost":
+                    table_group = next(g for g in view.table.groups if g.label == group)
+                    known = table_group.values["cost"][line.row]
+                    if known is None:
+                        assert text == "—"
+                    else:
+                        assert float(known) == value and text != "—"
+        # the delta of a grade only the second run has is unknown, as in the frame
+        fourth = frame[("span", "path")].tolist().index("eval/step0[0]/grade[3]")
+        delta_tokens = view.columns.index(("delta", "tokens"))
+        assert view.cells(fourth)[delta_tokens][0] == "—"
+    finally:
+        view.close()
+
+
+def test_the_widget_highlights_the_same_biggest_changes_as_the_html() -> None:
+    from agenta_notebook.views.compare_view import ComparisonView
+
+    comparison = an.compare(grader((3, 2)), grader((4, 5), extra=True))
+    rows = table(comparison)[2:]
+    view = ComparisonView(comparison.table())
+    try:
+        tops = 0
+        for row, html_row in enumerate(rows):
+            widget_classes = [set(classes) for _, classes in view.cells(row)]
+            assert widget_classes == [classes for _, classes in html_row[1:]], row
+            tops += sum("an-cmp-top" in classes for classes in widget_classes)
+        assert tops >= 3
+    finally:
+        view.close()
+
+
+def test_the_widget_of_many_runs_shows_the_spread_and_how_many_runs_have_each_span() -> None:
+    from agenta_notebook.views.compare_view import ComparisonView
+
+    runs = [grader((2, 1), extra=index == 0) for index in range(3)]
+    runs.append(grader((3, 1)))
+    comparison = an.compare(*runs)
+    frame = comparison.to_dataframe()
+    view = ComparisonView(comparison.table())
+    try:
+        view.expand_to_depth(100)
+        assert view.columns[0] == ("span", "runs")
+        assert [group for group, _ in view.columns[1:]][::4] == ["min", "median", "max"]
+        for line, _ in view.visible:
+            cells = view.cells(line.row)
+            assert int(cells[0][0]) == frame.iloc[line.row][("span", "runs")]
+            for (group, figure), (text, _) in zip(view.columns[1:], cells[1:], strict=True):
+                if figure in ("tokens", "calls"):
+                    assert _number(text) == pytest.approx(frame.iloc[line.row][(group, figure)])
+        retry = frame[("span", "path")].tolist().index("eval/retry[0]")
+        assert view.cells(retry)[0][0] == "1"
+        grade_3 = frame[("span", "path")].tolist().index("eval/step0[0]/grade[2]")
+        assert view.cells(grade_3)[0][0] == "1"
+    finally:
+        view.close()
+
+
+def test_the_widget_opens_a_few_levels_pages_wide_parents_and_toggles_on_click() -> None:
+    from agenta_notebook.views.compare_view import ComparisonView
+    from agenta_notebook.views.state import PAGE_SIZE
+
+    def wide(calls: int) -> an.Trace:
+        with an.trace("wide") as trace:
+            with an.span("small step"), an.span("inner"), an.span("deeper"):
+                pass
+            with an.span("loop"):
+                for call in range(calls):
+                    with an.span("call", type="llm"):
+                        an.record_usage(model="gpt-4o", input_tokens=call + 1, output_tokens=1)
+        return trace
+
+    comparison = an.compare(wide(PAGE_SIZE + 50), wide(PAGE_SIZE + 60))
+    view = ComparisonView(comparison.table())
+    try:
+        texts = [text.strip("\u2003 ") for _, text in view.visible]
+        # the whole tree would be over the automatic budget: the first level only
+        assert texts == ["▾ wide", "▸ small step", "▸ loop"]
+        view.click_line(2)  # expand "loop": a page of its calls and a "show more" line
+        lines = [line for line, _ in view.visible]
+        assert len(lines) == 3 + PAGE_SIZE + 1
+        assert lines[-1].kind == "more" and lines[-1].remaining == 60
+        assert "show 60 more (60 not shown)" in view.visible[-1][1]
+        view.click_line(len(lines) - 1)
+        assert len(view.visible) == 3 + PAGE_SIZE + 60
+        assert view.visible[2][1].strip("\u2003 ") == "▾ loop"
+        view.click_line(2)  # collapse it again
+        assert [text.strip("\u2003 ") for _, text in view.visible][2] == "▸ loop"
+        assert len(view.visible) == 3
+        assert "3 of" in view.note.value and "aligned spans shown" in view.note.value
+    finally:
+        view.close()
+
+
+def test_two_ten_thousand_span_traces_draw_only_the_visible_rows() -> None:
+    from agenta_notebook.views.compare_view import ComparisonView
+    from agenta_notebook.views.state import MAX_ROWS
+
+    def big(scale: int) -> an.Trace:
+        with an.trace("big") as trace:
+            for step in range(100):
+                with an.span(f"step {step}"):
+                    for _ in range(99):
+                        with an.span("call", type="llm"):
+                            an.record_usage(model="gpt-4o", input_tokens=scale, output_tokens=1)
+        return trace
+
+    comparison = an.compare(big(1), big(2))
+    assert len(comparison.names) == 1 + 100 * 100
+    view = ComparisonView(comparison.table())
+    try:
+        assert len(view.visible) == 101  # the root and its steps
+        view.expand_to_depth(100)
+        assert len(view.visible) == MAX_ROWS and view.state.truncated
+        assert view.figures.value.count('class="agn-line"') == MAX_ROWS
+        assert f"stopped at {MAX_ROWS:,} rows" in view.note.value
+        assert view.widget_count == 6  # however many rows: a constant number of widgets
+    finally:
+        view.close()
+    assert view.closed and view.widget_count == 0
+
+
+def test_outside_a_kernel_a_comparison_shows_its_static_html_and_text() -> None:
+    comparison = an.compare(chain("gpt-4o"), chain("gpt-4o-mini", scale=3))
+    bundle = comparison._repr_mimebundle_()
+    assert set(bundle) == {"text/plain", "text/html"}
+    assert bundle["text/html"] == comparison._repr_html_()
+    lines = bundle["text/plain"].splitlines()
+    assert lines[0] == "Comparison of 2 traces, 4 aligned spans"
+    assert lines[-1].startswith("  delta: cost -$") and "tokens +660" in lines[-1]
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def test_in_a_kernel_the_magic_and_display_show_the_widget_with_its_static_twin(
+    tmp_path: Path,
+) -> None:
+    with started(Kernel, tmp_path, KERNEL_SETUP) as kernel:
+        kernel.run('%%agenta_trace chain --quiet -o a\nchain("gpt-4o")')
+        kernel.run('%%agenta_trace chain --quiet -o b\nchain("gpt-4o-mini")')
+        by_magic = kernel.run("%agenta_compare a b")
+        displayed = kernel.run("display(an.compare(a, b))")
+        ending = kernel.run("an.compare(a, b, a)")
+        expected_html = kernel.value("an.compare(a, b)._repr_html_()")
+        models = kernel.value(
+            "sorted(type(w).__name__ for w in __import__('ipywidgets').widgets.widget"
+            "._instances.values() if 'agn-cmp-root' in getattr(w, '_dom_classes', ()))"
+        )
+    bundles = []
+    for cell, kind in (
+        (by_magic, "execute_result"),
+        (displayed, "display_data"),
+        (ending, "execute_result"),
+    ):
+        shown = [o for o in cell.outputs if o.output_type == kind]
+        assert len(shown) == 1, cell.outputs
+        bundles.append(shown[0]["data"])
+    for data in bundles:
+        assert set(data) == {WIDGET_VIEW, "text/html", "text/plain"}
+        assert data[WIDGET_VIEW]["model_id"]
+    assert len({data[WIDGET_VIEW]["model_id"] for data in bundles}) == 3  # one view each
+    assert bundles[0]["text/html"] == bundles[1]["text/html"] == expected_html
+    assert bundles[0]["text/plain"].startswith("Comparison of 2 traces, 7 aligned spans")
+    assert "delta: cost " in bundles[0]["text/plain"]
+    assert "median: cost " in bundles[2]["text/plain"]
+    assert models == ["VBox", "VBox", "VBox"]
+
+
+def test_the_html_of_many_runs_says_which_spans_only_some_runs_have() -> None:
+    runs = [grader((2, 1), extra=index == 0) for index in range(3)]
+    rows = table(an.compare(*runs))
+    names = [row[0][0] for row in rows[2:]]
+    assert names[-1] == "retry (in 1 of 3 runs)"
+    assert names[:2] == ["eval", "step0"]  # every run has them: no note

@@ -421,3 +421,68 @@ def test_frame_of_hand_made_records_equals_the_reference(
     int64: the column-at-once build gives what the row-by-row one does."""
     trace = an.Trace(7, "fuzz", root_span_id=root, records=batch)
     pd.testing.assert_frame_equal(trace.to_dataframe(), _reference_frame(trace), check_exact=True)
+
+
+# -- the budget of each trace (issue 15) ------------------------------------------------------
+
+
+def _spend(tokens: int) -> None:
+    with an.span("call", type="llm"):
+        an.record_usage(model="gpt-4o", input_tokens=tokens, output_tokens=tokens)
+
+
+def test_traces_dataframe_shows_each_budget_and_whether_it_stopped_a_call(
+    collector: Collector, tmp_path: Path
+) -> None:
+    from agenta_notebook.budget import check
+
+    with an.trace("one call") as one:
+        _spend(100)
+    cost = one.totals.cost
+    assert cost is not None
+    with pytest.raises(an.BudgetExceeded), an.trace("refused", budget=cost * 2) as refused:
+        for _ in range(5):
+            check(call="the next call")  # what the guards do before each request
+            _spend(100)
+    with an.trace("within", budget=cost * 10, max_tokens=10_000):
+        _spend(100)
+    with an.trace("tokens", max_tokens=400) as tokens:
+        _spend(100)
+        _spend(100)
+    with an.trace("caught", budget=cost) as caught:
+        _spend(100)
+        with pytest.raises(an.BudgetExceeded), an.span("step"):
+            check(call="the next call")  # refused inside a step, caught there
+    path = tmp_path / "refused.json"
+    refused.save(path)
+    loaded = an.load(path)
+
+    frame = an.traces_dataframe(loaded, kept=True)
+    for column in ("budget", "max_tokens", "budget_reached", "budget_refused"):
+        assert str(frame[column].dtype) == TRACE_COLUMNS[column]
+    records = frame.to_dict("records")
+    assert [row["name"] for row in records] == [
+        "one call",
+        "refused",
+        "within",
+        "tokens",
+        "caught",
+        "refused",
+    ]
+    by_name = {row["name"]: row for row in records}
+    none = by_name["one call"]
+    for column in ("budget", "max_tokens", "budget_reached", "budget_refused"):
+        assert pd.isna(none[column]), column
+    for row in (records[1], records[5]):  # the trace and its loaded copy
+        assert row["budget"] == pytest.approx(float(cost * 2)) and pd.isna(row["max_tokens"])
+        assert row["budget_reached"] is True and row["budget_refused"] is True
+    within = by_name["within"]
+    assert within["budget"] == pytest.approx(float(cost * 10)) and within["max_tokens"] == 10_000
+    assert within["budget_reached"] is False and within["budget_refused"] is False
+    token_row = by_name["tokens"]
+    assert pd.isna(token_row["budget"]) and token_row["max_tokens"] == 400
+    assert tokens.totals.total_tokens == 400
+    assert token_row["budget_reached"] is True and token_row["budget_refused"] is False
+    caught_row = by_name["caught"]
+    assert caught.root.record.status != "ERROR", "the refusal was caught inside the trace"
+    assert caught_row["budget_reached"] is True and caught_row["budget_refused"] is True

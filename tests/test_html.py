@@ -475,7 +475,8 @@ def test_the_header_shows_the_budget_where_it_was_reached_and_the_refusal(
     one_call = Trace(plain.trace_id, "loop", records=plain.all).find("call 0").own.cost
     assert one_call is not None and one_call > 0
     budget = one_call * Decimal("2.5")
-    refusal = f"budget of ${budget} reached; refused: POST /chat/completions"
+    call = "POST /chat/completions (model gpt-4o-mini)"
+    refusal = f"budget of ${budget} reached: this trace has spent more; refused: {call}"
     root = records.add(
         "loop",
         status="ERROR",
@@ -483,7 +484,11 @@ def test_the_header_shows_the_budget_where_it_was_reached_and_the_refusal(
             SpanEvent(
                 "exception",
                 10**12,
-                {"exception.type": "BudgetExceeded", "exception.message": refusal},
+                {
+                    # as OpenTelemetry records it: the qualified name
+                    "exception.type": "agenta_notebook.budget.BudgetExceeded",
+                    "exception.message": refusal,
+                },
             ),
         ),
         **{BUDGET_DOLLARS: str(budget)},
@@ -493,11 +498,12 @@ def test_the_header_shows_the_budget_where_it_was_reached_and_the_refusal(
     state = views_html.budget_state(trace.tree)
     assert state is not None
     assert state.dollars == budget and state.crossed_at == "call 2"  # 3 calls >= 2.5
-    assert state.refused == refusal and state.unpriced_calls == 1
+    assert state.refused == call and state.unpriced_calls == 1  # the call, not the totals
+    assert (state.crossed_index, state.counted) == (3, 5)
     used = f"{float(trace.totals.cost or 0) / float(budget):.0%}"
     for shown in (static_html(trace), TraceView(trace).header.value):
         assert f"({used})" in shown
-        assert "reached at <i>call 2</i>" in shown
-        assert f"refused: {views_html.escape(refusal)}" in shown
+        assert "reached at <i>call 2</i> (3rd of 5 spans with usage)" in shown
+        assert f"refused: {views_html.escape(call)}</span>" in shown
         assert "1 unpriced call not counted in the budget" in shown
     assert views_html.budget_state(Trace(plain.trace_id, "loop", records=plain.all).tree) is None

@@ -585,3 +585,115 @@ def test_paths_that_cannot_name_a_file_and_folders_without_an_extension(
     frame = an.spend_dataframe(path="~/spend.sqlite3")
     assert list(frame["trace_name"]) == ["one"]
     assert list(an.spend_dataframe(path="~")["trace_name"]) == []  # the folder's ledger.sqlite3
+
+
+# -- the budget of each cell (issue 15) ---------------------------------------------------------
+
+#: The ledger's table as the first version wrote it (before the budget columns).
+OLD_SCHEMA = """
+CREATE TABLE spend (
+    ended_at REAL NOT NULL, notebook TEXT, cell_id TEXT, execution_count INTEGER,
+    trace_name TEXT NOT NULL, trace_id TEXT NOT NULL, model TEXT, calls INTEGER NOT NULL,
+    input_tokens INTEGER, output_tokens INTEGER, total_tokens INTEGER, cost TEXT,
+    unpriced_calls INTEGER NOT NULL, errors INTEGER
+);
+CREATE INDEX spend_ended_at ON spend (ended_at);
+INSERT INTO spend VALUES (1700000000.5, 'old.ipynb', 'c0', 1, 'old cell', 'aa01', NULL,
+    2, 30, 10, 40, '0.0012', 0, 0);
+INSERT INTO spend VALUES (1700000000.5, 'old.ipynb', 'c0', 1, 'old cell', 'aa01',
+    'openai/gpt-4o', 2, 30, 10, 40, '0.0012', 0, NULL);
+"""
+
+
+def budgeted(name: str, budget: Decimal | None, *, refuse: bool) -> an.Trace:
+    """A finished trace of two calls with `budget` (dollars), a request refused after
+    them when `refuse` (what the guards do before each request)."""
+    from agenta_notebook.budget import check
+
+    with an.trace(name, budget=budget) as result:
+        for _ in range(2):
+            with an.span("llm", type="llm"):
+                an.record_usage(model="gpt-4o", input_tokens=100, output_tokens=20)
+        if refuse:
+            with pytest.raises(an.BudgetExceeded), an.span("step"):
+                check(call="the third call")
+    return result
+
+
+def test_each_cell_row_holds_its_budget(ledger_file: Path) -> None:
+    one = traced("one", [("gpt-4o", 100, 20)])
+    cost = one.totals.cost
+    assert cost is not None
+    plain = traced("plain", [("gpt-4o", 100, 20)])
+    stopped = budgeted("stopped", cost * 2, refuse=True)
+    room = budgeted("room", cost * 10, refuse=False)
+    with an.trace("tokens", max_tokens=50) as tokens, an.span("llm", type="llm"):
+        an.record_usage(model="gpt-4o", input_tokens=100, output_tokens=20)
+    for trace in (plain, stopped, room, tokens):
+        assert ledger.record(trace)
+    frame = an.spend_dataframe()
+    assert {c: str(frame[c].dtype) for c in ("budget", "max_tokens")} == {
+        "budget": "Float64",
+        "max_tokens": "Int64",
+    }
+    assert str(frame["budget_reached"].dtype) == str(frame["budget_refused"].dtype) == "boolean"
+    rows = {row["trace_name"]: row for row in frame.to_dict("records")}
+    assert all(pd_isna(rows["plain"][c]) for c in ("budget", "max_tokens", "budget_reached"))
+    assert pd_isna(rows["plain"]["budget_refused"])
+    assert rows["stopped"]["budget"] == float(cost * 2) and pd_isna(rows["stopped"]["max_tokens"])
+    assert rows["stopped"]["budget_reached"] is True and rows["stopped"]["budget_refused"] is True
+    assert rows["room"]["budget"] == float(cost * 10)
+    assert rows["room"]["budget_reached"] is False and rows["room"]["budget_refused"] is False
+    assert pd_isna(rows["tokens"]["budget"]) and rows["tokens"]["max_tokens"] == 50
+    assert rows["tokens"]["budget_reached"] is True and rows["tokens"]["budget_refused"] is False
+    ledger.flush()
+    with sqlite3.connect(ledger_file) as connection:
+        exact = connection.execute(
+            "SELECT budget FROM spend WHERE trace_name = 'stopped' AND model IS NULL"
+        ).fetchall()
+        by_model = connection.execute(
+            "SELECT COUNT(*) FROM spend WHERE model IS NOT NULL AND budget IS NOT NULL"
+        ).fetchone()
+    assert exact == [(format(cost * 2, "f"),)], "the dollars are exact text"
+    assert by_model == (0,), "the budget is the cell's, not its models'"
+
+
+def pd_isna(value: object) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))
+
+
+def test_a_ledger_of_the_old_schema_is_read_then_migrated_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(OLD_SCHEMA)
+    connection.close()
+    # Read as it is (another ledger's path): no budget, and the file is not changed.
+    old = an.spend_dataframe(path=path)
+    assert old["trace_name"].tolist() == ["old cell"]
+    assert old["cost_exact"].tolist() == ["0.0012"]
+    assert pd_isna(old["budget"].iloc[0]) and pd_isna(old["budget_refused"].iloc[0])
+    with sqlite3.connect(path) as connection:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(spend)")]
+    connection.close()
+    assert "budget" not in columns
+    # Written by this version: the columns are added, the old rows kept.
+    an.set_ledger(path=path)
+    one = traced("one", [("gpt-4o", 100, 20)])
+    assert one.totals.cost is not None
+    assert ledger.record(budgeted("new cell", one.totals.cost, refuse=True))
+    frame = an.spend_dataframe()
+    assert frame["trace_name"].tolist() == ["old cell", "new cell"]
+    assert frame["cost_exact"].iloc[0] == "0.0012" and frame["calls"].iloc[0] == 2
+    assert pd_isna(frame["budget"].iloc[0]) and pd_isna(frame["budget_reached"].iloc[0])
+    assert frame["budget"].iloc[1] == float(one.totals.cost)
+    assert bool(frame["budget_refused"].iloc[1]) is True
+    with sqlite3.connect(path) as connection:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(spend)")]
+        count = connection.execute("SELECT COUNT(*) FROM spend").fetchone()
+    connection.close()
+    assert columns[-4:] == ["budget", "max_tokens", "budget_reached", "budget_refused"]
+    assert count == (2 + 2,), "the old cell's two rows and the new cell's two"
+    by_model = an.spend_dataframe(by="model").set_index("model")
+    assert by_model.loc["openai/gpt-4o", "cells"] == 2

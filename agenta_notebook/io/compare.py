@@ -17,6 +17,11 @@ difference). Three or more (a loop over dataset rows): min / median / max of eac
 over the traces that have the span, and `runs`, how many have it; the per-trace columns
 are left out by default (20 runs would be 100 columns) and kept with `per_trace=True`.
 
+Three faces, as a trace has: `to_dataframe()`; in a notebook, the widget (an expandable
+tree, `views/compare_view.py`) with the static HTML table and a short text in the same
+output. Both views read one `ComparisonTable` (the values, the cells' texts, the biggest
+changes), whose deltas and spreads are the DataFrame's.
+
 >>> import agenta_notebook as an
 >>> runs = []
 >>> for model in ("gpt-4o", "gpt-4o-mini"):
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any, Final
 
@@ -40,7 +46,14 @@ import pandas as pd
 from agenta_notebook.core.fields import COST_CONTEXT
 from agenta_notebook.core.rollup import SpanNode
 from agenta_notebook.live import Trace
-from agenta_notebook.views.html import escape, format_cost, format_duration, format_money
+from agenta_notebook.views.compare_view import ABSENT, CELL_CSS, DOWN, TOP, UP, widget_bundle
+from agenta_notebook.views.html import (
+    escape,
+    format_cost,
+    format_duration,
+    format_money,
+    safe_text,
+)
 
 #: The static HTML shows at most this many rows; the DataFrame has them all.
 MAX_HTML_ROWS: Final = 500
@@ -100,7 +113,7 @@ def _labels(traces: Sequence[Trace]) -> tuple[str, ...]:
 
 class Comparison:
     """Traces aligned span by span (see the module's docstring); `to_dataframe()` and, in a
-    notebook, a static HTML table."""
+    notebook, the widget with its static HTML table."""
 
     def __init__(self, traces: Sequence[Trace]) -> None:
         self.traces: tuple[Trace, ...] = tuple(traces)
@@ -114,6 +127,7 @@ class Comparison:
         self.depths: list[int] = []
         #: per trace, per row: the aligned node, or None
         self.nodes: list[list[SpanNode | None]] = []
+        self._table: ComparisonTable | None = None
         self._align()
 
     def _align(self) -> None:
@@ -224,9 +238,23 @@ class Comparison:
         frame.columns = pd.MultiIndex.from_tuples(list(data))
         return frame
 
+    def table(self) -> ComparisonTable:
+        """What the static HTML and the widget show (made once)."""
+        if self._table is None:
+            self._table = ComparisonTable(self)
+        return self._table
+
     def _repr_html_(self) -> str:
         with localcontext(COST_CONTEXT):
             return comparison_html(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In a notebook: the widget (an expandable tree), with the static HTML and a
+        short text beside it in the same output (saved notebooks, GitHub, nbconvert show
+        those); where there are no widgets, the static HTML."""
+        data: dict[str, Any] = {"text/plain": self.table().text(), "text/html": self._repr_html_()}
+        data.update(widget_bundle(self.table()))
+        return data
 
     def __repr__(self) -> str:
         return f"<Comparison of {len(self.traces)} traces, {len(self.names)} aligned spans>"
@@ -314,7 +342,15 @@ def _signed(name: str, value: Any) -> str:
     sign = "-" if value < 0 else "+" if value > 0 else ""
     if name == "duration_ms":
         return f"{sign}{format_duration(abs(value))}"
-    return f"{sign}{abs(value):,}"
+    return f"{sign}{_count(abs(value))}"
+
+
+def _count(value: Any) -> str:
+    """A count (tokens, calls) or a median of counts: whole as a whole number, a median
+    halfway between two counts with its one decimal."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() else f"{value:,.1f}"
+    return f"{value:,}"
 
 
 def _plain(name: str, value: Any, unpriced: Any = 0) -> str:
@@ -324,12 +360,10 @@ def _plain(name: str, value: Any, unpriced: Any = 0) -> str:
         return "—"
     if name == "duration_ms":
         return format_duration(value)
-    if isinstance(value, float):
-        return f"{value:,.1f}"
-    return f"{value:,}"
+    return _count(value)
 
 
-def _biggest(changes: list[Any]) -> set[int]:
+def biggest(changes: Sequence[Any]) -> set[int]:
     """The rows (the root aside) of the `HIGHLIGHTED` largest non-zero changes."""
     ranked = sorted(
         (abs(value), row)
@@ -341,92 +375,172 @@ def _biggest(changes: list[Any]) -> set[int]:
 
 _STYLE: Final = (
     "<style>.an-cmp td,.an-cmp th{padding:2px 8px;text-align:right;white-space:nowrap}"
-    ".an-cmp td.an-cmp-name{text-align:left}.an-cmp .an-cmp-up{color:#b42318}"
-    ".an-cmp .an-cmp-down{color:#067647}.an-cmp .an-cmp-top{font-weight:bold;"
-    "background:rgba(255,200,0,.25)}.an-cmp .an-cmp-absent{color:#999}</style>"
+    ".an-cmp td.an-cmp-name{text-align:left}" + CELL_CSS.format(scope=".an-cmp") + "</style>"
 )
-_HEADS: Final = {"cost": "cost", "tokens": "tokens", "duration_ms": "duration", "calls": "calls"}
+#: The column heads of the figures.
+HEADS: Final = {"cost": "cost", "tokens": "tokens", "duration_ms": "duration", "calls": "calls"}
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """One column group of the table: a trace's figures, the deltas, or a spread."""
+
+    label: str
+    #: "trace" (one trace's figures), "delta" (second minus first), "spread" (min,
+    #: median or max over the runs that have the span)
+    kind: str
+    #: per figure of `COMPARED`, per row: the value (None: absent or unknown)
+    values: dict[str, list[Any]]
+    #: per row, the unpriced calls under the span (a cost next to them is a lower bound)
+    unpriced: list[Any]
+
+
+class ComparisonTable:
+    """What the static HTML and the widget show of a comparison: the aligned rows, the
+    column groups with their values, the biggest changes, each cell's text and classes.
+
+    Holds figures only (no span, no trace), so a view that keeps it keeps no trace alive.
+    The deltas and spreads are those of `Comparison.to_dataframe()` (a span that made no
+    model call has a known cost and tokens: 0); cost stays exact (Decimal).
+    """
+
+    def __init__(self, comparison: Comparison) -> None:
+        self.labels = comparison.labels
+        self.names = list(comparison.names)
+        self.ordinals = list(comparison.ordinals)
+        self.depths = list(comparison.depths)
+        self.parents = list(comparison.parents)
+        self.traces = len(comparison.traces)
+        #: three or more traces: min / median / max instead of the traces and deltas
+        self.many = self.traces > 2
+        every = [comparison.figures(index) for index in range(self.traces)]
+        #: per row, how many traces have the span
+        self.runs = [
+            sum(node is not None for node in row) for row in zip(*comparison.nodes, strict=True)
+        ]
+        with localcontext(COST_CONTEXT):
+            self.groups, self.changes = (
+                self._spreads(every) if self.many else self._deltas(every[0], every[1])
+            )
+        self.top = {name: biggest(self.changes[name]) for name in COMPARED}
+
+    def _deltas(
+        self, first: dict[str, list[Any]], second: dict[str, list[Any]]
+    ) -> tuple[tuple[Group, ...], dict[str, list[Any]]]:
+        changes: dict[str, list[Any]] = {}
+        for name in COMPARED:
+            changes[name] = [
+                None if a is None or b is None else b - a
+                for a, b in zip(_known(first, name), _known(second, name), strict=True)
+            ]
+        unpriced = [
+            (a or 0) + (b or 0) for a, b in zip(first["unpriced"], second["unpriced"], strict=True)
+        ]
+        for row, count in enumerate(unpriced):
+            if count:  # a difference of lower bounds is not a difference
+                changes["cost"][row] = None
+        groups = (
+            Group(self.labels[0], "trace", {n: first[n] for n in COMPARED}, first["unpriced"]),
+            Group(self.labels[1], "trace", {n: second[n] for n in COMPARED}, second["unpriced"]),
+            Group("delta", "delta", changes, unpriced),
+        )
+        return groups, changes
+
+    def _spreads(
+        self, every: list[dict[str, list[Any]]]
+    ) -> tuple[tuple[Group, ...], dict[str, list[Any]]]:
+        spread: dict[str, dict[str, list[Any]]] = {"min": {}, "median": {}, "max": {}}
+        changes: dict[str, list[Any]] = {}
+        for name in COMPARED:
+            lows: list[Any] = []
+            middles: list[Any] = []
+            highs: list[Any] = []
+            spread["min"][name], spread["median"][name], spread["max"][name] = lows, middles, highs
+            for row in zip(*(_known(figures, name) for figures in every), strict=True):
+                known = [value for value in row if value is not None]
+                lows.append(min(known) if known else None)
+                middles.append(statistics.median(known) if known else None)
+                highs.append(max(known) if known else None)
+            changes[name] = [
+                None if low is None or high is None else high - low
+                for low, high in zip(lows, highs, strict=True)
+            ]
+        unpriced = [
+            max((value for value in row if value is not None), default=0)
+            for row in zip(*(figures["unpriced"] for figures in every), strict=True)
+        ]
+        groups = tuple(Group(group, "spread", spread[group], unpriced) for group in spread)
+        return groups, changes
+
+    @property
+    def rows(self) -> int:
+        return len(self.names)
+
+    def row_label(self, row: int) -> str:
+        """A row's span name (not escaped), numbered when it repeats among its siblings."""
+        name = self.names[row]
+        ordinal = self.ordinals[row]
+        return name if row == 0 or ordinal == 0 else f"{name} #{ordinal + 1}"
+
+    def cell(self, group: Group, name: str, row: int) -> tuple[str, tuple[str, ...]]:
+        """The text (not escaped) and the CSS classes of one cell."""
+        value = group.values[name][row]
+        if group.kind == "delta":
+            classes: list[str] = []
+            if value is not None and value > 0:
+                classes.append(UP)
+            elif value is not None and value < 0:
+                classes.append(DOWN)
+            if row in self.top[name]:
+                classes.append(TOP)
+            return _signed(name, value), tuple(classes)
+        if group.kind == "trace" and value is None and group.values["calls"][row] is None:
+            return "—", (ABSENT,)
+        top = (TOP,) if group.kind == "spread" and row in self.top[name] else ()
+        return _plain(name, value, group.unpriced[row]), top
+
+    def text(self) -> str:
+        """A short, deterministic plain-text summary (no durations): the root's figures
+        per trace and the deltas, or the root's spread."""
+        lines = [f"Comparison of {self.traces} traces, {self.rows:,} aligned spans"]
+        with localcontext(COST_CONTEXT):
+            for group in self.groups:
+                figures = ", ".join(
+                    f"{HEADS[name]} {self.cell(group, name, 0)[0]}"
+                    for name in COMPARED
+                    if name != "duration_ms"
+                )
+                lines.append(f"  {safe_text(group.label, 60)}: {figures}")
+        return "\n".join(lines)
 
 
 def comparison_html(comparison: Comparison) -> str:
     """The static HTML table: one row per aligned span (names indented by depth), a column
     group per trace (two traces) with the deltas, or min / median / max (three or more);
     the biggest changes of each figure highlighted. Every span string is escaped."""
-    every = [comparison.figures(index) for index in range(len(comparison.traces))]
-    many = len(every) > 2
-    rows = len(comparison.names)
-    groups: list[tuple[str, dict[str, list[Any]], bool]] = []  # label, figures, is a change
-    if many:
-        spread: dict[str, dict[str, list[Any]]] = {"min": {}, "median": {}, "max": {}}
-        changes: dict[str, list[Any]] = {}
-        for name in COMPARED:
-            columns = [figures[name] for figures in every]
-            for group, pick in (("min", min), ("max", max)):
-                spread[group][name] = [
-                    pick(known) if (known := [v for v in row if v is not None]) else None
-                    for row in zip(*columns, strict=True)
-                ]
-            spread["median"][name] = [
-                statistics.median(known) if (known := [v for v in row if v is not None]) else None
-                for row in zip(*columns, strict=True)
-            ]
-            changes[name] = [
-                None if low is None or high is None else high - low
-                for low, high in zip(spread["min"][name], spread["max"][name], strict=True)
-            ]
-        groups = [(group, spread[group], False) for group in ("min", "median", "max")]
-    else:
-        first, second = every
-        changes = {}
-        for name in COMPARED:
-            changes[name] = [
-                None if a is None or b is None else b - a
-                for a, b in zip(first[name], second[name], strict=True)
-            ]
-        for row, (a, b) in enumerate(zip(first["unpriced"], second["unpriced"], strict=True)):
-            if a or b:
-                changes["cost"][row] = None
-        groups = [
-            (comparison.labels[0], first, False),
-            (comparison.labels[1], second, False),
-            ("delta", changes, True),
-        ]
-    top = {name: _biggest(changes[name]) for name in COMPARED}
+    table = comparison.table()
     width = len(COMPARED)
-    head = "".join(f'<th colspan="{width}">{escape(label)}</th>' for label, _, _ in groups)
-    subhead = "".join(f"<th>{_HEADS[name]}</th>" for _ in groups for name in COMPARED)
+    head = "".join(f'<th colspan="{width}">{escape(group.label)}</th>' for group in table.groups)
+    subhead = "".join(f"<th>{HEADS[name]}</th>" for _ in table.groups for name in COMPARED)
     parts = [
         _STYLE,
         '<table class="an-cmp"><thead>',
         f"<tr><th></th>{head}</tr><tr><th>span</th>{subhead}</tr></thead><tbody>",
     ]
+    rows = table.rows
     for row in range(min(rows, MAX_HTML_ROWS)):
-        name = escape(comparison.names[row])
-        ordinal = comparison.ordinals[row]
-        label = name if row == 0 or ordinal == 0 else f"{name} #{ordinal + 1}"
-        indent = comparison.depths[row] * 1.2
+        indent = table.depths[row] * 1.2
+        label = escape(table.row_label(row))
+        if table.many and table.runs[row] < table.traces:
+            label += (
+                f' <span class="{ABSENT}">(in {table.runs[row]:,} of {table.traces:,} runs)</span>'
+            )
         cells = [f'<td class="an-cmp-name" style="padding-left:{indent:.1f}em">{label}</td>']
-        for _, figures, is_change in groups:
+        for group in table.groups:
             for name in COMPARED:
-                value = figures[name][row]
-                if is_change:
-                    classes = []
-                    if value is not None and value > 0:
-                        classes.append("an-cmp-up")
-                    elif value is not None and value < 0:
-                        classes.append("an-cmp-down")
-                    if row in top[name]:
-                        classes.append("an-cmp-top")
-                    text = _signed(name, value)
-                else:
-                    if not many and value is None and figures["calls"][row] is None:
-                        classes = ["an-cmp-absent"]
-                    else:
-                        classes = ["an-cmp-top"] if many and row in top[name] else []
-                    unpriced = figures["unpriced"][row] if "unpriced" in figures else 0
-                    text = _plain(name, value, unpriced)
+                text, classes = table.cell(group, name, row)
                 attribute = f' class="{" ".join(classes)}"' if classes else ""
-                cells.append(f"<td{attribute}>{text}</td>")
+                cells.append(f"<td{attribute}>{escape(text, None)}</td>")
         parts.append(f"<tr>{''.join(cells)}</tr>")
     parts.append("</tbody></table>")
     if rows > MAX_HTML_ROWS:

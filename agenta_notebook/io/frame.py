@@ -16,6 +16,7 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
+from agenta_notebook.budget import trace_budget
 from agenta_notebook.core.fields import FIGURES, NO_FIGURES, Figure, Kind, sum_figures
 from agenta_notebook.core.rollup import Figures, SpanNode, TraceTree
 from agenta_notebook.live import Trace
@@ -427,14 +428,31 @@ TRACE_COLUMNS: Final[Mapping[str, str]] = MappingProxyType(
         "spans": "Int64",
         "running": "boolean",
         **{figure.name: _SUBTOTAL_DTYPES[figure.kind] for figure in FIGURES},
+        # its budget (`trace(budget=, max_tokens=)`); all four `<NA>` for a trace without one
+        "budget": "Float64",
+        "max_tokens": "Int64",
+        "budget_reached": "boolean",
+        "budget_refused": "boolean",
     }
 )
 
 
 def _typed_frame(columns: dict[str, list[Any]], dtypes: Mapping[str, str]) -> pd.DataFrame:
     return pd.DataFrame(
-        {column: _column(columns[column], dtype) for column, dtype in dtypes.items()}
+        {
+            column: _nullable_flags(columns[column])
+            if dtype == "boolean"
+            else _column(columns[column], dtype)
+            for column, dtype in dtypes.items()
+        }
     )
+
+
+def _nullable_flags(values: list[Any]) -> Any:
+    """A nullable boolean array: None is `<NA>`."""
+    mask = np.fromiter((value is None for value in values), dtype=bool, count=len(values))
+    data = np.fromiter((bool(value) for value in values), dtype=bool, count=len(values))
+    return pd.arrays.BooleanArray(data, mask)
 
 
 def by_model_dataframe(trace: Trace) -> pd.DataFrame:
@@ -519,6 +537,13 @@ def trace_totals_dataframe(*traces: Trace, kept: bool | None = None) -> pd.DataF
     totals = [root.subtotal for root in roots]
     for figure in FIGURES:
         columns[figure.name] = _values(figure.kind, figure.name, totals, own=False)
+    budgets = [trace_budget(tree) for tree in trees]
+    columns["budget"] = [
+        None if b is None or b.dollars is None else float(b.dollars) for b in budgets
+    ]
+    columns["max_tokens"] = [None if b is None else b.max_tokens for b in budgets]
+    columns["budget_reached"] = [None if b is None else b.reached for b in budgets]
+    columns["budget_refused"] = [None if b is None else b.refused for b in budgets]
     return _typed_frame(columns, TRACE_COLUMNS)
 
 

@@ -8,6 +8,12 @@ the environment variable ``AGENTA_NOTEBOOK_LEDGER`` move it or turn it off, see
 - one row for the cell (``model`` is NULL): the trace's totals;
 - one row per model the cell called (`TraceTree.by_model()`).
 
+The cell's row also holds its budget, if it had one (`trace(budget=, max_tokens=)`,
+``--budget``): the dollars (exact TEXT), the tokens, and whether it was reached and
+whether a request was refused (0/1); NULL without a budget, and on the model rows. A
+ledger file written before these columns existed gets them the next time it is written
+(its rows kept, NULL there), and is read with NULL in their place until then.
+
 Rows rather than a JSON column of models: the ledger stays queryable with plain SQL
 (``GROUP BY model``), and the cell's row carries what no model row does (its errors).
 Every figure is a column; a cost is exact decimal TEXT (a float would not add up to
@@ -44,6 +50,7 @@ from typing import Any, Final, Literal, NamedTuple
 import pandas as pd
 
 from agenta_notebook import forksafe
+from agenta_notebook.budget import trace_budget
 from agenta_notebook.core.fields import COST_CONTEXT
 from agenta_notebook.errors import internal_error
 from agenta_notebook.live import Trace
@@ -96,15 +103,42 @@ CREATE TABLE IF NOT EXISTS spend (
     total_tokens INTEGER,
     cost TEXT,
     unpriced_calls INTEGER NOT NULL,
-    errors INTEGER
+    errors INTEGER,
+    budget TEXT,
+    max_tokens INTEGER,
+    budget_reached INTEGER,
+    budget_refused INTEGER
 );
 CREATE INDEX IF NOT EXISTS spend_ended_at ON spend (ended_at);
 """
-_COLUMNS: Final = (
-    "ended_at, notebook, cell_id, execution_count, trace_name, trace_id, model, calls, "
-    "input_tokens, output_tokens, total_tokens, cost, unpriced_calls, errors"
+#: Columns added since the first schema, with their type: a ledger file written before
+#: them gets them (`ALTER TABLE ... ADD COLUMN`, its rows kept, NULL there) when it is
+#: next written, and is read with NULL in their place until then.
+_ADDED: Final = (
+    ("budget", "TEXT"),
+    ("max_tokens", "INTEGER"),
+    ("budget_reached", "INTEGER"),
+    ("budget_refused", "INTEGER"),
 )
-_INSERT: Final = f"INSERT INTO spend ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+_COLUMN_NAMES: Final = (
+    "ended_at",
+    "notebook",
+    "cell_id",
+    "execution_count",
+    "trace_name",
+    "trace_id",
+    "model",
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost",
+    "unpriced_calls",
+    "errors",
+    *(name for name, _ in _ADDED),
+)
+_COLUMNS: Final = ", ".join(_COLUMN_NAMES)
+_INSERT: Final = f"INSERT INTO spend ({_COLUMNS}) VALUES ({', '.join('?' * len(_COLUMN_NAMES))})"
 
 
 class CellSpend(NamedTuple):
@@ -136,6 +170,12 @@ def rows_of(cell: CellSpend) -> list[tuple[Any, ...]]:
         cell.trace.name,
         f"{cell.trace.trace_id:032x}",
     )
+    budget = trace_budget(tree)
+    limits: tuple[Any, ...] = (
+        (None, None, None, None)
+        if budget is None
+        else (_text(budget.dollars), budget.max_tokens, int(budget.reached), int(budget.refused))
+    )
     rows: list[tuple[Any, ...]] = [
         (
             *where,
@@ -147,6 +187,7 @@ def rows_of(cell: CellSpend) -> list[tuple[Any, ...]]:
             _text(totals.cost),
             totals.unpriced_calls,
             totals.errors,
+            *limits,
         )
     ]
     for model in tree.by_model():
@@ -160,6 +201,10 @@ def rows_of(cell: CellSpend) -> list[tuple[Any, ...]]:
                 model.total_tokens,
                 _text(model.cost),
                 model.unpriced_calls,
+                None,
+                None,
+                None,
+                None,
                 None,
             )
         )
@@ -180,10 +225,34 @@ def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.executescript(_SCHEMA)
+            _migrate(connection)
     except BaseException:
         connection.close()
         raise
     return connection
+
+
+def _present(connection: sqlite3.Connection) -> set[str]:
+    """The columns the file's `spend` table has."""
+    return {row[1] for row in connection.execute("PRAGMA table_info(spend)")}
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Add the columns of `_ADDED` that a ledger written by an older version lacks (its
+    rows are kept). Several kernels may open the file at once: one transaction each, and
+    a column another one added meanwhile is not added twice."""
+    if all(name in _present(connection) for name, _ in _ADDED):
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        present = _present(connection)
+        for name, kind in _ADDED:
+            if name not in present:
+                connection.execute(f"ALTER TABLE spend ADD COLUMN {name} {kind}")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
 
 
 class LedgerWriter:
@@ -471,7 +540,12 @@ def _read(path: Path, since: float | None) -> list[tuple[Any, ...]]:
     except sqlite3.Error as error:
         raise OSError(f"cannot read the spend ledger {path}: {error}") from None
     try:
-        query = f"SELECT {_COLUMNS} FROM spend"
+        present = _present(connection)
+        # A file of an older schema (not written since): NULL for the columns it lacks.
+        query = "SELECT " + ", ".join(
+            name if name in present else f"NULL AS {name}" for name in _COLUMN_NAMES
+        )
+        query += " FROM spend"
         if since is None:
             return connection.execute(query).fetchall()
         return connection.execute(query + " WHERE ended_at >= ?", (since,)).fetchall()
@@ -538,6 +612,10 @@ _CELL_DTYPES: Final = {
     "models": "string",
     **_FIGURE_DTYPES,
     "errors": "Int64",
+    "budget": "Float64",
+    "max_tokens": "Int64",
+    "budget_reached": "boolean",
+    "budget_refused": "boolean",
 }
 
 
@@ -571,6 +649,10 @@ def _cells_frame(rows: Iterable[tuple[Any, ...]]) -> pd.DataFrame:
         "cost_exact": [row[11] for row in ordered],
         "unpriced_calls": [row[12] for row in ordered],
         "errors": [row[13] for row in ordered],
+        "budget": [None if row[14] is None else float(Decimal(row[14])) for row in ordered],
+        "max_tokens": [row[15] for row in ordered],
+        "budget_reached": [None if row[16] is None else bool(row[16]) for row in ordered],
+        "budget_refused": [None if row[17] is None else bool(row[17]) for row in ordered],
     }
     return _typed(data, _CELL_DTYPES)
 
@@ -632,7 +714,9 @@ def spend_dataframe(
     """What traced cells cost, from the spend ledger (see `set_ledger`).
 
     `by=None`: one row per cell (time, notebook, cell id, execution count, trace name
-    and id, the models it called, its totals); ``"model"``, ``"notebook"`` or
+    and id, the models it called, its totals, its budget: ``budget`` in dollars,
+    ``max_tokens``, ``budget_reached`` and ``budget_refused``, all null for a cell
+    without one); ``"model"``, ``"notebook"`` or
     ``"day"`` (local days): one row per group, with the number of cells. `since`:
     ``"24h"``, ``"7d"``, ``"2026-11-01"``, a `datetime`, `date` or `timedelta`.
     ``cost`` is a Float64 and ``cost_exact`` the exact decimal text; both are null when

@@ -937,6 +937,7 @@ def load(shell: Any) -> TraceMagics:
     shell.showtraceback = _MarkCodeEnd(shell, magics)
     setattr(shell, _SHELL_ATTRIBUTE, magics)
     enable_thread_propagation()
+    RUNTIME.budgets.guard()  # taken off by a previous unload
     # Both are opt-in through the environment and idempotent, so a reload adds nothing.
     maybe_instrument_on_load()
     if current_export() is None:

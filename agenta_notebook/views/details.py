@@ -92,6 +92,9 @@ ROLE_SENTENCES: Final[Mapping[str, str]] = {
     "failed model call": (
         "A model call that failed before any usage: counted as one call, nothing to price."
     ),
+    "refused by budget": (
+        "A request the trace's budget refused before it was sent: no call, nothing to price."
+    ),
     "model call wrapper": (
         "Wraps the model calls below it: their usage is counted there (not added twice)."
     ),

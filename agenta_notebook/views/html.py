@@ -726,6 +726,10 @@ class BudgetState:
     crossed_at: str | None
     refused: str | None
     unpriced_calls: int
+    #: the span that reached it is the n-th of the `counted` spans with usage of their own
+    #: (token counts, a cost or a model call), in the order they ended
+    crossed_index: int | None = None
+    counted: int = 0
 
 
 def budget_state(tree: TraceTree) -> BudgetState | None:
@@ -746,23 +750,32 @@ def budget_state(tree: TraceTree) -> BudgetState | None:
     crossed_at = None
     # The span whose own figures made the count reach the budget, in the order spans ended.
     ended = sorted(
-        (node for node in tree.stats.costed if node.record.end_time_ns is not None),
+        (
+            node
+            for node in tree.stats.costed
+            if node.record.end_time_ns is not None and node.counts_usage
+        ),
         key=lambda node: (node.record.end_time_ns or 0, node.span_id),
     )
     cost = Decimal(0)
     tokens = 0
-    for node in ended:
+    crossed_index = None
+    for index, node in enumerate(ended, 1):
         cost = COST_CONTEXT.add(cost, node.own.cost or Decimal(0))
         tokens += node.own.total_tokens or 0
         if (dollars is not None and cost >= dollars) or (
             max_tokens is not None and tokens >= max_tokens
         ):
-            crossed_at = node.name
+            crossed_at, crossed_index = node.name, index
             break
     refused = None
     for event in root.record.events:
-        if event.attributes.get("exception.type") == "BudgetExceeded":
-            refused = str(event.attributes.get("exception.message", "")) or None
+        # OpenTelemetry records the qualified name (agenta_notebook.budget.BudgetExceeded)
+        kind = str(event.attributes.get("exception.type", ""))
+        if kind.rsplit(".", 1)[-1] == "BudgetExceeded":
+            message = str(event.attributes.get("exception.message", ""))
+            # "budget of $X reached: ...; refused: <the call>": the call is what is new here
+            refused = message.rpartition("refused: ")[2] or None
     return BudgetState(
         dollars,
         max_tokens,
@@ -771,7 +784,17 @@ def budget_state(tree: TraceTree) -> BudgetState | None:
         crossed_at,
         refused,
         totals.unpriced_calls,
+        crossed_index,
+        len(ended),
     )
+
+
+def _ordinal(number: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st, ..."""
+    suffix = (
+        "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    )
+    return f"{number}{suffix}"
 
 
 def budget_html(state: BudgetState | None, places: int | None = None) -> str:
@@ -793,7 +816,10 @@ def budget_html(state: BudgetState | None, places: int | None = None) -> str:
             f"{format_tokens(state.max_tokens)} ({used_tokens / state.max_tokens:.0%})"
         )
     if state.crossed_at is not None:
-        parts.append(f"reached at <i>{escape(state.crossed_at)}</i>")
+        where = f"reached at <i>{escape(state.crossed_at)}</i>"
+        if state.crossed_index is not None and state.counted > 1:
+            where += f" ({_ordinal(state.crossed_index)} of {state.counted} spans with usage)"
+        parts.append(where)
     if state.refused is not None:
         parts.append(f'<span class="agn-m-error">refused: {escape(state.refused)}</span>')
     if state.dollars is not None and state.unpriced_calls:
@@ -885,6 +911,20 @@ def open_depth_of(depth_counts: Sequence[int], budget: int) -> int:
     return max(depth, 1)
 
 
+def _count_below(nodes: list[SpanNode]) -> int:
+    """How many nodes `nodes` and their subtrees hold (one tight loop: the static view of
+    a 100,000-span trace counts what it cuts when the cell ends)."""
+    count = 0
+    stack = nodes
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        children = pop().children
+        count += 1
+        if children:
+            extend(children)
+    return count
+
+
 def static_html(
     trace: Trace, max_nodes: int = STATIC_MAX_NODES, max_bytes: int = STATIC_MAX_BYTES
 ) -> str:
@@ -921,12 +961,12 @@ def static_html(
             continue
         if written >= max_nodes or size >= max_bytes:
             # Everything left on the stack at this level and below is cut: count it once.
-            pending = [sum(1 for _ in item.walk())]
+            cut = [item]
             while stack and not isinstance(stack[-1], str):
                 following = stack.pop()
                 assert not isinstance(following, str)
-                pending.append(sum(1 for _ in following.walk()))
-            line = f'<div class="agn-more">… {sum(pending):,} more spans</div>'
+                cut.append(following)
+            line = f'<div class="agn-more">… {_count_below(cut):,} more spans</div>'
             out.append(line)
             size += len(line)
             continue

@@ -1,0 +1,400 @@
+"""The experiment loop's views in a real JupyterLab 4, in Debian's headless Chromium.
+
+One notebook, run cell by cell: two traced cells of a 3-step chain against the built-in
+OpenAI stand-in (`agenta_notebook.demo`) with different models, `%agenta_compare` of the
+two (and of three runs), and a traced loop with a `--budget` that it crosses. Checks, in
+the page: the comparison widget shows the aligned rows (each beside its line of figures), the deltas
+(the cheaper model: a cost that went down) and collapses on a click; the budgeted cell
+fails with `BudgetExceeded` and its trace's header shows the budget line (used of the
+budget, where it was reached, the refused call). No request leaves 127.0.0.1, no console
+error. Screenshots: test-output/compare-widget.png, test-output/compare-spread.png (three
+runs), test-output/compare-narrow.png (a 900 px window, scrolled to the right),
+test-output/budget-header.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT = REPO / "test-output"
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (./run test installs it)"
+)
+
+#: A budget worth a few calls of the loop below (one call costs about $0.00003) and far
+#: less than all thirty of them.
+BUDGET = "0.0001"
+
+CELLS = (
+    """%load_ext agenta_notebook
+import os, openai
+import agenta_notebook as an
+from agenta_notebook import demo
+an.instrument_openai()
+server = demo.start()
+os.environ["OPENAI_API_KEY"] = "sk-dummy-for-the-stand-in"
+client = openai.OpenAI(base_url=server.base_url, max_retries=0, timeout=10)
+
+def chain(model):
+    for step in ("retrieve", "generate", "grade"):
+        with an.span(step, type="chain"):
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": f"{step} a sailing boat"}])""",
+    '%%agenta_trace "big model" -o a\nchain("gpt-4o")',
+    '%%agenta_trace "small model" -o b\nchain("gpt-4o-mini")',
+    "%agenta_compare a b",
+    "%agenta_compare a b a",
+    f"""%%agenta_trace "runaway loop" --budget {BUDGET}
+for _ in range(30):
+    client.chat.completions.create(model="gpt-4o-mini", messages=[
+        {{"role": "user", "content": "What limits the speed of a sailing boat?"}}])""",
+)
+COMPARE_CELL = 3
+SPREAD_CELL = 4
+BUDGET_CELL = 5
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        number: int = sock.getsockname()[1]
+        return number
+
+
+def _write_notebook(path: Path) -> None:
+    document = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "metadata": {},
+                "outputs": [],
+                "source": source,
+            }
+            for source in CELLS
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(document))
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """JupyterLab on 127.0.0.1 (free port, random token, a temporary root and settings)
+    serving experiments.ipynb; yields (base url, token) and always stops it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _write_notebook(root / "experiments.ipynb")
+    settings = tmp_path / "settings"
+    quiet = settings / "@jupyterlab" / "apputils-extension"
+    quiet.mkdir(parents=True)
+    (quiet / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    port, token = _port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+        "PYTHONPATH": str(REPO),
+    }
+    log_path = tmp_path / "jupyter.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={port}",
+                "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={root}",
+                "--LabApp.news_url=",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.extension_manager=readonly",
+                "--ServerApp.terminals_enabled=False",
+                *(["--allow-root"] if os.geteuid() == 0 else []),
+            ],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            give_up = time.monotonic() + 90
+            while True:
+                if server.poll() is not None:
+                    raise RuntimeError("jupyter lab exited: " + log_path.read_text())
+                try:
+                    with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
+                        break
+                except OSError:
+                    if time.monotonic() > give_up:
+                        raise RuntimeError("jupyter lab did not start in 90 s") from None
+                    time.sleep(0.3)
+            yield base, token
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                try:
+                    server.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait(timeout=10)
+            OUTPUT.mkdir(exist_ok=True)
+            shutil.copy(log_path, OUTPUT / "experiments-server.log")
+
+
+def _idle(page: Any, timeout_ms: int = 60_000) -> None:
+    """Wait for the kernel to be connected and idle."""
+    page.wait_for_function(
+        "() => {"
+        " const status = document.querySelector('.jp-Notebook-ExecutionIndicator');"
+        " const bar = document.querySelector('#jp-main-statusbar');"
+        " return status && status.getAttribute('data-status') === 'idle'"
+        "  && bar && /\\|\\s*Idle/.test(bar.innerText);"
+        "}",
+        timeout=timeout_ms,
+    )
+
+
+def _run(page: Any, index: int) -> Any:
+    """Run cell `index` (Shift+Enter in its editor, again if the kernel did not take it),
+    wait until the kernel is idle again and return the cell."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    prompt = cell.locator(".jp-InputArea-prompt")
+    for _ in range(3):
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            page.wait_for_function(
+                "(prompt) => /\\[\\d+\\]/.test(prompt.innerText)",
+                arg=prompt.element_handle(),
+                timeout=60_000,
+            )
+            break
+        except Exception:
+            continue
+    else:
+        raise AssertionError(f"cell {index} did not run")
+    _idle(page)
+    return cell
+
+
+NAMES = ".agn-cmp-names .widget-toggle-button"
+
+
+def _line_of(button: Any) -> Any:
+    """The line of figures beside a row button: at its index, on the same screen line."""
+    index = button.evaluate("b => Array.from(b.parentElement.children).indexOf(b)")
+    line = (
+        button.locator("xpath=ancestor::div[contains(@class, 'agn-cmp-seg')][1]")
+        .locator(".agn-cmp-figs .agn-line")
+        .nth(index)
+    )
+    button_box, line_box = button.bounding_box(), line.bounding_box()
+    assert button_box is not None and line_box is not None
+    assert abs(button_box["y"] - line_box["y"]) <= 1.5, (button_box, line_box)
+    return line
+
+
+#: Whether every figure of a comparison shows whole: inside the view, its text not cut.
+WHOLE = """(root) => {
+  const box = root.getBoundingClientRect();
+  return Array.from(root.querySelectorAll('.agn-c')).filter(cell => {
+    const own = cell.getBoundingClientRect();
+    return own.right > box.right + 0.5 || cell.scrollWidth > cell.clientWidth + 1;
+  }).map(cell => cell.className + ': ' + cell.innerText);
+}"""
+
+
+def _fits(root: Any) -> None:
+    cut = root.evaluate(WHOLE)
+    assert cut == [], f"figures of the comparison are cut: {cut}"
+
+
+def _check_comparison(page: Any) -> None:
+    cell = _run(page, COMPARE_CELL)
+    root = cell.locator(".agn-cmp-root")
+    root.wait_for(timeout=30_000)
+    buttons = cell.locator(NAMES)
+    texts = [text.strip("\u2003 ") for text in buttons.all_inner_texts()]
+    # One tree: the root, each step, and each step's model call (named after its model in
+    # run A; the calls of both runs aligned on one row each).
+    assert texts[0] == "▾ big model", texts
+    steps = [text for text in texts if text.endswith(("retrieve", "generate", "grade"))]
+    assert steps == ["▾ retrieve", "▾ generate", "▾ grade"], texts
+    assert len(texts) == 7, texts
+    heads = cell.locator(".agn-cmp-glabel").all_inner_texts()
+    assert heads == ["big model", "small model", "delta"]
+    # The root's line: a cost per run, and a delta that went down (a cheaper model).
+    line = _line_of(buttons.first)
+    costs = line.locator(".agn-cmp-cost").all_inner_texts()
+    assert len(costs) == 3 and all(cost.startswith("$") for cost in costs[:2]), costs
+    assert costs[2].startswith("-$"), costs
+    assert "an-cmp-down" in (line.locator(".agn-cmp-cost").nth(2).get_attribute("class") or "")
+    calls = line.locator(".agn-cmp-calls").all_inner_texts()
+    assert calls == ["3", "3", "0"], calls
+    # The biggest changes are highlighted, somewhere below the root.
+    assert cell.locator(".agn-cmp-figs .an-cmp-top").count() >= 3
+    # Each row sits beside its own line of figures, and every column shows whole.
+    for position in range(buttons.count()):
+        _line_of(buttons.nth(position))
+    _fits(root)
+    OUTPUT.mkdir(exist_ok=True)
+    cell.screenshot(path=str(OUTPUT / "compare-widget.png"))
+    # A click on a row collapses it, another expands it again.
+    buttons.nth(1).click()
+    page.wait_for_function(
+        "(cell) => cell.querySelectorAll('.agn-cmp-names .widget-toggle-button').length === 6",
+        arg=cell.element_handle(),
+    )
+    assert "▸ retrieve" in cell.locator(NAMES).nth(1).inner_text()
+    cell.locator(NAMES).nth(1).click()
+    page.wait_for_function(
+        "(cell) => cell.querySelectorAll('.agn-cmp-names .widget-toggle-button').length === 7",
+        arg=cell.element_handle(),
+    )
+
+
+def _check_spread(page: Any) -> None:
+    """Three runs: min / median / max groups and how many runs have each span."""
+    cell = _run(page, SPREAD_CELL)
+    cell.locator(".agn-cmp-root").wait_for(timeout=30_000)
+    assert cell.locator(".agn-cmp-glabel").all_inner_texts() == ["min", "median", "max"]
+    buttons = cell.locator(NAMES)
+    assert buttons.count() == 7
+    line = _line_of(buttons.first)
+    assert line.locator(".agn-cmp-runs").inner_text() == "3"
+    costs = line.locator(".agn-cmp-cost").all_inner_texts()
+    assert costs[0] != costs[2] and costs[1] == costs[2], costs  # a, b, a: the median is a's
+    assert line.locator(".agn-cmp-calls").all_inner_texts() == ["3", "3", "3"]
+    root = cell.locator(".agn-cmp-root")
+    _fits(root)
+    OUTPUT.mkdir(exist_ok=True)
+    cell.screenshot(path=str(OUTPUT / "compare-spread.png"))
+    # In a narrow window the view scrolls sideways: the last columns can be reached.
+    page.set_viewport_size({"width": 900, "height": 1600})
+    page.wait_for_function(
+        "(root) => root.scrollWidth > root.clientWidth + 50", arg=root.element_handle()
+    )
+    root.evaluate("(root) => { root.scrollLeft = root.scrollWidth; }")
+    last = line.locator(".agn-cmp-calls").last
+    page.wait_for_function(
+        "([root, cell]) => cell.getBoundingClientRect().right"
+        " <= root.getBoundingClientRect().right + 0.5",
+        arg=[root.element_handle(), last.element_handle()],
+    )
+    cell.screenshot(path=str(OUTPUT / "compare-narrow.png"))
+    page.set_viewport_size({"width": 1500, "height": 1600})
+
+
+def _check_budget(page: Any) -> None:
+    cell = _run(page, BUDGET_CELL)
+    error = cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    error.first.wait_for(timeout=30_000)
+    assert "BudgetExceeded" in error.first.inner_text()
+    budget = cell.locator(".agn-root .agn-budget").first
+    budget.wait_for(timeout=30_000)
+    page.wait_for_function(
+        "(cell) => { const line = cell.querySelector('.agn-root .agn-budget');"
+        " return line && line.innerText.includes('refused'); }",
+        arg=cell.element_handle(),
+    )
+    text = budget.inner_text()
+    assert re.search(r"budget \$[0-9.]+ of \$" + re.escape(BUDGET) + r" \(\d+%\)", text), text
+    assert re.search(r"reached at \S", text), text
+    assert "refused:" in text and "gpt-4o-mini" in text, text
+    view = cell.locator(".jp-OutputArea-output").filter(has=page.locator(".agn-root")).first
+    view.scroll_into_view_if_needed()
+    OUTPUT.mkdir(exist_ok=True)
+    view.screenshot(path=str(OUTPUT / "budget-header.png"))
+
+
+def test_compare_and_budget_views_in_jupyterlab(lab: tuple[str, str]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    base, token = lab
+    outside: list[str] = []
+    errors: list[str] = []
+
+    def route(request_route: Any) -> None:
+        url = urlparse(request_route.request.url)
+        if url.scheme in ("http", "https", "ws", "wss") and url.hostname != "127.0.0.1":
+            outside.append(request_route.request.url)
+            request_route.abort()
+        else:
+            request_route.continue_()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1500, "height": 1600})
+            context.route("**/*", route)
+            page = context.new_page()
+            page.on(
+                "console",
+                lambda message: errors.append(message.text) if message.type == "error" else None,
+            )
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.set_default_timeout(60_000)
+            try:
+                page.goto(f"{base}/lab/tree/experiments.ipynb?token={token}")
+                page.wait_for_selector(".jp-Notebook .jp-Cell")
+                _idle(page, 120_000)
+                for index in range(COMPARE_CELL):
+                    _run(page, index)
+                _check_comparison(page)
+                _check_spread(page)
+                _check_budget(page)
+            except Exception:
+                OUTPUT.mkdir(exist_ok=True)
+                page.screenshot(path=str(OUTPUT / "experiments-failure.png"), full_page=True)
+                print("console errors:", errors)
+                raise
+        finally:
+            browser.close()
+    assert outside == [], f"requests left 127.0.0.1: {outside}"
+    assert errors == [], f"console errors: {errors}"
