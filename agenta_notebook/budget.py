@@ -16,9 +16,13 @@ the guard finds the trace of the current span and reads its counted figures
 The guards are put on when the package is imported (and the extension loaded): the
 libraries already imported are wrapped then, and those imported later as soon as their
 module has run (`IMPORT_HOOK`, a `sys.meta_path` finder), so that `from litellm import
-completion` binds a guarded function whatever the order of the imports and of the first
-budget. Nothing is imported here. `RUNTIME.reset()` and unloading the extension take
-them off (and the hook); the next budget or load puts them back.
+completion` after `import agenta_notebook` binds a guarded function, before or after the
+first budget. A LiteLLM name bound before `agenta_notebook` is imported (or taken from a
+submodule, `litellm.main`) stays unguarded at LiteLLM's door: its request is still
+refused at the openai client below, which LiteLLM reports as its `InternalServerError`.
+Nothing is imported here. `RUNTIME.reset()` puts the guards back as a fresh import has
+them (on, with the hook); unloading the extension takes them off (and the hook), and the
+next budget or load puts them back.
 
 Counted figures are those of the calls that have ended: requests already in flight
 when the limit is reached still complete, so a fan-out of k concurrent calls may go
@@ -63,9 +67,20 @@ __all__ = [
 
 #: The client libraries whose request path is guarded (each has its own `_base_client`).
 GUARDED: Final = ("openai", "anthropic")
-#: Marks a guarded `_build_request`, so that a library is never wrapped twice.
+#: Marks our guards, so that a library is never wrapped twice: a guard's mark is the guard
+#: itself (`_is_guard`), since `functools.wraps` copies it to a wrapper made over a guard.
 _MARK: Final = "__agenta_notebook_budget__"
 _LOCK = forksafe.new_rlock()  # an import under it may guard a module
+
+
+def _marked(guard: Any) -> Any:
+    setattr(guard, _MARK, guard)
+    return guard
+
+
+def _is_guard(function: Any) -> bool:
+    """`function` is one of our guards (not another's wrapper made over one)."""
+    return function is not None and getattr(function, _MARK, None) is function
 
 
 class BudgetExceeded(Exception):
@@ -235,9 +250,8 @@ def _guard(original: Any) -> Any:
             check_request(options)
         return original(self, options, *args, **kwargs)
 
-    setattr(_build_request, _MARK, True)
     _build_request.__wrapped__ = original  # type: ignore[attr-defined]
-    return _build_request
+    return _marked(_build_request)
 
 
 #: The guard of `BaseClient._build_request` (`benchmarks/bench_budget.py` times it).
@@ -251,9 +265,8 @@ def _guard_sync_request(original: Any) -> Any:
             check_request(options)
         return original(self, cast_to, options, *args, **kwargs)
 
-    setattr(request, _MARK, True)
     request.__wrapped__ = original  # type: ignore[attr-defined]
-    return request
+    return _marked(request)
 
 
 def _guard_async_request(original: Any) -> Any:
@@ -263,9 +276,8 @@ def _guard_async_request(original: Any) -> Any:
             check_request(options)
         return await original(self, cast_to, options, *args, **kwargs)
 
-    setattr(request, _MARK, True)
     request.__wrapped__ = original  # type: ignore[attr-defined]
-    return request
+    return _marked(request)
 
 
 def _litellm_call(name: str, kwargs: dict[str, Any]) -> str:
@@ -296,8 +308,7 @@ def _guard_litellm(name: str, original: Any) -> Any:
             return original(*args, **kwargs)
 
         guarded = guarded_sync
-    setattr(guarded, _MARK, True)
-    return guarded
+    return _marked(guarded)
 
 
 #: LiteLLM's entry points that make model requests.
@@ -319,13 +330,13 @@ def _install_litellm(litellm: Any) -> None:
     start, so that an instrumentor that wrapped them since is guarded too, outermost."""
     for name in LITELLM_CALLS:
         current = getattr(litellm, name, None)
-        if callable(current) and not getattr(current, _MARK, False):
+        if callable(current) and not _is_guard(current):
             setattr(litellm, name, _guard_litellm(name, current))
 
 
 def _wrap(cls: Any, name: str, guard: Any) -> None:
     current = cls.__dict__.get(name)
-    if current is not None and not getattr(current, _MARK, False):
+    if current is not None and not _is_guard(current):
         setattr(cls, name, guard(current))
 
 
@@ -365,21 +376,32 @@ class _GuardAfterExec:
         self._loader = loader
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_loader":  # not set yet (a copy, an unpickling): never recurse
+            raise AttributeError(name)
         return getattr(self._loader, name)
 
     def create_module(self, spec: Any) -> Any:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
-        self._loader.exec_module(module)
+        # The module keeps its own loader (pkg_resources, importlib.resources know its
+        # type), already while it runs; this one only waits for the end of its run.
+        loader = self._loader
+        module.__loader__ = loader
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and spec.loader is self:
+            spec.loader = loader
+        loader.exec_module(module)
         _guard_module(module.__name__, module)
 
 
 class GuardOnImport(importlib.abc.MetaPathFinder):
     """On `sys.meta_path` while the guards are on: a client library imported later
     (openai, anthropic, litellm) is guarded as soon as its module has run, so that
-    `from litellm import completion` binds a guarded function whatever the order of the
-    imports. Every other import costs one set lookup."""
+    `from litellm import completion` after `import agenta_notebook` binds a guarded
+    function (a name bound before stays unguarded at LiteLLM's door; its request is still
+    refused at the openai client, as LiteLLM's `InternalServerError`). Every other import
+    costs one set lookup."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if fullname not in _GUARDED_MODULES:
@@ -407,6 +429,12 @@ class GuardOnImport(importlib.abc.MetaPathFinder):
 IMPORT_HOOK: Final = GuardOnImport()
 
 
+def _initializing(module: Any) -> bool:
+    """`module` is still running (another thread imports it): the import hook guards it
+    when its run ends; before, it may lack what the guards wrap."""
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
 def install_guards() -> None:
     """Guard the request path of every client library already imported (once each) and
     those imported later (`IMPORT_HOOK`). Imports nothing; never raises: a library that
@@ -417,19 +445,20 @@ def install_guards() -> None:
             sys.meta_path.insert(0, IMPORT_HOOK)
         for name in _GUARDED_MODULES:
             module = sys.modules.get(name)
-            if module is not None:
+            if module is not None and not _initializing(module):
                 _guard_module(name, module)
 
 
 def uninstall_guards() -> None:
     """Take the import hook off and put back what the guards wrapped, where our wrapper is
-    still the one installed (`RUNTIME.reset()`, unloading the extension)."""
+    still the one installed (unloading the extension; `RUNTIME.reset()` then installs
+    them again)."""
     with _LOCK:
         while IMPORT_HOOK in sys.meta_path:
             sys.meta_path.remove(IMPORT_HOOK)
         for library in GUARDED:
             module = sys.modules.get(f"{library}._base_client")
-            if module is None:
+            if module is None or _initializing(module):
                 continue
             for cls, name in (
                 (module.BaseClient, "_build_request"),
@@ -437,13 +466,13 @@ def uninstall_guards() -> None:
                 (getattr(module, "AsyncAPIClient", None), "request"),
             ):
                 current = None if cls is None else cls.__dict__.get(name)
-                if current is not None and getattr(current, _MARK, False):
+                if current is not None and _is_guard(current):
                     setattr(cls, name, current.__wrapped__)
         litellm = sys.modules.get("litellm")
-        if litellm is not None:
+        if litellm is not None and not _initializing(litellm):
             for name in LITELLM_CALLS:
                 current = getattr(litellm, name, None)
-                if current is not None and getattr(current, _MARK, False):
+                if current is not None and _is_guard(current):
                     setattr(litellm, name, current.__wrapped__)
 
 

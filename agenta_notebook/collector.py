@@ -80,7 +80,10 @@ def _events_of(span: ReadableSpan) -> tuple[SpanEvent, ...]:
 
 def record_from_span(span: ReadableSpan) -> SpanRecord:
     """Convert an SDK span (ended or still running) to the core's plain record."""
-    return records_from_spans((span,))[0]
+    records = records_from_spans((span,))
+    if not records:
+        raise ValueError("this span cannot be read (see the agenta_notebook log)")
+    return records[0]
 
 
 def records_from_spans(spans: Iterable[ReadableSpan]) -> list[SpanRecord]:
@@ -99,7 +102,7 @@ def records_from_spans(spans: Iterable[ReadableSpan]) -> list[SpanRecord]:
     for span in spans:
         fields = getattr(span, "__dict__", None)
         if fields is None or fields.get("_end_time") is None:
-            append(_record_from_public_api(span))
+            _append_from_public_api(span, append)
             continue
         try:
             attributes = fields["_attributes"]
@@ -130,9 +133,19 @@ def records_from_spans(spans: Iterable[ReadableSpan]) -> list[SpanRecord]:
                 resource.attributes if resource is not None else {},
             )
         except (KeyError, AttributeError, TypeError):  # an SDK with other internals
-            record = _record_from_public_api(span)
+            _append_from_public_api(span, append)
+            continue
         append(record)
     return records
+
+
+def _append_from_public_api(span: ReadableSpan, append: Callable[[SpanRecord], None]) -> None:
+    """Append the record of `span` read through the SDK's public API; a span that cannot
+    be read is reported (once per kind of failure) and left out, never the whole batch."""
+    try:
+        append(_record_from_public_api(span))
+    except Exception:  # a span object of another SDK, or a broken one
+        internal_error("converting a span to a record")
 
 
 def _record_from_public_api(span: ReadableSpan) -> SpanRecord:

@@ -9,6 +9,7 @@ prices: each trace reads them from the source it was made with (the runtime's sn
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,10 @@ def _shell(function: _Shell | None, method: str) -> _Shell:
     return function
 
 
+def _each_of(convert: Callable[[Any], SpanRecord], spans: list[Any]) -> list[SpanRecord]:
+    return [convert(raw) for raw in spans]
+
+
 class Trace:
     """A live trace: spans are added as they end; every view reads a consistent snapshot.
 
@@ -97,8 +102,9 @@ class Trace:
         self.trace_id = trace_id
         self.name = name
         self.root_span_id = root_span_id
-        self._converter = converter
-        #: `converter` over a list of spans, in one call (default: a loop over `converter`)
+        if convert_many is None and converter is not None:
+            convert_many = functools.partial(_each_of, converter)
+        #: a list of SDK spans to their records, in one call (`converter` on each, by default)
         self._convert_many = convert_many
         #: where the user's prices are read at each build (`SHELLS.user_prices` if None)
         self._user_prices = SHELLS.user_prices if user_prices is None else user_prices
@@ -146,7 +152,7 @@ class Trace:
             if span_id == self.root_span_id:
                 self.root_ended = True
             every = self.convert_every
-            if every is not None and len(finished) >= every and self._converter is not None:
+            if every is not None and len(finished) >= every and self._convert_many is not None:
                 # Let go of the SDK's span objects: a record is one object where a
                 # finished SDK span is about ten the garbage collector walks again and
                 # again while the cell runs.
@@ -183,12 +189,8 @@ class Trace:
         finished = self._finished_raw
         if finished:
             convert_many = self._convert_many
-            if convert_many is not None:
-                records = convert_many(finished)
-            else:
-                convert = self._converter
-                assert convert is not None
-                records = [convert(raw) for raw in finished]
+            assert convert_many is not None  # spans come only to a trace that converts them
+            records = convert_many(finished)
             held = self._records
             for record in records:
                 held[record.span_id] = record
@@ -201,15 +203,15 @@ class Trace:
             self._convert_finished()
             records = list(self._records.values())
             running = list(self._open_raw.values())
-        if running and self._converter is not None:
-            records.extend(self._converter(raw) for raw in running)
+        if running and self._convert_many is not None:
+            records.extend(self._convert_many(running))
         return records
 
     def _running_records(self, items: list[tuple[int, Any]]) -> dict[int, SpanRecord]:
-        if not items or self._converter is None:
+        if not items or self._convert_many is None:
             return {}
-        convert = self._converter
-        return {span_id: convert(raw) for span_id, raw in items}
+        # By the records' own ids: a span that cannot be read is left out (and reported)
+        return {record.span_id: record for record in self._convert_many([r for _, r in items])}
 
     def _build_in_full(self, user_prices: UserPrices) -> IncrementalTree:
         """Every record, built by `build_tree` (under `_build_lock`)."""

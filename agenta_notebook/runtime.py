@@ -8,7 +8,8 @@ Everything that lives longer than one call is owned by a `Runtime`, in a few sma
 - `prices`: the user's prices (`set_prices`), one immutable snapshot at a time, and who
   to tell when they change;
 - `views`: the trace views open in the notebook (closed when their trace is dropped,
-  redrawn when prices change), and the widget models they share;
+  redrawn when prices change), the newest comparison widgets, and the widget models
+  they share;
 - `exports`: the OTLP export route (`export_to`);
 - `instruments`: what `instrument()` and `instrument_openai()` did, and how to undo it;
 - `threads`: whether threads inherit the current span;
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -340,6 +341,14 @@ class View(Protocol):
     def close(self) -> None: ...
 
 
+class Closable(Protocol):
+    """An open view that only needs closing (`views.compare_view.ComparisonView`)."""
+
+    def close(self) -> None: ...
+
+
+#: At most this many comparison widgets stay open; showing one more closes the oldest.
+MAX_COMPARISON_VIEWS: Final = 8
 #: At most this many views of traces the collector does not keep (loaded from a file)
 #: stay open; registering one more closes the oldest (its output keeps the static HTML).
 MAX_UNKEPT_VIEWS: Final = 20
@@ -359,6 +368,8 @@ class OpenViews:
         self._by_trace: dict[int, list[View]] = {}
         #: the open views of traces the collector does not keep, oldest first
         self._unkept: list[View] = []
+        #: the open comparison widgets, oldest first (at most `MAX_COMPARISON_VIEWS`)
+        self._comparisons: list[Closable] = []
         #: the layout and styles every widget view shares (`views/widget.py` makes them
         #: once; a cache of models, not state of the session: `reset()` keeps them)
         self.widget_models: tuple[Any, ...] | None = None
@@ -369,6 +380,7 @@ class OpenViews:
         (closing would talk to the parent's front end), and their models with them."""
         self._by_trace = {}
         self._unkept = []
+        self._comparisons = []
         self.widget_models = None
 
     def register(self, trace: Trace, view: View, *, kept: bool = True) -> None:
@@ -393,6 +405,30 @@ class OpenViews:
                     views.remove(view)
                 if not views:
                     del self._by_trace[id(trace)]
+
+    def register_comparison(self, view: Closable) -> None:
+        """Add an open comparison widget; past `MAX_COMPARISON_VIEWS` the oldest closes."""
+        with self._lock:
+            self._comparisons.append(view)
+            evicted = self._comparisons[:-MAX_COMPARISON_VIEWS]
+            del self._comparisons[:-MAX_COMPARISON_VIEWS]
+        _close(evicted)
+
+    def unregister_comparison(self, view: Closable) -> None:
+        with self._lock:
+            if view in self._comparisons:
+                self._comparisons.remove(view)
+
+    def comparison_count(self) -> int:
+        """How many comparison widgets are open (for leak checks)."""
+        with self._lock:
+            return len(self._comparisons)
+
+    def close_comparisons(self) -> None:
+        """Close every open comparison widget (reset, extension unload)."""
+        with self._lock:
+            views, self._comparisons = self._comparisons, []
+        _close(views)
 
     def count(self) -> int:
         """How many views are open (for leak checks)."""
@@ -422,6 +458,7 @@ class OpenViews:
             self._by_trace.clear()
             self._unkept.clear()
         _close(views)
+        self.close_comparisons()
 
     def describe(self) -> list[str]:
         with self._lock:
@@ -429,7 +466,7 @@ class OpenViews:
         return [f"open views: {views} (of {traces} traces)"]
 
 
-def _close(views: list[View]) -> None:
+def _close(views: Sequence[Closable]) -> None:
     for view in views:
         try:
             view.close()
@@ -643,12 +680,16 @@ class Budgets:
         if install is not None:
             install()
 
-    def reset(self) -> None:
+    def reset(self, *, guards: bool = True) -> None:
+        """Forget the budgets. The request guards are put back as a fresh import has them
+        (on, with the import hook), or left off with `guards=False` (the unload)."""
         self.by_trace.clear()
         self._traces.clear()
         uninstall = self.uninstall_guards
         if uninstall is not None:
             uninstall()
+        if guards:
+            self.guard()
 
     def describe(self) -> list[str]:
         return [f"budgets: {len(self.by_trace)} running trace(s) with one"]

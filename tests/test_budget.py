@@ -9,11 +9,14 @@ model's price.
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.machinery
 import json
 import os
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +28,7 @@ import pytest
 from live_kernel import Kernel, started, stdout
 
 import agenta_notebook as an
+from agenta_notebook import budget as budget_module
 from agenta_notebook import demo
 from agenta_notebook.runtime import BUDGET_DOLLARS, BUDGET_TOKENS, RUNTIME
 
@@ -433,6 +437,11 @@ def _failed_call(error_type: str | None, exception_type: str | None, message: st
         ("BudgetExceeded", None, "refused by budget"),
         (None, "agenta_notebook.budget.BudgetExceeded", "refused by budget"),
         ("<class 'agenta_notebook.budget.BudgetExceeded'>", None, "refused by budget"),
+        (None, "<class 'BudgetExceeded'>", "refused by budget"),
+        ("other.BudgetExceeded", None, "unreported model call"),
+        (None, "mypkg.BudgetExceeded", "unreported model call"),
+        ("<class 'x.BudgetExceeded'>", None, "unreported model call"),
+        (None, "agenta_notebook.budget.BudgetExceeded.Sub", "unreported model call"),
         ("ValueError", "ValueError", "unreported model call"),
         ("MyBudgetExceededError", None, "unreported model call"),
         (None, "BudgetExceeded: spent", "unreported model call"),
@@ -529,38 +538,87 @@ def test_litellm_imported_before_the_budget_is_guarded(tmp_path: Path, instrumen
     assert result["calls"] == result["sent"] and result["unpriced"] == 0
 
 
+HOOKED_LOADER_SCRIPT = """
+import copy, importlib.util, json, warnings
+warnings.simplefilter("ignore")
+import agenta_notebook
+spec = importlib.util.find_spec("litellm")  # through the import hook: not imported yet
+result = {"copied": type(copy.copy(spec.loader)) is type(spec.loader)}
+import litellm
+import pkg_resources
+result["loaders"] = [type(litellm.__loader__).__name__, type(litellm.__spec__.loader).__name__]
+result["exists"] = pkg_resources.resource_exists("litellm", "__init__.py")
+guard = litellm.completion
+result["guarded"] = getattr(guard, "__agenta_notebook_budget__", None) is guard
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_the_import_hook_leaves_the_library_its_own_loader(tmp_path: Path) -> None:
+    result = run_script(HOOKED_LOADER_SCRIPT, cwd=tmp_path)
+    assert result["copied"] is True, "copying the hook's loader does not recurse"
+    assert result["loaders"] == ["SourceFileLoader", "SourceFileLoader"]
+    assert result["exists"] is True, "pkg_resources knows the library's loader"
+    assert result["guarded"] is True
+
+
 IMPORT_ORDER_SCRIPT = """
 import json, sys
 import agenta_notebook as an
 from agenta_notebook.runtime import RUNTIME
 MARK = "__agenta_notebook_budget__"
+def guarded(function):
+    return getattr(function, MARK, None) is function
 LIBRARIES = ("openai", "anthropic", "litellm")
 result = {"imported_by_us": sorted(m for m in LIBRARIES if m in sys.modules)}
 with an.trace("budgeted", budget=1):
     pass
 result["imported_by_a_budget"] = sorted(m for m in LIBRARIES if m in sys.modules)
 import openai._base_client as base
-result["guarded_on_import"] = getattr(base.BaseClient._build_request, MARK, False)
-RUNTIME.reset()
-result["after_reset"] = getattr(base.BaseClient._build_request, MARK, False)
+result["guarded_on_import"] = guarded(base.BaseClient._build_request)
+RUNTIME.reset()  # a fresh import's state: the guards on
+result["after_reset"] = guarded(base.BaseClient._build_request)
 import anthropic._base_client as claude
-result["anthropic_after_reset"] = getattr(claude.BaseClient._build_request, MARK, False)
+result["anthropic_after_reset"] = guarded(claude.BaseClient._build_request)
+RUNTIME.budgets.reset(guards=False)  # what unloading the extension does
+result["after_unload"] = [
+    guarded(base.BaseClient._build_request),
+    guarded(claude.BaseClient._build_request),
+]
 RUNTIME.budgets.guard()  # what loading the extension does
 result["guarded_again"] = [
-    getattr(base.BaseClient._build_request, MARK, False),
-    getattr(claude.BaseClient._build_request, MARK, False),
-    getattr(claude.SyncAPIClient.request, MARK, False),
+    guarded(base.BaseClient._build_request),
+    guarded(claude.BaseClient._build_request),
+    guarded(claude.SyncAPIClient.request),
 ]
 print("RESULT " + json.dumps(result))
 """
 
 
-def test_guards_are_put_on_at_import_and_taken_off_by_reset(tmp_path: Path) -> None:
+def test_guards_are_put_on_at_import_kept_by_reset_and_taken_off_by_unload(
+    tmp_path: Path,
+) -> None:
     result = run_script(IMPORT_ORDER_SCRIPT, cwd=tmp_path)
     assert result["imported_by_us"] == [] and result["imported_by_a_budget"] == []
     assert result["guarded_on_import"] is True, "guarded when imported, before any budget"
-    assert result["after_reset"] is False and result["anthropic_after_reset"] is False
+    assert result["after_reset"] is True, "reset is a fresh import: the guards on"
+    assert result["anthropic_after_reset"] is True, "the import hook is back on too"
+    assert result["after_unload"] == [False, False]
     assert result["guarded_again"] == [True, True, True]
+
+
+def test_litellm_imported_after_a_reset_is_guarded(tmp_path: Path) -> None:
+    script = LITELLM_IMPORTED_FIRST_SCRIPT.replace(
+        "an.instrument(sys.argv[1])",
+        "an.instrument(sys.argv[1])\n"
+        "from agenta_notebook.runtime import RUNTIME\n"
+        "RUNTIME.reset()  # a fresh import's state: the guards and the import hook on\n"
+        "an.instrument(sys.argv[1])",
+        1,
+    )
+    result = run_script(script, "openai", cwd=tmp_path)
+    assert result["error"] == "BudgetExceeded", "not LiteLLM's InternalServerError"
+    assert 3 <= result["sent"] <= 4
 
 
 def test_no_budget_changes_nothing(server: demo.DemoServer, client: openai.OpenAI) -> None:
@@ -686,7 +744,8 @@ def test_unloading_takes_the_guards_off_and_loading_puts_them_back(kernel: Kerne
     kernel.run(
         "import openai._base_client as base\n"
         "def guarded():\n"
-        "    return getattr(base.BaseClient._build_request, '__agenta_notebook_budget__', False)"
+        "    method = base.BaseClient._build_request\n"
+        "    return getattr(method, '__agenta_notebook_budget__', None) is method"
     )
     assert kernel.value("guarded()") is True
     kernel.run("%unload_ext agenta_notebook")
@@ -746,11 +805,82 @@ def test_a_task_that_outlives_the_block_still_spends_from_its_budget(
     assert refused and 2 <= sent(server, before) <= 3
 
 
-def test_reset_takes_the_request_guards_off() -> None:
+def test_reset_puts_the_request_guards_back_on() -> None:
     import openai._base_client as base
 
     with an.trace("guarded", budget=1):
         pass
     assert getattr(base.BaseClient._build_request, "__agenta_notebook_budget__", False)
     RUNTIME.reset()
-    assert not getattr(base.BaseClient._build_request, "__agenta_notebook_budget__", False)
+    assert getattr(base.BaseClient._build_request, "__agenta_notebook_budget__", False)
+    assert budget_module.IMPORT_HOOK in sys.meta_path and not RUNTIME.budgets.by_trace
+
+
+def _foreign_over(ours: Any) -> Any:
+    """An instrumentor's wrapper over our guard, made with `functools.wraps` (it copies
+    the guard's `__dict__`, our mark included)."""
+
+    @functools.wraps(ours)
+    def foreign(*args: Any, **kwargs: Any) -> Any:
+        return ours(*args, **kwargs)
+
+    return foreign
+
+
+def test_a_foreign_wrapper_over_a_guard_is_not_taken_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import openai._base_client as base
+
+    def completion(**kwargs: Any) -> str:
+        return "sent"
+
+    litellm = types.ModuleType("litellm")
+    litellm.completion = completion  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "litellm", litellm)
+    ours = base.BaseClient.__dict__["_build_request"]
+    try:
+        budget_module.install_guards()
+        our_completion = litellm.completion  # type: ignore[attr-defined]
+        assert our_completion is not completion
+        foreign_request = _foreign_over(ours)
+        foreign_completion = _foreign_over(our_completion)
+        base.BaseClient._build_request = foreign_request  # type: ignore[method-assign]
+        litellm.completion = foreign_completion  # type: ignore[attr-defined]
+        budget_module.install_guards()
+        outermost = [base.BaseClient.__dict__["_build_request"], litellm.completion]  # type: ignore[attr-defined]
+        assert outermost[0].__wrapped__ is foreign_request, "guarded again, outermost"
+        assert outermost[1].__wrapped__ is foreign_completion, "guarded again, outermost"
+        budget_module.uninstall_guards()
+        assert base.BaseClient.__dict__["_build_request"] is foreign_request, "kept"
+        assert litellm.completion is foreign_completion, "kept"  # type: ignore[attr-defined]
+    finally:
+        base.BaseClient._build_request = ours  # type: ignore[method-assign]
+        budget_module.install_guards()
+
+
+def test_a_library_still_being_imported_is_left_to_the_import_hook(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another thread is importing openai: its `_base_client` is in `sys.modules`, half
+    run (no `BaseClient` yet). A budget starting now skips it, with no internal error:
+    the hook guards it when its run ends."""
+    half = types.ModuleType("openai._base_client")
+    half.__spec__ = importlib.machinery.ModuleSpec("openai._base_client", None)
+    half.__spec__._initializing = True  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "openai._base_client", half)
+    with an.trace("budgeted", budget=1):
+        pass
+    budget_module.uninstall_guards()
+    budget_module.install_guards()
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+    class BaseClient:  # the rest of its run
+        def _build_request(self, options: Any) -> Any:
+            return options
+
+    original = BaseClient.__dict__["_build_request"]
+    half.BaseClient = BaseClient  # type: ignore[attr-defined]
+    half.__spec__._initializing = False  # type: ignore[attr-defined]
+    budget_module.install_guards()  # what the hook does at the end of its run
+    assert BaseClient.__dict__["_build_request"].__wrapped__ is original, "guarded now"

@@ -429,6 +429,48 @@ def test_fast_and_public_conversions_of_an_ended_span_agree() -> None:
     assert [e.name for e in failing.events] == ["exception"]
 
 
+def test_a_span_that_cannot_be_read_leaves_the_others_of_its_batch(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One span object that neither the fast path nor the SDK's public API can read is
+    reported and left out; the other spans of the batch are converted and kept."""
+    from agenta_notebook.collector import records_from_spans
+
+    class Broken:
+        @property
+        def context(self) -> object:
+            raise RuntimeError("a broken span object")
+
+    with an.trace("batch") as result:
+        for index in range(3):
+            with an.span(f"step {index}"):
+                pass
+    raw = list(result._finished_raw)
+    monkeypatch.setenv("AGENTA_NOTEBOOK_STRICT", "0")
+    with caplog.at_level("ERROR", logger="agenta_notebook"):
+        records = records_from_spans([raw[0], Broken(), *raw[1:]])  # type: ignore[list-item]
+    assert [record.name for record in records] == [span.name for span in raw]
+    assert "converting a span to a record failed" in caplog.text
+
+
+def test_a_trace_given_only_a_batch_converter_converts_as_spans_end() -> None:
+    from agenta_notebook.collector import records_from_spans
+
+    with an.trace("made") as made:
+        for index in range(5):
+            with an.span(f"step {index}"):
+                pass
+    raw = list(made._finished_raw)
+    trace = Trace(
+        made.trace_id, "copy", root_span_id=made.root_span_id, convert_many=records_from_spans
+    )
+    trace.convert_every = 2
+    for span in raw:
+        trace.span_ended(span.context.span_id, span)
+    assert len(trace._finished_raw) < 2  # converted in batches of 2 as they ended
+    assert sorted(record.name for record in trace.records()) == sorted(span.name for span in raw)
+
+
 def test_an_ended_span_cannot_change_its_record() -> None:
     with an.trace("frozen") as result:
         with an.span("step") as span:

@@ -15,6 +15,7 @@ from live_kernel import Kernel, started
 import agenta_notebook as an
 from agenta_notebook.core.rollup import SpanNode
 from agenta_notebook.io.compare import MAX_HTML_ROWS
+from agenta_notebook.runtime import MAX_COMPARISON_VIEWS
 
 STEPS = ("retrieve", "generate", "grade")
 
@@ -332,10 +333,10 @@ def test_two_traced_cells_compare_in_a_kernel(tmp_path: Path) -> None:
         kernel.run('%%agenta_trace chain --quiet -o a\nchain("gpt-4o")')
         kernel.run('%%agenta_trace chain --quiet -o b\nchain("gpt-4o-mini")')
         cell = kernel.run("comparison = an.compare(a, b)\ncomparison")
-        shown = [o for o in cell.outputs if o.output_type == "execute_result"]
+        shown = [o for o in cell.outputs if o.output_type == "display_data"]
         assert "delta" in shown[0]["data"]["text/html"]
         by_magic = kernel.run("%agenta_compare a b")  # the same table, from the magic
-        magic_shown = [o for o in by_magic.outputs if o.output_type == "execute_result"]
+        magic_shown = [o for o in by_magic.outputs if o.output_type == "display_data"]
         assert magic_shown[0]["data"]["text/html"] == shown[0]["data"]["text/html"]
         for line, message in (
             ("%agenta_compare a", "at least two"),
@@ -599,19 +600,26 @@ def test_in_a_kernel_the_magic_and_display_show_the_widget_with_its_static_twin(
         displayed = kernel.run("display(an.compare(a, b))")
         ending = kernel.run("an.compare(a, b, a)")
         expected_html = kernel.value("an.compare(a, b)._repr_html_()")
-        models = kernel.value(
+        roots = (
             "sorted(type(w).__name__ for w in __import__('ipywidgets').widgets.widget"
             "._instances.values() if 'agn-cmp-root' in getattr(w, '_dom_classes', ()))"
         )
-    bundles = []
-    for cell, kind in (
-        (by_magic, "execute_result"),
-        (displayed, "display_data"),
-        (ending, "execute_result"),
-    ):
-        shown = [o for o in cell.outputs if o.output_type == kind]
-        assert len(shown) == 1, cell.outputs
-        bundles.append(shown[0]["data"])
+        models = kernel.value(roots)
+        bundles = []
+        for shown_cell in (by_magic, displayed, ending):
+            shown = [o for o in shown_cell.outputs if o.output_type == "display_data"]
+            assert len(shown) == 1, shown_cell.outputs
+            bundles.append(dict(shown[0]["data"]))  # a copy: the output is updated below
+        # Shown again and again, only the newest few stay open; unloading closes them.
+        many = kernel.run("for _ in range(20):\n    display(an.compare(a, b))")
+        after_many = kernel.value(roots)
+        # The closed ones' outputs (updated in place, by display id) keep text and HTML.
+        for evicted in (by_magic.outputs[0], displayed.outputs[0], many.outputs[0]):
+            assert set(evicted["data"]) == {"text/plain", "text/html"}, evicted["data"].keys()
+        assert WIDGET_VIEW in many.outputs[-1]["data"]
+        kernel.run("%unload_ext agenta_notebook")
+        after_unload = kernel.value(roots)
+        assert all(WIDGET_VIEW not in output["data"] for output in many.outputs)
     for data in bundles:
         assert set(data) == {WIDGET_VIEW, "text/html", "text/plain"}
         assert data[WIDGET_VIEW]["model_id"]
@@ -620,7 +628,9 @@ def test_in_a_kernel_the_magic_and_display_show_the_widget_with_its_static_twin(
     assert bundles[0]["text/plain"].startswith("Comparison of 2 traces, 7 aligned spans")
     assert "delta: cost " in bundles[0]["text/plain"]
     assert "median: cost " in bundles[2]["text/plain"]
-    assert models == ["VBox", "VBox", "VBox"]
+    assert models == ["VBox", "VBox", "VBox"]  # the three shown, each its own
+    assert after_many == ["VBox"] * MAX_COMPARISON_VIEWS
+    assert after_unload == []
 
 
 def test_the_html_of_many_runs_says_which_spans_only_some_runs_have() -> None:
@@ -629,3 +639,153 @@ def test_the_html_of_many_runs_says_which_spans_only_some_runs_have() -> None:
     names = [row[0][0] for row in rows[2:]]
     assert names[-1] == "retry (in 1 of 3 runs)"
     assert names[:2] == ["eval", "step0"]  # every run has them: no note
+
+
+# -- the widget's models: shared layout and styles, all closed, a bounded number open -------
+
+
+def _open_models() -> dict[str, Any]:
+    from ipywidgets.widgets.widget import _instances
+
+    return dict(_instances)
+
+
+def test_closing_a_comparison_view_closes_every_model_it_made() -> None:
+    from agenta_notebook.views.compare_view import ComparisonView
+
+    table_ = an.compare(chain("gpt-4o"), chain("gpt-4o-mini")).table()
+    ComparisonView(table_).close()  # the layout and styles every view shares exist now
+    before = _open_models()
+    view = ComparisonView(table_)
+    made = {key: model for key, model in _open_models().items() if key not in before}
+    assert len(made) == view.widget_count == 6  # the six widgets, no layout or style of their own
+    view.close()
+    assert view.widget_count == 0
+    assert not [model for model in made.values() if model.comm is not None]
+    assert _open_models().keys() == before.keys()
+
+
+def test_a_comparison_displayed_again_and_again_keeps_a_bounded_number_of_views_open(
+    fresh_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agenta_notebook.views import compare_view
+
+    monkeypatch.setattr(compare_view, "_in_kernel", lambda: True)
+    comparison = an.compare(chain("gpt-4o"), chain("gpt-4o-mini"))
+    comparison._repr_mimebundle_()  # the shared layout and styles exist now
+    before = len(_open_models())
+    shown = [comparison._repr_mimebundle_() for _ in range(3 * MAX_COMPARISON_VIEWS)]
+    assert all(WIDGET_VIEW in data for data in shown)
+    # the newest views stay open; the oldest (and every model they made) are closed
+    assert len(_open_models()) - before == 6 * (MAX_COMPARISON_VIEWS - 1)
+    open_ids = {key for key, _ in _open_models().items()}
+    newest = [data[WIDGET_VIEW]["model_id"] for data in shown[-MAX_COMPARISON_VIEWS:]]
+    assert set(newest) <= open_ids
+    assert not {data[WIDGET_VIEW]["model_id"] for data in shown[:-MAX_COMPARISON_VIEWS]} & open_ids
+    assert fresh_runtime.views.comparison_count() == MAX_COMPARISON_VIEWS
+
+
+def test_reset_closes_the_open_comparison_views(
+    fresh_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agenta_notebook.views import compare_view
+
+    monkeypatch.setattr(compare_view, "_in_kernel", lambda: True)
+    comparison = an.compare(chain("gpt-4o"), chain("gpt-4o-mini"))
+    ids = [comparison._repr_mimebundle_()[WIDGET_VIEW]["model_id"] for _ in range(3)]
+    assert set(ids) <= _open_models().keys()
+    fresh_runtime.reset()
+    assert not set(ids) & _open_models().keys()
+    assert fresh_runtime.views.comparison_count() == 0
+    assert not [
+        model
+        for model in _open_models().values()
+        if "agn-cmp-root" in getattr(model, "_dom_classes", ())
+    ]
+
+
+# -- "—" is absent or unknown only; a span with no model call is a known zero ---------------
+
+
+def test_a_span_with_no_call_shows_a_known_zero_in_its_trace_columns_and_absent_shows_a_dash() -> (
+    None
+):
+    from agenta_notebook.views.compare_view import ABSENT, ComparisonView
+
+    def run(extra: bool) -> an.Trace:
+        with an.trace("run") as result:
+            with an.span("retrieve"):
+                pass
+            with an.span("llm", type="llm"):
+                an.record_usage(model="gpt-4o", input_tokens=100, output_tokens=10)
+            if extra:
+                with an.span("rerank"):
+                    pass
+        return result
+
+    comparison = an.compare(run(False), run(True))
+    frame = comparison.to_dataframe()
+    retrieve = frame[("span", "path")].tolist().index("run/retrieve[0]")
+    rerank = frame[("span", "path")].tolist().index("run/rerank[0]")
+    view = ComparisonView(comparison.table())
+    try:
+        view.expand_to_depth(9)
+        cells = dict(zip(view.columns, view.cells(retrieve), strict=True))
+        absent = dict(zip(view.columns, view.cells(rerank), strict=True))
+    finally:
+        view.close()
+    rows = table(comparison)
+    heads = [text for text, _ in rows[1]][1:]
+    groups = [label for label in ("0: run", "1: run", "delta") for _ in range(4)]
+    html = dict(zip(zip(groups, heads, strict=True), rows[2 + retrieve][1:], strict=True))
+    html_absent = dict(zip(zip(groups, heads, strict=True), rows[2 + rerank][1:], strict=True))
+    for label in ("0: run", "1: run"):
+        # the widget and the HTML: $0 and 0, as the delta is (a known zero, not unknown)
+        assert cells[(label, "cost")][0] == html[(label, "cost")][0] == "$0"
+        assert cells[(label, "tokens")][0] == html[(label, "tokens")][0] == "0"
+        assert cells[(label, "calls")][0] == "0"
+        assert frame.iloc[retrieve][(label, "cost")] == 0
+        assert frame.iloc[retrieve][(label, "tokens")] == 0
+    assert cells[("delta", "cost")][0] == "$0" and cells[("delta", "tokens")][0] == "0"
+    # absent from the first run: a grey dash there, and in the delta
+    for figure in ("cost", "tokens", "calls"):
+        assert absent[("0: run", figure)] == ("—", (ABSENT,))
+        assert html_absent[("0: run", figure)] == ("—", {ABSENT})
+        assert absent[("delta", figure)][0] == "—"
+        assert pd.isna(frame.iloc[rerank][("0: run", figure)])
+    assert absent[("1: run", "cost")][0] == "$0"
+
+
+# -- three or more runs: a run with unpriced calls counts its known part, a lower bound ------
+
+
+def test_a_run_with_only_unpriced_calls_counts_in_the_cost_spread_as_its_lower_bound() -> None:
+    def run(tokens: int, model: str) -> an.Trace:
+        with an.trace("loop") as result, an.span("ask", type="llm"):
+            an.record_usage(model=model, input_tokens=tokens, output_tokens=1)
+        return result
+
+    runs = [run(10, "my-own-llm"), run(20, "gpt-4o"), run(30, "gpt-4o")]
+    comparison = an.compare(*runs)
+    frame = comparison.to_dataframe()
+    # computed here from each run's own subtotal: the known dollars (none: 0) of every run
+    known = [run.tree.root.subtotal.cost or Decimal(0) for run in runs]
+    assert runs[0].tree.root.subtotal.cost is None and known[1] > 0
+    root = frame.iloc[0]
+    assert root[("span", "runs")] == 3
+    assert root[("min", "cost")] == float(min(known)) == 0
+    assert root[("median", "cost")] == float(statistics.median(known))
+    assert root[("max", "cost")] == float(max(known))
+    assert root[("max", "unpriced")] == 1  # so the spread is one of lower bounds
+    rows = table(comparison)
+    heads = [text for text, _ in rows[1]]
+    costs = [rows[2][index][0] for index, head in enumerate(heads) if head == "cost"]
+    assert costs[0] == "$0 + 1 unpriced"
+    assert all(text.endswith(" + 1 unpriced") for text in costs)
+    table_ = comparison.table()
+    spread = {group.label: group.values["cost"][0] for group in table_.groups}
+    assert spread == {
+        "min": min(known),
+        "median": statistics.median(known),
+        "max": max(known),
+    }

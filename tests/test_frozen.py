@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 
@@ -15,6 +15,8 @@ from agenta_notebook.core.frozen import fast_constructor
 from agenta_notebook.core.pricing import PricedCost
 from agenta_notebook.core.rollup import SpanEvent, SpanRecord, new_record
 from agenta_notebook.core.usage import Usage
+
+T = TypeVar("T")
 
 #: Every class the package builds with a fast constructor.
 BUILT_FAST = (Figures, SpanRecord, Usage, PricedCost)
@@ -114,6 +116,49 @@ def test_only_frozen_slots_dataclasses_without_post_init_are_accepted() -> None:
     class Derived(Base):
         y: int = field(default=0)
 
-    for cls in (Mutable, NoSlots, Checked, Derived):
+    @dataclass(frozen=True, slots=True, weakref_slot=True)
+    class WithWeakref:
+        x: int
+
+    class PlainBase:  # no __slots__: its subclasses' instances have a __dict__
+        pass
+
+    @dataclass(frozen=True, slots=True)
+    class FromPlain(PlainBase):
+        x: int
+
+    @dataclass(frozen=True, slots=True)
+    class GenericOne(Generic[T]):
+        x: int
+
+    @dataclass(frozen=True, slots=True)
+    class KeywordOnly:
+        a: int
+        _: KW_ONLY
+        b: int
+
+    @dataclass(frozen=True, slots=True)
+    class KeywordAfterDefault:
+        a: int = 0
+        b: int = field(kw_only=True)
+
+    @dataclass(frozen=True, slots=True)
+    class WithInitVar:
+        a: int
+        scale: InitVar[int] = 1
+
+    refused = (Mutable, NoSlots, Checked, Derived, WithWeakref, FromPlain, GenericOne)
+    for cls in (*refused, KeywordOnly, KeywordAfterDefault, WithInitVar):
         with pytest.raises(TypeError):
             fast_constructor(cls)
+
+
+def test_fields_named_like_the_generated_code_are_built_right() -> None:
+    @dataclass(frozen=True, slots=True)
+    class Selfish:
+        self: int
+        _cls: int = 0
+        _twin: int = 1
+        _MISSING: int = 2
+
+    assert fast_constructor(Selfish)(5, 6, 7, 8) == Selfish(5, 6, 7, 8)

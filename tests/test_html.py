@@ -507,3 +507,22 @@ def test_the_header_shows_the_budget_where_it_was_reached_and_the_refusal(
         assert f"refused: {views_html.escape(call)}</span>" in shown
         assert "1 unpriced call not counted in the budget" in shown
     assert views_html.budget_state(Trace(plain.trace_id, "loop", records=plain.all).tree) is None
+    # Another package's exception of that name is not our refusal (as in the roll-up).
+    other = RecordFactory()
+    other_root = other.add(
+        "loop",
+        status="ERROR",
+        events=(
+            SpanEvent(
+                "exception",
+                10**12,
+                {"exception.type": "gateway.BudgetExceeded", "exception.message": refusal},
+            ),
+        ),
+        **{BUDGET_DOLLARS: str(budget)},
+    )
+    calls(other, other_root)
+    state = views_html.budget_state(
+        Trace(other.trace_id, "loop", root_span_id=other_root.span_id, records=other.all).tree
+    )
+    assert state is not None and state.refused is None

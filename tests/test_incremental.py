@@ -374,10 +374,29 @@ def test_per_model_sums_that_may_not_be_exact_leave_by_model_to_a_full_sum() -> 
         None,
         "Decimal('0.2')",
     )
-    for odd in (Decimal("1e-31"), Decimal("NaN"), Decimal("1e60")):
+    for odd in (Decimal("1e-31"), Decimal("NaN"), Decimal("1e60"), Decimal("-0")):
         other = _ModelSums()
         other.add(Figures(cost=odd, model_calls=1), 1)
         assert not other.exact
+
+
+@pytest.mark.parametrize("stated", ["-0", "-0.0", "0.10"])
+def test_a_call_that_changes_model_with_the_same_cost_moves_its_sums(stated: str) -> None:
+    """The one fold that takes a cost out of a model's sums: a running call that ends
+    under another model with the same stated cost; and a stated -0 (a sum of -0s is -0
+    in a full build)."""
+    held = {ROOT: record(ROOT, None, 0, None)}
+    engine = engine_of(list(held.values()))
+    for added in (
+        llm(3, ROOT, 1, None, gen_ai__request__model="a-model", gen_ai__usage__cost=stated),
+        llm(4, ROOT, 2, 3, gen_ai__request__model="b-model", gen_ai__usage__cost="0.2"),
+    ):
+        held[added.span_id] = added
+        assert engine.update([added])
+        check(engine, list(held.values()))
+    held[3] = llm(3, ROOT, 1, 6, gen_ai__request__model="b-model", gen_ai__usage__cost=stated)
+    assert engine.update([held[3]])
+    check(engine, list(held.values()))
 
 
 def test_a_typical_live_cell_folds_without_a_full_build() -> None:

@@ -45,29 +45,40 @@ def fast_constructor(cls: type[T]) -> Callable[..., T]:
         raise TypeError(f"{cls.__name__} is not a frozen dataclass with slots")
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has a __post_init__, which this would skip")
-    if any(base.__dict__.get("__slots__") for base in cls.__mro__[1:-1]):
-        raise TypeError(f"{cls.__name__} inherits slots: its twin would not match its layout")
+    declared = getattr(cls, "__dataclass_fields__", {})
+    if len(declared) != len(dataclasses.fields(cls)):  # type: ignore[arg-type]
+        raise TypeError(f"{cls.__name__} has an InitVar or ClassVar field, which this skips")
     twin = type(f"_{cls.__name__}Twin", (), {"__slots__": tuple(slots)})
-    namespace: dict[str, Any] = {"_twin": twin, "_cls": cls, "_MISSING": _MISSING}
+    try:  # the same layout, or Python refuses: a base with slots or a __dict__, a weakref
+        probe = twin()
+        probe.__class__ = cls
+    except TypeError as error:
+        raise TypeError(f"{cls.__name__}: its instances cannot be built on a twin") from error
+    # The generated code's own names start with two underscores: no field can clash.
+    namespace: dict[str, Any] = {"__twin": twin, "__cls": cls, "__missing": _MISSING}
     parameters: list[str] = []
-    body: list[str] = ["    self = _twin()"]
-    for index, declared in enumerate(dataclasses.fields(cls)):  # type: ignore[arg-type]
-        name = declared.name
-        if not declared.init:
-            raise TypeError(f"{cls.__name__}.{name} is not an argument of __init__")
-        if declared.default is not dataclasses.MISSING:
-            namespace[f"_default_{index}"] = declared.default
-            parameters.append(f"{name}=_default_{index}")
-        elif declared.default_factory is not dataclasses.MISSING:
-            namespace[f"_factory_{index}"] = declared.default_factory
-            parameters.append(f"{name}=_MISSING")
-            body.append(f"    if {name} is _MISSING:\n        {name} = _factory_{index}()")
+    body: list[str] = ["    __self = __twin()"]
+    for index, field in enumerate(dataclasses.fields(cls)):  # type: ignore[arg-type]
+        name = field.name
+        if not field.init or field.kw_only or name.startswith("__"):
+            raise TypeError(f"{cls.__name__}.{name}: not a plain positional field of __init__")
+        if field.default is not dataclasses.MISSING:
+            namespace[f"__default_{index}"] = field.default
+            parameters.append(f"{name}=__default_{index}")
+        elif field.default_factory is not dataclasses.MISSING:
+            namespace[f"__factory_{index}"] = field.default_factory
+            parameters.append(f"{name}=__missing")
+            body.append(f"    if {name} is __missing:\n        {name} = __factory_{index}()")
         else:
             parameters.append(name)
-        body.append(f"    self.{name} = {name}")
-    body += ["    self.__class__ = _cls", "    return self"]
+        body.append(f"    __self.{name} = {name}")
+    body += ["    __self.__class__ = __cls", "    return __self"]
     source = f"def new_{cls.__name__}({', '.join(parameters)}):\n" + "\n".join(body)
-    exec(compile(source, f"<fast_constructor of {cls.__qualname__}>", "exec"), namespace)
+    try:
+        code = compile(source, f"<fast_constructor of {cls.__qualname__}>", "exec")
+    except SyntaxError as error:  # e.g. a field without a default after one with
+        raise TypeError(f"{cls.__name__}: no constructor could be generated ({error})") from error
+    exec(code, namespace)
     function: Callable[..., T] = namespace[f"new_{cls.__name__}"]
     function.__doc__ = f"`{cls.__name__}(...)`, built faster (`core.frozen.fast_constructor`)."
     return function

@@ -167,8 +167,10 @@ class _ModelSums:
         cost = own.cost
         if cost is not None:
             exponent = cost.as_tuple().exponent
-            if not isinstance(exponent, int) or exponent < _FINEST_EXPONENT:
-                self.exact = False  # NaN, infinity, or finer than a counted cost can be
+            if not isinstance(exponent, int) or exponent < _FINEST_EXPONENT or cost.is_signed():
+                # NaN, infinity, finer than a counted cost can be, or -0 (a sum of -0s is
+                # -0, which these sums, started at 0, cannot tell)
+                self.exact = False
                 return
             context = COST_CONTEXT
             total = context.add(self.cost, cost) if sign > 0 else context.subtract(self.cost, cost)

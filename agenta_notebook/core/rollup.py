@@ -441,11 +441,19 @@ _HTTP_REFUSAL: Final = re.compile(
 _NOT_A_RESPONSE: Final = re.compile(r"Timeout|TimedOut|Connection|Network|Disconnect", re.I)
 
 
-# `error.type` / `exception.type` of a request a budget refused: `BudgetExceeded`, qualified
-# or not, or as `str()` of the class (`<class 'agenta_notebook.budget.BudgetExceeded'>`).
+# `error.type` / `exception.type` of a request a budget refused: our `BudgetExceeded`, bare
+# or as `agenta_notebook.budget.BudgetExceeded`, each also as `str()` of the class
+# (`<class '...'>`); never another package's class of that name.
 _BUDGET_REFUSAL: Final = re.compile(
-    r"(?:[A-Za-z_][\w.]*\.)?BudgetExceeded|<class '(?:[A-Za-z_][\w.]*\.)?BudgetExceeded'>"
+    r"(?:agenta_notebook\.budget\.)?BudgetExceeded"
+    r"|<class '(?:agenta_notebook\.budget\.)?BudgetExceeded'>"
 )
+
+
+def is_budget_refusal(exception_type: object) -> bool:
+    """True when `exception_type` (an `exception.type` or `error.type` value) names our
+    `BudgetExceeded`."""
+    return isinstance(exception_type, str) and _BUDGET_REFUSAL.fullmatch(exception_type) is not None
 
 
 def refused_by_budget(record: SpanRecord) -> bool:
@@ -453,15 +461,12 @@ def refused_by_budget(record: SpanRecord) -> bool:
     sent (rule 14), told by the exception type it records, never by a message."""
     if record.status != "ERROR":
         return False
-    value = record.attributes.get("error.type")
-    if isinstance(value, str) and _BUDGET_REFUSAL.fullmatch(value):
+    if is_budget_refusal(record.attributes.get("error.type")):
         return True
-    for event in record.events:
-        if event.name == "exception":
-            value = event.attributes.get("exception.type")
-            if isinstance(value, str) and _BUDGET_REFUSAL.fullmatch(value):
-                return True
-    return False
+    return any(
+        event.name == "exception" and is_budget_refusal(event.attributes.get("exception.type"))
+        for event in record.events
+    )
 
 
 def failed_with_http_response(record: SpanRecord) -> bool:

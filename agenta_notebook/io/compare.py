@@ -7,14 +7,18 @@ roots always meet, whatever their names. A span present in only some traces is `
 the others.
 
 Per node and per trace, four figures of the subtree: `cost` (the known dollars; `<NA>`
-when nothing in it is priced or the span is absent: never 0.0 for "unknown"),
-`tokens` (total tokens), `duration_ms` and `calls` (model calls), plus `unpriced` (the
-unpriced calls, so a cost next to a non-zero count reads as a lower bound).
+when its calls are all unpriced or the span is absent: never 0.0 for "unknown"; 0 for a
+span that made no model call, a known zero), `tokens` (total tokens), `duration_ms` and
+`calls` (model calls), plus `unpriced` (the unpriced calls, so a cost next to a non-zero
+count reads as a lower bound).
 
 Two traces: each trace's figures and the delta (second minus first); the cost delta is
 `<NA>` when either side has unpriced calls (a difference of two lower bounds is not a
 difference). Three or more (a loop over dataset rows): min / median / max of each figure
-over the traces that have the span, and `runs`, how many have it; the per-trace columns
+over the traces that have the span, and `runs`, how many have it; a run with unpriced calls
+there counts with its known cost (0 when none is priced), a lower bound, so the cost
+spread is then one of lower bounds (`max/unpriced` says so), never over fewer runs than
+`runs`; the per-trace columns
 are left out by default (20 runs would be 100 columns) and kept with `per_trace=True`.
 
 Three faces, as a trace has: `to_dataframe()`; in a notebook, the widget (an expandable
@@ -46,7 +50,15 @@ import pandas as pd
 from agenta_notebook.core.fields import COST_CONTEXT
 from agenta_notebook.core.rollup import SpanNode
 from agenta_notebook.live import Trace
-from agenta_notebook.views.compare_view import ABSENT, CELL_CSS, DOWN, TOP, UP, widget_bundle
+from agenta_notebook.views.compare_view import (
+    ABSENT,
+    CELL_CSS,
+    DOWN,
+    TOP,
+    UP,
+    show_comparison,
+    widget_bundle,
+)
 from agenta_notebook.views.html import (
     escape,
     format_cost,
@@ -228,7 +240,7 @@ class Comparison:
         if per_trace:
             for label, figures in zip(self.labels, every, strict=True):
                 for name, dtype in FIGURE_DTYPES:
-                    data[(label, name)] = _nullable(figures[name], dtype)
+                    data[(label, name)] = _nullable(_known(figures, name), dtype)
         with localcontext(COST_CONTEXT):  # exact sums of costs, whatever the caller's context
             if many:
                 _spreads(data, every)
@@ -248,11 +260,20 @@ class Comparison:
         with localcontext(COST_CONTEXT):
             return comparison_html(self)
 
+    def _static_bundle(self) -> dict[str, Any]:
+        return {"text/plain": self.table().text(), "text/html": self._repr_html_()}
+
+    def _ipython_display_(self) -> None:
+        """`display(comparison)`, a cell ending in one, `%agenta_compare`: the widget (an
+        expandable tree) with the static HTML and a short text beside it in one output
+        (saved notebooks, GitHub, nbconvert show those); where there are no widgets, the
+        static HTML. When newer comparisons close this widget, its output keeps the HTML."""
+        show_comparison(self.table(), self._static_bundle())
+
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """In a notebook: the widget (an expandable tree), with the static HTML and a
-        short text beside it in the same output (saved notebooks, GitHub, nbconvert show
-        those); where there are no widgets, the static HTML."""
-        data: dict[str, Any] = {"text/plain": self.table().text(), "text/html": self._repr_html_()}
+        """The same renderings for a frontend that asks for them directly (no output to
+        update when the widget is closed later)."""
+        data = self._static_bundle()
         data.update(widget_bundle(self.table()))
         return data
 
@@ -267,15 +288,20 @@ def _nullable(values: list[Any], dtype: str) -> Any:
     return pd.array(values, dtype=pd.Int64Dtype())
 
 
-def _known(figures: dict[str, list[Any]], name: str) -> list[Any]:
+def _known(figures: dict[str, list[Any]], name: str, *, lower_bounds: bool = False) -> list[Any]:
     """`figures[name]`, with 0 where the span is there and made no model call at all (no
-    cost, no tokens: known to be zero, not unknown)."""
+    cost, no tokens: known to be zero, not unknown). With `lower_bounds`, a cost is also
+    the known part where some calls are unpriced (0 when none is priced): a lower bound,
+    as a spread over runs counts it (an absent span stays None)."""
     values = figures[name]
     if name not in ("cost", "tokens"):
         return values
     zero: Any = Decimal(0) if name == "cost" else 0
+    bounded = lower_bounds and name == "cost"
     return [
-        zero if value is None and calls == 0 and not unpriced else value
+        zero
+        if value is None and calls is not None and (bounded or (calls == 0 and not unpriced))
+        else value
         for value, calls, unpriced in zip(
             values, figures["calls"], figures["unpriced"], strict=True
         )
@@ -308,7 +334,8 @@ def _spreads(data: dict[tuple[str, str], Any], every: list[dict[str, list[Any]]]
         lows: list[Any] = []
         middles: list[float | None] = []
         highs: list[Any] = []
-        for row in zip(*(_known(figures, name) for figures in every), strict=True):
+        values = (_known(figures, name, lower_bounds=True) for figures in every)
+        for row in zip(*values, strict=True):
             known = [value for value in row if value is not None]
             if not known:
                 lows.append(None)
@@ -439,9 +466,18 @@ class ComparisonTable:
         for row, count in enumerate(unpriced):
             if count:  # a difference of lower bounds is not a difference
                 changes["cost"][row] = None
+        # A span with no model call shows its known 0 in its trace's columns too: "—" is
+        # absent (or unknown), never zero.
         groups = (
-            Group(self.labels[0], "trace", {n: first[n] for n in COMPARED}, first["unpriced"]),
-            Group(self.labels[1], "trace", {n: second[n] for n in COMPARED}, second["unpriced"]),
+            Group(
+                self.labels[0], "trace", {n: _known(first, n) for n in COMPARED}, first["unpriced"]
+            ),
+            Group(
+                self.labels[1],
+                "trace",
+                {n: _known(second, n) for n in COMPARED},
+                second["unpriced"],
+            ),
             Group("delta", "delta", changes, unpriced),
         )
         return groups, changes
@@ -456,7 +492,8 @@ class ComparisonTable:
             middles: list[Any] = []
             highs: list[Any] = []
             spread["min"][name], spread["median"][name], spread["max"][name] = lows, middles, highs
-            for row in zip(*(_known(figures, name) for figures in every), strict=True):
+            values = (_known(figures, name, lower_bounds=True) for figures in every)
+            for row in zip(*values, strict=True):
                 known = [value for value in row if value is not None]
                 lows.append(min(known) if known else None)
                 middles.append(statistics.median(known) if known else None)

@@ -951,8 +951,9 @@ def unload(shell: Any) -> None:
     magics = getattr(shell, _SHELL_ATTRIBUTE, None)
     still_open = isinstance(magics, TraceMagics) and bool(magics._open)
     if not RUNTIME.budgets.by_trace:  # the budgets' request guards go with the extension
-        RUNTIME.budgets.reset()
+        RUNTIME.budgets.reset(guards=False)
     _remove_hooks(shell, keep_post_run=still_open)
+    RUNTIME.views.close_comparisons()  # their widgets go with the extension
     if still_open:
         assert isinstance(magics, TraceMagics)
         # Runs after the old hook has ended the cell (callbacks run in order).

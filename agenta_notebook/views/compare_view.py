@@ -13,7 +13,10 @@ Every value, text and highlight comes from the comparison's `ComparisonTable` (t
 static HTML shows the same), so the widget, the HTML and `to_dataframe()` agree.
 
 `CompareState` is the pure part (what is expanded, which rows show); `ComparisonView`
-draws it. `widget_bundle(table)` is the widget part of a comparison's output bundle.
+draws it: six widget models, with the layout and styles every view shares
+(`views.widget.shared_models`). `widget_bundle(table)` is the widget part of a
+comparison's output bundle; the runtime keeps the newest few views open
+(`RUNTIME.views.register_comparison`) and closes the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from agenta_notebook.errors import internal_error
+from agenta_notebook.runtime import RUNTIME
 from agenta_notebook.views.html import escape, open_depth_of, safe_text
 from agenta_notebook.views.state import AUTO_BUDGET, MAX_ROWS, PAGE_SIZE
 
@@ -255,34 +259,63 @@ class ComparisonView:
     ) -> None:
         import ipywidgets as widgets
 
+        from agenta_notebook.views.widget import shared_models
+
+        # The layout and styles every view shares: this view's models are its six widgets.
+        layout, _button_style, html_style, names_style = shared_models()
         self.table = table
         self.state = CompareState(
             table.parents, page_size=page_size, auto_budget=auto_budget, max_rows=max_rows
         )
         self._closed = False
         self._created: list[Any] = []
+        #: the output that shows this view, and what it shows once the view is closed
+        self._handle: Any = None
+        self._static: dict[str, Any] = {}
         self._lines: list[CompareRow] = self.state.rows()
         names = [table.row_label(row) for row in range(table.rows)]
         self.header = self._own(
-            widgets.HTML(_css() + self._header_html(), _dom_classes=("agn-cmp-headbox",))
+            widgets.HTML(
+                _css() + self._header_html(),
+                layout=layout,
+                style=html_style,
+                _dom_classes=("agn-cmp-headbox",),
+            )
         )
         self.names = self._own(
             widgets.ToggleButtons(
                 options=self._options(),
                 index=None,
                 tooltips=self._tooltips(),
+                layout=layout,
+                style=names_style,
                 _dom_classes=("agn-cmp-names",),
             )
         )
         self.names.on_msg(lambda _widget, content, _buffers: self._on_names_msg(content))
-        self.figures = self._own(widgets.HTML(self._figures_html(), _dom_classes=("agn-cmp-figs",)))
-        self.rows_box = self._own(
-            widgets.HBox([self.names, self.figures], _dom_classes=("agn-cmp-seg",))
+        self.figures = self._own(
+            widgets.HTML(
+                self._figures_html(),
+                layout=layout,
+                style=html_style,
+                _dom_classes=("agn-cmp-figs",),
+            )
         )
-        self.note = self._own(widgets.HTML(self._note_html(), _dom_classes=("agn-cmp-notebox",)))
+        self.rows_box = self._own(
+            widgets.HBox([self.names, self.figures], layout=layout, _dom_classes=("agn-cmp-seg",))
+        )
+        self.note = self._own(
+            widgets.HTML(
+                self._note_html(),
+                layout=layout,
+                style=html_style,
+                _dom_classes=("agn-cmp-notebox",),
+            )
+        )
         self.widget = self._own(
             widgets.VBox(
                 [self.header, self.rows_box, self.note],
+                layout=layout,
                 _dom_classes=("agn-cmp-root", f"agn-cmp-w{name_width(names, table.depths)}"),
             )
         )
@@ -323,7 +356,8 @@ class ComparisonView:
 
     @property
     def widget_count(self) -> int:
-        """How many widget models this view holds open: six, however many rows."""
+        """How many widget models this view holds open: six, however many rows (the
+        layout and styles are shared by every view, `views.widget.shared_models`)."""
         return len(self._created)
 
     # -- drawing ------------------------------------------------------------------------
@@ -375,7 +409,8 @@ class ComparisonView:
             title = f"{table.traces:,} runs compared: min / median / max of each span"
             legend = (
                 "runs: how many runs have the span · highlighted: the widest spreads "
-                "(max − min) of each figure"
+                "(max − min) of each figure · + n unpriced: a run with unpriced calls "
+                "counts its known cost, so the cost spread is one of lower bounds"
             )
         else:
             first, second = (escape(label) for label in table.labels)
@@ -472,16 +507,29 @@ class ComparisonView:
         }
 
     def close(self) -> None:
-        """Close every widget this view made (idempotent)."""
+        """Close every widget this view made (idempotent); the shared layout and styles
+        stay."""
         if self._closed:
             return
         self._closed = True
+        RUNTIME.views.unregister_comparison(self)
         for widget in reversed(self._created):
             try:
                 widget.close()
             except Exception:  # one failing close must not keep the others open
                 internal_error("closing a widget of a comparison view")
         self._created.clear()
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            # Closed for newer views (or by a reset): the output keeps its static renderings.
+            try:
+                handle.update(self._static, raw=True)
+            except Exception:
+                internal_error("showing a closed comparison view as static HTML")
+
+    def keep_static(self, handle: Any, static: dict[str, Any]) -> None:
+        """When this view closes, show `static` (its text and HTML) in `handle`'s output."""
+        self._handle, self._static = handle, static
 
 
 def _in_kernel() -> bool:
@@ -491,14 +539,38 @@ def _in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def widget_bundle(table: ComparisonTable) -> dict[str, Any]:
-    """The widget view of `table` for an output bundle; empty outside a kernel (a script,
-    plain IPython), where the static HTML beside it is what shows."""
+def show_comparison(table: ComparisonTable, static: dict[str, Any]) -> None:
+    """Display a comparison in the current output: in a kernel, its widget with `static`
+    (text and HTML) beside it; elsewhere `static`. A widget closed later for newer ones
+    (or by a reset) leaves its output showing `static`, as a trace view does."""
+    from IPython.display import display
+
+    view = _new_view(table)
+    if view is None:
+        display(static, raw=True)  # type: ignore[no-untyped-call]
+        return
+    bundle = {**static, **view.view_bundle()}
+    handle = display(bundle, raw=True, display_id=True)  # type: ignore[no-untyped-call]
+    view.keep_static(handle, static)
+
+
+def _new_view(table: ComparisonTable) -> ComparisonView | None:
+    """A new registered view of `table`; None outside a kernel or when drawing failed."""
     if not _in_kernel():
-        return {}
+        return None
     try:
         view = ComparisonView(table)
     except Exception:  # a bug of ours: the static HTML still shows
         internal_error("drawing a comparison widget")
-        return {}
-    return view.view_bundle()
+        return None
+    # Nothing else keeps the view: the runtime closes the oldest past a few, and all of
+    # them on `RUNTIME.reset()` and when the extension is unloaded.
+    RUNTIME.views.register_comparison(view)
+    return view
+
+
+def widget_bundle(table: ComparisonTable) -> dict[str, Any]:
+    """The widget view of `table` for an output bundle; empty outside a kernel (a script,
+    plain IPython), where the static HTML beside it is what shows."""
+    view = _new_view(table)
+    return {} if view is None else view.view_bundle()

@@ -34,6 +34,7 @@ from agenta_notebook.core.rollup import (
     SpanNode,
     TraceSummary,
     TraceTree,
+    is_budget_refusal,
     preorder_key,
 )
 from agenta_notebook.core.usage import shorten
@@ -770,9 +771,8 @@ def budget_state(tree: TraceTree) -> BudgetState | None:
             break
     refused = None
     for event in root.record.events:
-        # OpenTelemetry records the qualified name (agenta_notebook.budget.BudgetExceeded)
-        kind = str(event.attributes.get("exception.type", ""))
-        if kind.rsplit(".", 1)[-1] == "BudgetExceeded":
+        # the same test as the roll-up's "refused by budget" (qualified or not)
+        if event.name == "exception" and is_budget_refusal(event.attributes.get("exception.type")):
             message = str(event.attributes.get("exception.message", ""))
             # "budget of $X reached: ...; refused: <the call>": the call is what is new here
             refused = message.rpartition("refused: ")[2] or None

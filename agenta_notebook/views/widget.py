@@ -99,6 +99,10 @@ def _shared_models() -> tuple[Any, Any, Any, Any]:
     return layout, button_style, html_style, names_style
 
 
+#: The shared layout and styles for the other widget views (the comparison's).
+shared_models = _shared_models
+
+
 def live_widget_count() -> int:
     """How many widget models exist in this process (open, not yet closed)."""
     from ipywidgets.widgets.widget import _instances
