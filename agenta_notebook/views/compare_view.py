@@ -498,13 +498,9 @@ class ComparisonView:
     # -- output -------------------------------------------------------------------------
     def view_bundle(self) -> dict[str, Any]:
         """The widget-view part of a display bundle."""
-        return {
-            "application/vnd.jupyter.widget-view+json": {
-                "version_major": 2,
-                "version_minor": 0,
-                "model_id": self.widget.model_id,
-            }
-        }
+        from agenta_notebook.views.widget import widget_view_bundle
+
+        return widget_view_bundle(self.widget)
 
     def close(self) -> None:
         """Close every widget this view made (idempotent); the shared layout and styles

@@ -269,6 +269,17 @@ class _Segment:
         self.lines: list[str] = []
 
 
+def widget_view_bundle(widget: Any) -> dict[str, Any]:
+    """The part of a display bundle that shows `widget` (the ipywidgets view mimetype)."""
+    return {
+        "application/vnd.jupyter.widget-view+json": {
+            "version_major": 2,
+            "version_minor": 0,
+            "model_id": widget.model_id,
+        }
+    }
+
+
 class TraceView:
     """The ipywidgets tree of one trace. `widget` is what is displayed.
 
@@ -906,13 +917,7 @@ class TraceView:
     # -- output -----------------------------------------------------------------------
     def view_bundle(self) -> dict[str, Any]:
         """The widget-view part of a display bundle."""
-        return {
-            "application/vnd.jupyter.widget-view+json": {
-                "version_major": 2,
-                "version_minor": 0,
-                "model_id": self.widget.model_id,
-            }
-        }
+        return widget_view_bundle(self.widget)
 
     def close(self) -> None:
         """Close every widget this view created (idempotent)."""

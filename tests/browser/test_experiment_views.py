@@ -14,27 +14,14 @@ test-output/budget-header.png.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-
-CHROMIUM = "/usr/bin/chromium"
-REPO = Path(__file__).resolve().parents[2]
-OUTPUT = REPO / "test-output"
+from lab_harness import CHROMIUM, CHROMIUM_ARGS, OUTPUT, lab_server, run_cell, wait_idle
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (./run test installs it)"
@@ -73,142 +60,17 @@ SPREAD_CELL = 4
 BUDGET_CELL = 5
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        number: int = sock.getsockname()[1]
-        return number
-
-
-def _write_notebook(path: Path) -> None:
-    document = {
-        "cells": [
-            {
-                "cell_type": "code",
-                "execution_count": None,
-                "metadata": {},
-                "outputs": [],
-                "source": source,
-            }
-            for source in CELLS
-        ],
-        "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    path.write_text(json.dumps(document))
-
-
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """JupyterLab on 127.0.0.1 (free port, random token, a temporary root and settings)
-    serving experiments.ipynb; yields (base url, token) and always stops it."""
-    root = tmp_path / "root"
-    root.mkdir()
-    _write_notebook(root / "experiments.ipynb")
-    settings = tmp_path / "settings"
-    quiet = settings / "@jupyterlab" / "apputils-extension"
-    quiet.mkdir(parents=True)
-    (quiet / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    port, token = _port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-        "IPYTHONDIR": str(tmp_path / "ipython"),
-        "JUPYTERLAB_SETTINGS_DIR": str(settings),
-        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
-        "PYTHONPATH": str(REPO),
-    }
-    log_path = tmp_path / "jupyter.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyterlab",
-                "--no-browser",
-                "--ServerApp.ip=127.0.0.1",
-                f"--ServerApp.port={port}",
-                "--ServerApp.port_retries=0",
-                f"--IdentityProvider.token={token}",
-                f"--ServerApp.root_dir={root}",
-                "--LabApp.news_url=",
-                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-                "--LabApp.extension_manager=readonly",
-                "--ServerApp.terminals_enabled=False",
-                *(["--allow-root"] if os.geteuid() == 0 else []),
-            ],
-            cwd=root,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            give_up = time.monotonic() + 90
-            while True:
-                if server.poll() is not None:
-                    raise RuntimeError("jupyter lab exited: " + log_path.read_text())
-                try:
-                    with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
-                        break
-                except OSError:
-                    if time.monotonic() > give_up:
-                        raise RuntimeError("jupyter lab did not start in 90 s") from None
-                    time.sleep(0.3)
-            yield base, token
-        finally:
-            if server.poll() is None:
-                os.killpg(server.pid, signal.SIGTERM)
-                try:
-                    server.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(server.pid, signal.SIGKILL)
-                    server.wait(timeout=10)
-            OUTPUT.mkdir(exist_ok=True)
-            shutil.copy(log_path, OUTPUT / "experiments-server.log")
-
-
-def _idle(page: Any, timeout_ms: int = 60_000) -> None:
-    """Wait for the kernel to be connected and idle."""
-    page.wait_for_function(
-        "() => {"
-        " const status = document.querySelector('.jp-Notebook-ExecutionIndicator');"
-        " const bar = document.querySelector('#jp-main-statusbar');"
-        " return status && status.getAttribute('data-status') === 'idle'"
-        "  && bar && /\\|\\s*Idle/.test(bar.innerText);"
-        "}",
-        timeout=timeout_ms,
-    )
+    """JupyterLab on 127.0.0.1 serving experiments.ipynb; yields (base url, token) and
+    always stops it."""
+    with lab_server(tmp_path, "experiments.ipynb", CELLS, "experiments-server.log") as served:
+        yield served
 
 
 def _run(page: Any, index: int) -> Any:
-    """Run cell `index` (Shift+Enter in its editor, again if the kernel did not take it),
-    wait until the kernel is idle again and return the cell."""
-    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-    prompt = cell.locator(".jp-InputArea-prompt")
-    for _ in range(3):
-        cell.locator(".jp-InputArea-editor").click()
-        page.keyboard.press("Shift+Enter")
-        try:
-            page.wait_for_function(
-                "(prompt) => /\\[\\d+\\]/.test(prompt.innerText)",
-                arg=prompt.element_handle(),
-                timeout=60_000,
-            )
-            break
-        except Exception:
-            continue
-    else:
-        raise AssertionError(f"cell {index} did not run")
-    _idle(page)
-    return cell
+    """Run cell `index`, wait until the kernel is idle again and return the cell."""
+    return run_cell(page, index, until_done=True)
 
 
 NAMES = ".agn-cmp-names .widget-toggle-button"
@@ -360,15 +222,7 @@ def test_compare_and_budget_views_in_jupyterlab(lab: tuple[str, str]) -> None:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             context = browser.new_context(viewport={"width": 1500, "height": 1600})
@@ -383,7 +237,7 @@ def test_compare_and_budget_views_in_jupyterlab(lab: tuple[str, str]) -> None:
             try:
                 page.goto(f"{base}/lab/tree/experiments.ipynb?token={token}")
                 page.wait_for_selector(".jp-Notebook .jp-Cell")
-                _idle(page, 120_000)
+                wait_idle(page, 120_000)
                 for index in range(COMPARE_CELL):
                     _run(page, index)
                 _check_comparison(page)

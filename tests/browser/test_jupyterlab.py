@@ -13,27 +13,14 @@ view-details.png, jupyterlab-widget.png, jupyterlab-live.png).
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-
-CHROMIUM = "/usr/bin/chromium"
-REPO = Path(__file__).resolve().parents[2]
-OUTPUT = REPO / "test-output"
+from lab_harness import CHROMIUM, CHROMIUM_ARGS, OUTPUT, lab_server, run_cell, wait_idle
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (./run test installs it)"
@@ -147,111 +134,20 @@ def _expected() -> dict[str, str]:
     return figures
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _notebook(path: Path) -> None:
-    cells = [
-        {
-            "cell_type": "code",
-            "execution_count": None,
-            "metadata": {},
-            "outputs": [],
-            "source": source.strip("\n"),
-        }
-        for source in (
-            ("%load_ext agenta_notebook\n" + FIRST_CELL, LIVE_MAGIC_CELL)
-            if _has_magic()
-            else (FIRST_CELL, LIVE_CELL)
-        )
-    ]
-    document = {
-        "cells": cells,
-        "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    path.write_text(json.dumps(document))
+def _sources() -> list[str]:
+    sources = (
+        ("%load_ext agenta_notebook\n" + FIRST_CELL, LIVE_MAGIC_CELL)
+        if _has_magic()
+        else (FIRST_CELL, LIVE_CELL)
+    )
+    return [source.strip("\n") for source in sources]
 
 
 @pytest.fixture
 def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A JupyterLab server on 127.0.0.1; yields (base url, token) and always stops it."""
-    root = tmp_path / "root"
-    root.mkdir()
-    _notebook(root / "trace.ipynb")
-    settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    # No news pop-up, no update check: nothing asks to leave 127.0.0.1.
-    (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    port = _free_port()
-    token = secrets.token_hex(16)
-    env = dict(os.environ)
-    env.update(
-        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
-        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-        IPYTHONDIR=str(tmp_path / "ipython"),
-        JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
-        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
-        PYTHONPATH=str(REPO),
-    )
-    log = (tmp_path / "jupyter.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            "--no-browser",
-            "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={port}",
-            "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={root}",
-            "--LabApp.news_url=",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            "--LabApp.extension_manager=readonly",
-            "--ServerApp.terminals_enabled=False",
-            *(["--allow-root"] if os.geteuid() == 0 else []),
-        ],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError("jupyter lab exited: " + (tmp_path / "jupyter.log").read_text())
-            try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("jupyter lab did not start in 90 s") from None
-                time.sleep(0.3)
-        yield base, token
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=10)
-        log.close()
-        OUTPUT.mkdir(exist_ok=True)
-        shutil.copy(tmp_path / "jupyter.log", OUTPUT / "jupyterlab-server.log")
+    with lab_server(tmp_path, "trace.ipynb", _sources(), "jupyterlab-server.log") as served:
+        yield served
 
 
 ROW_BUTTON = ".agn-names .widget-toggle-button"
@@ -353,38 +249,6 @@ def _check_view(page: Any, expected: dict[str, str], width: int) -> None:
     output.screenshot(path=str(OUTPUT / f"view-{width}.png"))
 
 
-def _wait_idle(page: Any, timeout_ms: int = 60_000) -> None:
-    """Wait until the kernel is connected and idle (toolbar indicator and status bar)."""
-    page.wait_for_function(
-        "() => {"
-        " const indicator = document.querySelector('.jp-Notebook-ExecutionIndicator');"
-        " const bar = document.querySelector('.jp-StatusBar-Widget, #jp-main-statusbar');"
-        " return indicator && indicator.getAttribute('data-status') === 'idle'"
-        "  && bar && /\\|\\s*Idle/.test(document.querySelector('#jp-main-statusbar').innerText);"
-        "}",
-        timeout=timeout_ms,
-    )
-
-
-def _run_cell(page: Any, index: int) -> None:
-    """Run cell `index` with Shift+Enter; again if the kernel did not take it."""
-    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-    prompt = cell.locator(".jp-InputArea-prompt")
-    for _attempt in range(3):
-        cell.locator(".jp-InputArea-editor").click()
-        page.keyboard.press("Shift+Enter")
-        try:
-            page.wait_for_function(
-                "(element) => /\\[(\\*|\\d+)\\]/.test(element.innerText)",
-                arg=prompt.element_handle(),
-                timeout=15_000,
-            )
-            return
-        except Exception:
-            continue
-    raise AssertionError(f"cell {index} did not run")
-
-
 def test_widget_in_jupyterlab(jupyterlab: tuple[str, str]) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -406,15 +270,7 @@ def test_widget_in_jupyterlab(jupyterlab: tuple[str, str]) -> None:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 1800})
@@ -461,13 +317,13 @@ def _drive(page: Any, base: str, token: str, expected: dict[str, str]) -> None:
     """Open the notebook, run both cells and check what the widget shows."""
     page.goto(f"{base}/lab/tree/trace.ipynb?token={token}")
     page.wait_for_selector(".jp-Notebook .jp-Cell")
-    _wait_idle(page, 120_000)
+    wait_idle(page, 120_000)
 
     # Run the first cell.
-    _run_cell(page, 0)
+    run_cell(page, 0)
     root = _row(page, "browser demo")
     page.locator(".jp-Cell").first.locator(".jp-OutputArea-output").first.wait_for()
-    _wait_idle(page)
+    wait_idle(page)
     root.wait_for(timeout=15_000)
 
     # The root row and the header show the core's subtotals.
@@ -551,12 +407,12 @@ def _drive(page: Any, base: str, token: str, expected: dict[str, str]) -> None:
     page.locator(".jp-Cell").first.screenshot(path=str(OUTPUT / "jupyterlab-widget.png"))
 
     # The second cell fills in while it runs, then settles.
-    _run_cell(page, 1)
+    run_cell(page, 1)
     live = page.locator(".jp-Cell").nth(1)
     live.locator(ROW_BUTTON, has_text="live step 2").wait_for(timeout=30_000)
     still_running = page.locator(".jp-Notebook-ExecutionIndicator[data-status='busy']").count()
     assert still_running == 1, "the live view should fill in before the cell ends"
-    _wait_idle(page)
+    wait_idle(page)
     live.locator(ROW_BUTTON, has_text="live step 7").wait_for(timeout=10_000)
     page.wait_for_function(
         "() => !document.querySelectorAll('.jp-Cell')[1].innerText.includes('running')"

@@ -6,22 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_harness import CHROMIUM, CHROMIUM_ARGS, OUTPUT
 
 from agenta_notebook.core.rollup import SpanEvent, SpanRecord
 from agenta_notebook.live import Trace
 from agenta_notebook.views.html import format_amount, format_tokens, static_html, view_scale
-
-CHROMIUM = "/usr/bin/chromium"
-OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (./run test installs it)"
@@ -70,7 +59,9 @@ def test_static_html_in_chromium() -> None:
     dialogs: list[str] = []
     requests: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 500})
 

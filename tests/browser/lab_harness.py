@@ -1,0 +1,179 @@
+"""What the browser tests share: a JupyterLab server on 127.0.0.1 serving one notebook, and
+driving its cells from Playwright (run a cell, wait for the kernel to be idle)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = "/usr/bin/chromium"
+#: Debian's headless Chromium, asking for nothing beyond the pages it is given.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT = REPO / "test-output"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_notebook(path: Path, sources: Sequence[str]) -> None:
+    """A notebook of code cells with these sources, for the python3 kernel."""
+    document = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "metadata": {},
+                "outputs": [],
+                "source": source,
+            }
+            for source in sources
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(document))
+
+
+@contextmanager
+def lab_server(
+    tmp_path: Path, notebook: str, sources: Sequence[str], log_name: str
+) -> Iterator[tuple[str, str]]:
+    """JupyterLab on 127.0.0.1 (a free port, a random token, a temporary root, config and
+    settings) serving `notebook` made of `sources`; yields (base url, token), always stops
+    it, and keeps its log as test-output/`log_name`."""
+    root = tmp_path / "root"
+    root.mkdir()
+    write_notebook(root / notebook, sources)
+    settings = tmp_path / "settings"
+    quiet = settings / "@jupyterlab" / "apputils-extension"
+    quiet.mkdir(parents=True)
+    # No news pop-up, no update check: nothing asks to leave 127.0.0.1.
+    (quiet / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    port, token = free_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+        "PYTHONPATH": str(REPO),
+    }
+    log_path = tmp_path / "jupyter.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={port}",
+                "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={token}",
+                f"--ServerApp.root_dir={root}",
+                "--LabApp.news_url=",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.extension_manager=readonly",
+                "--ServerApp.terminals_enabled=False",
+                *(["--allow-root"] if os.geteuid() == 0 else []),
+            ],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            give_up = time.monotonic() + 90
+            while True:
+                if server.poll() is not None:
+                    raise RuntimeError("jupyter lab exited: " + log_path.read_text())
+                try:
+                    with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
+                        break
+                except OSError:
+                    if time.monotonic() > give_up:
+                        raise RuntimeError("jupyter lab did not start in 90 s") from None
+                    time.sleep(0.3)
+            yield base, token
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                try:
+                    server.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait(timeout=10)
+            OUTPUT.mkdir(exist_ok=True)
+            shutil.copy(log_path, OUTPUT / log_name)
+
+
+def wait_idle(page: Any, timeout_ms: int = 60_000) -> None:
+    """Wait until the kernel is connected and idle (toolbar indicator and status bar)."""
+    page.wait_for_function(
+        "() => {"
+        " const indicator = document.querySelector('.jp-Notebook-ExecutionIndicator');"
+        " const bar = document.querySelector('#jp-main-statusbar');"
+        " return indicator && indicator.getAttribute('data-status') === 'idle'"
+        "  && bar && /\\|\\s*Idle/.test(bar.innerText);"
+        "}",
+        timeout=timeout_ms,
+    )
+
+
+def run_cell(page: Any, index: int, *, until_done: bool = False) -> Any:
+    """Run cell `index` with Shift+Enter in its editor, again if the kernel did not take it;
+    returns the cell. By default, returns once it runs (`[*]`); with `until_done`, once it
+    has run (`[n]`) and the kernel is idle again."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    prompt = cell.locator(".jp-InputArea-prompt")
+    started = "\\[\\d+\\]" if until_done else "\\[(\\*|\\d+)\\]"
+    for _attempt in range(3):
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            page.wait_for_function(
+                f"(element) => /{started}/.test(element.innerText)",
+                arg=prompt.element_handle(),
+                timeout=60_000 if until_done else 15_000,
+            )
+            break
+        except Exception:
+            continue
+    else:
+        raise AssertionError(f"cell {index} did not run")
+    if until_done:
+        wait_idle(page)
+    return cell
