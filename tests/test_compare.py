@@ -109,6 +109,40 @@ def test_twenty_runs_of_one_shape_give_min_median_max_per_node() -> None:
     assert wide[("19: chain", "tokens")].tolist() == last
 
 
+def test_twenty_runs_in_a_kernel_give_min_median_max_per_node(tmp_path: Path) -> None:
+    """A loop over 20 dataset rows, one trace each, against the stand-in in a real kernel:
+    each node's min / median / max are those of the 20 runs' own subtotals."""
+    with started(Kernel, tmp_path, KERNEL_SETUP) as kernel:
+        kernel.run(
+            "runs = []\n"
+            "for index in range(20):\n"
+            '    with an.trace("chain") as run:\n'
+            '        chain("gpt-4o" if index % 3 else "gpt-4o-mini")\n'
+            "    runs.append(run)\n"
+            "frame = an.compare(*runs).to_dataframe()"
+        )
+        paths = kernel.value('frame[("span", "path")].tolist()')
+        spread = {
+            (kind, figure): kernel.value(f'frame[("{kind}", "{figure}")].astype(object).tolist()')
+            for kind in ("min", "median", "max")
+            for figure in ("cost", "tokens", "calls")
+        }
+        counts = kernel.value('frame[("span", "runs")].tolist()')
+        every = kernel.value("[figures(run) for run in runs]")
+    assert len(paths) == 7 and counts == [20] * 7
+    keys = list(every[0])
+    assert all(list(run) == keys for run in every)  # one shape
+    for row, key in enumerate(keys):
+        costs = [Decimal(run[key][0]) for run in every]
+        tokens = [run[key][1] for run in every]
+        calls = [run[key][2] for run in every]
+        assert len(set(costs)) == 2  # two models: the spread is not a constant
+        for kind, pick in (("min", min), ("median", statistics.median), ("max", max)):
+            assert spread[(kind, "cost")][row] == pytest.approx(float(pick(costs))), (kind, key)
+            assert spread[(kind, "tokens")][row] == pick(tokens), (kind, key)
+            assert spread[(kind, "calls")][row] == pick(calls), (kind, key)
+
+
 def grader(counts: tuple[int, ...], extra: bool = False) -> an.Trace:
     """Two steps, each calling `grade` several times (tokens tell the calls apart)."""
     with an.trace("eval") as trace:
