@@ -341,13 +341,16 @@ class Trace:
                 return node
         raise KeyError(name)
 
-    def summary(self) -> TraceSummary:
+    def summary(self, tree: TraceTree | None = None) -> TraceSummary:
         """Totals, per-model breakdown, unpriced calls and warnings, in one record.
 
-        Kept until the tree changes: a display asks for it several times (the static
-        HTML, the text summary, the widget's header) and it walks every node.
+        Of `tree`, a tree read from this trace (a view draws its header and its rows
+        from one snapshot), by default the current one. Kept until the tree changes: a
+        display asks for it several times (the static HTML, the text summary, the
+        widget's header).
         """
-        tree = self.tree
+        if tree is None:
+            tree = self.tree
         cached = self._summary
         if cached is not None and cached[0] is tree and cached[1].name == self.name:
             return cached[1]
@@ -361,7 +364,8 @@ class Trace:
             by_model=tree.by_model(),
             warnings=tree.warnings(),
         )
-        self._summary = (tree, summary)
+        if tree is self._tree:  # an older snapshot's summary does not evict the current one
+            self._summary = (tree, summary)
         return summary
 
     def to_dataframe(self) -> pd.DataFrame:

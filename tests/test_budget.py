@@ -455,60 +455,26 @@ def test_a_refusal_is_told_by_the_exception_type_only(
     assert _failed_call(error_type, exception_type, "BudgetExceeded: over budget") == role
 
 
+# argv: what to instrument (LiteLLM's spans, or the openai client's below it); how the
+# script calls LiteLLM ("module": `litellm.completion` looked up at each call, "bound":
+# `from litellm import completion` before any budget); "reset" for a `RUNTIME.reset()`
+# before LiteLLM is imported.
 LITELLM_SCRIPT = """
-import json
+import json, sys
 import agenta_notebook as an
 from agenta_notebook import demo
-an.instrument("litellm")
-import litellm
-with demo.start() as server:
-    def ask():
-        return litellm.completion(model="openai/gpt-4o-mini", api_base=server.base_url,
-                                  api_key="sk-dummy-for-the-stand-in",
-                                  messages=[{"role": "user", "content": "Why?"}])
-    with an.trace("one") as one:
-        ask()
-    before = len(server.requests)
-    error = None
-    try:
-        with an.trace("loop", budget=one.totals.cost * 3) as loop:
-            for _ in range(20):
-                ask()
-    except Exception as caught:
-        error = type(caught).__name__
-    print("RESULT " + json.dumps({"sent": len(server.requests) - before, "error": error,
-                                  "calls": loop.totals.model_calls}))
-"""
-
-
-def test_litellm_calls_are_refused_with_budget_exceeded(tmp_path: Path) -> None:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OPENAI_", "ANTHROPIC_", "AGENTA_NOTEBOOK"))
-    }
-    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_OFFLINE_MODE="true")
-    done = subprocess.run(
-        [sys.executable, "-c", LITELLM_SCRIPT],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    result = json.loads(done.stdout.rpartition("RESULT ")[2])
-    assert result["error"] == "BudgetExceeded", "LiteLLM does not turn it into its own error"
-    assert 3 <= result["sent"] <= 4
-    assert result["calls"] == result["sent"], "the refused call is no model call"
-
-
-LITELLM_IMPORTED_FIRST_SCRIPT = """
-import json, sys, time
-import agenta_notebook as an
-from agenta_notebook import demo
-an.instrument(sys.argv[1])  # what records the calls: LiteLLM's spans, or the client's below
-from litellm import completion  # bound before any budget: the guard is in it already
+instrumented, binding, reset = sys.argv[1:4]
+an.instrument(instrumented)
+if reset == "reset":
+    from agenta_notebook.runtime import RUNTIME
+    RUNTIME.reset()  # a fresh import's state: the guards and the import hook on
+    an.instrument(instrumented)
+if binding == "bound":
+    from litellm import completion  # bound before any budget: the guard is in it already
+else:
+    import litellm
+    def completion(**arguments):
+        return litellm.completion(**arguments)
 with demo.start() as server:
     def ask():
         return completion(model="openai/gpt-4o-mini", api_base=server.base_url,
@@ -530,9 +496,16 @@ with demo.start() as server:
 """
 
 
+def test_litellm_calls_are_refused_with_budget_exceeded(tmp_path: Path) -> None:
+    result = run_script(LITELLM_SCRIPT, "litellm", "module", "-", cwd=tmp_path)
+    assert result["error"] == "BudgetExceeded", "LiteLLM does not turn it into its own error"
+    assert 3 <= result["sent"] <= 4
+    assert result["calls"] == result["sent"], "the refused call is no model call"
+
+
 @pytest.mark.parametrize("instrumented", ["litellm", "openai"])
 def test_litellm_imported_before_the_budget_is_guarded(tmp_path: Path, instrumented: str) -> None:
-    result = run_script(LITELLM_IMPORTED_FIRST_SCRIPT, instrumented, cwd=tmp_path)
+    result = run_script(LITELLM_SCRIPT, instrumented, "bound", "-", cwd=tmp_path)
     assert result["error"] == "BudgetExceeded", "not LiteLLM's InternalServerError"
     assert 3 <= result["sent"] <= 4
     assert result["calls"] == result["sent"] and result["unpriced"] == 0
@@ -608,15 +581,7 @@ def test_guards_are_put_on_at_import_kept_by_reset_and_taken_off_by_unload(
 
 
 def test_litellm_imported_after_a_reset_is_guarded(tmp_path: Path) -> None:
-    script = LITELLM_IMPORTED_FIRST_SCRIPT.replace(
-        "an.instrument(sys.argv[1])",
-        "an.instrument(sys.argv[1])\n"
-        "from agenta_notebook.runtime import RUNTIME\n"
-        "RUNTIME.reset()  # a fresh import's state: the guards and the import hook on\n"
-        "an.instrument(sys.argv[1])",
-        1,
-    )
-    result = run_script(script, "openai", cwd=tmp_path)
+    result = run_script(LITELLM_SCRIPT, "openai", "bound", "reset", cwd=tmp_path)
     assert result["error"] == "BudgetExceeded", "not LiteLLM's InternalServerError"
     assert 3 <= result["sent"] <= 4
 

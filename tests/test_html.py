@@ -455,6 +455,23 @@ def test_the_header_shows_the_budget_where_it_was_reached_and_the_refusal(
     from agenta_notebook.runtime import BUDGET_DOLLARS
     from agenta_notebook.views.widget import TraceView
 
+    def refused_loop(factory: RecordFactory, exception_type: str) -> Trace:
+        """A loop whose root failed with `exception_type`, over the calls below."""
+        root = factory.add(
+            "loop",
+            status="ERROR",
+            events=(
+                SpanEvent(
+                    "exception",
+                    10**12,
+                    {"exception.type": exception_type, "exception.message": refusal},
+                ),
+            ),
+            **{BUDGET_DOLLARS: str(budget)},
+        )
+        calls(factory, root)
+        return Trace(factory.trace_id, "loop", root_span_id=root.span_id, records=factory.all)
+
     def calls(factory: RecordFactory, root: SpanRecord) -> None:
         for index in range(4):
             factory.add(
@@ -477,24 +494,8 @@ def test_the_header_shows_the_budget_where_it_was_reached_and_the_refusal(
     budget = one_call * Decimal("2.5")
     call = "POST /chat/completions (model gpt-4o-mini)"
     refusal = f"budget of ${budget} reached: this trace has spent more; refused: {call}"
-    root = records.add(
-        "loop",
-        status="ERROR",
-        events=(
-            SpanEvent(
-                "exception",
-                10**12,
-                {
-                    # as OpenTelemetry records it: the qualified name
-                    "exception.type": "agenta_notebook.budget.BudgetExceeded",
-                    "exception.message": refusal,
-                },
-            ),
-        ),
-        **{BUDGET_DOLLARS: str(budget)},
-    )
-    calls(records, root)
-    trace = Trace(records.trace_id, "loop", root_span_id=root.span_id, records=records.all)
+    # as OpenTelemetry records it: the qualified name
+    trace = refused_loop(records, "agenta_notebook.budget.BudgetExceeded")
     state = views_html.budget_state(trace.tree)
     assert state is not None
     assert state.dollars == budget and state.crossed_at == "call 2"  # 3 calls >= 2.5
@@ -508,21 +509,5 @@ def test_the_header_shows_the_budget_where_it_was_reached_and_the_refusal(
         assert "1 unpriced call not counted in the budget" in shown
     assert views_html.budget_state(Trace(plain.trace_id, "loop", records=plain.all).tree) is None
     # Another package's exception of that name is not our refusal (as in the roll-up).
-    other = RecordFactory()
-    other_root = other.add(
-        "loop",
-        status="ERROR",
-        events=(
-            SpanEvent(
-                "exception",
-                10**12,
-                {"exception.type": "gateway.BudgetExceeded", "exception.message": refusal},
-            ),
-        ),
-        **{BUDGET_DOLLARS: str(budget)},
-    )
-    calls(other, other_root)
-    state = views_html.budget_state(
-        Trace(other.trace_id, "loop", root_span_id=other_root.span_id, records=other.all).tree
-    )
+    state = views_html.budget_state(refused_loop(RecordFactory(), "gateway.BudgetExceeded").tree)
     assert state is not None and state.refused is None

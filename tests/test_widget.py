@@ -527,6 +527,41 @@ def test_a_span_ending_during_a_redraw_is_drawn_by_the_next_one(
             shown.close()
 
 
+def test_the_header_and_the_rows_are_drawn_from_one_snapshot(
+    records: RecordFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A span that ends between the view's read of the tree and its header (spans end on
+    other threads while it draws) is in neither: the header's totals are the rows' ones,
+    and one redraw folds the trace once."""
+    trace = small_trace(records)
+    root = trace.tree.root.record
+    view = TraceView(trace)
+    reads = 0
+    real_tree = Trace.tree
+
+    def tree_then_a_call_ends(self: Trace) -> object:
+        nonlocal reads
+        reads += 1
+        tree = real_tree.fget(self)  # type: ignore[attr-defined]
+        self.add_records([records.add(f"late {reads}", root, type=LLM, **usage(7))])
+        return tree
+
+    monkeypatch.setattr(Trace, "tree", property(tree_then_a_call_ends))
+    trace.add_records([records.add("first", root, type=LLM, **usage(3))])
+    view.update()
+    drawn = view.state.tree
+    assert any(node.name == "first" for node in drawn.nodes), "the view drew the new tree"
+    assert reads == 1, "one read of the tree, so one fold, per redraw"
+    assert f"<b>spans</b> {drawn.size:,}" in view.header.value
+    tokens = drawn.totals.input_tokens
+    assert tokens is not None and format_tokens(tokens) in view.header.value
+    monkeypatch.undo()
+    current = trace.summary()
+    assert current.spans == drawn.size + reads  # the calls that ended after each read
+    older = trace.summary(drawn)
+    assert older.spans == drawn.size and trace.summary() is current, "still kept"
+
+
 def _fields(record: SpanRecord) -> dict[str, object]:
     return {name: getattr(record, name) for name in SpanRecord.__slots__}
 

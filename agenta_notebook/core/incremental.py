@@ -48,6 +48,7 @@ from agenta_notebook.core.rollup import (
     TraceTree,
     TreeStats,
     call_key,
+    has_nothing_of_its_own,
     model_of,
     new_node,
     preorder_key,
@@ -665,7 +666,8 @@ class IncrementalTree:
         changed: list[tuple[SpanNode, SpanRecord, SpanNode]],
     ) -> list[SpanNode]:
         """Attach the new nodes, replace the changed records and settle every node whose
-        inputs changed, deepest first; returns the nodes settled."""
+        inputs changed, deepest first; returns the nodes settled, but for new ones with
+        nothing of their own (nothing about them to note or pair)."""
         by_id = self._by_id
         settled: list[SpanNode] = []
         root = self.root
@@ -721,10 +723,18 @@ class IncrementalTree:
 
         user_prices = self.user_prices
         failures = self._failures
+        fresh = self._fresh
         while queue:
             depth = max(queue)
             for node in queue.pop(depth):
-                settled.append(node)
+                # A new node with nothing of its own (most spans) holds what its children
+                # do: nothing to price, note or pair, and a leaf is settled as made.
+                plain = node in fresh and has_nothing_of_its_own(node)
+                if plain and not node.children:
+                    del before[node]  # it holds nothing: its parent's sums do not move
+                    continue
+                if not plain:
+                    settled.append(node)
                 old = before.pop(node, None)
                 if old is None:
                     old = (
@@ -738,18 +748,23 @@ class IncrementalTree:
                 # the parent's sums are taken before this node changes
                 sums = self._sums(parent) if parent is not None else None
                 below = self._sums(node)
-                node.role = "none"
-                node.own = NO_FIGURES
-                node.priced = UNPRICED
-                node.mismatch = None
-                node.span_warnings = ()
-                parts = [below.total] if below.total is not NO_FIGURES else []
-                if settle_node(
-                    node, below.reports, below.call, below.errors > 0, parts, user_prices
-                ):
-                    failures.add(node)
+                if plain:  # what `settle_node` sets on it
+                    node.reports_in_subtree = below.reports
+                    node.call_in_subtree = below.call
+                    node.subtotal = below.total
                 else:
-                    failures.discard(node)
+                    node.role = "none"
+                    node.own = NO_FIGURES
+                    node.priced = UNPRICED
+                    node.mismatch = None
+                    node.span_warnings = ()
+                    parts = [below.total] if below.total is not NO_FIGURES else []
+                    if settle_node(
+                        node, below.reports, below.call, below.errors > 0, parts, user_prices
+                    ):
+                        failures.add(node)
+                    else:
+                        failures.discard(node)
                 if len(node.children) < KEEP_SUMS_FROM:
                     self._below.pop(node, None)
                 old_subtotal, old_reports, old_call, old_error, old_cost = old

@@ -505,7 +505,7 @@ def new_node(record: SpanRecord) -> SpanNode:
     except Exception as error:  # a user's mapping may raise anything
         # A mapping that misbehaves must not hide the other spans: a warning on this one.
         usage = Usage(warnings=(f"could not read attributes: {error!r}",))
-    return SpanNode(record=record, usage=usage, priced=UNPRICED)
+    return SpanNode(record, usage, UNPRICED)  # positional: a third faster than by name
 
 
 def build_tree(
@@ -716,6 +716,12 @@ def _roll_up(order: list[SpanNode], user_prices: UserPrices) -> list[SpanNode]:
     Returns the nodes whose pricing failed (a bug, carried in `node.priced.failure`)."""
     failures: list[SpanNode] = []
     for node in reversed(order):
+        if has_nothing_of_its_own(node):
+            # Most spans (a tool, a step): a new node's defaults are already what
+            # `settle_node` would set, but for what its children hold.
+            if node.children:
+                _settle_plain(node)
+            continue
         below = 0  # REPORTS_* bits reported anywhere below this node
         call_below = False
         child_error = False
@@ -733,6 +739,40 @@ def _roll_up(order: list[SpanNode], user_prices: UserPrices) -> list[SpanNode]:
         if settle_node(node, below, call_below, child_error, parts, user_prices):
             failures.append(node)
     return failures
+
+
+def has_nothing_of_its_own(node: SpanNode) -> bool:
+    """True when a node states no figure, is no model call, did not fail and has no
+    warning of its own (nor is detached or recorded twice): its roll-up is what its
+    children hold, and a new leaf's defaults are already its settled state."""
+    usage = node.usage
+    return (
+        not usage.is_model_call
+        and node.record.status != "ERROR"
+        and node.duplicate_of is None
+        and not node.detached
+        and not usage.warnings
+        and not stated_mask(usage)
+    )
+
+
+def _settle_plain(node: SpanNode) -> None:
+    """`settle_node` of a new node with children that states nothing, is no model call,
+    did not fail and has no warning of its own: its figures are its children's."""
+    below = 0
+    call_below = False
+    parts: list[Figures] = []
+    for child in node.children:
+        part = child.subtotal
+        if part is not NO_FIGURES:
+            parts.append(part)
+        below |= child.reports_in_subtree
+        if child.call_in_subtree:
+            call_below = True
+    node.reports_in_subtree = below
+    node.call_in_subtree = call_below
+    if parts:
+        node.subtotal = parts[0] if len(parts) == 1 else sum_figures(parts)
 
 
 def settle_node(

@@ -244,6 +244,8 @@ def _first_text(
 
 
 _TYPE_KEYS: Final = frozenset({AG_TYPE, OPENINFERENCE_KIND, GENAI_OPERATION})
+#: The keys of `USAGE_KEYS` that are not a type: figures, model, provider, parameters.
+_VALUE_KEYS: Final = USAGE_KEYS - _TYPE_KEYS
 
 
 @functools.lru_cache(maxsize=1024)
@@ -251,6 +253,8 @@ def _type_only(declared: Any, kind: Any, operation: Any) -> Usage:
     """The `Usage` of a span that carries only a type (a tool, a chain: most spans), one
     per set of type values. Bounded, so that odd values cannot grow it without end."""
     span_type, is_model_call = _span_type(declared, kind, operation)
+    if span_type is None and not is_model_call:
+        return EMPTY_USAGE
     return Usage(span_type=span_type, is_model_call=is_model_call)
 
 
@@ -305,12 +309,12 @@ def read_usage(attributes: Mapping[str, Any] | None) -> Usage:
     """
     if not attributes:
         return EMPTY_USAGE
+    if _VALUE_KEYS.isdisjoint(attributes):
+        # At most a type (most spans: a tool, a step). This test makes no set, so it
+        # costs half the intersection below.
+        return _type_only_usage(attributes)
     # One pass over the span's keys; every later test is a lookup in this small set.
     present = USAGE_KEYS.intersection(attributes)
-    if not present:
-        return EMPTY_USAGE
-    if present <= _TYPE_KEYS:
-        return _type_only_usage(attributes)
     warnings: list[str] = []
     figures: list[Any] = []  # in the order of `Usage`'s first fields (`fields.STATED`)
     for keys, key_set, parse, problem in _READ:

@@ -932,7 +932,7 @@ def static_html(
     columns and subtotals as the widget. At most `max_nodes` spans are written (pre-order),
     each cut subtree saying how many spans it leaves out."""
     tree = trace.tree
-    summary = trace.summary()
+    summary = trace.summary(tree)
     scale = tree_scale(tree)
     open_below = open_depth_of(tree.stats.depth_counts, STATIC_OPEN_BUDGET)
     out: list[str] = [

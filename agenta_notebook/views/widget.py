@@ -327,7 +327,7 @@ class TraceView:
             rows = self.state.rows()
             self._header_for: TraceTree | None = tree
             self._header_part = header_html(
-                trace.summary(),
+                trace.summary(tree),
                 places=self._scale.places,
                 budget=budget_html(budget_state(tree), self._scale.places),
             )
@@ -884,7 +884,7 @@ class TraceView:
         if self._header_for is not tree:
             self._scale = tree_scale(tree)
             self._header_part = header_html(
-                self.trace.summary(),
+                self.trace.summary(tree),  # the rows' snapshot, not a newer one
                 places=self._scale.places,
                 budget=budget_html(budget_state(tree), self._scale.places),
             )

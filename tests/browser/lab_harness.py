@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 CHROMIUM = "/usr/bin/chromium"
 #: Debian's headless Chromium, asking for nothing beyond the pages it is given.
@@ -177,3 +178,81 @@ def run_cell(page: Any, index: int, *, until_done: bool = False) -> Any:
     if until_done:
         wait_idle(page)
     return cell
+
+
+class OfflinePage:
+    """What `offline_page` yields: the page, and what went wrong while it was open."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        #: requests and websockets to anything but 127.0.0.1 (each one aborted)
+        self.outside: list[str] = []
+        #: console errors and uncaught page errors
+        self.errors: list[str] = []
+        #: messages of dialogs (alert, confirm), each dismissed
+        self.dialogs: list[str] = []
+
+    def check(self) -> None:
+        """Fail on anything that left 127.0.0.1, any dialog and any console error."""
+        assert self.outside == [], f"requests left 127.0.0.1: {self.outside}"
+        assert self.dialogs == [], f"a dialog opened (a span string ran as script?): {self.dialogs}"
+        assert self.errors == [], f"console errors: {self.errors}"
+
+
+def _local(url: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme not in ("http", "https", "ws", "wss") or parsed.hostname == "127.0.0.1"
+
+
+@contextmanager
+def offline_page(width: int, height: int, failure_screenshot: str) -> Iterator[OfflinePage]:
+    """A page in headless Chromium that can reach only 127.0.0.1: other requests are
+    aborted and noted, as are websockets elsewhere, console errors and dialogs. When the
+    block fails, a full-page screenshot is saved as `failure_screenshot` in test-output/
+    and the console errors are printed."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            context = browser.new_context(viewport={"width": width, "height": height})
+            opened = OfflinePage(None)  # the page comes once the routes are set
+
+            def route(request_route: Any) -> None:
+                url = request_route.request.url
+                if _local(url):
+                    request_route.continue_()
+                else:
+                    opened.outside.append(url)
+                    request_route.abort()
+
+            def on_dialog(dialog: Any) -> None:
+                opened.dialogs.append(dialog.message)
+                dialog.dismiss()
+
+            context.route("**/*", route)
+            page = opened.page = context.new_page()
+            page.on(
+                "console",
+                lambda message: (
+                    opened.errors.append(message.text) if message.type == "error" else None
+                ),
+            )
+            page.on("pageerror", lambda error: opened.errors.append(str(error)))
+            page.on(
+                "websocket",
+                lambda socket: None if _local(socket.url) else opened.outside.append(socket.url),
+            )
+            page.on("dialog", on_dialog)
+            page.set_default_timeout(60_000)
+            try:
+                yield opened
+            except Exception:
+                OUTPUT.mkdir(exist_ok=True)
+                page.screenshot(path=str(OUTPUT / failure_screenshot), full_page=True)
+                print("console errors:", opened.errors)
+                raise
+        finally:
+            browser.close()

@@ -18,10 +18,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
-from lab_harness import CHROMIUM, CHROMIUM_ARGS, OUTPUT, lab_server, run_cell, wait_idle
+from lab_harness import CHROMIUM, OUTPUT, lab_server, offline_page, run_cell, wait_idle
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (./run test installs it)"
@@ -204,51 +203,15 @@ def _check_budget(page: Any) -> None:
 
 
 def test_compare_and_budget_views_in_jupyterlab(lab: tuple[str, str]) -> None:
-    from playwright.sync_api import sync_playwright
-
     base, token = lab
-    outside: list[str] = []
-    errors: list[str] = []
-
-    def route(request_route: Any) -> None:
-        url = urlparse(request_route.request.url)
-        if url.scheme in ("http", "https", "ws", "wss") and url.hostname != "127.0.0.1":
-            outside.append(request_route.request.url)
-            request_route.abort()
-        else:
-            request_route.continue_()
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1500, "height": 1600})
-            context.route("**/*", route)
-            page = context.new_page()
-            page.on(
-                "console",
-                lambda message: errors.append(message.text) if message.type == "error" else None,
-            )
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.set_default_timeout(60_000)
-            try:
-                page.goto(f"{base}/lab/tree/experiments.ipynb?token={token}")
-                page.wait_for_selector(".jp-Notebook .jp-Cell")
-                wait_idle(page, 120_000)
-                for index in range(COMPARE_CELL):
-                    _run(page, index)
-                _check_comparison(page)
-                _check_spread(page)
-                _check_budget(page)
-            except Exception:
-                OUTPUT.mkdir(exist_ok=True)
-                page.screenshot(path=str(OUTPUT / "experiments-failure.png"), full_page=True)
-                print("console errors:", errors)
-                raise
-        finally:
-            browser.close()
-    assert outside == [], f"requests left 127.0.0.1: {outside}"
-    assert errors == [], f"console errors: {errors}"
+    with offline_page(1500, 1600, "experiments-failure.png") as opened:
+        page = opened.page
+        page.goto(f"{base}/lab/tree/experiments.ipynb?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell")
+        wait_idle(page, 120_000)
+        for index in range(COMPARE_CELL):
+            _run(page, index)
+        _check_comparison(page)
+        _check_spread(page)
+        _check_budget(page)
+    opened.check()

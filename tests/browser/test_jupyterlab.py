@@ -17,10 +17,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
-from lab_harness import CHROMIUM, CHROMIUM_ARGS, OUTPUT, lab_server, run_cell, wait_idle
+from lab_harness import CHROMIUM, OUTPUT, lab_server, offline_page, run_cell, wait_idle
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (./run test installs it)"
@@ -250,67 +249,11 @@ def _check_view(page: Any, expected: dict[str, str], width: int) -> None:
 
 
 def test_widget_in_jupyterlab(jupyterlab: tuple[str, str]) -> None:
-    from playwright.sync_api import sync_playwright
-
     base, token = jupyterlab
     expected = _expected()
-    outside: list[str] = []
-    console_errors: list[str] = []
-    dialogs: list[str] = []
-
-    def route(route: Any) -> None:
-        url = urlparse(route.request.url)
-        if url.scheme in ("http", "https", "ws", "wss") and url.hostname != "127.0.0.1":
-            outside.append(route.request.url)
-            route.abort()
-        else:
-            route.continue_()
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1800})
-            context.route("**/*", route)
-            page = context.new_page()
-            page.on(
-                "console",
-                lambda message: (
-                    console_errors.append(message.text) if message.type == "error" else None
-                ),
-            )
-            page.on("pageerror", lambda error: console_errors.append(str(error)))
-            page.on(
-                "websocket",
-                lambda socket: (
-                    outside.append(socket.url)
-                    if urlparse(socket.url).hostname != "127.0.0.1"
-                    else None
-                ),
-            )
-
-            def on_dialog(dialog: Any) -> None:
-                dialogs.append(dialog.message)
-                dialog.dismiss()
-
-            page.on("dialog", on_dialog)
-            page.set_default_timeout(60_000)
-            try:
-                _drive(page, base, token, expected)
-            except Exception:
-                OUTPUT.mkdir(exist_ok=True)
-                page.screenshot(path=str(OUTPUT / "jupyterlab-failure.png"))
-                print("console errors:", console_errors)
-                raise
-        finally:
-            browser.close()
-
-    assert outside == [], f"requests left 127.0.0.1: {outside}"
-    assert dialogs == [], f"a span string ran as script: {dialogs}"
-    assert console_errors == [], f"console errors: {console_errors}"
+    with offline_page(1400, 1800, "jupyterlab-failure.png") as opened:
+        _drive(opened.page, base, token, expected)
+    opened.check()
 
 
 def _drive(page: Any, base: str, token: str, expected: dict[str, str]) -> None:
