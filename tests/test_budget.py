@@ -281,7 +281,25 @@ def run_script(
 
 # The official OpenTelemetry instrumentor and OpenLLMetry's open their span before the
 # request is built: the refused request leaves a failed model-call span behind.
-OTHER_INSTRUMENTOR_SCRIPT = """
+# What the budget scripts share, under `with demo.start() as server:` once `ask()` is
+# defined: one call priced in trace "one", then up to 20 more in trace "loop" with a
+# budget of three such calls. Leaves `loop`, `error` (what the loop raised, or None) and
+# `sent` (the requests the stand-in saw in the loop).
+SPEND_THREE_CALLS = """
+    with an.trace("one") as one:
+        ask()
+    before = len(server.requests)
+    error = None
+    try:
+        with an.trace("loop", budget=one.totals.cost * 3) as loop:
+            for _ in range(20):
+                ask()
+    except Exception as caught:
+        error = caught
+    sent = len(server.requests) - before"""
+
+OTHER_INSTRUMENTOR_SCRIPT = (
+    """
 import asyncio, json, os, sys
 import agenta_notebook as an
 from agenta_notebook import demo
@@ -310,17 +328,11 @@ with demo.start() as server:
     aclient = openai.AsyncOpenAI(base_url=server.base_url, max_retries=0, timeout=10)
     def ask():
         return client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    with an.trace("one") as one:
-        ask()
-    before = len(server.requests)
-    error = None
-    try:
-        with an.trace("loop", budget=one.totals.cost * 3) as loop:
-            for _ in range(20):
-                ask()
-    except Exception as caught:
-        error = [type(caught).__name__, str(caught)]
-    result["loop"] = figures(loop, error, len(server.requests) - before)
+"""
+    + SPEND_THREE_CALLS
+    + """
+    error = error and [type(error).__name__, str(error)]
+    result["loop"] = figures(loop, error, sent)
 
     async def fan_out():
         gate = asyncio.Semaphore(2)
@@ -337,6 +349,7 @@ with demo.start() as server:
     result["fan_out"]["budget_exceeded"] = sum(isinstance(a, an.BudgetExceeded) for a in answers)
 print("RESULT " + json.dumps(result))
 """
+)
 
 
 @pytest.mark.parametrize("instrumentor", ["openai-v2", "openllmetry"])
@@ -361,7 +374,8 @@ def test_a_refused_call_under_another_instrumentor_is_no_model_call(instrumentor
     assert fan["errors"] == fan["refused"]
 
 
-OPENLLMETRY_ANTHROPIC_SCRIPT = """
+OPENLLMETRY_ANTHROPIC_SCRIPT = (
+    """
 import json, sys
 import agenta_notebook as an
 from agenta_notebook import demo
@@ -372,23 +386,18 @@ with demo.start() as server:
     def ask():
         return claude.messages.create(model="claude-haiku-4-5", max_tokens=64,
                                       messages=[{"role": "user", "content": "Why?"}])
-    with an.trace("one") as one:
-        ask()
-    before = len(server.requests)
-    error = None
-    try:
-        with an.trace("loop", budget=one.totals.cost * 3) as loop:
-            for _ in range(20):
-                ask()
-    except Exception as caught:
-        error = type(caught).__name__
+"""
+    + SPEND_THREE_CALLS
+    + """
+    error = error and type(error).__name__
     refused = [n for n in loop.nodes if n.role == "refused by budget"]
     print("RESULT " + json.dumps({
-        "sent": len(server.requests) - before, "error": error,
+        "sent": sent, "error": error,
         "calls": loop.totals.model_calls, "unpriced": loop.totals.unpriced_calls,
         "refused": [n.record.scope for n in refused],
     }))
 """
+)
 
 
 @pytest.mark.parametrize("sdk_spans", ["true", "false"])
@@ -459,7 +468,8 @@ def test_a_refusal_is_told_by_the_exception_type_only(
 # script calls LiteLLM ("module": `litellm.completion` looked up at each call, "bound":
 # `from litellm import completion` before any budget); "reset" for a `RUNTIME.reset()`
 # before LiteLLM is imported.
-LITELLM_SCRIPT = """
+LITELLM_SCRIPT = (
+    """
 import json, sys
 import agenta_notebook as an
 from agenta_notebook import demo
@@ -480,20 +490,15 @@ with demo.start() as server:
         return completion(model="openai/gpt-4o-mini", api_base=server.base_url,
                           api_key="sk-dummy-for-the-stand-in",
                           messages=[{"role": "user", "content": "Why?"}])
-    with an.trace("one") as one:
-        ask()
-    before = len(server.requests)
-    error = None
-    try:
-        with an.trace("loop", budget=one.totals.cost * 3) as loop:
-            for _ in range(20):
-                ask()
-    except Exception as caught:
-        error = type(caught).__name__
-    print("RESULT " + json.dumps({"sent": len(server.requests) - before, "error": error,
+"""
+    + SPEND_THREE_CALLS
+    + """
+    error = error and type(error).__name__
+    print("RESULT " + json.dumps({"sent": sent, "error": error,
                                   "calls": loop.totals.model_calls,
                                   "unpriced": loop.totals.unpriced_calls}))
 """
+)
 
 
 def test_litellm_calls_are_refused_with_budget_exceeded(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ from agenta_notebook.core.rollup import (
     TraceTree,
     TreeStats,
     call_key,
+    children_sums,
     has_nothing_of_its_own,
     model_of,
     new_node,
@@ -104,16 +105,7 @@ class _Below:
     @classmethod
     def of(cls, node: SpanNode) -> _Below:
         below = cls()
-        parts: list[Figures] = []
-        for child in node.children:
-            part = child.subtotal
-            if part is not NO_FIGURES:
-                parts.append(part)
-            below.reports |= child.reports_in_subtree
-            if child.call_in_subtree:
-                below.call = True
-            if child.record.status == "ERROR":
-                below.errors += 1
+        below.reports, below.call, below.errors, parts = children_sums(node)
         if len(parts) == 1:
             below.total = parts[0]
         elif parts:

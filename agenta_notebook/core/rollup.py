@@ -720,25 +720,36 @@ def _roll_up(order: list[SpanNode], user_prices: UserPrices) -> list[SpanNode]:
             # Most spans (a tool, a step): a new node's defaults are already what
             # `settle_node` would set, but for what its children hold.
             if node.children:
-                _settle_plain(node)
+                below, call_below, _errors, parts = children_sums(node)
+                node.reports_in_subtree = below
+                node.call_in_subtree = call_below
+                if parts:
+                    node.subtotal = parts[0] if len(parts) == 1 else sum_figures(parts)
             continue
-        below = 0  # REPORTS_* bits reported anywhere below this node
-        call_below = False
-        child_error = False
-        # the subtotals that are not empty: only those cost an addition
-        parts: list[Figures] = []
-        for child in node.children:
-            part = child.subtotal
-            if part is not NO_FIGURES:
-                parts.append(part)
-            below |= child.reports_in_subtree
-            if child.call_in_subtree:
-                call_below = True
-            if child.record.status == "ERROR":
-                child_error = True
-        if settle_node(node, below, call_below, child_error, parts, user_prices):
+        below, call_below, errors, parts = children_sums(node)
+        if settle_node(node, below, call_below, errors > 0, parts, user_prices):
             failures.append(node)
     return failures
+
+
+def children_sums(node: SpanNode) -> tuple[int, bool, int, list[Figures]]:
+    """What `settle_node` reads of a node's children: the `REPORTS_*` bits reported in
+    their subtrees, whether a model-call span is below, how many children failed, and
+    their subtotals that are not empty (only those cost an addition)."""
+    below = 0
+    call_below = False
+    errors = 0
+    parts: list[Figures] = []
+    for child in node.children:
+        part = child.subtotal
+        if part is not NO_FIGURES:
+            parts.append(part)
+        below |= child.reports_in_subtree
+        if child.call_in_subtree:
+            call_below = True
+        if child.record.status == "ERROR":
+            errors += 1
+    return below, call_below, errors, parts
 
 
 def has_nothing_of_its_own(node: SpanNode) -> bool:
@@ -754,25 +765,6 @@ def has_nothing_of_its_own(node: SpanNode) -> bool:
         and not usage.warnings
         and not stated_mask(usage)
     )
-
-
-def _settle_plain(node: SpanNode) -> None:
-    """`settle_node` of a new node with children that states nothing, is no model call,
-    did not fail and has no warning of its own: its figures are its children's."""
-    below = 0
-    call_below = False
-    parts: list[Figures] = []
-    for child in node.children:
-        part = child.subtotal
-        if part is not NO_FIGURES:
-            parts.append(part)
-        below |= child.reports_in_subtree
-        if child.call_in_subtree:
-            call_below = True
-    node.reports_in_subtree = below
-    node.call_in_subtree = call_below
-    if parts:
-        node.subtotal = parts[0] if len(parts) == 1 else sum_figures(parts)
 
 
 def settle_node(
