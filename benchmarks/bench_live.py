@@ -18,11 +18,14 @@ Two parts, each printing ratios measured in the same run:
   timing as a ratio to one plain pass over the spans (CPU time).
 - `--part scale --steps 500000`: issue 14's 1M-span check in a fresh kernel: roll-up +
   DataFrame CPU time, and the peak RSS over the kernel's before the cell, per span.
+- `--part where`: where the CPU of the kernel cells goes: the whole process, the cell's
+  own thread, the live view's redraws (their thread CPU, how many), and the cyclic
+  garbage collector (its time, and collections per generation, from `gc.callbacks`).
 - `--part kernel`: the cells in a real kernel (`%%agenta_trace --quiet`, `%%agenta_trace`,
   no magic, bare SDK spans), wall time from the execute request to idle, and how long
   after the cell's last line the kernel went idle (when the next cell can start).
 
-    .venv/bin/python benchmarks/bench_live.py [--part process|fold|kernel|all] [--steps 50000]
+    .venv/bin/python benchmarks/bench_live.py [--part process|fold|kernel|where|all] [--steps 50000]
 """
 
 from __future__ import annotations
@@ -413,10 +416,115 @@ def part_scale(steps: int) -> None:
     )
 
 
+WHERE_SETUP = """
+import gc as _gc, threading as _threading, time as _time
+from agenta_notebook.views import display as _display
+WHERE = {}
+def _reset_where():
+    WHERE.update(redraws=0, redraw_cpu=0.0, gc=0.0, collections=[0, 0, 0], cell=0.0)
+    WHERE["process"] = _time.process_time()
+_reset_where()
+_gc_started = {}
+def _on_gc(phase, info):
+    if phase == "start":
+        _gc_started[_threading.get_ident()] = _time.perf_counter()
+        return
+    started = _gc_started.pop(_threading.get_ident(), None)
+    if started is not None:
+        WHERE["gc"] += _time.perf_counter() - started
+        WHERE["collections"][info["generation"]] += 1
+_gc.callbacks.append(_on_gc)
+_real_redraw = _display.TraceDisplay._redraw
+def _timed_redraw(self, *, settle):
+    started = _time.thread_time()
+    try:
+        return _real_redraw(self, settle=settle)
+    finally:
+        WHERE["redraws"] += 1
+        WHERE["redraw_cpu"] += _time.thread_time() - started
+_display.TraceDisplay._redraw = _timed_redraw
+"""
+
+WHERE_CELL = """{magic}
+_cell_started = _time.thread_time()
+run_steps({maker})
+WHERE["cell"] = _time.thread_time() - _cell_started
+"""
+
+
+def part_where(steps: int, rounds: int) -> None:
+    """Where the CPU of each kernel cell goes (CPU seconds, median of `rounds`)."""
+    from jupyter_client.manager import KernelManager
+
+    def ignore(_msg: dict[str, Any]) -> None:
+        pass
+
+    cells = {
+        "untraced": WHERE_CELL.format(magic="", maker="span"),
+        "quiet": WHERE_CELL.format(magic="%%agenta_trace where --quiet", maker="span"),
+        "shown": WHERE_CELL.format(magic="%%agenta_trace where", maker="span"),
+    }
+    found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in cells}
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        for code in (KERNEL_SETUP, STEP_CODE.format(steps=steps), WHERE_SETUP):
+            reply = client.execute_interactive(code, output_hook=ignore, timeout=60)
+            if reply["content"]["status"] != "ok":
+                raise RuntimeError(f"setup failed: {reply['content']}")
+        for _round in range(rounds):
+            for kind, code in cells.items():
+                client.execute_interactive(
+                    "_exporter.clear(); gc.collect(); _reset_where()",
+                    output_hook=ignore,
+                    timeout=60,
+                )
+                reply = client.execute_interactive(code, output_hook=ignore, timeout=3600)
+                if reply["content"]["status"] != "ok":
+                    raise RuntimeError(f"cell failed: {reply['content']}")
+                reply = client.execute_interactive(
+                    "",
+                    output_hook=ignore,
+                    timeout=60,
+                    user_expressions={
+                        "v": "dict(WHERE, process=_time.process_time() - WHERE['process'])"
+                    },
+                )
+                text = reply["content"]["user_expressions"]["v"]["data"]["text/plain"]
+                found[kind].append(eval(text))
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    print(", ".join(f"{key} {value}" for key, value in machine().items()))
+    print(f"{2 * steps:,} spans per cell, one kernel, {rounds} rounds interleaved (median)")
+    print(
+        f"{'cell':<10}{'process s':>10}{'cell thread s':>15}{'redraws':>9}{'redraw s':>10}"
+        f"{'gc s':>7}  collections (gen 0/1/2)"
+    )
+    for kind, runs in found.items():
+
+        def median(key: str, runs: list[dict[str, Any]] = runs) -> float:
+            return statistics.median(run[key] for run in runs)
+
+        collections = "/".join(
+            str(int(statistics.median(run["collections"][g] for run in runs))) for g in range(3)
+        )
+        print(
+            f"{kind:<10}{median('process'):>10.2f}{median('cell'):>15.2f}"
+            f"{median('redraws'):>9.0f}{median('redraw_cpu'):>10.2f}{median('gc'):>7.2f}"
+            f"  {collections}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--part", choices=["process", "fold", "kernel", "scale", "all"], default="process"
+        "--part",
+        choices=["process", "fold", "kernel", "where", "scale", "all"],
+        default="process",
     )
     parser.add_argument("--spans", type=int, default=100_000, help="for --part fold")
     parser.add_argument("--steps", type=int, default=50_000)
@@ -428,6 +536,8 @@ def main() -> None:
         part_fold(options.spans, options.rounds)
     if options.part in ("kernel", "all"):
         part_kernel(options.steps, options.rounds)
+    if options.part in ("where", "all"):
+        part_where(options.steps, options.rounds)
     if options.part == "scale":  # not in "all": a million spans take minutes
         part_scale(options.steps)
 
