@@ -11,7 +11,8 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 # A benchmark's traced cells are not the user's spending: keep them out of the spend
@@ -20,6 +21,42 @@ os.environ.setdefault("AGENTA_NOTEBOOK_LEDGER", "off")
 
 #: CPU time of this process: on a shared machine it is much steadier than wall time.
 clock = time.process_time
+
+
+@contextmanager
+def started_kernel() -> Iterator[Any]:
+    """A fresh python3 kernel, ready (it inherits this process's environment); its
+    blocking client is yielded, and the kernel is shut down after the block."""
+    from jupyter_client.manager import start_new_kernel  # not in the peers' venv
+
+    manager, client = start_new_kernel(kernel_name="python3", startup_timeout=60)
+    try:
+        yield client
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+def ignore_output(_message: dict[str, Any]) -> None:
+    """An output hook that drops a cell's outputs (the benchmarks time, they do not show)."""
+
+
+def run_code(client: Any, code: str, timeout: float = 60) -> dict[str, Any]:
+    """Run `code` in the kernel and return its reply; a cell that fails stops the run."""
+    reply: dict[str, Any] = client.execute_interactive(
+        code, output_hook=ignore_output, timeout=timeout
+    )
+    if reply["content"]["status"] != "ok":
+        raise RuntimeError(f"cell failed: {reply['content']}")
+    return reply
+
+
+def kernel_value(client: Any, expression: str) -> Any:
+    """The value of a Python `expression` in the kernel (read back from its repr)."""
+    reply = client.execute_interactive(
+        "", output_hook=ignore_output, timeout=60, user_expressions={"v": expression}
+    )
+    return eval(reply["content"]["user_expressions"]["v"]["data"]["text/plain"])
 
 
 def best_of(repeats: int, run: Callable[[], Any]) -> float:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jupyter_client.manager import KernelManager
+from _common import started_kernel
 
 SETUP = """
 %load_ext agenta_notebook
@@ -95,12 +95,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
     path = folder / "ledger.sqlite3"
     os.environ["AGENTA_NOTEBOOK_LEDGER"] = str(path)  # inherited by the kernel
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel()
-    client = manager.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=60)
+    with started_kernel() as client:
         run_cell(client, SETUP)
         times: dict[str, list[float]] = {kind: [] for kind in CELLS}
         for n in range(options.warmup):
@@ -122,9 +117,6 @@ def main() -> None:
             ]
             for kind, start in (("off", 0), ("on", 1))
         }
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
     with sqlite3.connect(path) as connection:
         cells = connection.execute("SELECT COUNT(*) FROM spend WHERE model IS NULL").fetchone()[0]
         rows = connection.execute("SELECT COUNT(*) FROM spend").fetchone()[0]

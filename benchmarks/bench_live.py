@@ -2,7 +2,7 @@
 short sleep every 2,000 steps), untraced, with bare OpenTelemetry, traced quietly, and
 traced with the live tree shown.
 
-Two parts, each printing ratios measured in the same run:
+Parts, each printing ratios measured in the same run:
 
 - `--part process` (default): in this process, no kernel. The same block untraced, with
   bare SDK spans kept by an `InMemorySpanExporter`, inside `an.trace()` (quiet), and
@@ -43,7 +43,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import bare_provider, machine
+from _common import (
+    bare_provider,
+    kernel_value,
+    machine,
+    run_code,
+    started_kernel,
+)
 
 STEP_CODE = """
 def run_steps(make_span, steps={steps}):
@@ -261,47 +267,25 @@ bare_tracer = _bare.get_tracer("bench")
 
 
 def part_kernel(steps: int, rounds: int) -> None:
-    from jupyter_client.manager import KernelManager
-
-    def ignore(_msg: dict[str, Any]) -> None:
-        pass
-
     def run(client: Any, code: str) -> tuple[float, float]:
         start = time.perf_counter()
-        reply = client.execute_interactive(code, output_hook=ignore, timeout=600)
+        run_code(client, code, timeout=600)
         idle_wall, idle_epoch = time.perf_counter(), time.time()
-        if reply["content"]["status"] != "ok":
-            raise RuntimeError(f"cell failed: {reply['content']}")
-        ended = client.execute_interactive(
-            "", output_hook=ignore, timeout=60, user_expressions={"end": "END"}
-        )["content"]["user_expressions"]["end"]["data"]["text/plain"]
-        return idle_wall - start, idle_epoch - float(ended)
+        return idle_wall - start, idle_epoch - float(kernel_value(client, "END"))
 
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel()
-    client = manager.client()
-    client.start_channels()
     cells = _kernel_cells(steps)
     totals: dict[str, list[float]] = {kind: [] for kind in cells}
     after: dict[str, list[float]] = {kind: [] for kind in cells}
-    try:
-        client.wait_for_ready(timeout=60)
+    with started_kernel() as client:
         for code in (KERNEL_SETUP, STEP_CODE.format(steps=steps)):
-            reply = client.execute_interactive(code, output_hook=ignore, timeout=60)
-            if reply["content"]["status"] != "ok":
-                raise RuntimeError(f"setup failed: {reply['content']}")
+            run_code(client, code)
         run(client, cells["shown"].format(n="warm-up"))
         for n in range(rounds):
             for kind, code in cells.items():
-                client.execute_interactive(
-                    "_exporter.clear(); gc.collect();", output_hook=ignore, timeout=60
-                )
+                run_code(client, "_exporter.clear(); gc.collect();")
                 total, late = run(client, code.format(n=n))
                 totals[kind].append(total)
                 after[kind].append(late)
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
     print(", ".join(f"{key} {value}" for key, value in machine().items()))
     print(f"{2 * steps:,} spans per cell, one kernel, {rounds} rounds interleaved (median)")
     base = statistics.median(totals["untraced"])
@@ -353,53 +337,25 @@ def part_scale(steps: int) -> None:
     fresh kernel (nothing else keeps the SDK spans), then `trace.tree` and
     `trace.to_dataframe()`: their CPU time, and the kernel's peak RSS over its RSS just
     before the cell, per span."""
-    from jupyter_client.manager import KernelManager
-
-    def ignore(_msg: dict[str, Any]) -> None:
-        pass
-
-    def value(client: Any, expression: str) -> Any:
-        reply = client.execute_interactive(
-            "", output_hook=ignore, timeout=60, user_expressions={"v": expression}
-        )
-        return eval(reply["content"]["user_expressions"]["v"]["data"]["text/plain"])
-
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel()
-    client = manager.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=60)
+    with started_kernel() as client:
         for code in (
             KERNEL_SETUP,
             STEP_CODE.format(steps=10),
             "%%agenta_trace warm --quiet\nrun_steps(span, 10)",
         ):
-            reply = client.execute_interactive(code, output_hook=ignore, timeout=60)
-            if reply["content"]["status"] != "ok":
-                raise RuntimeError(f"setup failed: {reply['content']}")
-        client.execute_interactive(
+            run_code(client, code)
+        run_code(
+            client,
             "import gc, resource; gc.collect()\n"
             "START_KB = int(open('/proc/self/statm').read().split()[1])"
             " * resource.getpagesize() // 1024",
-            output_hook=ignore,
-            timeout=60,
         )
-        start_kb = value(client, "START_KB")
+        start_kb = kernel_value(client, "START_KB")
         started = time.perf_counter()
-        reply = client.execute_interactive(
-            SCALE_CELL.format(steps=steps), output_hook=ignore, timeout=3600
-        )
+        run_code(client, SCALE_CELL.format(steps=steps), timeout=3600)
         cell = time.perf_counter() - started
-        if reply["content"]["status"] != "ok":
-            raise RuntimeError(f"cell failed: {reply['content']}")
-        reply = client.execute_interactive(SCALE_MEASURE, output_hook=ignore, timeout=3600)
-        if reply["content"]["status"] != "ok":
-            raise RuntimeError(f"measure failed: {reply['content']}")
-        result = value(client, "SCALE")
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
+        run_code(client, SCALE_MEASURE, timeout=3600)
+        result = kernel_value(client, "SCALE")
     spans = result["spans"] - 1  # the root
     print(", ".join(f"{key} {value}" for key, value in machine().items()))
     print(f"{spans:,} spans in one --quiet traced cell (a fresh kernel), cell wall {cell:.1f} s")
@@ -454,50 +410,24 @@ WHERE["cell"] = _time.thread_time() - _cell_started
 
 def part_where(steps: int, rounds: int) -> None:
     """Where the CPU of each kernel cell goes (CPU seconds, median of `rounds`)."""
-    from jupyter_client.manager import KernelManager
-
-    def ignore(_msg: dict[str, Any]) -> None:
-        pass
-
     cells = {
         "untraced": WHERE_CELL.format(magic="", maker="span"),
         "quiet": WHERE_CELL.format(magic="%%agenta_trace where --quiet", maker="span"),
         "shown": WHERE_CELL.format(magic="%%agenta_trace where", maker="span"),
     }
     found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in cells}
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel()
-    client = manager.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=60)
+    with started_kernel() as client:
         for code in (KERNEL_SETUP, STEP_CODE.format(steps=steps), WHERE_SETUP):
-            reply = client.execute_interactive(code, output_hook=ignore, timeout=60)
-            if reply["content"]["status"] != "ok":
-                raise RuntimeError(f"setup failed: {reply['content']}")
+            run_code(client, code)
         for _round in range(rounds):
             for kind, code in cells.items():
-                client.execute_interactive(
-                    "_exporter.clear(); gc.collect(); _reset_where()",
-                    output_hook=ignore,
-                    timeout=60,
+                run_code(client, "_exporter.clear(); gc.collect(); _reset_where()")
+                run_code(client, code, timeout=3600)
+                found[kind].append(
+                    kernel_value(
+                        client, "dict(WHERE, process=_time.process_time() - WHERE['process'])"
+                    )
                 )
-                reply = client.execute_interactive(code, output_hook=ignore, timeout=3600)
-                if reply["content"]["status"] != "ok":
-                    raise RuntimeError(f"cell failed: {reply['content']}")
-                reply = client.execute_interactive(
-                    "",
-                    output_hook=ignore,
-                    timeout=60,
-                    user_expressions={
-                        "v": "dict(WHERE, process=_time.process_time() - WHERE['process'])"
-                    },
-                )
-                text = reply["content"]["user_expressions"]["v"]["data"]["text/plain"]
-                found[kind].append(eval(text))
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
     print(", ".join(f"{key} {value}" for key, value in machine().items()))
     print(f"{2 * steps:,} spans per cell, one kernel, {rounds} rounds interleaved (median)")
     print(

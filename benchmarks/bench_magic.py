@@ -21,8 +21,7 @@ import sys
 import time
 from typing import Any
 
-import _common  # noqa: F401  (keeps the benchmark's cells out of the spend ledger)
-from jupyter_client.manager import KernelManager
+from _common import started_kernel  # (importing _common keeps cells out of the ledger)
 
 SETUP = """
 %load_ext agenta_notebook
@@ -113,12 +112,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed cells of each kind")
     options = parser.parse_args()
 
-    manager = KernelManager(kernel_name="python3")
-    manager.start_kernel()
-    client = manager.client()
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=60)
+    with started_kernel() as client:
         run_cell(client, SETUP)
         times: dict[str, list[float]] = {kind: [] for kind in CELLS}
         counters = {kind: _Counter() for kind in CELLS}
@@ -137,9 +131,6 @@ def main() -> None:
         )
         if check["content"]["status"] != "ok":
             raise RuntimeError("the traced cell did not record its 11 spans")
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
 
     base_median = statistics.median(times["baseline"])
     base_mean = statistics.fmean(times["baseline"])

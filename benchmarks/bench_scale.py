@@ -51,6 +51,7 @@ from _common import (  # noqa: E402
     peak_rss_bytes,
     plain_pass,
     rss_bytes,
+    started_kernel,
 )
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
@@ -120,9 +121,6 @@ def measure(count: int) -> dict[str, Any]:
 
 def run_size(count: int) -> dict[str, Any]:
     """`measure(count)` in a fresh kernel; its result."""
-    from jupyter_client.manager import start_new_kernel
-
-    manager, client = start_new_kernel(kernel_name="python3")
     lines: list[str] = []
 
     def collect(message: dict[str, Any]) -> None:
@@ -136,11 +134,8 @@ def run_size(count: int) -> dict[str, Any]:
         "from bench_scale import measure\n"
         f"print('SCALE ' + json.dumps(measure({count})))\n"
     )
-    try:
+    with started_kernel() as client:
         reply = client.execute_interactive(code, timeout=1800, output_hook=collect)
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
     text = "".join(lines)
     if reply["content"]["status"] != "ok" or "SCALE " not in text:
         raise RuntimeError(f"scale benchmark failed for {count} spans:\n{text}")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _common  # noqa: F401  (keeps the benchmark's cells out of the spend ledger)
+from _common import started_kernel  # (importing _common keeps cells out of the ledger)
 
 SIZES = (1_000, 10_000, 100_000)
 
@@ -130,17 +130,15 @@ def measure(count: int) -> dict[str, Any]:
 
 
 def main(sizes: tuple[int, ...]) -> None:
-    from jupyter_client.manager import start_new_kernel
-
-    manager, client = start_new_kernel(kernel_name="python3")
-    try:
+    with started_kernel() as client:
         print(
             f"{'spans':>8} {'build':>9} {'display':>9} {'ratio':>6} {'models':>7} "
             f"{'html KB':>8} {'left':>5}"
         )
         for count in sizes:
             code = (
-                "import json, runpy\n"
+                "import json, runpy, sys\n"  # the kernel imports _common from here too
+                f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
                 f"_bench = runpy.run_path({str(Path(__file__).resolve())!r})\n"
                 f"print('BENCH ' + json.dumps(_bench['measure']({count})))\n"
             )
@@ -163,9 +161,6 @@ def main(sizes: tuple[int, ...]) -> None:
                 f"{result['display_s'] * 1000:>7.0f}ms {ratio:>5.2f}x {result['models']:>7,} "
                 f"{result['html_bytes'] / 1024:>8.1f} {result['left_after_close']:>5}"
             )
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
 
 
 if __name__ == "__main__":

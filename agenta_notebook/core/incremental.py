@@ -56,6 +56,7 @@ from agenta_notebook.core.rollup import (
     response_ids,
     settle_node,
     sort_breakdown,
+    sum_parts,
 )
 
 
@@ -106,10 +107,7 @@ class _Below:
     def of(cls, node: SpanNode) -> _Below:
         below = cls()
         below.reports, below.call, below.errors, parts = children_sums(node)
-        if len(parts) == 1:
-            below.total = parts[0]
-        elif parts:
-            below.total = sum_figures(parts)
+        below.total = sum_parts(parts)
         return below
 
 

@@ -723,8 +723,7 @@ def _roll_up(order: list[SpanNode], user_prices: UserPrices) -> list[SpanNode]:
                 below, call_below, _errors, parts = children_sums(node)
                 node.reports_in_subtree = below
                 node.call_in_subtree = call_below
-                if parts:
-                    node.subtotal = parts[0] if len(parts) == 1 else sum_figures(parts)
+                node.subtotal = sum_parts(parts)
             continue
         below, call_below, errors, parts = children_sums(node)
         if settle_node(node, below, call_below, errors > 0, parts, user_prices):
@@ -750,6 +749,14 @@ def children_sums(node: SpanNode) -> tuple[int, bool, int, list[Figures]]:
         if child.record.status == "ERROR":
             errors += 1
     return below, call_below, errors, parts
+
+
+def sum_parts(parts: list[Figures]) -> Figures:
+    """The sum of a node's parts (its children's subtotals, maybe its own figures): the
+    one part itself when there is one, `NO_FIGURES` when there is none."""
+    if not parts:
+        return NO_FIGURES
+    return parts[0] if len(parts) == 1 else sum_figures(parts)
 
 
 def has_nothing_of_its_own(node: SpanNode) -> bool:
@@ -800,12 +807,7 @@ def settle_node(
         node.own = _ONE_ERROR
     if node.own is not NO_FIGURES:
         parts.append(node.own)
-    if not parts:
-        node.subtotal = NO_FIGURES
-    elif len(parts) == 1:
-        node.subtotal = parts[0]
-    else:
-        node.subtotal = sum_figures(parts)
+    node.subtotal = sum_parts(parts)
     if covers_unpriced and node.subtotal.unpriced_calls:
         # This span's own cost prices the calls below that had none (rule 2).
         node.subtotal = replace(node.subtotal, unpriced_calls=0)
