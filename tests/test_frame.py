@@ -423,6 +423,37 @@ def test_frame_of_hand_made_records_equals_the_reference(
     pd.testing.assert_frame_equal(trace.to_dataframe(), _reference_frame(trace), check_exact=True)
 
 
+def _nested(levels: int) -> an.Trace:
+    """A chain of `levels` spans, each with a model call beside the next."""
+    with an.trace("deep") as result:
+
+        def below(level: int) -> None:
+            with an.span(f"level {level}", type="agent"):
+                with an.span(f"call {level}", type="llm"):
+                    an.record_usage(model="gpt-4o", input_tokens=level, output_tokens=1)
+                if level < levels:
+                    below(level + 1)
+
+        below(1)
+    return result
+
+
+@pytest.mark.parametrize("levels", [3, 12])
+def test_frame_of_a_deep_trace_equals_the_reference(levels: int) -> None:
+    """Every level's parent id, and the calls' figures shared by their own and subtotal
+    columns (a leaf's subtotal is its own figures)."""
+    trace = _nested(levels)
+    frame = trace.to_dataframe()
+    pd.testing.assert_frame_equal(frame, _reference_frame(trace), check_exact=True)
+    assert frame["depth"].max() == levels + 1  # the calls, below the trace's root
+
+
+def test_frame_of_several_traces_equals_their_references() -> None:
+    traces = [_nested(2), _nested(4)]
+    expected = pd.concat([_reference_frame(trace) for trace in traces], ignore_index=True)
+    pd.testing.assert_frame_equal(spans_of_traces(traces), expected, check_exact=True)
+
+
 # -- the budget of each trace (issue 15) ------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from agenta_notebook.core.pricing import NO_USER_PRICES
 from agenta_notebook.core.rollup import Figures, SpanNode, SpanRecord, TraceTree, build_tree
 from agenta_notebook.live import Trace
 from agenta_notebook.views.html import costliest, tree_costliest
+from agenta_notebook.views.state import TreeState
 
 TRACE_ID = 0x1AC
 ROOT = 1
@@ -323,6 +324,37 @@ def test_a_snapshot_keeps_the_spans_of_its_time() -> None:
     assert before.size == len(before.nodes) == 3
     assert [node.span_id for node in after.nodes] == [ROOT, 2, 3, 4, 5]
     assert after.size == 5
+
+
+def test_leaves_share_one_empty_children_tuple_until_a_child_is_folded_in() -> None:
+    """No list per leaf (fewer objects for the garbage collector to walk, in a full
+    build and in a fold); a leaf that gains a child, or a late child that arrives out of
+    start order, gets a list of its own, and the shared tuple stays empty."""
+    held = [record(ROOT, None, 0, None), llm(2, ROOT, 1, 5), record(3, ROOT, 6, 9)]
+    engine = engine_of(held)
+    tree = engine.snapshot()
+    leaves = [tree.by_id[2], tree.by_id[3]]
+    assert leaves[0].children == () and leaves[0].children is leaves[1].children
+    assert isinstance(tree.root.children, list)
+    held += [llm(4, 3, 7, 8), record(5, 3, 6, 7)]  # the later-starting one first
+    assert engine.update(held[-2:])
+    check(engine, held)
+    folded = engine.snapshot().by_id[3]
+    assert isinstance(folded.children, list)
+    assert [child.span_id for child in folded.children] == [5, 4]
+
+
+def test_a_view_of_a_snapshot_shows_the_children_folded_in_since() -> None:
+    """A click redraws the view's rows from its snapshot with no new tree in between: a
+    leaf that a fold (another reader's) gave its first child shows it, as a node whose
+    children grow does."""
+    held = [record(ROOT, None, 0, None), record(2, ROOT, 1, None), record(3, ROOT, 2, None)]
+    engine = engine_of(held)
+    state = TreeState(engine.snapshot())
+    state.expand_to_depth(5)
+    assert [row.node.span_id for row in state.rows()] == [ROOT, 2, 3]
+    assert engine.update([llm(4, 2, 3, 4), llm(5, ROOT, 5, 6)])
+    assert [row.node.span_id for row in state.rows()] == [ROOT, 2, 4, 3, 5]
 
 
 def test_the_fold_keeps_the_per_model_sums_to_the_digit() -> None:

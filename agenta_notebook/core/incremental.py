@@ -48,6 +48,7 @@ from agenta_notebook.core.rollup import (
     TraceTree,
     TreeStats,
     call_key,
+    child_list,
     children_sums,
     has_nothing_of_its_own,
     model_of,
@@ -692,8 +693,9 @@ class IncrementalTree:
             node.usage = new.usage
             parent = node.parent
             if moved and parent is not None:
-                parent.children.remove(node)
-                _insert(parent.children, node)
+                children = child_list(parent)
+                children.remove(node)
+                _insert(children, node)
             queue.setdefault(node.depth, []).append(node)
             queued.add(node)
         for node in placing:
@@ -706,7 +708,7 @@ class IncrementalTree:
                     self._waiting.setdefault(parent_id, []).append(node)
             node.parent = parent
             node.depth = parent.depth + 1
-            _insert(parent.children, node)
+            _insert(child_list(parent), node)
             before[node] = (NO_FIGURES, 0, False, False, None)
             queue.setdefault(node.depth, []).append(node)
             queued.add(node)

@@ -135,7 +135,9 @@ class SpanNode:
     role: Role = "none"
     own: Figures = NO_FIGURES
     subtotal: Figures = NO_FIGURES
-    children: list[SpanNode] = field(default_factory=list)
+    #: in start order; a leaf shares one empty tuple (no list per leaf: fewer objects
+    #: for the garbage collector to walk), a node with children has a list
+    children: Sequence[SpanNode] = ()
     parent: SpanNode | None = None
     depth: int = 0
     detached: bool = False
@@ -205,6 +207,15 @@ class SpanNode:
 
     def __repr__(self) -> str:
         return f"<SpanNode {self.name!r} type={self.type} children={len(self.children)}>"
+
+
+def child_list(node: SpanNode) -> list[SpanNode]:
+    """`node.children` as a list to change in place: a leaf's shared empty tuple is
+    replaced by a list of its own first."""
+    children = node.children
+    if not isinstance(children, list):
+        children = node.children = list(children)
+    return children
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,7 +579,7 @@ def _build_tree(
             # A top-level span under a synthetic root is where it belongs, not detached.
             node.detached = not (root.synthetic and parent_id is None)
         node.parent = parent
-        parent.children.append(node)
+        child_list(parent).append(node)
 
     order = _preorder(root)
     if len(order) < len(by_id) + (1 if root.synthetic else 0):
@@ -576,10 +587,10 @@ def _build_tree(
         seen = {id(node) for node in order}
         for node in by_id.values():
             if id(node) not in seen and node.parent is not None:
-                node.parent.children.remove(node)
+                child_list(node.parent).remove(node)
                 node.parent = root
                 node.detached = True
-                root.children.append(node)
+                child_list(root).append(node)
                 seen.update(id(n) for n in _preorder(node, set()))
         order = _preorder(root)
 
@@ -938,6 +949,7 @@ def _preorder(root: SpanNode, guard: set[int] | None = None) -> list[SpanNode]:
         children = node.children
         if children:
             if len(children) > 1:
+                children = child_list(node)
                 children.sort(key=_start_order)
             depth = node.depth + 1
             for child in children:

@@ -8,8 +8,8 @@ figure (a count is a flag there: the span is one model call, one unpriced call).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import compress
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, is_
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -18,7 +18,7 @@ import pandas as pd
 
 from agenta_notebook.budget import trace_budget
 from agenta_notebook.core.fields import FIGURES, NO_FIGURES, Figure, Kind, sum_figures
-from agenta_notebook.core.rollup import Figures, SpanNode, TraceTree
+from agenta_notebook.core.rollup import Figures, SpanNode, SpanWarning, TraceTree
 from agenta_notebook.live import Trace
 from agenta_notebook.memory import gc_paused
 from agenta_notebook.runtime import get_collector
@@ -87,31 +87,33 @@ def _columns(traces: Iterable[tuple[Trace, TraceTree]]) -> dict[str, Any]:
     nodes: list[SpanNode] = []
     trace_ids: list[str] = []
     trace_names: list[str] = []
+    sizes: list[int] = []
     for trace, tree in traces:
         trace_nodes = tree.nodes
         nodes.extend(trace_nodes)
-        trace_ids.extend([f"{trace.trace_id:032x}"] * len(trace_nodes))
-        trace_names.extend([trace.name] * len(trace_nodes))
+        trace_ids.append(f"{trace.trace_id:032x}")
+        trace_names.append(trace.name)
+        sizes.append(len(trace_nodes))
     if not nodes:
         return {column: _column([], dtype) for column, dtype in COLUMNS.items()}
     records = [node.record for node in nodes]
     usages = [node.usage for node in nodes]
     owns: list[Figures] = [node.own for node in nodes]
     subtotals: list[Figures] = [node.subtotal for node in nodes]
-    ends = [record.end_time_ns for record in records]
-    running = _is(ends, None)
     parents = [node.parent for node in nodes]
-    own_rows, subtotal_rows = _FigureRows(owns), _FigureRows(subtotals)
+    of_trace = np.repeat(np.arange(len(sizes)), sizes)
+    own_rows = _FigureRows(owns)
+    subtotal_rows = _FigureRows(subtotals, like=own_rows)
     # How the spans with figures of their own were priced (`counts_usage` is False for a
     # span without): the others have no pricing columns.
     priced = [node.priced if node.counts_usage else None for node in compress(nodes, own_rows.held)]
+    span_ids = [record.span_id for record in records]
+    synthetic = np.fromiter([node.synthetic for node in nodes], dtype=bool, count=len(nodes))
     columns: dict[str, Any] = {
-        "trace_id": _strings(trace_ids),
-        "trace_name": _strings(trace_names),
-        "span_id": _hex_ids(
-            [record.span_id for record in records],
-            np.fromiter([node.synthetic for node in nodes], dtype=bool, count=len(nodes)),
-        ),
+        # each trace's id and name made text once, then repeated for its rows
+        "trace_id": _strings(trace_ids).take(of_trace),
+        "trace_name": _strings(trace_names).take(of_trace),
+        "span_id": _hex_ids(span_ids, synthetic),
         "parent_span_id": _hex_ids(
             [0 if parent is None else parent.record.span_id for parent in parents],
             _is(parents, None),
@@ -119,10 +121,13 @@ def _columns(traces: Iterable[tuple[Trace, TraceTree]]) -> dict[str, Any]:
         "name": _strings([record.name for record in records]),
         "type": _strings([usage.span_type for usage in usages]),
         "depth": _ints([node.depth for node in nodes]),  # never null
-        **_times([record.start_time_ns for record in records], ends, running, nodes),
+        **_times(
+            [record.start_time_ns for record in records],
+            [record.end_time_ns for record in records],
+            nodes,
+        ),
         "status": _strings([record.status for record in records]),
         "error": _flags([node.is_error_origin for node in nodes]),
-        "running": pd.arrays.BooleanArray(running, np.zeros(len(nodes), dtype=bool)),
         "detached": _flags([node.detached for node in nodes]),
         "role": _strings([node.role for node in nodes]),
         "model": _strings([usage.model for usage in usages]),
@@ -134,31 +139,38 @@ def _columns(traces: Iterable[tuple[Trace, TraceTree]]) -> dict[str, Any]:
         if figure.kind == "money":
             where, size = own_rows.where, len(nodes)
             sources = [None if p is None else p.source for p in priced]
-            columns["cost_source"] = _strings(_spread(sources, where, size))
+            columns["cost_source"] = _spread_strings(sources, where, size)
             matched = [None if p is None else p.matched_model for p in priced]
-            columns["priced_model"] = _strings(_spread(matched, where, size))
+            columns["priced_model"] = _spread_strings(matched, where, size)
         columns[figure.subtotal_column] = subtotal_rows.column(figure, own=False)
-    columns["warnings"] = _strings(
+    columns["warnings"] = _warnings([node.span_warnings for node in nodes])
+    return columns
+
+
+def _warnings(found: list[tuple[SpanWarning, ...]]) -> Any:
+    """The messages of each span's warnings, one a line; null for a span without."""
+    if found.count(()) == len(found):  # no span warned (`count` is C: most spans have none)
+        return _spread_strings([], [], len(found))
+    return _strings(
         [
-            "\n".join(warning.message for warning in found)
-            if (found := node.span_warnings)
-            else None
-            for node in nodes
+            "\n".join(warning.message for warning in warnings) if warnings else None
+            for warnings in found
         ]
     )
-    return columns
 
 
 def _is(values: Sequence[Any], single: object) -> Any:
     """Where `values` holds the object `single` (identity: no `__eq__` is called)."""
-    return np.fromiter([value is single for value in values], dtype=bool, count=len(values))
+    # (`bytes` takes the bools in C, faster than `np.fromiter`; the copy is writable)
+    return np.frombuffer(bytes(map(is_, values, repeat(single))), dtype=bool).copy()
 
 
-def _spread(values: Sequence[Any], where: Any, size: int) -> Any:
-    """An object array of `size` Nones, with `values` at the positions `where`."""
-    spread = np.full(size, None, dtype=object)
-    spread[where] = _objects(values)
-    return spread
+def _spread_strings(values: Sequence[Any], where: Any, size: int) -> Any:
+    """A `string` array of `size` nulls with `values` at the positions `where` (only
+    `values` are checked and made text: the nulls are filled in)."""
+    at = np.full(size, -1, dtype=np.intp)
+    at[where] = np.arange(len(values))
+    return _strings(values).take(at, allow_fill=True)
 
 
 def _objects(values: Sequence[Any]) -> Any:
@@ -228,71 +240,136 @@ _read_figures: Final = _make_reader(_FIGURE_NAMES)
 class _FigureRows:
     """The figures of every row, read only where they are not `NO_FIGURES` (most spans
     count nothing of their own, and a tool with nothing below has no subtotal): the
-    others hold every figure's default, `None` or 0."""
+    others hold every figure's default, `None` or 0.
 
-    def __init__(self, figures: list[Figures]) -> None:
+    With `like`, the rows holding the very `Figures` of `like`'s row (a span with nothing
+    below: its subtotal is its own figures) take their values from `like`, unread."""
+
+    def __init__(self, figures: list[Figures], like: _FigureRows | None = None) -> None:
         self.figures = figures
-        #: the rows with figures, as a mask and as positions
+        #: the rows with figures, as a mask
         self.held = ~_is(figures, NO_FIGURES)
-        self.where = np.flatnonzero(self.held)
-        kept = list(compress(figures, self.held))
-        #: figure -> its value in each row that has figures
+        self.like = like
+        #: the rows whose values are `like`'s, as a mask (None: no such row)
+        self.shared: Any = None
+        read = self.held
+        if like is not None:
+            # (only where `like` has figures: elsewhere both are NO_FIGURES, not held)
+            at = np.flatnonzero(like.held)
+            shared = np.zeros(len(figures), dtype=bool)
+            shared[at] = np.fromiter(
+                map(is_, compress(figures, like.held), compress(like.figures, like.held)),
+                dtype=bool,
+                count=len(at),
+            )
+            shared &= self.held
+            if shared.any():
+                self.shared = shared
+                read = self.held & ~shared
+        #: the rows read here, as positions
+        self.where = np.flatnonzero(read)
+        kept = list(compress(figures, read))
+        #: figure -> its value in each row read here
         self.values: dict[str, list[Any]] = dict(
             zip(_FIGURE_NAMES, _read_figures(kept), strict=True)
         )
+        self._arrays: dict[str, tuple[Any, Any]] = {}
 
-    def column(self, figure: Figure, own: bool) -> Any:
-        """One figure of every row: money as a float, a span's own count as a flag."""
+    def arrays(self, figure: Figure) -> tuple[Any, Any]:
+        """One figure of every row as numpy arrays, (data, null mask): money as float64,
+        NaN for null (no mask); a count as int64, never null (no mask); tokens as int64
+        and a mask. Raises where a value does not fit."""
+        found = self._arrays.get(figure.name)
+        if found is None:
+            found = self._arrays[figure.name] = self._read(figure)
+        return found
+
+    def _read(self, figure: Figure) -> tuple[Any, Any]:
         kind, size, where = figure.kind, len(self.figures), self.where
         values = self.values[figure.name]
+        shared, like = self.shared, self.like
+        if kind == "money":
+            # Decimal -> float as float() does it; None -> NaN -> null (no cost is NaN)
+            floats = np.full(size, np.nan)
+            if shared is not None and like is not None:
+                np.copyto(floats, like.arrays(figure)[0], where=shared)
+            floats[where] = _objects(values).astype(np.float64)
+            return floats, None
+        if kind == "count":
+            counts = np.zeros(size, dtype=np.int64)
+            if shared is not None and like is not None:
+                np.copyto(counts, like.arrays(figure)[0], where=shared)
+            counts[where] = np.fromiter(values, dtype=np.int64, count=len(values))
+            return counts, None
+        data = np.zeros(size, dtype=np.int64)
+        mask = np.ones(size, dtype=bool)
+        if shared is not None and like is not None:
+            like_data, like_mask = like.arrays(figure)
+            np.copyto(data, like_data, where=shared)
+            np.copyto(mask, like_mask, where=shared)
         try:
-            if kind == "money":
-                # Decimal -> float as float() does it; None -> NaN -> null (no cost is NaN)
-                floats = np.full(size, np.nan)
-                floats[where] = _objects(values).astype(np.float64)
-                return pd.arrays.FloatingArray(floats, np.isnan(floats))
-            if kind == "count":
-                counts = np.zeros(size, dtype=np.int64)
-                counts[where] = np.fromiter(values, dtype=np.int64, count=len(values))
-                unmasked = np.zeros(size, dtype=bool)
-                if own:
-                    return pd.arrays.BooleanArray(counts > 0, unmasked)
-                return pd.arrays.IntegerArray(counts, unmasked)
-            data = np.zeros(size, dtype=np.int64)
-            mask = np.ones(size, dtype=bool)
-            try:
-                data[where] = np.fromiter(values, dtype=np.int64, count=len(values))
-                mask[where] = False
-            except TypeError:  # a None among them
+            data[where] = np.fromiter(values, dtype=np.int64, count=len(values))
+            mask[where] = False
+        except TypeError:  # a None among them
+            # (ints are never equal to None: `count` finds exactly the Nones)
+            if values.count(None) < len(values):  # all None: all null, as it is
                 boxed = _objects(values)
                 missing = _is(values, None)
                 boxed[missing] = 0
                 data[where] = boxed.astype(np.int64)
                 mask[where] = missing
-            return pd.arrays.IntegerArray(data, mask)
+        return data, mask
+
+    def column(self, figure: Figure, own: bool) -> Any:
+        """One figure of every row: money as a float, a span's own count as a flag."""
+        kind = figure.kind
+        try:
+            data, mask = self.arrays(figure)
         except (OverflowError, TypeError, ValueError):  # past 64 bits: exact Python ints
             dtype = (_OWN_DTYPES if own else _SUBTOTAL_DTYPES)[kind]
             return _column(_values(kind, figure.name, self.figures, own), dtype)
+        if kind == "money":
+            return pd.arrays.FloatingArray(data, np.isnan(data))
+        if kind == "count":
+            unmasked = np.zeros(len(data), dtype=bool)
+            if own:
+                return pd.arrays.BooleanArray(data > 0, unmasked)
+            return pd.arrays.IntegerArray(data, unmasked)
+        return pd.arrays.IntegerArray(data, mask)
 
 
-def _times(
-    starts: Sequence[Any], ends: Sequence[Any], running: Any, nodes: Sequence[SpanNode]
-) -> dict[str, Any]:
-    """The start and end times (UTC, null when unknown or not an int64) and the duration."""
+def _times(starts: Sequence[Any], ends: Sequence[Any], nodes: Sequence[SpanNode]) -> dict[str, Any]:
+    """The start and end times (UTC, null when unknown or not an int64), the duration and
+    whether each span is running (no end time)."""
+    size = len(ends)
+    try:  # no span running: the ends as they are
+        end = np.fromiter(ends, dtype=np.int64, count=size)
+        running = np.zeros(size, dtype=bool)
+        has_running = False
+    except (OverflowError, TypeError, ValueError):
+        end = None
+        running = _is(ends, None)
+        has_running = True
+    flags = {"running": pd.arrays.BooleanArray(running, np.zeros(size, dtype=bool))}
     try:
         start = np.fromiter(starts, dtype=np.int64, count=len(starts))
-        boxed = _objects(ends)
-        boxed[running] = 0
-        end = boxed.astype(np.int64)
+        if end is None:
+            boxed = _objects(ends)
+            boxed[running] = 0
+            end = boxed.astype(np.int64)
     except (OverflowError, TypeError, ValueError):  # hand-made records
         return {
             "start_time": _column(list(starts), COLUMNS["start_time"]),
             "end_time": _column(list(ends), COLUMNS["end_time"]),
             "duration_ms": _column([node.duration_ms for node in nodes], "Float64"),
+            **flags,
         }
-    known = end[~running]
+    known = end[~running] if has_running else end
     # (no np.abs: the smallest int64 is its own absolute value)
-    if all(((times > -_SAFE_TIME) & (times < _SAFE_TIME)).all() for times in (start, known)):
+    if all(
+        times.size == 0 or (times.min() > -_SAFE_TIME and times.max() < _SAFE_TIME)
+        for times in (start, known)
+    ):
         durations = (end - start) / 1e6  # int64 -> float64 rounds as Python's int / float
         durations[running] = np.nan
         duration = pd.arrays.FloatingArray(durations, running.copy())
@@ -304,6 +381,7 @@ def _times(
         "start_time": _utc(start),
         "end_time": _utc(end),
         "duration_ms": duration,
+        **flags,
     }
 
 

@@ -6,7 +6,7 @@ selection. `TreeState` turns a `TraceTree` into the list of visible `Row`s; the 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from itertools import islice
@@ -212,7 +212,7 @@ class TreeState:
         self._filter_choices: dict[int, bool] = {}
         self._default_depth: int | None = None
         self._shown: dict[int, int] = {}
-        self._children: dict[int, list[SpanNode]] = {}
+        self._children: dict[int, Sequence[SpanNode]] = {}
         self._keep: set[int] | None = None
         #: spans shown whatever the filters (revealed ones), until the filters change
         self._pinned: set[int] = set()
@@ -386,13 +386,19 @@ class TreeState:
         self.sort = key
         self._children.clear()
 
-    def children(self, node: SpanNode) -> list[SpanNode]:
+    def children(self, node: SpanNode) -> Sequence[SpanNode]:
         """The children of `node` that the filters keep, in the current sort order."""
+        keep = self._kept()
+        if keep is None and self.sort == "start":
+            # the node's own: a fold may give a leaf its first child (a new list) between
+            # two redraws, which a cached reference would miss
+            return node.children
         cached = self._children.get(id(node))
         if cached is not None:
             return cached
-        keep = self._kept()
-        kids = node.children if keep is None else [c for c in node.children if id(c) in keep]
+        kids: Sequence[SpanNode] = node.children
+        if keep is not None:
+            kids = [c for c in kids if id(c) in keep]
         if self.sort == "cost":
             kids = sorted(kids, key=_cost_key)
         elif self.sort == "duration":
