@@ -3,7 +3,9 @@
 `build_tree` reads every span each time. A live trace keeps one `IncrementalTree`
 instead: after a full build, the spans that started, changed or ended since the last
 fold are folded in by settling again only the nodes whose inputs changed (those spans
-and the ancestors their figures reach, each once per fold: O(depth) per span). Each
+and the ancestors their figures reach, each once per fold: O(depth) per span). New
+spans come as whole new subtrees, rolled up by the full build's own pass
+(`rollup.roll_up`); each then moves the sums of the node it hangs under. Each
 node's children sums are kept, so a node with 50,000 children is not summed again when
 one more arrives. The result equals `build_tree` over the same records, node for node
 (`tests/test_incremental.py` checks it after every batch, for any order of arrival).
@@ -50,11 +52,11 @@ from agenta_notebook.core.rollup import (
     call_key,
     child_list,
     children_sums,
-    has_nothing_of_its_own,
     model_of,
     new_node,
     preorder_key,
     response_ids,
+    roll_up,
     settle_node,
     sort_breakdown,
     sum_parts,
@@ -116,6 +118,14 @@ class _Below:
 #: sum under 1e60 then has at most 90 digits, exact in `COST_CONTEXT` (100).
 _FINEST_EXPONENT: Final = -30
 _LARGEST_MAGNITUDE: Final = 59
+#: What a new node held before the fold that placed it: nothing (see `_push_up`)
+_HELD_NOTHING: Final[tuple[Figures, int, bool, bool, Decimal | None]] = (
+    NO_FIGURES,
+    0,
+    False,
+    False,
+    None,
+)
 #: The token counts `ModelBreakdown` carries (absent: None), in its order.
 _MODEL_TOKENS: Final = ("input_tokens", "output_tokens", "total_tokens")
 
@@ -656,14 +666,16 @@ class IncrementalTree:
         placing: list[SpanNode],
         changed: list[tuple[SpanNode, SpanRecord, SpanNode]],
     ) -> list[SpanNode]:
-        """Attach the new nodes, replace the changed records and settle every node whose
-        inputs changed, deepest first; returns the nodes settled, but for new ones with
-        nothing of their own (nothing about them to note or pair)."""
+        """Attach the new nodes and roll up their subtrees, replace the changed records,
+        and settle every node held before whose inputs changed, deepest first; returns
+        the nodes settled, but for new ones with nothing of their own (nothing about
+        them to note or pair)."""
         by_id = self._by_id
         settled: list[SpanNode] = []
         root = self.root
-        # What each node held before this fold, for the deltas to its parent: subtotal,
-        # reported figures, model call below, failed, counted cost. New nodes held nothing.
+        # What each changed node held before this fold, for the deltas to its parent:
+        # subtotal, reported figures, model call below, failed, counted cost (an
+        # ancestor's is read when it is settled; new nodes held nothing).
         before: dict[SpanNode, tuple[Figures, int, bool, bool, Decimal | None]] = {}
         # The parents' sums are taken before any child changes.
         for node, _record, _new in changed:
@@ -698,6 +710,8 @@ class IncrementalTree:
                 _insert(children, node)
             queue.setdefault(node.depth, []).append(node)
             queued.add(node)
+        fresh = self._fresh
+        tops: list[SpanNode] = []  # new nodes under a node held before
         for node in placing:
             parent_id = node.record.parent_span_id
             parent = by_id.get(parent_id) if parent_id is not None else None
@@ -709,24 +723,24 @@ class IncrementalTree:
             node.parent = parent
             node.depth = parent.depth + 1
             _insert(child_list(parent), node)
-            before[node] = (NO_FIGURES, 0, False, False, None)
-            queue.setdefault(node.depth, []).append(node)
-            queued.add(node)
+            if parent not in fresh:
+                tops.append(node)
 
         user_prices = self.user_prices
         failures = self._failures
-        fresh = self._fresh
+        # The new subtrees, rolled up as a full build does: a new node's children are
+        # all new (a node held before that waited for it is a late parent, refused), and
+        # `placing` has each after its parent. Then each new subtree moves its parent.
+        if placing:
+            failures.update(roll_up(placing, user_prices, settled))
+            for node in tops:
+                parent = node.parent
+                assert parent is not None  # placed: under its parent or the root
+                self._push_up(node, _HELD_NOTHING, self._sums(parent), queue, queued)
         while queue:
             depth = max(queue)
             for node in queue.pop(depth):
-                # A new node with nothing of its own (most spans) holds what its children
-                # do: nothing to price, note or pair, and a leaf is settled as made.
-                plain = node in fresh and has_nothing_of_its_own(node)
-                if plain and not node.children:
-                    del before[node]  # it holds nothing: its parent's sums do not move
-                    continue
-                if not plain:
-                    settled.append(node)
+                settled.append(node)
                 old = before.pop(node, None)
                 if old is None:
                     old = (
@@ -740,57 +754,64 @@ class IncrementalTree:
                 # the parent's sums are taken before this node changes
                 sums = self._sums(parent) if parent is not None else None
                 below = self._sums(node)
-                if plain:  # what `settle_node` sets on it
-                    node.reports_in_subtree = below.reports
-                    node.call_in_subtree = below.call
-                    node.subtotal = below.total
+                node.role = "none"
+                node.own = NO_FIGURES
+                node.priced = UNPRICED
+                node.mismatch = None
+                node.span_warnings = ()
+                parts = [below.total] if below.total is not NO_FIGURES else []
+                if settle_node(
+                    node, below.reports, below.call, below.errors > 0, parts, user_prices
+                ):
+                    failures.add(node)
                 else:
-                    node.role = "none"
-                    node.own = NO_FIGURES
-                    node.priced = UNPRICED
-                    node.mismatch = None
-                    node.span_warnings = ()
-                    parts = [below.total] if below.total is not NO_FIGURES else []
-                    if settle_node(
-                        node, below.reports, below.call, below.errors > 0, parts, user_prices
-                    ):
-                        failures.add(node)
-                    else:
-                        failures.discard(node)
+                    failures.discard(node)
                 if len(node.children) < KEEP_SUMS_FROM:
                     self._below.pop(node, None)
-                old_subtotal, old_reports, old_call, old_error, old_cost = old
-                cost = node.own.cost
-                if old_cost is not None and (cost is None or not _same_money(old_cost, cost)):
-                    raise NeedsFullBuild("a counted cost changed")
-                if old_reports & ~node.reports_in_subtree or (
-                    old_call and not node.call_in_subtree
-                ):
-                    raise NeedsFullBuild("a subtree reports less")
-                if parent is None or sums is None:
-                    continue
-                moved = False
-                if old_subtotal is NO_FIGURES:
-                    if node.subtotal is not NO_FIGURES:
-                        sums.added.append(node.subtotal)
-                        moved = True
-                elif not _same_figures(old_subtotal, node.subtotal):
-                    sums.total = shifted(sums.total, old_subtotal, node.subtotal)
-                    moved = True
-                if node.reports_in_subtree & ~sums.reports:
-                    sums.reports |= node.reports_in_subtree
-                    moved = True
-                if node.call_in_subtree and not sums.call:
-                    sums.call = True
-                    moved = True
-                error = node.record.status == "ERROR"
-                if error != old_error:
-                    sums.errors += 1 if error else -1
-                    moved = moved or sums.errors == (1 if error else 0)
-                if moved and parent not in queued:
-                    queued.add(parent)
-                    queue.setdefault(parent.depth, []).append(parent)
+                self._push_up(node, old, sums, queue, queued)
         return settled
+
+    def _push_up(
+        self,
+        node: SpanNode,
+        old: tuple[Figures, int, bool, bool, Decimal | None],
+        sums: _Below | None,
+        queue: dict[int, list[SpanNode]],
+        queued: set[SpanNode],
+    ) -> None:
+        """Refuse what the fold cannot give back, then move the parent's sums (`sums`,
+        taken before `node` changed) from what `node` held before the fold (`old`) to
+        what it holds now, and queue the parent when they moved."""
+        old_subtotal, old_reports, old_call, old_error, old_cost = old
+        cost = node.own.cost
+        if old_cost is not None and (cost is None or not _same_money(old_cost, cost)):
+            raise NeedsFullBuild("a counted cost changed")
+        if old_reports & ~node.reports_in_subtree or (old_call and not node.call_in_subtree):
+            raise NeedsFullBuild("a subtree reports less")
+        parent = node.parent
+        if parent is None or sums is None:
+            return
+        moved = False
+        if old_subtotal is NO_FIGURES:
+            if node.subtotal is not NO_FIGURES:
+                sums.added.append(node.subtotal)
+                moved = True
+        elif not _same_figures(old_subtotal, node.subtotal):
+            sums.total = shifted(sums.total, old_subtotal, node.subtotal)
+            moved = True
+        if node.reports_in_subtree & ~sums.reports:
+            sums.reports |= node.reports_in_subtree
+            moved = True
+        if node.call_in_subtree and not sums.call:
+            sums.call = True
+            moved = True
+        error = node.record.status == "ERROR"
+        if error != old_error:
+            sums.errors += 1 if error else -1
+            moved = moved or sums.errors == (1 if error else 0)
+        if moved and parent not in queued:
+            queued.add(parent)
+            queue.setdefault(parent.depth, []).append(parent)
 
 
 def _latest_of(record: SpanRecord) -> int:

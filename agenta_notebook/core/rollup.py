@@ -595,7 +595,7 @@ def _build_tree(
         order = _preorder(root)
 
     _pair_recorded_twice(order)
-    failures = _roll_up(order, user_prices)
+    failures = roll_up(order, user_prices)
     return TraceTree(trace_id, root, tuple(order), by_id, tuple(failures))
 
 
@@ -721,10 +721,16 @@ def _pair_recorded_twice(order: list[SpanNode]) -> None:
             by_key.setdefault(key, []).append(node)
 
 
-def _roll_up(order: list[SpanNode], user_prices: UserPrices) -> list[SpanNode]:
-    """Count each node's own figures and its subtotal, children before parents.
+def roll_up(
+    order: list[SpanNode], user_prices: UserPrices, settled: list[SpanNode] | None = None
+) -> list[SpanNode]:
+    """Count each new node's own figures and its subtotal, children before parents:
+    `order` has every node after its parent, and the children of its nodes are nodes
+    of `order` (a whole tree, or the new subtrees a fold adds).
 
-    Returns the nodes whose pricing failed (a bug, carried in `node.priced.failure`)."""
+    Returns the nodes whose pricing failed (a bug, carried in `node.priced.failure`);
+    `settled` gets the nodes the rules settled (all but those with nothing of their
+    own)."""
     failures: list[SpanNode] = []
     for node in reversed(order):
         if has_nothing_of_its_own(node):
@@ -736,6 +742,8 @@ def _roll_up(order: list[SpanNode], user_prices: UserPrices) -> list[SpanNode]:
                 node.call_in_subtree = call_below
                 node.subtotal = sum_parts(parts)
             continue
+        if settled is not None:
+            settled.append(node)
         below, call_below, errors, parts = children_sums(node)
         if settle_node(node, below, call_below, errors > 0, parts, user_prices):
             failures.append(node)
