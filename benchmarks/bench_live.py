@@ -19,6 +19,10 @@ Parts, each printing ratios measured in the same run:
   time the garbage collector took during the run.
 - `--part scale --steps 500000`: issue 14's 1M-span check in a fresh kernel: roll-up +
   DataFrame CPU time, and the peak RSS over the kernel's before the cell, per span.
+- `--part cellfold`: the folds of the live cell's own spans in this process (`trace.tree`
+  read every 1,850 steps, as often as the view redraws that cell) against one full build
+  of the same spans when the block ends (a `--quiet` cell's settle), CPU time less the
+  garbage collector's.
 - `--part where`: where the CPU of the kernel cells goes: the whole process, the cell's
   own thread, the live view's redraws (their thread CPU, how many), and the cyclic
   garbage collector (its time, and collections per generation, from `gc.callbacks`).
@@ -26,7 +30,8 @@ Parts, each printing ratios measured in the same run:
   no magic, bare SDK spans), wall time from the execute request to idle, and how long
   after the cell's last line the kernel went idle (when the next cell can start).
 
-    .venv/bin/python benchmarks/bench_live.py [--part process|fold|kernel|where|all] [--steps 50000]
+    .venv/bin/python benchmarks/bench_live.py [--part process|fold|cellfold|kernel|where|all]
+        [--steps 50000]
 """
 
 from __future__ import annotations
@@ -277,6 +282,54 @@ def part_fold(count: int, rounds: int) -> None:
         )
 
 
+def part_cell_fold(steps: int, rounds: int) -> None:
+    """The folds of the live cell's own spans (a step over an inner span, nothing of
+    their own), in this process: `trace.tree` read every 1,850 steps (about as often
+    as the view redraws that cell in the kernel), against one full build of the same
+    spans when the block ends (the settle of a `--quiet` cell); CPU time of those reads
+    less the garbage collector's time in them."""
+    import agenta_notebook as an
+
+    every = 1_850
+
+    def folds() -> tuple[float, int]:
+        cpu, reads = 0.0, 0
+        with an.trace("folded") as trace, _CollectorTime() as collector:
+            for step in range(steps):
+                with an.span("step"), an.span("inner"):
+                    pass
+                if step % every == every - 1:
+                    collected, started = collector.seconds, time.process_time()
+                    trace.tree  # noqa: B018 - the redraw's read
+                    cpu += time.process_time() - started - (collector.seconds - collected)
+                    reads += 1
+        return cpu, reads
+
+    def settle() -> tuple[float, float]:
+        with an.trace("settled") as trace:
+            _steps(an.span, steps)
+        with _CollectorTime() as collector:
+            started = time.process_time()
+            trace.tree.nodes  # noqa: B018 - the settle's full build and walk
+            return time.process_time() - started, collector.seconds
+
+    folded: list[float] = []
+    built: list[float] = []
+    reads = 0
+    for _round in range(rounds):
+        gc.collect()
+        cpu, reads = folds()
+        folded.append(cpu)
+        gc.collect()
+        cpu, collected = settle()
+        built.append(cpu - collected)
+    print(", ".join(f"{key} {value}" for key, value in machine().items()))
+    print(f"{2 * steps:,} spans of the live cell, best of {rounds}, CPU less GC")
+    print(f"folded in {reads} reads  {min(folded):>8.3f} s")
+    print(f"one full build           {min(built):>8.3f} s")
+    print(f"folds / full build       {min(folded) / min(built):>8.2f}x")
+
+
 def _kernel_cells(steps: int) -> dict[str, str]:
     body = "run_steps({maker})\nEND = time.time()"
     return {
@@ -490,7 +543,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--part",
-        choices=["process", "fold", "kernel", "where", "scale", "all"],
+        choices=["process", "fold", "cellfold", "kernel", "where", "scale", "all"],
         default="process",
     )
     parser.add_argument("--spans", type=int, default=100_000, help="for --part fold")
@@ -501,6 +554,8 @@ def main() -> None:
         part_process(options.steps, options.rounds)
     if options.part in ("fold", "all"):
         part_fold(options.spans, options.rounds)
+    if options.part in ("cellfold", "all"):
+        part_cell_fold(options.steps, max(options.rounds, 3))
     if options.part in ("kernel", "all"):
         part_kernel(options.steps, options.rounds)
     if options.part in ("where", "all"):
