@@ -41,22 +41,41 @@ def ignore_output(_message: dict[str, Any]) -> None:
     """An output hook that drops a cell's outputs (the benchmarks time, they do not show)."""
 
 
-def run_code(client: Any, code: str, timeout: float = 60) -> dict[str, Any]:
-    """Run `code` in the kernel and return its reply; a cell that fails stops the run."""
+def run_code(
+    client: Any,
+    code: str,
+    timeout: float = 60,
+    output_hook: Callable[[dict[str, Any]], None] = ignore_output,
+) -> dict[str, Any]:
+    """Run `code` in the kernel and return its reply; a cell that fails stops the run.
+    `output_hook` sees each output message (dropped by default)."""
     reply: dict[str, Any] = client.execute_interactive(
-        code, output_hook=ignore_output, timeout=timeout
+        code, output_hook=output_hook, timeout=timeout
     )
     if reply["content"]["status"] != "ok":
-        raise RuntimeError(f"cell failed: {reply['content']}")
+        raise RuntimeError(f"cell failed: {code!r}: {reply['content']}")
     return reply
 
 
+def timed_code(
+    client: Any, code: str, output_hook: Callable[[dict[str, Any]], None] = ignore_output
+) -> float:
+    """`run_code`, timed: wall seconds from the execute request to the reply."""
+    start = time.perf_counter()
+    run_code(client, code, output_hook=output_hook)
+    return time.perf_counter() - start
+
+
 def kernel_value(client: Any, expression: str) -> Any:
-    """The value of a Python `expression` in the kernel (read back from its repr)."""
+    """The value of a Python `expression` in the kernel (read back from its repr); an
+    expression that fails stops the run."""
     reply = client.execute_interactive(
         "", output_hook=ignore_output, timeout=60, user_expressions={"v": expression}
     )
-    return eval(reply["content"]["user_expressions"]["v"]["data"]["text/plain"])
+    value = reply["content"]["user_expressions"]["v"]
+    if value.get("status") != "ok":
+        raise RuntimeError(f"could not read {expression}: {value}")
+    return eval(value["data"]["text/plain"])
 
 
 def best_of(repeats: int, run: Callable[[], Any]) -> float:

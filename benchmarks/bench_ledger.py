@@ -22,11 +22,9 @@ import sqlite3
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
-from _common import started_kernel
+from _common import kernel_value, started_kernel, timed_code
 
 SETUP = """
 %load_ext agenta_notebook
@@ -63,29 +61,6 @@ CELLS = {
 }
 
 
-def _ignore(_msg: dict[str, Any]) -> None:
-    pass
-
-
-def run_cell(client: Any, code: str) -> float:
-    start = time.perf_counter()
-    reply = client.execute_interactive(code, output_hook=_ignore, timeout=60)
-    elapsed = time.perf_counter() - start
-    if reply["content"]["status"] != "ok":
-        raise RuntimeError(f"cell failed: {code!r}: {reply['content']}")
-    return elapsed
-
-
-def _kernel_value(client: Any, expression: str) -> str:
-    reply = client.execute_interactive(
-        "", output_hook=_ignore, timeout=60, user_expressions={"value": expression}
-    )
-    value = reply["content"]["user_expressions"]["value"]
-    if value.get("status") != "ok":
-        raise RuntimeError(f"could not read {expression}: {value}")
-    return str(value["data"]["text/plain"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=200, help="cells of each kind")
@@ -96,20 +71,20 @@ def main() -> None:
     path = folder / "ledger.sqlite3"
     os.environ["AGENTA_NOTEBOOK_LEDGER"] = str(path)  # inherited by the kernel
     with started_kernel() as client:
-        run_cell(client, SETUP)
+        timed_code(client, SETUP)
         times: dict[str, list[float]] = {kind: [] for kind in CELLS}
         for n in range(options.warmup):
             for code in CELLS.values():
-                run_cell(client, code.format(n=f"warmup {n}"))
-        run_cell(client, "_ledger.flush(); RECORD_SECONDS.clear()")
+                timed_code(client, code.format(n=f"warmup {n}"))
+        timed_code(client, "_ledger.flush(); RECORD_SECONDS.clear()")
         for n in range(options.cells):
             for kind, code in CELLS.items():
-                times[kind].append(run_cell(client, code.format(n=n)))
-        run_cell(client, "assert _ledger.flush(60)")
+                times[kind].append(timed_code(client, code.format(n=n)))
+        timed_code(client, "assert _ledger.flush(60)")
         # even calls: ledger-off cells (a lookup, then nothing), odd: queued ones
         record_us = {
             kind: [
-                float(_kernel_value(client, f"sorted(RECORD_SECONDS[{start}::2])[{q}] * 1e6"))
+                float(kernel_value(client, f"sorted(RECORD_SECONDS[{start}::2])[{q}] * 1e6"))
                 for q in (
                     f"len(RECORD_SECONDS[{start}::2]) // 2",
                     f"len(RECORD_SECONDS[{start}::2]) * 9 // 10",

@@ -18,10 +18,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from typing import Any
 
-from _common import started_kernel  # (importing _common keeps cells out of the ledger)
+from _common import (  # (importing _common keeps cells out of the ledger)
+    kernel_value,
+    run_code,
+    started_kernel,
+    timed_code,
+)
 
 SETUP = """
 %load_ext agenta_notebook
@@ -72,10 +76,6 @@ CELLS = {
 }
 
 
-def _ignore(_msg: dict[str, Any]) -> None:
-    pass
-
-
 class _Counter:
     """Counts the output messages (iopub) a cell produces."""
 
@@ -86,26 +86,6 @@ class _Counter:
         self.messages += 1
 
 
-def run_cell(client: Any, code: str, counter: _Counter | None = None) -> float:
-    start = time.perf_counter()
-    hook = counter if counter is not None else _ignore
-    reply = client.execute_interactive(code, output_hook=hook, timeout=60)
-    elapsed = time.perf_counter() - start
-    if reply["content"]["status"] != "ok":
-        raise RuntimeError(f"cell failed: {code!r}: {reply['content']}")
-    return elapsed
-
-
-def _kernel_float(client: Any, expression: str) -> float:
-    reply = client.execute_interactive(
-        "", output_hook=_ignore, timeout=60, user_expressions={"value": expression}
-    )
-    value = reply["content"]["user_expressions"]["value"]
-    if value.get("status") != "ok":
-        raise RuntimeError(f"could not read {expression}: {value}")
-    return float(value["data"]["text/plain"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=200, help="cells of each kind")
@@ -113,24 +93,19 @@ def main() -> None:
     options = parser.parse_args()
 
     with started_kernel() as client:
-        run_cell(client, SETUP)
+        timed_code(client, SETUP)
         times: dict[str, list[float]] = {kind: [] for kind in CELLS}
         counters = {kind: _Counter() for kind in CELLS}
         for n in range(options.warmup):
             for code in CELLS.values():
-                run_cell(client, code.format(n=f"warmup {n}"))
-        run_cell(client, "VIEW_SECONDS[0] = 0.0")
+                timed_code(client, code.format(n=f"warmup {n}"))
+        timed_code(client, "VIEW_SECONDS[0] = 0.0")
         for n in range(options.cells):
             for kind, code in CELLS.items():
-                times[kind].append(run_cell(client, code.format(n=n), counters[kind]))
-        view_seconds = _kernel_float(client, "VIEW_SECONDS[0]")
-        check = client.execute_interactive(
-            "import agenta_notebook as an; assert len(an.last_trace().nodes) == 11",
-            output_hook=_ignore,
-            timeout=60,
-        )
-        if check["content"]["status"] != "ok":
-            raise RuntimeError("the traced cell did not record its 11 spans")
+                times[kind].append(timed_code(client, code.format(n=n), counters[kind]))
+        view_seconds = float(kernel_value(client, "VIEW_SECONDS[0]"))
+        # (a failed assert stops the run: the traced cell did not record its 11 spans)
+        run_code(client, "import agenta_notebook as an; assert len(an.last_trace().nodes) == 11")
 
     base_median = statistics.median(times["baseline"])
     base_mean = statistics.fmean(times["baseline"])
