@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -19,6 +20,7 @@ from agenta_notebook.core.usage import (
     parse_cost,
     parse_token_count,
     read_usage,
+    type_only_usage,
     usage_attributes,
 )
 
@@ -139,6 +141,31 @@ def test_type_only_spans_share_a_correct_usage() -> None:
     # an unhashable value is read, not cached, and does not raise
     odd = read_usage({"openinference.span.kind": ["LLM"]})
     assert odd.span_type is None and not odd.is_model_call
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {},
+        {AG_TYPE: "tool"},
+        {AG_TYPE: "llm"},
+        {AG_TYPE: "TASK", "http.method": "GET"},
+        {"openinference.span.kind": "LLM"},
+        {"gen_ai.operation.name": "chat"},
+        {"openinference.span.kind": ["LLM"]},
+        {AG_TYPE: "tool", AG_INPUT_TOKENS: 3},
+        {AG_TYPE: "tool", AG_MODEL: "gpt-4o"},
+        {AG_INPUT_TOKENS: "x"},
+    ],
+)
+def test_the_type_only_fast_path_reads_what_read_usage_reads(attributes: dict[str, Any]) -> None:
+    fast = type_only_usage(attributes)
+    if AG_INPUT_TOKENS in attributes or AG_MODEL in attributes:
+        assert fast is None  # a span stating values takes the full reader
+    else:
+        assert fast == read_usage(attributes)
+    # a mapping that is not a plain dict always takes the full reader
+    assert type_only_usage(types.MappingProxyType(attributes)) is None
 
 
 def test_type_is_case_insensitive_and_agenta_type_wins() -> None:

@@ -61,6 +61,7 @@ from agenta_notebook.core.rollup import (
     sort_breakdown,
     sum_parts,
 )
+from agenta_notebook.core.usage import type_only_usage
 
 
 class NeedsFullBuild(Exception):
@@ -472,15 +473,22 @@ class IncrementalTree:
                 if not scopes:
                     del self._pair_keys[key]
 
-    def _check_pairs(self, settled: list[SpanNode], direct: set[SpanNode]) -> None:
+    def _check_pairs(
+        self,
+        settled: list[SpanNode],
+        fresh: list[SpanNode],
+        changed: list[tuple[SpanNode, SpanRecord, SpanNode]],
+    ) -> None:
         """Rule 13 after a fold: refuse unless the pairing a full build makes is
         unchanged. It is when no paired span changed or stopped being a call that may
         pair, and each call that may now pair shares no response id nor call key with
-        another of another scope (a call that leaves unpaired changes no other pair)."""
+        another of another scope (a call that leaves unpaired changes no other pair).
+        `fresh` and `changed` are the nodes the fold made and those it gave a new record."""
         if not self._pairing_indexed:
             if len(self._call_scopes) > 1:  # a second scope: index every call, checked
                 self._index_pairing(check=True)
             return
+        direct = {*fresh, *(node for node, _record, _new in changed)}
         moves: list[tuple[SpanNode, bool]] = []
         for node in settled:
             if node in self._paired and node in direct:
@@ -566,13 +574,16 @@ class IncrementalTree:
         fresh: list[SpanNode] = []
         changed: list[tuple[SpanNode, SpanRecord, SpanNode]] = []  # node, record, new node
         trace_id = self._trace_id
+        waiting = self._waiting
         for span_id, record in latest.items():
             node = by_id.get(span_id)
             if node is None:
-                if span_id in self._waiting:
+                if span_id in waiting:
                     raise NeedsFullBuild("a late parent")
-                node = new_node(record)
-                fresh.append(node)
+                usage = type_only_usage(record.attributes)  # `new_node`'s first step
+                fresh.append(
+                    new_node(record) if usage is None else SpanNode(record, usage, UNPRICED)
+                )
                 trace_id = record.trace_id
             elif node.record is not record and node.record != record:
                 if record.parent_span_id != node.record.parent_span_id:
@@ -584,10 +595,12 @@ class IncrementalTree:
             return False
 
         # Checks first: nothing is changed before them.
+        tops = self._tops
         for node in fresh:
-            by_id[node.span_id] = node
-            if node.record.parent_span_id is None:
-                self._tops[node.span_id] = node
+            record = node.record
+            by_id[record.span_id] = node
+            if record.parent_span_id is None:
+                tops[record.span_id] = node
         expected = self._expected_root()
         if expected is not self.root and not (expected is None and self.root.synthetic):
             raise NeedsFullBuild("the root changed")
@@ -606,13 +619,39 @@ class IncrementalTree:
                 self._count_scope(node.record.scope, -1)
             if new.usage.is_model_call:
                 self._count_scope(record.scope, 1)
+        # `_count_in(record, 1)` and `_move_latest(None, ...)` of each new node, inline
+        # (one loop, no call a span: a live cell adds thousands a fold)
+        running, first, last, latest_ns = (
+            self._running,
+            self._first_start,
+            self._last_end,
+            self._latest,
+        )
         for node in fresh:
-            self._count_in(node.record, 1)
-            self._move_latest(None, _latest_of(node.record))
-            if stats and node.usage.span_type:
-                types[node.usage.span_type] = types.get(node.usage.span_type, 0) + 1
-            if node.usage.is_model_call:
-                self._count_scope(node.record.scope, 1)
+            record = node.record
+            start, end = record.start_time_ns, record.end_time_ns
+            if end is None:
+                running += 1
+                mark = start
+            else:
+                mark = end
+                if last is None or end > last:
+                    last = end
+            if first is None or start < first:
+                first = start
+            if latest_ns is None or mark > latest_ns:
+                latest_ns = mark
+            usage = node.usage
+            if stats and usage.span_type:
+                types[usage.span_type] = types.get(usage.span_type, 0) + 1
+            if usage.is_model_call:
+                self._count_scope(record.scope, 1)
+        self._running, self._first_start, self._last_end, self._latest = (
+            running,
+            first,
+            last,
+            latest_ns,
+        )
         placing = self._placing_order(fresh)
 
         self._fresh = set(fresh)
@@ -620,10 +659,14 @@ class IncrementalTree:
             settled = self._fold(placing, changed)
         finally:
             self._fresh = set()
-        self._check_pairs(settled, {*fresh, *(node for node, _record, _new in changed)})
+        self._check_pairs(settled, fresh, changed)
         if stats:
-            for node in fresh:
-                self._count_depth(node)
+            depths = self._depths
+            for node in fresh:  # `_count_depth`, inline
+                depth = node.depth
+                while len(depths) <= depth:
+                    depths.append(0)
+                depths[depth] += 1
             for node in settled:
                 self._note(node)
         if self._bounds_stale:
@@ -641,14 +684,20 @@ class IncrementalTree:
     def _placing_order(self, fresh: list[SpanNode]) -> list[SpanNode]:
         """The new nodes, each after its parent when that is new too; refuses a cycle."""
         by_id = self._by_id
-        fresh_ids = {node.span_id for node in fresh}
+        fresh_ids = {node.record.span_id for node in fresh}
         placed: set[int] = set()
         order: list[SpanNode] = []
         for node in fresh:
-            if node.span_id in placed:
+            record = node.record
+            if record.span_id in placed:
+                continue
+            parent_id = record.parent_span_id
+            if parent_id not in fresh_ids or parent_id in placed:
+                # (most new spans: a parent held before, or placed already)
+                placed.add(record.span_id)
+                order.append(node)
                 continue
             chain = [node]
-            parent_id = node.record.parent_span_id
             # up through new parents not placed yet (a child often ends before its parent)
             while parent_id is not None and parent_id in fresh_ids and parent_id not in placed:
                 if len(chain) > len(fresh_ids):
@@ -657,7 +706,7 @@ class IncrementalTree:
                 chain.append(parent)
                 parent_id = parent.record.parent_span_id
             for member in reversed(chain):
-                placed.add(member.span_id)
+                placed.add(member.record.span_id)
                 order.append(member)
         return order
 
@@ -682,13 +731,7 @@ class IncrementalTree:
             if node.parent is not None:
                 self._sums(node.parent)
             self._sums(node)
-        for node in placing:
-            parent_id = node.record.parent_span_id
-            parent = by_id.get(parent_id) if parent_id is not None else None
-            if parent is not None and parent not in self._fresh:
-                self._sums(parent)
-            elif parent is None:
-                self._sums(root)
+        # (the parents of new nodes: below, before each one's first new child goes in)
 
         queue: dict[int, list[SpanNode]] = {}
         queued: set[SpanNode] = set()
@@ -711,9 +754,11 @@ class IncrementalTree:
             queue.setdefault(node.depth, []).append(node)
             queued.add(node)
         fresh = self._fresh
+        kept = self._below
         tops: list[SpanNode] = []  # new nodes under a node held before
         for node in placing:
-            parent_id = node.record.parent_span_id
+            record = node.record
+            parent_id = record.parent_span_id
             parent = by_id.get(parent_id) if parent_id is not None else None
             if parent is None:
                 parent = root
@@ -722,9 +767,20 @@ class IncrementalTree:
                     self._waiting.setdefault(parent_id, []).append(node)
             node.parent = parent
             node.depth = parent.depth + 1
-            _insert(child_list(parent), node)
             if parent not in fresh:
+                if parent not in kept:
+                    # its sums before it gets a new child (those of a parent with a
+                    # changed child were taken above, before any record changed)
+                    self._sums(parent)
                 tops.append(node)
+            siblings = parent.children
+            if siblings.__class__ is list and siblings:
+                last = siblings[-1].record
+                # `_insert`'s commonest case, inline: the node starts after every sibling
+                if (last.start_time_ns, last.span_id) < (record.start_time_ns, record.span_id):
+                    siblings.append(node)
+                    continue
+            _insert(child_list(parent), node)
 
         user_prices = self.user_prices
         failures = self._failures
@@ -734,6 +790,13 @@ class IncrementalTree:
         if placing:
             failures.update(roll_up(placing, user_prices, settled))
             for node in tops:
+                if (
+                    node.subtotal is NO_FIGURES
+                    and not node.reports_in_subtree
+                    and not node.call_in_subtree
+                    and node.record.status != "ERROR"
+                ):
+                    continue  # moves nothing (most new subtrees: steps, tools)
                 parent = node.parent
                 assert parent is not None  # placed: under its parent or the root
                 self._push_up(node, _HELD_NOTHING, self._sums(parent), queue, queued)

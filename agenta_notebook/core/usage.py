@@ -258,6 +258,17 @@ def _type_only(declared: Any, kind: Any, operation: Any) -> Usage:
     return Usage(span_type=span_type, is_model_call=is_model_call)
 
 
+def type_only_usage(attributes: Mapping[str, Any]) -> Usage | None:
+    """`read_usage(attributes)` of a plain `dict` that carries at most a type (most spans:
+    a tool, a step), faster; `None` for any other `attributes` (read those with
+    `read_usage`)."""
+    if type(attributes) is not dict:
+        return None
+    if not attributes:
+        return EMPTY_USAGE
+    return _type_only_usage(attributes) if _VALUE_KEYS.isdisjoint(attributes) else None
+
+
 def _type_only_usage(attributes: Mapping[str, Any]) -> Usage:
     declared = attributes.get(AG_TYPE)
     kind = attributes.get(OPENINFERENCE_KIND)

@@ -1,0 +1,220 @@
+"""Instructions, not seconds: the roll-up, the DataFrame and the live fold counted by
+valgrind's callgrind, so that two commits compare on a machine too noisy to time them.
+
+On a shared machine the CPU time of one roll-up moves by 15% or more from run to run;
+the number of instructions the interpreter executes for it does not move at all. Each
+figure here comes from child processes run under `valgrind --tool=callgrind`: one does
+only the setup, the others the setup and then the measured operation `--repeat` times;
+the difference, per repetition and per span, is the operation's count. Like every
+benchmark here it prints ratios against a baseline measured in the same run.
+
+- **plain pass** (the baseline of `bench_core.py` (b)): one pass over the finished SDK
+  spans reading one attribute each;
+- **roll-up**: `trace.tree` of a fresh trace fed the same spans (bench_core (b): SDK
+  spans -> records -> the tree with every subtotal);
+- **DataFrame**: `to_dataframe()` of that tree;
+- **live fold**: the records of issue 14's live cell (a step over an inner span, nothing
+  of their own) folded into a live tree in 27 batches, each followed by what a redraw
+  reads (totals and the snapshot's stats), against one full build of the same records.
+
+Needs valgrind (`apt-get install valgrind`); about three minutes on two cores. Counts are
+instructions, not time: cache misses and the garbage collector are not in them (the
+collector is off in the children), so they say which commit does less work, while
+`bench_core.py` and `bench_live.py` say what it costs.
+
+    .venv/bin/python benchmarks/bench_instructions.py [--spans 20000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from _common import machine
+
+#: (group, operation): the setups are "core" (bench_core's spans) and "cell" (the live
+#: cell's records); "none" is a group's setup alone
+RUNS = (
+    ("core", "none"),
+    ("core", "pass"),
+    ("core", "rollup"),
+    ("core", "rollup+frame"),
+    ("cell", "none"),
+    ("cell", "build"),
+    ("cell", "fold"),
+)
+BATCHES = 27  # the live cell's redraws in the kernel (`bench_live.py --part cellfold`)
+
+
+def _core_setup(spans: int) -> dict[str, Callable[[], Any]]:
+    from bench_core import fresh_trace, make_spans, plain_pass
+
+    template, raw = make_spans(spans)
+    # first-use costs (imports, the price table) in every child, the setup's alone too
+    small_template, small = make_spans(60)
+    warm = fresh_trace(small_template, small)
+    warm.tree  # noqa: B018
+    warm.to_dataframe()
+
+    def rollup() -> Any:
+        return fresh_trace(template, raw).tree
+
+    def rollup_frame() -> Any:
+        trace = fresh_trace(template, raw)
+        trace.tree  # noqa: B018 - built first: the frame reads it
+        return trace.to_dataframe()
+
+    return {"pass": lambda: plain_pass(raw), "rollup": rollup, "rollup+frame": rollup_frame}
+
+
+def _cell_setup(spans: int, records_file: str) -> dict[str, Callable[[], Any]]:
+    from agenta_notebook.core.incremental import IncrementalTree
+    from agenta_notebook.core.pricing import NO_USER_PRICES
+    from agenta_notebook.core.rollup import SpanRecord, build_tree
+
+    with open(records_file, "rb") as file:
+        fields = pickle.load(file)
+    records = [SpanRecord(*values[:6], attributes=values[6], scope=values[7]) for values in fields]
+    root = next(record for record in records if record.parent_span_id is None)
+    rest = [record for record in records if record is not root]
+    # even: a step and its inner span in one batch, as a live trace that saw the step
+    # start has it (an inner span whose parent comes in a later batch is a late parent)
+    batch = 2 * -(-len(rest) // (2 * BATCHES))
+    build_tree(records[:200])  # first-use costs, in every child
+
+    def fold() -> Any:
+        tree = IncrementalTree(
+            build_tree([root], root.span_id),
+            root_span_id=root.span_id,
+            name="cell",
+            user_prices=NO_USER_PRICES,
+        )
+        for start in range(0, len(rest), batch):
+            tree.update(rest[start : start + batch])
+            tree.totals  # noqa: B018 - what a redraw reads
+            tree.snapshot().stats  # noqa: B018
+        return tree
+
+    return {"build": lambda: build_tree(records, root.span_id), "fold": fold}
+
+
+def _child(group: str, operation: str, spans: int, repeat: int, records_file: str) -> None:
+    operations = _core_setup(spans) if group == "core" else _cell_setup(spans, records_file)
+    gc.collect()
+    gc.disable()  # instructions of the operation, not of when the collector happens to run
+    if operation != "none":
+        run = operations[operation]
+        for _ in range(repeat):
+            run()
+
+
+def _cell_records(steps: int, path: str) -> None:
+    """The live cell's spans, made once, as plain fields (the children rebuild records)."""
+    import agenta_notebook as an
+
+    with an.trace("cell") as trace:
+        for _step in range(steps):
+            with an.span("step"), an.span("inner"):
+                pass
+    fields = [
+        (
+            record.trace_id,
+            record.span_id,
+            record.parent_span_id,
+            record.name,
+            record.start_time_ns,
+            record.end_time_ns,
+            dict(record.attributes),
+            record.scope,
+        )
+        for record in trace.records()
+    ]
+    with open(path, "wb") as file:
+        pickle.dump(fields, file)
+    an.get_collector().clear()
+
+
+def _count(run: tuple[str, str], spans: int, repeat: int, records_file: str) -> int:
+    group, operation = run
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        group,
+        operation,
+        "--spans",
+        str(spans),
+        "--repeat",
+        str(repeat),
+        "--records",
+        records_file,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=os.getcwd())
+    found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--spans", type=int, default=20_000, help="spans per setup")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions per operation")
+    parser.add_argument("--child", nargs=2, metavar=("GROUP", "OPERATION"), help=argparse.SUPPRESS)
+    parser.add_argument("--records", help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    if options.child:
+        _child(*options.child, options.spans, options.repeat, options.records)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    spans, repeat = options.spans, options.repeat
+    with tempfile.TemporaryDirectory() as folder:
+        records_file = str(Path(folder) / "cell.pickle")
+        _cell_records(spans // 2, records_file)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            counts = dict(
+                zip(
+                    RUNS,
+                    pool.map(lambda run: _count(run, spans, repeat, records_file), RUNS),
+                    strict=True,
+                )
+            )
+
+    def per_span(group: str, operation: str) -> float:
+        return (counts[(group, operation)] - counts[(group, "none")]) / repeat / spans
+
+    plain = per_span("core", "pass")
+    rollup = per_span("core", "rollup")
+    frame = per_span("core", "rollup+frame") - rollup
+    build = per_span("cell", "build")
+    fold = per_span("cell", "fold")
+    print(", ".join(f"{key} {value}" for key, value in machine().items()))
+    print(f"instructions per span (callgrind), {spans:,} spans, {repeat} repetitions")
+    print(f"{'':<36}{'per span':>10}{'ratio':>9}")
+    print(f"{'plain pass (bench_core b baseline)':<36}{plain:>10,.0f}{1:>8.2f}x")
+    print(f"{'roll-up (bench_core b)':<36}{rollup:>10,.0f}{rollup / plain:>8.2f}x")
+    print(f"{'DataFrame of it':<36}{frame:>10,.0f}{frame / plain:>8.2f}x")
+    print(f"{'live cell: one full build':<36}{build:>10,.0f}{build / plain:>8.2f}x")
+    print(
+        f"{f'live cell: folded in {BATCHES} batches':<36}{fold:>10,.0f}{fold / plain:>8.2f}x"
+        f"   {fold / build:.2f}x the full build"
+    )
+
+
+if __name__ == "__main__":
+    main()
