@@ -2,7 +2,8 @@
 valgrind's callgrind, so that two commits compare on a machine too noisy to time them.
 
 On a shared machine the CPU time of one roll-up moves by 15% or more from run to run;
-the number of instructions the interpreter executes for it does not move at all. Each
+the number of instructions the interpreter executes for it moves by well under 1%
+(the children run with one hash seed; the spans' random ids still differ). Each
 figure here comes from child processes run under `valgrind --tool=callgrind`: one does
 only the setup, the others the setup and then the measured operation `--repeat` times;
 the difference, per repetition and per span, is the operation's count. Like every
@@ -17,10 +18,11 @@ benchmark here it prints ratios against a baseline measured in the same run.
   of their own) folded into a live tree in 27 batches, each followed by what a redraw
   reads (totals and the snapshot's stats), against one full build of the same records.
 
-Needs valgrind (`apt-get install valgrind`); about three minutes on two cores. Counts are
-instructions, not time: cache misses and the garbage collector are not in them (the
-collector is off in the children), so they say which commit does less work, while
-`bench_core.py` and `bench_live.py` say what it costs.
+Needs valgrind (`apt-get install valgrind`); about eight minutes on two cores. Counts
+are instructions, not time: cache misses and the garbage collector are not in them (the
+collector is off in the children, which leave without the collection at exit), so they
+say which commit does less work, while `bench_core.py` and `bench_live.py` say what it
+costs.
 
     .venv/bin/python benchmarks/bench_instructions.py [--spans 20000] [--repeat 3]
 """
@@ -117,6 +119,9 @@ def _child(group: str, operation: str, spans: int, repeat: int, records_file: st
         run = operations[operation]
         for _ in range(repeat):
             run()
+    # No collection at exit (the operations' garbage is not theirs to count) and no
+    # teardown: the setup-only child and the others end alike.
+    os._exit(0)
 
 
 def _cell_records(steps: int, path: str) -> None:
@@ -163,7 +168,10 @@ def _count(run: tuple[str, str], spans: int, repeat: int, records_file: str) -> 
         "--records",
         records_file,
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=os.getcwd())
+    environment = {**os.environ, "PYTHONHASHSEED": "0"}  # the same sets in every child
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=os.getcwd(), env=environment
+    )
     found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")

@@ -311,6 +311,26 @@ def check(engine: IncrementalTree, records: list[SpanRecord], root: int | None =
     assert_same_tree(engine.snapshot(), build_tree(records, root, name="t"))
 
 
+class _TypeThatFails(str):
+    """A type value the SDK lets through (a str subclass) that raises when read."""
+
+    def lower(self) -> str:  # type: ignore[override]
+        raise RuntimeError("no lower case")
+
+
+def test_a_type_that_raises_when_read_is_a_warning_on_its_span_built_or_folded() -> None:
+    held = [record(ROOT, None, 0, 20), record(2, ROOT, 1, 5, ag__type__node="tool")]
+    # (a value no span had: an equal one would be read from the cache of type values)
+    odd = record(3, ROOT, 6, 9, ag__type__node=_TypeThatFails("a type of its own"))
+    expected = ("could not read attributes: RuntimeError('no lower case')",)
+    built = build_tree([*held, odd], ROOT)
+    assert built.by_id[3].warnings == expected
+    engine = engine_of(held)
+    assert engine.update([odd])  # folded: the same warning, not an error of the fold
+    assert engine.snapshot().by_id[3].warnings == expected
+    check(engine, [*held, odd])
+
+
 def test_a_snapshot_keeps_the_spans_of_its_time() -> None:
     """A snapshot taken before a fold walks its own spans when its nodes are first read
     after that fold (their figures are the fold's): nodes, size and stats agree."""

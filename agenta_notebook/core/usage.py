@@ -260,13 +260,17 @@ def _type_only(declared: Any, kind: Any, operation: Any) -> Usage:
 
 def type_only_usage(attributes: Mapping[str, Any]) -> Usage | None:
     """`read_usage(attributes)` of a plain `dict` that carries at most a type (most spans:
-    a tool, a step), faster; `None` for any other `attributes` (read those with
-    `read_usage`)."""
+    a tool, a step), faster; `None` for any other `attributes`, and for values that
+    raise when read (read those with `read_usage`, in `rollup.new_node`, which turns what
+    they raise into a warning on the span)."""
     if type(attributes) is not dict:
         return None
     if not attributes:
         return EMPTY_USAGE
-    return _type_only_usage(attributes) if _VALUE_KEYS.isdisjoint(attributes) else None
+    try:
+        return _type_only_usage(attributes) if _VALUE_KEYS.isdisjoint(attributes) else None
+    except Exception:  # a value that misbehaves (a str subclass): `read_usage` warns of it
+        return None
 
 
 def _type_only_usage(attributes: Mapping[str, Any]) -> Usage:
