@@ -61,7 +61,6 @@ from agenta_notebook.core.rollup import (
     sort_breakdown,
     sum_parts,
 )
-from agenta_notebook.core.usage import type_only_usage
 
 
 class NeedsFullBuild(Exception):
@@ -580,10 +579,7 @@ class IncrementalTree:
             if node is None:
                 if span_id in waiting:
                     raise NeedsFullBuild("a late parent")
-                usage = type_only_usage(record.attributes)  # `new_node`'s first step
-                fresh.append(
-                    new_node(record) if usage is None else SpanNode(record, usage, UNPRICED)
-                )
+                fresh.append(new_node(record))
                 trace_id = record.trace_id
             elif node.record is not record and node.record != record:
                 if record.parent_span_id != node.record.parent_span_id:

@@ -559,10 +559,7 @@ def _build_tree(
         existing = by_id.get(record.span_id)
         # The same span seen running then ended: the ended copy wins.
         if existing is None or existing.record.end_time_ns is None:
-            usage = type_only_usage(record.attributes)  # `new_node`'s first step, inline
-            by_id[record.span_id] = (
-                new_node(record) if usage is None else SpanNode(record, usage, UNPRICED)
-            )
+            by_id[record.span_id] = new_node(record)
             trace_id = record.trace_id
 
     root: SpanNode | None = by_id.get(root_span_id) if root_span_id is not None else None
