@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import pickle
 import re
 import shutil
 import subprocess
@@ -81,13 +80,12 @@ def _core_setup(spans: int) -> dict[str, Callable[[], Any]]:
 
 
 def _cell_setup(spans: int, records_file: str) -> dict[str, Callable[[], Any]]:
+    import agenta_notebook as an
     from agenta_notebook.core.incremental import IncrementalTree
     from agenta_notebook.core.pricing import NO_USER_PRICES
-    from agenta_notebook.core.rollup import SpanRecord, build_tree
+    from agenta_notebook.core.rollup import build_tree
 
-    with open(records_file, "rb") as file:
-        fields = pickle.load(file)
-    records = [SpanRecord(*values[:6], attributes=values[6], scope=values[7]) for values in fields]
+    records = an.load(records_file).records()
     root = next(record for record in records if record.parent_span_id is None)
     rest = [record for record in records if record is not root]
     # even: a step and its inner span in one batch, as a live trace that saw the step
@@ -125,28 +123,14 @@ def _child(group: str, operation: str, spans: int, repeat: int, records_file: st
 
 
 def _cell_records(steps: int, path: str) -> None:
-    """The live cell's spans, made once, as plain fields (the children rebuild records)."""
+    """The live cell's spans, made once and saved (`Trace.save`); the children load them."""
     import agenta_notebook as an
 
     with an.trace("cell") as trace:
         for _step in range(steps):
             with an.span("step"), an.span("inner"):
                 pass
-    fields = [
-        (
-            record.trace_id,
-            record.span_id,
-            record.parent_span_id,
-            record.name,
-            record.start_time_ns,
-            record.end_time_ns,
-            dict(record.attributes),
-            record.scope,
-        )
-        for record in trace.records()
-    ]
-    with open(path, "wb") as file:
-        pickle.dump(fields, file)
+    trace.save(path)
     an.get_collector().clear()
 
 
@@ -192,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     spans, repeat = options.spans, options.repeat
     with tempfile.TemporaryDirectory() as folder:
-        records_file = str(Path(folder) / "cell.pickle")
+        records_file = str(Path(folder) / "cell.json")
         _cell_records(spans // 2, records_file)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             counts = dict(

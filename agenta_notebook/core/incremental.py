@@ -769,13 +769,6 @@ class IncrementalTree:
                     # changed child were taken above, before any record changed)
                     self._sums(parent)
                 tops.append(node)
-            siblings = parent.children
-            if siblings.__class__ is list and siblings:
-                last = siblings[-1].record
-                # `_insert`'s commonest case, inline: the node starts after every sibling
-                if (last.start_time_ns, last.span_id) < (record.start_time_ns, record.span_id):
-                    siblings.append(node)
-                    continue
             _insert(child_list(parent), node)
 
         user_prices = self.user_prices
@@ -900,7 +893,10 @@ def _start_order(node: SpanNode) -> tuple[int, int]:
 
 def _insert(children: list[SpanNode], node: SpanNode) -> None:
     """Put `node` among `children` in start order (usually last: spans start in order)."""
-    if not children or _start_order(children[-1]) < _start_order(node):
-        children.append(node)
-    else:
-        insort(children, node, key=_start_order)
+    if children:
+        # (the two keys compared without `_start_order`'s calls: this runs once a new span)
+        last, record = children[-1].record, node.record
+        if (last.start_time_ns, last.span_id) >= (record.start_time_ns, record.span_id):
+            insort(children, node, key=_start_order)
+            return
+    children.append(node)
