@@ -134,7 +134,7 @@ def trace_budget(tree: TraceTree) -> TraceBudget | None:
     caught inside the trace before any span failed with it leaves no trace of itself.
     """
     root = tree.root
-    attributes = root.record.attributes
+    attributes = root.attributes
     dollars_text = attributes.get(BUDGET_DOLLARS)
     max_tokens = attributes.get(BUDGET_TOKENS)
     dollars: Decimal | None = None

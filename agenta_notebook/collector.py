@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - a future API without it
 
 from agenta_notebook import forksafe
 from agenta_notebook.core.pricing import NO_USER_PRICES, UserPrices
-from agenta_notebook.core.rollup import SpanEvent, SpanRecord, new_record
+from agenta_notebook.core.rollup import RowSpan, SpanEvent, SpanRecord, join_record, split_record
 from agenta_notebook.core.usage import AG_TYPE
 from agenta_notebook.errors import internal_error
 from agenta_notebook.live import Trace, UserPricesSource
@@ -49,6 +49,9 @@ DEFAULT_MAX_TRACES: Final = 200
 DEFAULT_MAX_SPANS: Final = 2_000_000
 
 DropListener = Callable[[Trace], None]
+#: Resources met by a trace's conversions, by id: the resource and its attributes as
+#: the rows hold them (`rows_from_spans`).
+ResourceMemo = dict[int, tuple[Any, tuple[tuple[str, Any], ...]]]
 
 
 def _no_user_prices() -> UserPrices:
@@ -80,25 +83,41 @@ def _events_of(span: ReadableSpan) -> tuple[SpanEvent, ...]:
 
 def record_from_span(span: ReadableSpan) -> SpanRecord:
     """Convert an SDK span (ended or still running) to the core's plain record."""
-    records = records_from_spans((span,))
-    if not records:
+    spans = rows_from_spans((span,))
+    if not spans:
         raise ValueError("this span cannot be read (see the agenta_notebook log)")
-    return records[0]
+    return join_record(*spans[0])
 
 
 def records_from_spans(spans: Iterable[ReadableSpan]) -> list[SpanRecord]:
-    """`record_from_span` of each span, in one loop: a live trace converts the spans that
-    ended in batches (`live.CONVERT_EVERY`), and this loop is most of what a span costs
-    once it has ended."""
+    """`record_from_span` of each span (a span that cannot be read is reported and left
+    out)."""
+    return [join_record(row, attributes) for row, attributes in rows_from_spans(spans)]
+
+
+def rows_from_spans(
+    spans: Iterable[ReadableSpan], resources: ResourceMemo | None = None
+) -> list[RowSpan]:
+    """Each SDK span as a row and its attributes (`rollup.RowSpan`), in one loop: a live
+    trace converts the spans that ended in batches (`live.CONVERT_EVERY`), and this loop
+    is most of what a span costs once it has ended.
+
+    `resources` keeps each resource's attributes as the rows hold them, for the next
+    calls: the spans of one provider share one resource, and their rows one tuple of
+    its attributes, made once and let go by the garbage collector long before most rows
+    are made (a row is let go only once what it holds is).
+    """
     # The fast path, for the ended spans of the SDK this package is tested with: once a
     # span has ended its fields no longer change, so they are read directly instead of
     # through a dozen properties. The SDK freezes an ended span's attributes (its
-    # `BoundedAttributes` refuses writes), so their inner dict is shared, not copied;
-    # `SpanRecord.attributes` is a read-only Mapping. Running spans, and an SDK with
+    # `BoundedAttributes` refuses writes), so their inner dict is shared, not copied
+    # (a span's attributes are a read-only Mapping). Running spans, and an SDK with
     # other internals, take the public API.
-    records: list[SpanRecord] = []
-    append = records.append
-    make = new_record
+    converted: list[RowSpan] = []
+    append = converted.append
+    memo: ResourceMemo = {} if resources is None else resources
+    last_resource: Any = None
+    resource_items: tuple[tuple[str, Any], ...] = ()
     for span in spans:
         fields = getattr(span, "__dict__", None)
         if fields is None or fields.get("_end_time") is None:
@@ -117,7 +136,10 @@ def records_from_spans(spans: Iterable[ReadableSpan]) -> list[SpanRecord]:
             status = fields["_status"]
             scope = fields["_instrumentation_scope"]
             resource = fields["_resource"]
-            record = make(
+            if resource is not last_resource:  # one provider's spans share one
+                resource_items = _resource_items(resource, memo)
+                last_resource = resource
+            row = (
                 context.trace_id if context else 0,
                 context.span_id if context else 0,
                 parent.span_id if parent is not None else None,
@@ -126,24 +148,38 @@ def records_from_spans(spans: Iterable[ReadableSpan]) -> list[SpanRecord]:
                 fields["_end_time"],
                 status.status_code._name_,  # an Enum member's name, without a property
                 status.description,
-                plain,
                 _events_of(span) if fields["_events"] else (),
                 fields["_kind"]._name_,
                 scope.name if scope is not None else None,
-                resource.attributes if resource is not None else {},
+                resource_items,
             )
         except (KeyError, AttributeError, TypeError):  # an SDK with other internals
             _append_from_public_api(span, append)
             continue
-        append(record)
-    return records
+        append((row, plain))
+    return converted
 
 
-def _append_from_public_api(span: ReadableSpan, append: Callable[[SpanRecord], None]) -> None:
-    """Append the record of `span` read through the SDK's public API; a span that cannot
-    be read is reported (once per kind of failure) and left out, never the whole batch."""
+def _resource_items(resource: Any, memo: ResourceMemo) -> tuple[tuple[str, Any], ...]:
+    """A resource's attributes as (key, value) pairs, the same tuple for one resource."""
+    if resource is None:
+        return ()
+    found = memo.get(id(resource))
+    if found is not None and found[0] is resource:
+        return found[1]
+    attributes = resource.attributes
+    items = tuple(attributes.items()) if attributes else ()
+    if len(memo) >= 64:  # resources are few (one a provider): a bound all the same
+        memo.clear()
+    memo[id(resource)] = (resource, items)
+    return items
+
+
+def _append_from_public_api(span: ReadableSpan, append: Callable[[RowSpan], None]) -> None:
+    """Append the row of `span` read through the SDK's public API; a span that cannot be
+    read is reported (once per kind of failure) and left out, never the whole batch."""
     try:
-        append(_record_from_public_api(span))
+        append(split_record(_record_from_public_api(span)))
     except Exception:  # a span object of another SDK, or a broken one
         internal_error("converting a span to a record")
 
@@ -267,8 +303,7 @@ class Collector(SpanProcessor):
             trace_id,
             name,
             root_span_id=root_span_id,
-            converter=record_from_span,
-            convert_many=records_from_spans,
+            convert_many=functools.partial(rows_from_spans, resources={}),
             user_prices=self.user_prices,
         )
         trace.closed = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -19,12 +19,19 @@ from agenta_notebook import forksafe
 from agenta_notebook.core.incremental import IncrementalTree, NeedsFullBuild
 from agenta_notebook.core.pricing import NO_USER_PRICES, UserPrices
 from agenta_notebook.core.rollup import (
+    END,
+    SPAN_ID,
     Figures,
+    RowSpan,
     SpanNode,
     SpanRecord,
+    SpanRow,
     TraceSummary,
     TraceTree,
     build_tree,
+    join_record,
+    split_record,
+    split_records,
 )
 from agenta_notebook.errors import internal_error
 from agenta_notebook.memory import gc_paused
@@ -78,8 +85,8 @@ def _shell(function: _Shell | None, method: str) -> _Shell:
     return function
 
 
-def _each_of(convert: Callable[[Any], SpanRecord], spans: list[Any]) -> list[SpanRecord]:
-    return [convert(raw) for raw in spans]
+def _each_of(convert: Callable[[Any], SpanRecord | RowSpan], spans: list[Any]) -> list[RowSpan]:
+    return [split_record(convert(raw)) for raw in spans]
 
 
 class Trace:
@@ -97,9 +104,9 @@ class Trace:
         name: str,
         *,
         root_span_id: int | None = None,
-        records: Iterable[SpanRecord] = (),
-        converter: Callable[[Any], SpanRecord] | None = None,
-        convert_many: Callable[[list[Any]], list[SpanRecord]] | None = None,
+        records: Iterable[SpanRecord | RowSpan] = (),
+        converter: Callable[[Any], SpanRecord | RowSpan] | None = None,
+        convert_many: Callable[[list[Any]], list[RowSpan]] | None = None,
         user_prices: UserPricesSource | None = None,
     ) -> None:
         self.trace_id = trace_id
@@ -107,18 +114,27 @@ class Trace:
         self.root_span_id = root_span_id
         if convert_many is None and converter is not None:
             convert_many = functools.partial(_each_of, converter)
-        #: a list of SDK spans to their records, in one call (`converter` on each, by default)
+        #: a list of SDK spans to their rows and attributes (`RowSpan`), in one call
+        #: (`converter` on each, by default)
         self._convert_many = convert_many
         #: where the user's prices are read at each build (`SHELLS.user_prices` if None)
         self._user_prices = SHELLS.user_prices if user_prices is None else user_prices
-        self._records: dict[int, SpanRecord] = {r.span_id: r for r in records}
+        # The spans as rows (`rollup.SpanRow`) and their attributes, by span id, in two
+        # dicts given the same keys in the same order (`_keep`): a row of plain values,
+        # and a dict of them, are objects the garbage collector stops tracking, where a
+        # record, or a pair of them, is tracked.
+        self._records: dict[int, SpanRow] = {}
+        self._attributes: dict[int, Mapping[str, Any]] = {}
+        #: rows kept since the last fold (converted ended spans, `add_records`); their
+        #: attributes are in `_attributes`
+        self._unfolded: list[SpanRow] = []
+        self._keep(split_records(records))
+        self._unfolded = []  # complete at once: the first read builds in full
         self._finished_raw: list[Any] = []
         #: ended spans are converted in batches of this many as they end (None: only
         #: when read; the benchmarks time the conversion with the roll-up that way)
         self.convert_every: int | None = CONVERT_EVERY
         self._open_raw: dict[int, Any] = {}
-        #: records kept since the last fold (converted ended spans, `add_records`)
-        self._unfolded: list[SpanRecord] = []
         self._lock = forksafe.new_lock()  # released in a forked child
         self._version = 0
         # The roll-up: one fold or build at a time, never under `_lock` (a span that
@@ -126,7 +142,7 @@ class Trace:
         self._build_lock = forksafe.new_rlock()
         self._built_version: tuple[int, int] = (-1, -1)
         self._rollup: IncrementalTree | None = None
-        #: the spans that were running at the last fold (their records may change)
+        #: the spans that were running at the last fold (their rows may change)
         self._folded_running: set[int] = set()
         self._tree: TraceTree | None = None
         self._summary: tuple[TraceTree, TraceSummary] | None = None
@@ -140,7 +156,7 @@ class Trace:
 
     # -- called by the collector (hot path: keep them small) -------------------------
     def span_started(self, span_id: int, raw: Any) -> None:
-        """A span of this trace started; `raw` is converted to a record when read."""
+        """A span of this trace started; `raw` is converted to a row when read."""
         with self._lock:
             self._open_raw[span_id] = raw
             self._version += 1
@@ -156,9 +172,9 @@ class Trace:
                 self.root_ended = True
             every = self.convert_every
             if every is not None and len(finished) >= every and self._convert_many is not None:
-                # Let go of the SDK's span objects: a record is one object where a
-                # finished SDK span is about ten the garbage collector walks again and
-                # again while the cell runs.
+                # Let go of the SDK's span objects: a row and its attributes are two
+                # objects the garbage collector stops tracking, where a finished SDK
+                # span is about ten it walks again and again while the cell runs.
                 self._convert_finished()
         if self._listeners:
             self._notify()
@@ -179,80 +195,99 @@ class Trace:
         """Grows every time a span starts or ends in this trace."""
         return self._version
 
-    def add_records(self, records: Iterable[SpanRecord]) -> None:
-        """Add finished or running spans given as plain records."""
+    def add_records(self, records: Iterable[SpanRecord | RowSpan]) -> None:
+        """Add finished or running spans given as plain records (or `RowSpan` pairs)."""
         with self._lock:
-            for record in records:
-                self._records[record.span_id] = record
-                self._unfolded.append(record)
-            self._version += 1
+            try:
+                self._keep(split_records(records))
+            finally:
+                self._version += 1
+
+    def _keep(self, spans: Iterable[SpanRecord | RowSpan]) -> None:
+        """Keep each span's row and attributes by its id, the row to fold next."""
+        rows = self._records
+        attributes = self._attributes
+        unfolded = self._unfolded
+        for span in spans:
+            if span.__class__ is not tuple:  # a `convert_many` that gives records
+                span = split_record(span)
+            row, span_attributes = span
+            span_id = row[SPAN_ID]
+            rows[span_id] = row
+            attributes[span_id] = span_attributes
+            unfolded.append(row)
+
+    def _kept(self) -> list[RowSpan]:
+        """Every kept span, row and attributes (under `_lock`)."""
+        return list(zip(self._records.values(), self._attributes.values(), strict=True))
 
     def _convert_finished(self) -> None:
-        """The spans that ended since, as records (under `_lock`)."""
+        """The spans that ended since, as rows (under `_lock`)."""
         finished = self._finished_raw
         if finished:
             convert_many = self._convert_many
             assert convert_many is not None  # spans come only to a trace that converts them
-            records = convert_many(finished)
-            held = self._records
-            for record in records:
-                held[record.span_id] = record
-            self._unfolded.extend(records)
+            self._keep(convert_many(finished))
             finished.clear()
 
     def records(self) -> list[SpanRecord]:
         """Every span of the trace as plain records, running ones with no end time."""
         with self._lock:
             self._convert_finished()
-            records = list(self._records.values())
+            spans = self._kept()
             running = list(self._open_raw.values())
         if running and self._convert_many is not None:
-            records.extend(self._convert_many(running))
-        return records
+            spans.extend(self._convert_many(running))
+        return [join_record(row, attributes) for row, attributes in spans]
 
-    def _running_records(self, items: list[tuple[int, Any]]) -> dict[int, SpanRecord]:
+    def _running_rows(self, items: list[tuple[int, Any]]) -> dict[int, RowSpan]:
         if not items or self._convert_many is None:
             return {}
-        # By the records' own ids: a span that cannot be read is left out (and reported)
-        return {record.span_id: record for record in self._convert_many([r for _, r in items])}
+        # By the rows' own ids: a span that cannot be read is left out (and reported)
+        converted = split_records(self._convert_many([raw for _, raw in items]))
+        return {span[0][SPAN_ID]: span for span in converted}
 
     def _build_in_full(self, user_prices: UserPrices) -> IncrementalTree:
-        """Every record, built by `build_tree` (under `_build_lock`)."""
+        """Every span, built by `build_tree` (under `_build_lock`)."""
         with self._lock:
             self._convert_finished()
             self._unfolded = []
-            records = list(self._records.values())
+            spans = self._kept()
             open_items = list(self._open_raw.items())
-        running = self._running_records(open_items)
-        records.extend(running.values())
+        running = self._running_rows(open_items)
+        spans.extend(running.values())
         self._folded_running = set(running)
-        tree = build_tree(records, self.root_span_id, name=self.name, user_prices=user_prices)
+        tree = build_tree(spans, self.root_span_id, name=self.name, user_prices=user_prices)
         return IncrementalTree(
             tree, root_span_id=self.root_span_id, name=self.name, user_prices=user_prices
         )
 
-    def _changes(self) -> list[SpanRecord] | None:
-        """The records that are new or may have changed since the last fold, as a full
-        build would take them (an ended record wins over a running one); None when a
+    def _changes(self) -> list[RowSpan] | None:
+        """The rows that are new or may have changed since the last fold, as a full
+        build would take them (an ended span wins over a running one); None when a
         span the last fold held is gone (only a full build can say what remains)."""
         with self._lock:
             self._convert_finished()
             unfolded, self._unfolded = self._unfolded, []
             open_items = list(self._open_raw.items())
-            ids = dict.fromkeys(record.span_id for record in unfolded)
+            ids = dict.fromkeys(row[SPAN_ID] for row in unfolded)
             ids.update(dict.fromkeys(self._folded_running))
             ids.update(dict.fromkeys(span_id for span_id, _raw in open_items))
             held = self._records
-            stored = {span_id: held.get(span_id) for span_id in ids}
-        running = self._running_records(open_items)
+            attributes = self._attributes
+            stored: dict[int, RowSpan | None] = {}
+            for span_id in ids:
+                row = held.get(span_id)
+                stored[span_id] = None if row is None else (row, attributes[span_id])
+        running = self._running_rows(open_items)
         self._folded_running = set(running)
-        changes: list[SpanRecord] = []
-        for span_id, record in stored.items():
-            live_record = running.get(span_id)
-            if record is not None and (live_record is None or record.end_time_ns is not None):
-                changes.append(record)
-            elif live_record is not None:
-                changes.append(live_record)
+        changes: list[RowSpan] = []
+        for span_id, span in stored.items():
+            live_span = running.get(span_id)
+            if span is not None and (live_span is None or span[0][END] is not None):
+                changes.append(span)
+            elif live_span is not None:
+                changes.append(live_span)
             else:
                 return None
         return changes

@@ -29,6 +29,7 @@ nothing about time. Every baseline is measured in the same process and run:
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import sys
 from collections.abc import Callable, Sequence
@@ -40,7 +41,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import agenta_notebook as an
-from agenta_notebook.collector import record_from_span, records_from_spans
+from agenta_notebook.collector import rows_from_spans
 from agenta_notebook.core.usage import AG_INPUT_TOKENS, AG_MODEL, AG_OUTPUT_TOKENS, AG_TYPE
 from agenta_notebook.io.frame import trace_dataframe
 from agenta_notebook.live import Trace
@@ -224,8 +225,7 @@ def fresh_trace(template: Trace, raw: Sequence[ReadableSpan]) -> Trace:
         template.trace_id,
         template.name,
         root_span_id=template.root_span_id,
-        converter=record_from_span,
-        convert_many=records_from_spans,
+        convert_many=functools.partial(rows_from_spans, resources={}),
     )
     # Converted when the tree is read, so that the roll-up's timing includes the
     # conversion (a live trace converts them in batches as they end).

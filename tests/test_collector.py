@@ -454,7 +454,7 @@ def test_a_span_that_cannot_be_read_leaves_the_others_of_its_batch(
 
 
 def test_a_trace_given_only_a_batch_converter_converts_as_spans_end() -> None:
-    from agenta_notebook.collector import records_from_spans
+    from agenta_notebook.collector import rows_from_spans
 
     with an.trace("made") as made:
         for index in range(5):
@@ -462,7 +462,7 @@ def test_a_trace_given_only_a_batch_converter_converts_as_spans_end() -> None:
                 pass
     raw = list(made._finished_raw)
     trace = Trace(
-        made.trace_id, "copy", root_span_id=made.root_span_id, convert_many=records_from_spans
+        made.trace_id, "copy", root_span_id=made.root_span_id, convert_many=rows_from_spans
     )
     trace.convert_every = 2
     for span in raw:
@@ -570,3 +570,39 @@ def test_a_long_cell_lets_go_of_the_sdk_spans_as_they_end() -> None:
     nodes = trace.tree.nodes[1:]
     assert [node.name for node in nodes] == [f"step {index}" for index in range(count)]
     assert [node.record.attributes["index"] for node in nodes] == list(range(count))
+
+
+def test_kept_spans_are_rows_the_garbage_collector_stops_tracking() -> None:
+    """A finished span is kept as a row, a tuple of plain values, and its attributes, a
+    dict of them: the garbage collector stops tracking both, so a long cell's spans add
+    nothing to what each of its full collections walks (issue 14). The tree's nodes hold
+    the same rows and dicts, and give the span as a `SpanRecord` when asked."""
+    from agenta_notebook.core.rollup import SpanRecord, join_record
+    from agenta_notebook.live import CONVERT_EVERY
+
+    tracer = otel_trace.get_tracer("tests.rows")
+    with an.trace("rows") as trace:
+        for index in range(3 * CONVERT_EVERY):
+            with an.span("step"):
+                attributes = {"index": index, "tags": ("a", "b")}
+                with tracer.start_as_current_span("inner", attributes=attributes):
+                    pass
+        # A container is let go at a pass after its contents are: a row holds the
+        # resource's (key, value) pairs in a tuple, three levels (and a collection may
+        # reorder what it walks): four full collections let go of all.
+        for _ in range(4):
+            gc.collect()
+        kept = [*trace._records.values(), *trace._attributes.values()]
+        assert len(kept) >= 10 * CONVERT_EVERY
+        assert [item for item in kept if gc.is_tracked(item)] == []
+    tree = trace.tree
+    for _ in range(4):
+        gc.collect()
+    assert [node.name for node in tree.nodes if gc.is_tracked(node.row)] == []
+    assert [node.name for node in tree.nodes if gc.is_tracked(node.attributes)] == []
+    inner = tree.nodes[2]
+    assert inner.name == "inner" and inner.record.attributes == {"index": 0, "tags": ("a", "b")}
+    assert isinstance(inner.record, SpanRecord)
+    assert inner.record == join_record(inner.row, inner.attributes)
+    assert inner.record.scope == "tests.rows"
+    assert inner.record.resource["telemetry.sdk.language"] == "python"

@@ -44,9 +44,18 @@ from typing import Final
 from agenta_notebook.core.fields import COST_CONTEXT, FIGURES, NO_FIGURES, Figures, sum_figures
 from agenta_notebook.core.pricing import UNPRICED, UserPrices
 from agenta_notebook.core.rollup import (
+    END,
+    PARENT_ID,
+    SCOPE,
+    SPAN_ID,
+    START,
+    STATUS,
+    TRACE_ID,
     ModelBreakdown,
+    RowSpan,
     SpanNode,
     SpanRecord,
+    SpanRow,
     TraceTree,
     TreeStats,
     call_key,
@@ -59,7 +68,10 @@ from agenta_notebook.core.rollup import (
     roll_up,
     settle_node,
     sort_breakdown,
+    split_records,
+    start_order,
     sum_parts,
+    synthetic_row,
 )
 
 
@@ -350,11 +362,11 @@ class IncrementalTree:
             root = self.root
             latest = self._latest
             if root.synthetic and latest is not None:
-                latest = max(latest, root.record.start_time_ns)
+                latest = max(latest, root.row[START])
             stats = TreeStats(
                 count=len(self._by_id) + (1 if root.synthetic else 0),
                 running=self._running,
-                latest_ns=latest if latest is not None else root.record.start_time_ns,
+                latest_ns=latest if latest is not None else root.row[START],
                 costed=tuple(self._costed),
                 warned=tuple(self._warned),
                 types=tuple(sorted(kind for kind, count in self._types.items() if count)),
@@ -421,9 +433,10 @@ class IncrementalTree:
     # -- folding ------------------------------------------------------------------------
     def _index(self) -> None:
         for node in self._by_id.values():
-            self._count_in(node.record, 1)
-            self._move_latest(None, _latest_of(node.record))
-            parent_id = node.record.parent_span_id
+            row = node.row
+            self._count_in(row, 1)
+            self._move_latest(None, _latest_of(row))
+            parent_id = row[PARENT_ID]
             if parent_id is None:
                 self._tops[node.span_id] = node
             elif parent_id not in self._by_id:
@@ -432,7 +445,7 @@ class IncrementalTree:
             if twin is not None:
                 self._paired.update((node, twin))
             if node.usage.is_model_call:
-                self._count_scope(node.record.scope, 1)
+                self._count_scope(row[SCOPE], 1)
         if len(self._call_scopes) > 1:
             self._index_pairing(check=False)  # as the full build left them
         self._indexed = True
@@ -452,7 +465,7 @@ class IncrementalTree:
 
     def _add_pair_keys(self, node: SpanNode, *, check: bool) -> None:
         keys = _pair_keys(node)
-        scope = node.record.scope
+        scope = node.row[SCOPE]
         for key in keys:
             scopes = self._pair_keys.setdefault(key, {})
             if check and any(other != scope for other in scopes):
@@ -476,18 +489,18 @@ class IncrementalTree:
         self,
         settled: list[SpanNode],
         fresh: list[SpanNode],
-        changed: list[tuple[SpanNode, SpanRecord, SpanNode]],
+        changed: list[tuple[SpanNode, SpanRow, SpanNode]],
     ) -> None:
         """Rule 13 after a fold: refuse unless the pairing a full build makes is
         unchanged. It is when no paired span changed or stopped being a call that may
         pair, and each call that may now pair shares no response id nor call key with
         another of another scope (a call that leaves unpaired changes no other pair).
-        `fresh` and `changed` are the nodes the fold made and those it gave a new record."""
+        `fresh` and `changed` are the nodes the fold made and those it gave a new row."""
         if not self._pairing_indexed:
             if len(self._call_scopes) > 1:  # a second scope: index every call, checked
                 self._index_pairing(check=True)
             return
-        direct = {*fresh, *(node for node, _record, _new in changed)}
+        direct = {*fresh, *(node for node, _row, _new in changed)}
         moves: list[tuple[SpanNode, bool]] = []
         for node in settled:
             if node in self._paired and node in direct:
@@ -496,7 +509,7 @@ class IncrementalTree:
             now = _may_pair(node)
             if held is None and not now:
                 continue
-            if held is not None and now and held == (node.record.scope, _pair_keys(node)):
+            if held is not None and now and held == (node.row[SCOPE], _pair_keys(node)):
                 continue
             if node in self._paired:
                 raise NeedsFullBuild("a paired call changed (rule 13)")
@@ -508,9 +521,9 @@ class IncrementalTree:
             if now:
                 self._add_pair_keys(node, check=True)
 
-    def _count_in(self, record: SpanRecord, sign: int) -> None:
-        """Count a record in (sign 1) or out (-1) of the time bounds."""
-        start, end = record.start_time_ns, record.end_time_ns
+    def _count_in(self, row: SpanRow, sign: int) -> None:
+        """Count a span in (sign 1) or out (-1) of the time bounds."""
+        start, end = row[START], row[END]
         if end is None:
             self._running += sign
         if sign > 0:
@@ -530,11 +543,11 @@ class IncrementalTree:
 
     def _rescan_bounds(self) -> None:
         self._bounds_stale = False
-        records = [node.record for node in self._by_id.values()]
-        self._first_start = min((r.start_time_ns for r in records), default=None)
-        ends = [r.end_time_ns for r in records if r.end_time_ns is not None]
+        rows = [node.row for node in self._by_id.values()]
+        self._first_start = min((row[START] for row in rows), default=None)
+        ends = [row[END] for row in rows if row[END] is not None]
         self._last_end = max(ends, default=None)
-        self._latest = max((_latest_of(r) for r in records), default=None)
+        self._latest = max((_latest_of(row) for row in rows), default=None)
 
     def _expected_root(self) -> SpanNode | None:
         """The root a full build would choose now (None: a synthetic one)."""
@@ -554,9 +567,10 @@ class IncrementalTree:
             self._below[node] = below
         return below
 
-    def update(self, records: Iterable[SpanRecord]) -> bool:
-        """Fold in new records and new versions of records (a running span that ended or
-        changed). Records equal to the ones held change nothing.
+    def update(self, records: Iterable[SpanRecord | RowSpan]) -> bool:
+        """Fold in new spans and new versions of spans (a running span that ended or
+        changed), as `SpanRecord`s or `RowSpan` pairs. Spans equal to the ones held change
+        nothing.
 
         True when the tree changed. Raises `NeedsFullBuild` when the change needs a full
         build; this object is then unusable (some nodes may be settled, others not).
@@ -567,55 +581,57 @@ class IncrementalTree:
             self._by_id = dict(self._by_id)
             self._by_id_shared = False
         by_id = self._by_id
-        latest: dict[int, SpanRecord] = {}
-        for record in records:
-            latest[record.span_id] = record
+        latest: dict[int, RowSpan] = {}
+        for pair in split_records(records):
+            latest[pair[0][SPAN_ID]] = pair
         fresh: list[SpanNode] = []
-        changed: list[tuple[SpanNode, SpanRecord, SpanNode]] = []  # node, record, new node
+        changed: list[tuple[SpanNode, SpanRow, SpanNode]] = []  # node, row, new node
         trace_id = self._trace_id
         waiting = self._waiting
-        for span_id, record in latest.items():
+        for span_id, (row, attributes) in latest.items():
             node = by_id.get(span_id)
             if node is None:
                 if span_id in waiting:
                     raise NeedsFullBuild("a late parent")
-                fresh.append(new_node(record))
-                trace_id = record.trace_id
-            elif node.record is not record and node.record != record:
-                if record.parent_span_id != node.record.parent_span_id:
+                fresh.append(new_node(row, attributes))
+                trace_id = row[TRACE_ID]
+            elif (node.row is not row and node.row != row) or (
+                node.attributes is not attributes and node.attributes != attributes
+            ):
+                if row[PARENT_ID] != node.row[PARENT_ID]:
                     raise NeedsFullBuild("a span moved")
-                new = new_node(record)
-                changed.append((node, record, new))
-                trace_id = record.trace_id
+                new = new_node(row, attributes)
+                changed.append((node, row, new))
+                trace_id = row[TRACE_ID]
         if not fresh and not changed:
             return False
 
         # Checks first: nothing is changed before them.
         tops = self._tops
         for node in fresh:
-            record = node.record
-            by_id[record.span_id] = node
-            if record.parent_span_id is None:
-                tops[record.span_id] = node
+            row = node.row
+            by_id[row[SPAN_ID]] = node
+            if row[PARENT_ID] is None:
+                tops[row[SPAN_ID]] = node
         expected = self._expected_root()
         if expected is not self.root and not (expected is None and self.root.synthetic):
             raise NeedsFullBuild("the root changed")
         stats = self._stats_ready
         types = self._types
-        for node, record, new in changed:
-            self._count_in(node.record, -1)
-            self._count_in(record, 1)
-            self._move_latest(_latest_of(node.record), _latest_of(record))
+        for node, row, new in changed:
+            self._count_in(node.row, -1)
+            self._count_in(row, 1)
+            self._move_latest(_latest_of(node.row), _latest_of(row))
             if stats and node.usage.span_type != new.usage.span_type:
                 if node.usage.span_type:
                     types[node.usage.span_type] -= 1
                 if new.usage.span_type:
                     types[new.usage.span_type] = types.get(new.usage.span_type, 0) + 1
             if node.usage.is_model_call:
-                self._count_scope(node.record.scope, -1)
+                self._count_scope(node.row[SCOPE], -1)
             if new.usage.is_model_call:
-                self._count_scope(record.scope, 1)
-        # `_count_in(record, 1)` and `_move_latest(None, ...)` of each new node, inline
+                self._count_scope(row[SCOPE], 1)
+        # `_count_in(row, 1)` and `_move_latest(None, ...)` of each new node, inline
         # (one loop, no call a span: a live cell adds thousands a fold)
         running, first, last, latest_ns = (
             self._running,
@@ -624,8 +640,8 @@ class IncrementalTree:
             self._latest,
         )
         for node in fresh:
-            record = node.record
-            start, end = record.start_time_ns, record.end_time_ns
+            row = node.row
+            start, end = row[START], row[END]
             if end is None:
                 running += 1
                 mark = start
@@ -641,7 +657,7 @@ class IncrementalTree:
             if stats and usage.span_type:
                 types[usage.span_type] = types.get(usage.span_type, 0) + 1
             if usage.is_model_call:
-                self._count_scope(record.scope, 1)
+                self._count_scope(row[SCOPE], 1)
         self._running, self._first_start, self._last_end, self._latest = (
             running,
             first,
@@ -671,26 +687,27 @@ class IncrementalTree:
         if self.root.synthetic:
             start = self._first_start if self._first_start is not None else 0
             end = None if self._running else start if self._last_end is None else self._last_end
-            held = self.root.record
-            if (held.trace_id, held.start_time_ns, held.end_time_ns) != (trace_id, start, end):
-                self.root.record = SpanRecord(trace_id, 0, None, self.name, start, end)
+            held = self.root.row
+            if (held[TRACE_ID], held[START], held[END]) != (trace_id, start, end):
+                self.root.row = synthetic_row(trace_id, self.name, start, end)
         self._snapshot = None
         return True
 
     def _placing_order(self, fresh: list[SpanNode]) -> list[SpanNode]:
         """The new nodes, each after its parent when that is new too; refuses a cycle."""
         by_id = self._by_id
-        fresh_ids = {node.record.span_id for node in fresh}
+        fresh_ids = {node.row[SPAN_ID] for node in fresh}
         placed: set[int] = set()
         order: list[SpanNode] = []
         for node in fresh:
-            record = node.record
-            if record.span_id in placed:
+            row = node.row
+            span_id = row[SPAN_ID]
+            if span_id in placed:
                 continue
-            parent_id = record.parent_span_id
+            parent_id = row[PARENT_ID]
             if parent_id not in fresh_ids or parent_id in placed:
                 # (most new spans: a parent held before, or placed already)
-                placed.add(record.span_id)
+                placed.add(span_id)
                 order.append(node)
                 continue
             chain = [node]
@@ -700,18 +717,18 @@ class IncrementalTree:
                     raise NeedsFullBuild("a parent cycle")
                 parent = by_id[parent_id]
                 chain.append(parent)
-                parent_id = parent.record.parent_span_id
+                parent_id = parent.row[PARENT_ID]
             for member in reversed(chain):
-                placed.add(member.record.span_id)
+                placed.add(member.row[SPAN_ID])
                 order.append(member)
         return order
 
     def _fold(
         self,
         placing: list[SpanNode],
-        changed: list[tuple[SpanNode, SpanRecord, SpanNode]],
+        changed: list[tuple[SpanNode, SpanRow, SpanNode]],
     ) -> list[SpanNode]:
-        """Attach the new nodes and roll up their subtrees, replace the changed records,
+        """Attach the new nodes and roll up their subtrees, replace the changed rows,
         and settle every node held before whose inputs changed, deepest first; returns
         the nodes settled, but for new ones with nothing of their own (nothing about
         them to note or pair)."""
@@ -723,7 +740,7 @@ class IncrementalTree:
         # ancestor's is read when it is settled; new nodes held nothing).
         before: dict[SpanNode, tuple[Figures, int, bool, bool, Decimal | None]] = {}
         # The parents' sums are taken before any child changes.
-        for node, _record, _new in changed:
+        for node, _row, _new in changed:
             if node.parent is not None:
                 self._sums(node.parent)
             self._sums(node)
@@ -731,16 +748,17 @@ class IncrementalTree:
 
         queue: dict[int, list[SpanNode]] = {}
         queued: set[SpanNode] = set()
-        for node, record, new in changed:
+        for node, row, new in changed:
             before[node] = (
                 node.subtotal,
                 node.reports_in_subtree,
                 node.call_in_subtree,
-                node.record.status == "ERROR",
+                node.row[STATUS] == "ERROR",
                 node.own.cost,
             )
-            moved = record.start_time_ns != node.record.start_time_ns
-            node.record = record
+            moved = row[START] != node.row[START]
+            node.row = row
+            node.attributes = new.attributes
             node.usage = new.usage
             parent = node.parent
             if moved and parent is not None:
@@ -753,8 +771,7 @@ class IncrementalTree:
         kept = self._below
         tops: list[SpanNode] = []  # new nodes under a node held before
         for node in placing:
-            record = node.record
-            parent_id = record.parent_span_id
+            parent_id = node.row[PARENT_ID]
             parent = by_id.get(parent_id) if parent_id is not None else None
             if parent is None:
                 parent = root
@@ -783,7 +800,7 @@ class IncrementalTree:
                     node.subtotal is NO_FIGURES
                     and not node.reports_in_subtree
                     and not node.call_in_subtree
-                    and node.record.status != "ERROR"
+                    and node.row[STATUS] != "ERROR"
                 ):
                     continue  # moves nothing (most new subtrees: steps, tools)
                 parent = node.parent
@@ -799,7 +816,7 @@ class IncrementalTree:
                         node.subtotal,
                         node.reports_in_subtree,
                         node.call_in_subtree,
-                        node.record.status == "ERROR",
+                        node.row[STATUS] == "ERROR",
                         node.own.cost,
                     )
                 parent = node.parent
@@ -857,7 +874,7 @@ class IncrementalTree:
         if node.call_in_subtree and not sums.call:
             sums.call = True
             moved = True
-        error = node.record.status == "ERROR"
+        error = node.row[STATUS] == "ERROR"
         if error != old_error:
             sums.errors += 1 if error else -1
             moved = moved or sums.errors == (1 if error else 0)
@@ -866,14 +883,14 @@ class IncrementalTree:
             queue.setdefault(parent.depth, []).append(parent)
 
 
-def _latest_of(record: SpanRecord) -> int:
-    end = record.end_time_ns
-    return record.start_time_ns if end is None else end
+def _latest_of(row: SpanRow) -> int:
+    end = row[END]
+    return row[START] if end is None else end
 
 
 def _may_pair(node: SpanNode) -> bool:
     """A call rule 13 may pair: a model-call span that ended, with none below it."""
-    if not node.usage.is_model_call or node.synthetic or node.record.end_time_ns is None:
+    if not node.usage.is_model_call or node.synthetic or node.row[END] is None:
         return False
     return not any(child.call_in_subtree for child in node.children)
 
@@ -887,16 +904,12 @@ def _pair_keys(node: SpanNode) -> frozenset[tuple[str, object]]:
     return frozenset(keys)
 
 
-def _start_order(node: SpanNode) -> tuple[int, int]:
-    return node.record.start_time_ns, node.record.span_id
-
-
 def _insert(children: list[SpanNode], node: SpanNode) -> None:
     """Put `node` among `children` in start order (usually last: spans start in order)."""
     if children:
         # (the two keys compared without `_start_order`'s calls: this runs once a new span)
-        last, record = children[-1].record, node.record
-        if (last.start_time_ns, last.span_id) >= (record.start_time_ns, record.span_id):
-            insort(children, node, key=_start_order)
+        last, row = children[-1].row, node.row
+        if (last[START], last[SPAN_ID]) >= (row[START], row[SPAN_ID]):
+            insort(children, node, key=start_order)
             return
     children.append(node)

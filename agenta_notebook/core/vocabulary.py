@@ -186,7 +186,7 @@ def receiver_attributes(node: SpanNode) -> dict[str, Any]:
     """
     if node.synthetic:
         return {}
-    attributes = node.record.attributes
+    attributes = node.attributes
     usage = node.usage
     is_model_call = usage.is_model_call
     span_type = usage.span_type
@@ -249,5 +249,5 @@ def exported_attributes(node: SpanNode) -> Mapping[str, Any]:
     """The span's attributes as exported: its own, then the receivers' keys."""
     extra = receiver_attributes(node)
     if not extra:
-        return node.record.attributes
-    return {**node.record.attributes, **extra}
+        return node.attributes
+    return {**node.attributes, **extra}

@@ -160,7 +160,7 @@ class Comparison:
                 here[row] = node
                 seen: dict[str, int] = {}
                 for child in node.children:
-                    name = child.record.name
+                    name = child.name
                     if child.usage.model is not None:
                         name = _model_blind(name, child)
                     ordinal = seen.get(name, 0)
@@ -170,7 +170,7 @@ class Comparison:
                     if child_row is None:
                         child_row = index[key] = len(parents)
                         parents.append(row)
-                        names.append(child.record.name)
+                        names.append(child.name)
                         keys.append(name)
                         ordinals.append(ordinal)
                         depths.append(depths[row] + 1)

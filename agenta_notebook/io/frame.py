@@ -18,7 +18,17 @@ import pandas as pd
 
 from agenta_notebook.budget import trace_budget
 from agenta_notebook.core.fields import FIGURES, NO_FIGURES, Figure, Kind, sum_figures
-from agenta_notebook.core.rollup import Figures, SpanNode, SpanWarning, TraceTree
+from agenta_notebook.core.rollup import (
+    END,
+    NAME,
+    SPAN_ID,
+    START,
+    STATUS,
+    Figures,
+    SpanNode,
+    SpanWarning,
+    TraceTree,
+)
 from agenta_notebook.live import Trace
 from agenta_notebook.memory import gc_paused
 from agenta_notebook.runtime import get_collector
@@ -96,7 +106,7 @@ def _columns(traces: Iterable[tuple[Trace, TraceTree]]) -> dict[str, Any]:
         sizes.append(len(trace_nodes))
     if not nodes:
         return {column: _column([], dtype) for column, dtype in COLUMNS.items()}
-    records = [node.record for node in nodes]
+    rows = [node.row for node in nodes]
     usages = [node.usage for node in nodes]
     owns: list[Figures] = [node.own for node in nodes]
     subtotals: list[Figures] = [node.subtotal for node in nodes]
@@ -107,7 +117,7 @@ def _columns(traces: Iterable[tuple[Trace, TraceTree]]) -> dict[str, Any]:
     # How the spans with figures of their own were priced (`counts_usage` is False for a
     # span without): the others have no pricing columns.
     priced = [node.priced if node.counts_usage else None for node in compress(nodes, own_rows.held)]
-    span_ids = [record.span_id for record in records]
+    span_ids = [row[SPAN_ID] for row in rows]
     synthetic = np.fromiter([node.synthetic for node in nodes], dtype=bool, count=len(nodes))
     columns: dict[str, Any] = {
         # each trace's id and name made text once, then repeated for its rows
@@ -115,18 +125,18 @@ def _columns(traces: Iterable[tuple[Trace, TraceTree]]) -> dict[str, Any]:
         "trace_name": _strings(trace_names).take(of_trace),
         "span_id": _hex_ids(span_ids, synthetic),
         "parent_span_id": _hex_ids(
-            [0 if parent is None else parent.record.span_id for parent in parents],
+            [0 if parent is None else parent.row[SPAN_ID] for parent in parents],
             _is(parents, None),
         ),
-        "name": _strings([record.name for record in records]),
+        "name": _strings([row[NAME] for row in rows]),
         "type": _strings([usage.span_type for usage in usages]),
         "depth": _ints([node.depth for node in nodes]),  # never null
         **_times(
-            [record.start_time_ns for record in records],
-            [record.end_time_ns for record in records],
+            [row[START] for row in rows],
+            [row[END] for row in rows],
             nodes,
         ),
-        "status": _strings([record.status for record in records]),
+        "status": _strings([row[STATUS] for row in rows]),
         "error": _flags([node.is_error_origin for node in nodes]),
         "detached": _flags([node.detached for node in nodes]),
         "role": _strings([node.role for node in nodes]),
@@ -601,10 +611,9 @@ def trace_totals_dataframe(*traces: Trace, kept: bool | None = None) -> pd.DataF
     columns: dict[str, list[Any]] = {
         "trace_id": [f"{trace.trace_id:032x}" for trace in unique],
         "name": [trace.name for trace in unique],
-        "cell": [None if root.synthetic else _cell(root.record.attributes) for root in roots],
+        "cell": [None if root.synthetic else _cell(root.attributes) for root in roots],
         "start_time": [
-            root.record.start_time_ns if count else None
-            for root, count in zip(roots, spans, strict=True)
+            root.row[START] if count else None for root, count in zip(roots, spans, strict=True)
         ],
         "duration_ms": [
             root.duration_ms if count else None for root, count in zip(roots, spans, strict=True)

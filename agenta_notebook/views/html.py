@@ -29,6 +29,9 @@ from typing import Any, Final
 
 from agenta_notebook.core.fields import COST_CONTEXT, FIGURE, FIGURES, Figure, Kind
 from agenta_notebook.core.rollup import (
+    END,
+    START,
+    STATUS_MESSAGE,
     Figures,
     ModelBreakdown,
     SpanNode,
@@ -273,15 +276,15 @@ def view_scale(root: SpanNode, nodes: Iterable[SpanNode]) -> ViewScale:
     ViewScale(places=2, total_cost=None, start_ns=0, end_ns=10, running=False)
     """
     smallest: Decimal | None = None
-    start = root.record.start_time_ns
-    latest = root.record.end_time_ns or start
+    start = root.row[START]
+    latest = root.row[END] or start
     running = root.running
     for node in nodes:
-        record = node.record
-        end = record.end_time_ns
+        row = node.row
+        end = row[END]
         if end is None:
             running = True
-            end = record.start_time_ns
+            end = row[START]
         if end > latest:
             latest = end
         smallest = _smaller_cost(smallest, node)
@@ -296,8 +299,8 @@ def tree_scale(tree: TraceTree) -> ViewScale:
     for node in stats.costed:
         smallest = _smaller_cost(smallest, node)
     root = tree.root
-    start = root.record.start_time_ns
-    latest = max(root.record.end_time_ns or start, stats.latest_ns or start)
+    start = root.row[START]
+    latest = max(root.row[END] or start, stats.latest_ns or start)
     return _scale(root, smallest, latest, root.running or stats.running > 0)
 
 
@@ -311,7 +314,7 @@ def _smaller_cost(smallest: Decimal | None, node: SpanNode) -> Decimal | None:
 
 
 def _scale(root: SpanNode, smallest: Decimal | None, latest: int, running: bool) -> ViewScale:
-    start = root.record.start_time_ns
+    start = root.row[START]
     places = MIN_PLACES
     if smallest is not None:
         places = min(max(MIN_PLACES, -smallest.adjusted() + 1), MAX_PLACES)
@@ -321,8 +324,9 @@ def _scale(root: SpanNode, smallest: Decimal | None, latest: int, running: bool)
             places = max(MIN_PLACES, min(places, MAX_AMOUNT_CHARS - whole))
     # Spans may end after the root (work a cell left running, then finished): the axis
     # reaches the latest end, so that their bars keep their true length.
-    if not running and root.record.end_time_ns is not None:
-        latest = max(latest, root.record.end_time_ns)
+    root_end = root.row[END]
+    if not running and root_end is not None:
+        latest = max(latest, root_end)
     return ViewScale(places, root.subtotal.cost, start, max(latest, start), running)
 
 
@@ -442,15 +446,15 @@ class Bar:
 def waterfall_bar(node: SpanNode, scale: ViewScale, scope: str = "trace") -> Bar:
     """Where `node`'s bar sits: against the trace's time axis, or (`scope="parent"`)
     against its parent's span; a running span reaches the trace's current end."""
-    record = node.record
+    row = node.row
     trace_end = scale.end_ns
-    start = record.start_time_ns
-    end = trace_end if record.end_time_ns is None else record.end_time_ns
+    start = row[START]
+    end = trace_end if row[END] is None else row[END]
     low, high = scale.start_ns, trace_end
     parent = node.parent
     if scope == "parent" and parent is not None:
-        low = parent.record.start_time_ns
-        high = trace_end if parent.record.end_time_ns is None else parent.record.end_time_ns
+        low = parent.row[START]
+        high = trace_end if parent.row[END] is None else parent.row[END]
     span = max(high - low, 1)
     left = min(max((start - low) / span, 0.0), 1.0)
     right = min(max((end - low) / span, left), 1.0)
@@ -499,7 +503,7 @@ def markers(node: SpanNode) -> list[Marker]:
     found: list[Marker] = []
     twin = node.duplicate_of
     if node.is_error_origin:
-        found.append(Marker("✖ error", node.record.status_message or "error", "agn-m-error"))
+        found.append(Marker("✖ error", node.row[STATUS_MESSAGE] or "error", "agn-m-error"))
     elif node.is_error and twin is not None:
         found.append(Marker("✖", "the same failed call is counted at its twin", "agn-m-error-up"))
     elif node.is_error:
@@ -751,12 +755,8 @@ def budget_state(tree: TraceTree) -> BudgetState | None:
     crossed_at = None
     # The span whose own figures made the count reach the budget, in the order spans ended.
     ended = sorted(
-        (
-            node
-            for node in tree.stats.costed
-            if node.record.end_time_ns is not None and node.counts_usage
-        ),
-        key=lambda node: (node.record.end_time_ns or 0, node.span_id),
+        (node for node in tree.stats.costed if node.row[END] is not None and node.counts_usage),
+        key=lambda node: (node.row[END] or 0, node.span_id),
     )
     cost = Decimal(0)
     tokens = 0

@@ -12,7 +12,14 @@ from decimal import Decimal, InvalidOperation
 from itertools import islice
 from typing import Any, Final, Literal
 
-from agenta_notebook.core.rollup import SpanNode, SpanRecord, TraceTree
+from agenta_notebook.core.rollup import (
+    EVENTS,
+    NAME,
+    SPAN_ID,
+    SpanNode,
+    SpanRow,
+    TraceTree,
+)
 from agenta_notebook.core.usage import AG_JSON_PREFIX
 from agenta_notebook.views.html import open_depth_of
 
@@ -132,12 +139,13 @@ def span_text(node: SpanNode) -> str:
     attribute values (events' included), each by its text. Bounded: the first
     `SEARCH_VALUES` values, `SEARCH_SPAN_CHARS` characters in all (for the span and for
     each of its first 100 events); when they hold more, `SEARCH_CHARS` of each value."""
-    record = node.record
+    row = node.row
     usage = node.usage
-    text = _haystack(record.attributes, record.name, usage.span_type or "", usage.model or "")
-    if not record.events:
+    text = _haystack(node.attributes, row[NAME], usage.span_type or "", usage.model or "")
+    events = row[EVENTS]
+    if not events:
         return text
-    return "\n".join([text, *(_haystack(event.attributes) for event in record.events[:100])])
+    return "\n".join([text, *(_haystack(event.attributes) for event in events[:100])])
 
 
 def span_matches_text(node: SpanNode, needle: str) -> bool:
@@ -216,8 +224,8 @@ class TreeState:
         self._keep: set[int] | None = None
         #: spans shown whatever the filters (revealed ones), until the filters change
         self._pinned: set[int] = set()
-        #: span id -> (the record read, `span_text` of it); see `SEARCH_CACHE_CHARS`
-        self._texts: dict[int, tuple[SpanRecord, str]] = {}
+        #: span id -> (the row read, `span_text` of it); see `SEARCH_CACHE_CHARS`
+        self._texts: dict[int, tuple[SpanRow, str]] = {}
         self._texts_chars = 0
         self._query_for: tuple[str, str | None, str] | None = None
         self._auto_depth: int | None = None
@@ -338,16 +346,16 @@ class TreeState:
         return cached[1], cached[2]
 
     def _span_text(self, node: SpanNode) -> str:
-        """`span_text(node)`, kept while the span's record is the same one."""
-        record = node.record
-        cached = self._texts.get(record.span_id)
-        if cached is not None and cached[0] is record:
+        """`span_text(node)`, kept while the span's row is the same one."""
+        row = node.row
+        cached = self._texts.get(row[SPAN_ID])
+        if cached is not None and cached[0] is row:
             return cached[1]
         text = span_text(node)
         if self._texts_chars + len(text) <= SEARCH_CACHE_CHARS:
             if cached is not None:
                 self._texts_chars -= len(cached[1])
-            self._texts[record.span_id] = (record, text)
+            self._texts[row[SPAN_ID]] = (row, text)
             self._texts_chars += len(text)
         return text
 
