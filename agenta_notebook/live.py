@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from agenta_notebook import forksafe
@@ -217,9 +218,13 @@ class Trace:
             attributes[span_id] = span_attributes
             unfolded.append(row)
 
-    def _kept(self) -> list[RowSpan]:
-        """Every kept span, row and attributes (under `_lock`)."""
-        return list(zip(self._records.values(), self._attributes.values(), strict=True))
+    def _kept(self) -> Iterator[RowSpan]:
+        """Every kept span, row and attributes, as they are now (call under `_lock`;
+        the pairs may be read after it is released)."""
+        rows = list(self._records.values())
+        attributes = list(self._attributes.values())
+        # (the build takes each pair apart at once: zip makes one tuple for them all)
+        return zip(rows, attributes, strict=True)
 
     def _convert_finished(self) -> None:
         """The spans that ended since, as rows (under `_lock`)."""
@@ -234,10 +239,10 @@ class Trace:
         """Every span of the trace as plain records, running ones with no end time."""
         with self._lock:
             self._convert_finished()
-            spans = self._kept()
+            spans = list(self._kept())
             running = list(self._open_raw.values())
         if running and self._convert_many is not None:
-            spans.extend(self._convert_many(running))
+            spans.extend(split_records(self._convert_many(running)))
         return [join_record(row, attributes) for row, attributes in spans]
 
     def _running_rows(self, items: list[tuple[int, Any]]) -> dict[int, RowSpan]:
@@ -252,12 +257,16 @@ class Trace:
         with self._lock:
             self._convert_finished()
             self._unfolded = []
-            spans = self._kept()
+            kept = self._kept()
             open_items = list(self._open_raw.items())
         running = self._running_rows(open_items)
-        spans.extend(running.values())
         self._folded_running = set(running)
-        tree = build_tree(spans, self.root_span_id, name=self.name, user_prices=user_prices)
+        tree = build_tree(
+            chain(kept, running.values()),
+            self.root_span_id,
+            name=self.name,
+            user_prices=user_prices,
+        )
         return IncrementalTree(
             tree, root_span_id=self.root_span_id, name=self.name, user_prices=user_prices
         )

@@ -83,11 +83,14 @@ def _cell_setup(spans: int, records_file: str) -> dict[str, Callable[[], Any]]:
     import agenta_notebook as an
     from agenta_notebook.core.incremental import IncrementalTree
     from agenta_notebook.core.pricing import NO_USER_PRICES
-    from agenta_notebook.core.rollup import build_tree
+    from agenta_notebook.core.rollup import PARENT_ID, SPAN_ID, build_tree, split_records
 
-    records = an.load(records_file).records()
-    root = next(record for record in records if record.parent_span_id is None)
-    rest = [record for record in records if record is not root]
+    # As a live trace keeps them, and gives them to the build and the fold: each span's
+    # row and attributes (the collector's conversion is not counted here)
+    records = list(split_records(an.load(records_file).records()))
+    root = next(span for span in records if span[0][PARENT_ID] is None)
+    root_id = root[0][SPAN_ID]
+    rest = [span for span in records if span is not root]
     # even: a step and its inner span in one batch, as a live trace that saw the step
     # start has it (an inner span whose parent comes in a later batch is a late parent)
     batch = 2 * -(-len(rest) // (2 * BATCHES))
@@ -95,8 +98,8 @@ def _cell_setup(spans: int, records_file: str) -> dict[str, Callable[[], Any]]:
 
     def fold() -> Any:
         tree = IncrementalTree(
-            build_tree([root], root.span_id),
-            root_span_id=root.span_id,
+            build_tree([root], root_id),
+            root_span_id=root_id,
             name="cell",
             user_prices=NO_USER_PRICES,
         )
@@ -106,7 +109,7 @@ def _cell_setup(spans: int, records_file: str) -> dict[str, Callable[[], Any]]:
             tree.snapshot().stats  # noqa: B018
         return tree
 
-    return {"build": lambda: build_tree(records, root.span_id), "fold": fold}
+    return {"build": lambda: build_tree(records, root_id), "fold": fold}
 
 
 def _child(group: str, operation: str, spans: int, repeat: int, records_file: str) -> None:

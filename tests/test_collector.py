@@ -453,22 +453,27 @@ def test_a_span_that_cannot_be_read_leaves_the_others_of_its_batch(
     assert "converting a span to a record failed" in caplog.text
 
 
-def test_a_trace_given_only_a_batch_converter_converts_as_spans_end() -> None:
-    from agenta_notebook.collector import rows_from_spans
+@pytest.mark.parametrize("converter", ["rows_from_spans", "records_from_spans"])
+def test_a_trace_given_only_a_batch_converter_converts_as_spans_end(converter: str) -> None:
+    """A batch converter may give (row, attributes) pairs, as the collector's does, or
+    records."""
+    from agenta_notebook import collector
 
+    convert_many = getattr(collector, converter)
     with an.trace("made") as made:
         for index in range(5):
             with an.span(f"step {index}"):
                 pass
     raw = list(made._finished_raw)
     trace = Trace(
-        made.trace_id, "copy", root_span_id=made.root_span_id, convert_many=rows_from_spans
+        made.trace_id, "copy", root_span_id=made.root_span_id, convert_many=convert_many
     )
     trace.convert_every = 2
     for span in raw:
         trace.span_ended(span.context.span_id, span)
     assert len(trace._finished_raw) < 2  # converted in batches of 2 as they ended
     assert sorted(record.name for record in trace.records()) == sorted(span.name for span in raw)
+    assert [node.name for node in trace.tree.nodes[1:]] == [span.name for span in raw[:-1]]
 
 
 def test_an_ended_span_cannot_change_its_record() -> None:

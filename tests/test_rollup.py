@@ -954,3 +954,37 @@ def test_rule_12_costs_finer_than_1e_30_are_rounded_there_and_never_raise(
     with localcontext(prec=100):
         assert tree.totals.cost == Decimal("1e39") + Decimal("2e-30")  # 70 digits, exact
     assert tree.totals.cost == own_sum(tree).cost
+
+
+def test_records_given_by_hand_are_kept_as_rows_that_share_their_resource() -> None:
+    """Records (from a file, by hand) become a row and attributes each; the records of
+    one resource give rows that share one tuple of it, and every node gives its record
+    back equal to the one given."""
+    from agenta_notebook.core.rollup import RESOURCE, SpanRecord, split_record
+    from agenta_notebook.live import Trace
+
+    resource = {"service.name": "notebook", "host.name": "here"}
+    records = [
+        SpanRecord(
+            7,
+            index,
+            None if index == 1 else 1,
+            f"span {index}",
+            index,
+            index + 10,
+            attributes={"ag.type.node": "tool", "index": index},
+            kind="CLIENT",
+            scope="by hand",
+            resource=resource,
+        )
+        for index in range(1, 5)
+    ]
+    tree = build_tree(records)
+    assert len({id(node.row[RESOURCE]) for node in tree.nodes}) == 1
+    assert [node.record for node in tree.nodes] == records
+    trace = Trace(7, "by hand", records=records)
+    assert len({id(row[RESOURCE]) for row in trace._records.values()}) == 1
+    assert trace.records() == records
+    assert [node.record for node in trace.tree.nodes] == records
+    row, attributes = split_record(records[1])
+    assert attributes is records[1].attributes and row[RESOURCE] == tuple(resource.items())

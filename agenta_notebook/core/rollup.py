@@ -162,12 +162,12 @@ def split_record(
 def split_records(records: Iterable[SpanRecord | RowSpan]) -> Iterator[RowSpan]:
     """`split_record` of each item, the records of one resource sharing its tuple."""
     resources: dict[int, ResourceItems] = {}
-    keep: list[SpanRecord | RowSpan] = []  # what the memo's ids belong to, alive
+    held: list[SpanRecord | RowSpan] = []  # alive while `resources` holds their ids
     for item in records:
         if item.__class__ is tuple:
             yield item
         else:
-            keep.append(item)
+            held.append(item)
             yield split_record(item, resources)
 
 
@@ -667,7 +667,7 @@ def build_tree(
     >>> tree.root.name, tree.totals.model_calls
     ('root', 0)
     """
-    return _build_tree(split_records(records), root_span_id, name, user_prices)
+    return _build_tree(records, root_span_id, name, user_prices)
 
 
 def synthetic_row(trace_id: int, name: str, start: int, end: int | None) -> SpanRow:
@@ -676,14 +676,21 @@ def synthetic_row(trace_id: int, name: str, start: int, end: int | None) -> Span
 
 
 def _build_tree(
-    spans: Iterable[RowSpan],
+    records: Iterable[SpanRecord | RowSpan],
     root_span_id: int | None,
     name: str,
     user_prices: UserPrices,
 ) -> TraceTree:
     by_id: dict[int, SpanNode] = {}
     trace_id = 0
-    for row, attributes in spans:
+    resources: dict[int, ResourceItems] = {}
+    alive: list[SpanRecord] = []  # while `resources` holds ids of their resources
+    for item in records:
+        if item.__class__ is tuple:  # a live trace's spans: no call
+            row, attributes = item
+        else:
+            alive.append(item)  # type: ignore[arg-type]
+            row, attributes = split_record(item, resources)
         span_id = row[SPAN_ID]
         existing = by_id.get(span_id)
         # The same span seen running then ended: the ended copy wins.
