@@ -120,17 +120,24 @@ class Trace:
         self._convert_many = convert_many
         #: where the user's prices are read at each build (`SHELLS.user_prices` if None)
         self._user_prices = SHELLS.user_prices if user_prices is None else user_prices
-        # The spans as rows (`rollup.SpanRow`) and their attributes, by span id, in two
-        # dicts given the same keys in the same order (`_keep`): a row of plain values,
-        # and a dict of them, are objects the garbage collector stops tracking, where a
-        # record, or a pair of them, is tracked.
-        self._records: dict[int, SpanRow] = {}
-        self._attributes: dict[int, Mapping[str, Any]] = {}
-        #: rows kept since the last fold (converted ended spans, `add_records`); their
-        #: attributes are in `_attributes`
-        self._unfolded: list[SpanRow] = []
+        # The spans as rows (`rollup.SpanRow`) and their attributes, in two lists, and
+        # where each span is in them by its id (`_keep`). A row of plain values, and a
+        # dict of them, are objects the garbage collector stops tracking, where a
+        # record is tracked. Lists, not dicts by id: the collector stops tracking a dict
+        # whose values it does not track, and tracks it again, among the youngest
+        # objects, when a new row goes in; each young collection then walked every row
+        # (measured: 600k spans spent twice as long in collections). A dict of ints it
+        # never tracks.
+        self._rows: list[SpanRow] = []
+        self._span_attributes: list[Mapping[str, Any]] = []
+        self._index: dict[int, int] = {}
+        #: the rows from this position on are not folded yet, nor those at `_refold`
+        #: (kept again since the last fold)
+        self._folded_upto = 0
+        self._refold: list[int] = []
         self._keep(split_records(records))
-        self._unfolded = []  # complete at once: the first read builds in full
+        self._folded_upto = len(self._rows)  # complete at once: the first read builds
+        self._refold = []
         self._finished_raw: list[Any] = []
         #: ended spans are converted in batches of this many as they end (None: only
         #: when read; the benchmarks time the conversion with the roll-up that way)
@@ -153,7 +160,7 @@ class Trace:
         self.closed = root_span_id is None
         self.dropped = False
         #: the root span has ended (or there is none): retention may drop this trace
-        self.root_ended = root_span_id is None or root_span_id in self._records
+        self.root_ended = root_span_id is None or root_span_id in self._index
 
     # -- called by the collector (hot path: keep them small) -------------------------
     def span_started(self, span_id: int, raw: Any) -> None:
@@ -189,7 +196,7 @@ class Trace:
     @property
     def span_count(self) -> int:
         """How many spans the trace holds, running ones included (no tree build)."""
-        return len(self._records) + len(self._finished_raw) + len(self._open_raw)
+        return len(self._rows) + len(self._finished_raw) + len(self._open_raw)
 
     @property
     def version(self) -> int:
@@ -205,26 +212,30 @@ class Trace:
                 self._version += 1
 
     def _keep(self, spans: Iterable[SpanRecord | RowSpan]) -> None:
-        """Keep each span's row and attributes by its id, the row to fold next."""
-        rows = self._records
-        attributes = self._attributes
-        unfolded = self._unfolded
+        """Keep each span's row and attributes, to fold next (under `_lock`)."""
+        rows = self._rows
+        attributes = self._span_attributes
+        index = self._index
         for span in spans:
             if span.__class__ is not tuple:  # a `convert_many` that gives records
                 span = split_record(span)
             row, span_attributes = span
             span_id = row[SPAN_ID]
-            rows[span_id] = row
-            attributes[span_id] = span_attributes
-            unfolded.append(row)
+            position = index.get(span_id)
+            if position is None:
+                index[span_id] = len(rows)
+                rows.append(row)
+                attributes.append(span_attributes)
+            else:  # kept again (`add_records`): in its place, folded again
+                rows[position] = row
+                attributes[position] = span_attributes
+                self._refold.append(position)
 
     def _kept(self) -> Iterator[RowSpan]:
         """Every kept span, row and attributes, as they are now (call under `_lock`;
         the pairs may be read after it is released)."""
-        rows = list(self._records.values())
-        attributes = list(self._attributes.values())
         # (the build takes each pair apart at once: zip makes one tuple for them all)
-        return zip(rows, attributes, strict=True)
+        return zip(self._rows[:], self._span_attributes[:], strict=True)
 
     def _convert_finished(self) -> None:
         """The spans that ended since, as rows (under `_lock`)."""
@@ -256,7 +267,7 @@ class Trace:
         """Every span, built by `build_tree` (under `_build_lock`)."""
         with self._lock:
             self._convert_finished()
-            self._unfolded = []
+            self._folded_upto, self._refold = len(self._rows), []
             kept = self._kept()
             open_items = list(self._open_raw.items())
         running = self._running_rows(open_items)
@@ -277,17 +288,21 @@ class Trace:
         span the last fold held is gone (only a full build can say what remains)."""
         with self._lock:
             self._convert_finished()
-            unfolded, self._unfolded = self._unfolded, []
             open_items = list(self._open_raw.items())
-            ids = dict.fromkeys(row[SPAN_ID] for row in unfolded)
+            rows = self._rows
+            unfolded = chain(range(self._folded_upto, len(rows)), self._refold)
+            ids = dict.fromkeys(rows[position][SPAN_ID] for position in unfolded)
+            self._folded_upto, self._refold = len(rows), []
             ids.update(dict.fromkeys(self._folded_running))
             ids.update(dict.fromkeys(span_id for span_id, _raw in open_items))
-            held = self._records
-            attributes = self._attributes
+            index = self._index
+            attributes = self._span_attributes
             stored: dict[int, RowSpan | None] = {}
             for span_id in ids:
-                row = held.get(span_id)
-                stored[span_id] = None if row is None else (row, attributes[span_id])
+                position = index.get(span_id)
+                stored[span_id] = (
+                    None if position is None else (rows[position], attributes[position])
+                )
         running = self._running_rows(open_items)
         self._folded_running = set(running)
         changes: list[RowSpan] = []

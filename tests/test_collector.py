@@ -465,9 +465,7 @@ def test_a_trace_given_only_a_batch_converter_converts_as_spans_end(converter: s
             with an.span(f"step {index}"):
                 pass
     raw = list(made._finished_raw)
-    trace = Trace(
-        made.trace_id, "copy", root_span_id=made.root_span_id, convert_many=convert_many
-    )
+    trace = Trace(made.trace_id, "copy", root_span_id=made.root_span_id, convert_many=convert_many)
     trace.convert_every = 2
     for span in raw:
         trace.span_ended(span.context.span_id, span)
@@ -597,7 +595,7 @@ def test_kept_spans_are_rows_the_garbage_collector_stops_tracking() -> None:
         # reorder what it walks): four full collections let go of all.
         for _ in range(4):
             gc.collect()
-        kept = [*trace._records.values(), *trace._attributes.values()]
+        kept = [*trace._rows, *trace._span_attributes]
         assert len(kept) >= 10 * CONVERT_EVERY
         assert [item for item in kept if gc.is_tracked(item)] == []
     tree = trace.tree

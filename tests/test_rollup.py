@@ -983,7 +983,7 @@ def test_records_given_by_hand_are_kept_as_rows_that_share_their_resource() -> N
     assert len({id(node.row[RESOURCE]) for node in tree.nodes}) == 1
     assert [node.record for node in tree.nodes] == records
     trace = Trace(7, "by hand", records=records)
-    assert len({id(row[RESOURCE]) for row in trace._records.values()}) == 1
+    assert len({id(row[RESOURCE]) for row in trace._rows}) == 1
     assert trace.records() == records
     assert [node.record for node in trace.tree.nodes] == records
     row, attributes = split_record(records[1])
