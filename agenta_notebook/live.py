@@ -222,14 +222,15 @@ class Trace:
             row, span_attributes = span
             span_id = row[SPAN_ID]
             position = index.get(span_id)
+            # (in an order that an interruption between two lines leaves usable)
             if position is None:
-                index[span_id] = len(rows)
                 rows.append(row)
                 attributes.append(span_attributes)
+                index[span_id] = len(rows) - 1
             else:  # kept again (`add_records`): in its place, folded again
-                rows[position] = row
-                attributes[position] = span_attributes
                 self._refold.append(position)
+                attributes[position] = span_attributes
+                rows[position] = row
 
     def _kept(self) -> Iterator[RowSpan]:
         """Every kept span, row and attributes, as they are now (call under `_lock`;
