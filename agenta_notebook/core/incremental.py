@@ -52,7 +52,6 @@ from agenta_notebook.core.rollup import (
     STATUS,
     TRACE_ID,
     ModelBreakdown,
-    ResourceItems,
     RowSpan,
     SpanNode,
     SpanRecord,
@@ -69,7 +68,7 @@ from agenta_notebook.core.rollup import (
     roll_up,
     settle_node,
     sort_breakdown,
-    split_record,
+    split_records,
     start_order,
     sum_parts,
     synthetic_row,
@@ -583,12 +582,7 @@ class IncrementalTree:
             self._by_id_shared = False
         by_id = self._by_id
         latest: dict[int, RowSpan] = {}
-        resources: dict[int, ResourceItems] = {}
-        alive: list[SpanRecord] = []  # while `resources` holds ids of their resources
-        for pair in records:
-            if pair.__class__ is not tuple:  # a live trace's spans are pairs: no call
-                alive.append(pair)  # type: ignore[arg-type]
-                pair = split_record(pair, resources)
+        for pair in split_records(records):
             latest[pair[0][SPAN_ID]] = pair
         fresh: list[SpanNode] = []
         changed: list[tuple[SpanNode, SpanRow, SpanNode]] = []  # node, row, new node

@@ -89,9 +89,8 @@ new_record: Final = fast_constructor(SpanRecord)
 #: every full collection, for as long as it lives: a trace of 100k spans kept 100k more
 #: objects for the collector to walk while its cell ran (issue 14). A tuple holding a
 #: dict is never let go (the dict might hold anything), so the attributes, a dict, are
-#: kept beside the row: the live trace keeps both by span id, each node holds both
-#: (`SpanNode.row`, `SpanNode.attributes`), and `SpanNode.record` makes the
-#: `SpanRecord` when asked.
+#: kept beside the row: the live trace keeps both, each node holds both (`SpanNode.row`,
+#: `SpanNode.attributes`), and `SpanNode.record` makes the `SpanRecord` when asked.
 SpanRow = tuple[
     int,  # trace id
     int,  # span id
@@ -104,9 +103,9 @@ SpanRow = tuple[
     tuple[SpanEvent, ...],  # events
     str,  # kind
     str | None,  # instrumentation scope
-    tuple[tuple[str, Any], ...],  # the resource's attributes, as (key, value) pairs (ResourceItems)
+    "ResourceItems",  # the resource's attributes
 ]
-#: A resource's attributes as a row holds them.
+#: A resource's attributes as a row holds them: (key, value) pairs.
 ResourceItems = tuple[tuple[str, Any], ...]
 #: A span as the roll-up takes it: its row and its attributes.
 RowSpan = tuple[SpanRow, Mapping[str, Any]]
@@ -667,7 +666,7 @@ def build_tree(
     >>> tree.root.name, tree.totals.model_calls
     ('root', 0)
     """
-    return _build_tree(records, root_span_id, name, user_prices)
+    return _build_tree(split_records(records), root_span_id, name, user_prices)
 
 
 def synthetic_row(trace_id: int, name: str, start: int, end: int | None) -> SpanRow:
@@ -676,21 +675,14 @@ def synthetic_row(trace_id: int, name: str, start: int, end: int | None) -> Span
 
 
 def _build_tree(
-    records: Iterable[SpanRecord | RowSpan],
+    spans: Iterable[RowSpan],
     root_span_id: int | None,
     name: str,
     user_prices: UserPrices,
 ) -> TraceTree:
     by_id: dict[int, SpanNode] = {}
     trace_id = 0
-    resources: dict[int, ResourceItems] = {}
-    alive: list[SpanRecord] = []  # while `resources` holds ids of their resources
-    for item in records:
-        if item.__class__ is tuple:  # a live trace's spans: no call
-            row, attributes = item
-        else:
-            alive.append(item)  # type: ignore[arg-type]
-            row, attributes = split_record(item, resources)
+    for row, attributes in spans:
         span_id = row[SPAN_ID]
         existing = by_id.get(span_id)
         # The same span seen running then ended: the ended copy wins.
