@@ -31,7 +31,6 @@ from agenta_notebook.core.rollup import (
     TraceTree,
     build_tree,
     join_record,
-    split_record,
     split_records,
 )
 from agenta_notebook.errors import internal_error
@@ -86,8 +85,10 @@ def _shell(function: _Shell | None, method: str) -> _Shell:
     return function
 
 
-def _each_of(convert: Callable[[Any], SpanRecord | RowSpan], spans: list[Any]) -> list[RowSpan]:
-    return [split_record(convert(raw)) for raw in spans]
+def _each_of(
+    convert: Callable[[Any], SpanRecord | RowSpan], spans: list[Any]
+) -> list[SpanRecord | RowSpan]:
+    return [convert(raw) for raw in spans]
 
 
 class Trace:
@@ -107,7 +108,7 @@ class Trace:
         root_span_id: int | None = None,
         records: Iterable[SpanRecord | RowSpan] = (),
         converter: Callable[[Any], SpanRecord | RowSpan] | None = None,
-        convert_many: Callable[[list[Any]], list[RowSpan]] | None = None,
+        convert_many: Callable[[list[Any]], Sequence[SpanRecord | RowSpan]] | None = None,
         user_prices: UserPricesSource | None = None,
     ) -> None:
         self.trace_id = trace_id
@@ -115,8 +116,8 @@ class Trace:
         self.root_span_id = root_span_id
         if convert_many is None and converter is not None:
             convert_many = functools.partial(_each_of, converter)
-        #: a list of SDK spans to their rows and attributes (`RowSpan`), in one call
-        #: (`converter` on each, by default)
+        #: a list of SDK spans to their rows and attributes (`RowSpan`) or records, in
+        #: one call (`converter` on each, by default)
         self._convert_many = convert_many
         #: where the user's prices are read at each build (`SHELLS.user_prices` if None)
         self._user_prices = SHELLS.user_prices if user_prices is None else user_prices
@@ -211,15 +212,12 @@ class Trace:
             finally:
                 self._version += 1
 
-    def _keep(self, spans: Iterable[SpanRecord | RowSpan]) -> None:
+    def _keep(self, spans: Iterable[RowSpan]) -> None:
         """Keep each span's row and attributes, to fold next (under `_lock`)."""
         rows = self._rows
         attributes = self._span_attributes
         index = self._index
-        for span in spans:
-            if span.__class__ is not tuple:  # a `convert_many` that gives records
-                span = split_record(span)
-            row, span_attributes = span
+        for row, span_attributes in spans:
             span_id = row[SPAN_ID]
             position = index.get(span_id)
             # (in an order that an interruption between two lines leaves usable)
@@ -244,7 +242,7 @@ class Trace:
         if finished:
             convert_many = self._convert_many
             assert convert_many is not None  # spans come only to a trace that converts them
-            self._keep(convert_many(finished))
+            self._keep(split_records(convert_many(finished)))
             finished.clear()
 
     def records(self) -> list[SpanRecord]:
