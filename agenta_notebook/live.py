@@ -41,12 +41,13 @@ if TYPE_CHECKING:
 
 
 Listener = Callable[["Trace"], None]
-#: Ended spans are converted to records (and the SDK's span objects released) in batches
-#: of this many, as they end, rather than all at the first read. Small, so that few SDK
-#: spans live long enough for the garbage collector to move them to its older
-#: generations: with 512, a 100k-span cell spent 1.1 s in collections, with 64 0.65 s
-#: (benchmarks/README.md, issue 14's fourth round).
-CONVERT_EVERY: Final = 64
+#: Ended spans are converted to rows (and the SDK's span objects released) in batches of
+#: this many, as they end, rather than all at the first read. Small, so that the SDK's
+#: spans waiting in a batch (about ten tracked objects each) stay well under the 700
+#: allocations that start a young collection: with 64 a 100k-span cell ran 1,431 young
+#: and 1 full collection (0.29-0.53 s), with 16 337 and none (0.03-0.05 s); with 1 the
+#: conversion's own cost per call shows (benchmarks/README.md, issue 14's eighth round).
+CONVERT_EVERY: Final = 16
 #: Where a trace reads the user's prices when it builds its tree: a snapshot, cheap to call.
 UserPricesSource = Callable[[], UserPrices]
 

@@ -575,6 +575,37 @@ def test_a_long_cell_lets_go_of_the_sdk_spans_as_they_end() -> None:
     assert [node.record.attributes["index"] for node in nodes] == list(range(count))
 
 
+def test_a_long_cell_runs_few_young_collections() -> None:
+    """The SDK's spans waiting for their batch (about ten tracked objects each) stay well
+    under the allocations that start a young collection, so a long cell runs about one
+    young collection per few hundred spans, for the rows it keeps, and no full one (issue
+    14: with batches of 64 the same block ran 143 young collections and a full one
+    every few hundred thousand spans; with 16, 33)."""
+    threshold = gc.get_threshold()[0]
+    young = [0]
+    full = [0]
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            young[0] += info["generation"] == 0
+            full[0] += info["generation"] == 2
+
+    steps = 5000
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        with an.trace("young"):
+            for _ in range(steps):
+                with an.span("step"), an.span("inner"):
+                    pass
+    finally:
+        gc.callbacks.remove(count)
+    # a kept span is a row and a pair (two tuples tracked until a collection lets go of
+    # them); five tracked objects a span is more than twice the most this should see
+    assert young[0] <= 5 * 2 * steps // threshold
+    assert full[0] == 0
+
+
 def test_kept_spans_are_rows_the_garbage_collector_stops_tracking() -> None:
     """A finished span is kept as a row, a tuple of plain values, and its attributes, a
     dict of them: the garbage collector stops tracking both, so a long cell's spans add
