@@ -311,6 +311,49 @@ def check(engine: IncrementalTree, records: list[SpanRecord], root: int | None =
     assert_same_tree(engine.snapshot(), build_tree(records, root, name="t"))
 
 
+def test_the_fold_keeps_the_costliest_spans_without_reading_every_costed_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A live view lists the costliest spans and sizes its cost column by the smallest
+    cost on every redraw: the fold keeps both as spans are noted, so a redraw reads no
+    other costed span (issue 14: found again from every costed span, sorted in tree order
+    when their costs tied, a live cell of 40k like model calls spent 290 ms a redraw).
+    Spans that cost the same stay in tree order; a span that moves finds them again."""
+    from agenta_notebook.core import incremental
+
+    found_again: list[int] = []
+    real = incremental.costliest_of
+
+    def counted(nodes: Any, count: int = 5) -> list[Any]:
+        found_again.append(len(nodes))
+        return real(nodes, count)
+
+    monkeypatch.setattr(incremental, "costliest_of", counted)
+    held = [record(ROOT, None, 0, None), *(llm(10 + i, ROOT, 10 * i, 10 * i + 5) for i in range(8))]
+    engine = engine_of(held)
+    engine.snapshot()
+    assert found_again == []  # the first snapshot's walk noted them one by one
+    # later spans that cost the same come after the five first in tree order; an earlier
+    # one (it started first) and a costlier one take their place
+    early = llm(9, ROOT, -5, -1)
+    dear = llm(30, ROOT, 200, 205, gen_ai__usage__output_tokens=2000)
+    more = [llm(20 + i, ROOT, 100 + 10 * i, 105 + 10 * i) for i in range(5)]
+    assert engine.update([*more, early, dear])
+    held += [*more, early, dear]
+    tree = engine.snapshot()
+    assert found_again == []
+    assert [node.span_id for node in tree_costliest(tree)] == [30, 9, 10, 11, 12]
+    assert tree.stats.smallest_cost == min(node.own.cost for node in tree.stats.costed)
+    check(engine, held)
+    # a span seen again with an earlier start moves in tree order: found again, once
+    moved = llm(20, ROOT, -10, 105)
+    assert engine.update([moved])
+    held[held.index(more[0])] = moved
+    assert [node.span_id for node in tree_costliest(engine.snapshot())] == [30, 20, 9, 10, 11]
+    assert found_again == [len(held) - 1]  # every span but the root
+    check(engine, held)
+
+
 class _TypeThatFails(str):
     """A type value the SDK lets through (a str subclass) that raises when read."""
 

@@ -44,6 +44,7 @@ from typing import Final
 from agenta_notebook.core.fields import COST_CONTEXT, FIGURES, NO_FIGURES, Figures, sum_figures
 from agenta_notebook.core.pricing import UNPRICED, UserPrices
 from agenta_notebook.core.rollup import (
+    COSTLIEST,
     END,
     PARENT_ID,
     SCOPE,
@@ -61,12 +62,15 @@ from agenta_notebook.core.rollup import (
     call_key,
     child_list,
     children_sums,
+    costlier,
+    costliest_of,
     model_of,
     new_node,
     preorder_key,
     response_ids,
     roll_up,
     settle_node,
+    smallest_cost,
     sort_breakdown,
     split_records,
     start_order,
@@ -335,7 +339,13 @@ class IncrementalTree:
         self._stats_ready = False
         #: the latest end of any record, or start of a running one (`TreeStats.latest_ns`)
         self._latest: int | None = None
-        self._costed: dict[SpanNode, None] = {}
+        #: the nodes with figures of their own -> those figures, as last noted
+        self._costed: dict[SpanNode, Figures] = {}
+        #: `costliest_of(costed)`, and the smallest own cost not zero (`smallest_cost`),
+        #: kept as nodes are noted (a live view reads them on every redraw); None: to be
+        #: found again, from all the costed nodes, at the next snapshot
+        self._costliest: list[SpanNode] | None = []
+        self._smallest: Decimal | None = None
         #: per model, its counted usage; per node counted there, its model and own figures
         self._models: dict[str, _ModelSums] = {}
         self._modelled: dict[SpanNode, tuple[str, Figures]] = {}
@@ -363,6 +373,10 @@ class IncrementalTree:
             latest = self._latest
             if root.synthetic and latest is not None:
                 latest = max(latest, root.row[START])
+            costliest = self._costliest
+            if costliest is None:
+                costliest = self._costliest = costliest_of(self._costed)
+                self._smallest = smallest_cost(self._costed)
             stats = TreeStats(
                 count=len(self._by_id) + (1 if root.synthetic else 0),
                 running=self._running,
@@ -372,6 +386,8 @@ class IncrementalTree:
                 types=tuple(sorted(kind for kind, count in self._types.items() if count)),
                 depth_counts=tuple(self._depths),
                 by_model=self._by_model(),
+                costliest=tuple(costliest),
+                smallest_cost=self._smallest,
             )
             tree = TraceTree(self._trace_id, root, None, dict(self._by_id), failed, stats=stats)
             self._snapshot = tree
@@ -401,10 +417,16 @@ class IncrementalTree:
         """Keep `node` among the costed and warned nodes, or not, as it is now, and its
         counted usage in its model's sums."""
         own = node.own
+        costed = self._costed
+        before = costed.get(node)
         if own is not NO_FIGURES:
-            self._costed[node] = None
-        else:
-            self._costed.pop(node, None)
+            costed[node] = own
+            if before is None:
+                self._note_cost(node)
+            elif before is not own:
+                self._costliest = None  # a cost may have changed: find them again
+        elif costed.pop(node, None) is not None:
+            self._costliest = None
         noted = self._modelled.pop(node, None)
         if noted is not None:
             model, counted = noted
@@ -423,6 +445,22 @@ class IncrementalTree:
             self._warned[node] = None
         else:
             self._warned.pop(node, None)
+
+    def _note_cost(self, node: SpanNode) -> None:
+        """A node newly costed: among the costliest, and the smallest cost, or not."""
+        top = self._costliest
+        cost = node.own.cost
+        if top is None or not cost:  # (None, or zero)
+            return
+        size = cost.copy_abs()  # no context: never the notebook's
+        if self._smallest is None or size < self._smallest:
+            self._smallest = size
+        if cost > 0 and (len(top) < COSTLIEST or costlier(node, top[-1])):
+            place = len(top)
+            while place and costlier(node, top[place - 1]):
+                place -= 1
+            top.insert(place, node)
+            del top[COSTLIEST:]
 
     def _count_depth(self, node: SpanNode) -> None:
         depths = self._depths
@@ -765,6 +803,7 @@ class IncrementalTree:
                 children = child_list(parent)
                 children.remove(node)
                 _insert(children, node)
+                self._costliest = None  # its spans' places in tree order changed
             queue.setdefault(node.depth, []).append(node)
             queued.add(node)
         fresh = self._fresh

@@ -8,6 +8,7 @@ of the records alone, so the order in which spans arrive never changes a number
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -377,6 +378,42 @@ class TreeStats:
     depth_counts: tuple[int, ...]
     #: `TraceTree.by_model()` when the fold keeps it (None: summed from `costed`)
     by_model: tuple[ModelBreakdown, ...] | None = None
+    #: `costliest_of(costed)` when the fold keeps it (None: found from `costed`), and then
+    #: the smallest own cost that is not zero, without its sign (None: there is none)
+    costliest: tuple[SpanNode, ...] | None = None
+    smallest_cost: Decimal | None = None
+
+
+#: How many spans a view lists as the costliest.
+COSTLIEST: Final = 5
+
+
+def costlier(node: SpanNode, other: SpanNode) -> bool:
+    """`node` comes before `other` in the costliest list: its own cost is larger, or
+    the same and it comes first in the tree (both have an own cost above zero)."""
+    cost, other_cost = node.own.cost, other.own.cost
+    assert cost is not None and other_cost is not None
+    if cost != other_cost:
+        return cost > other_cost
+    return preorder_key(node) < preorder_key(other)
+
+
+def costliest_of(nodes: Iterable[SpanNode], count: int = COSTLIEST) -> list[SpanNode]:
+    """The `count` spans of `nodes` (any order) with the largest own counted cost,
+    costliest first; those that cost the same in tree order (only those tied at the
+    cut are put in tree order)."""
+    priced = [node for node in nodes if node.own.cost is not None and node.own.cost > 0]
+    if len(priced) > count:
+        cut = heapq.nlargest(count, (node.own.cost or 0 for node in priced))[-1]
+        priced = [node for node in priced if (node.own.cost or 0) >= cut]
+    priced.sort(key=preorder_key)  # ties in tree order
+    return heapq.nlargest(count, priced, key=lambda node: node.own.cost or 0)
+
+
+def smallest_cost(nodes: Iterable[SpanNode]) -> Decimal | None:
+    """The smallest own cost of `nodes` that is not zero, without its sign."""
+    sizes = [cost.copy_abs() for cost in (node.own.cost for node in nodes) if cost]
+    return min(sizes) if sizes else None  # (`copy_abs`: no context, never the notebook's)
 
 
 def tree_stats(nodes: Iterable[SpanNode]) -> TreeStats:

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from agenta_notebook.core.fields import COST_CONTEXT, FIGURE, FIGURES, Figure, Kind
 from agenta_notebook.core.rollup import (
+    COSTLIEST,
     END,
     START,
     STATUS_MESSAGE,
@@ -37,8 +38,9 @@ from agenta_notebook.core.rollup import (
     SpanNode,
     TraceSummary,
     TraceTree,
+    costliest_of,
     is_budget_refusal,
-    preorder_key,
+    smallest_cost,
 )
 from agenta_notebook.core.usage import shorten
 from agenta_notebook.live import Trace
@@ -244,8 +246,6 @@ MAX_PLACES: Final = 8
 #: The longest amount a row's cost column holds whole ("$123.45678901"): a view whose
 #: total has more whole digits gets fewer decimals.
 MAX_AMOUNT_CHARS: Final = 13
-#: The "costliest spans" list: this many spans.
-COSTLIEST: Final = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +295,8 @@ def tree_scale(tree: TraceTree) -> ViewScale:
     """`view_scale(tree.root, tree.nodes)` without a walk: from the tree's stats, which the
     live roll-up keeps (a redraw of a big running trace reads no other node)."""
     stats = tree.stats
-    smallest: Decimal | None = None
-    for node in stats.costed:
-        smallest = _smaller_cost(smallest, node)
+    kept = stats.costliest is not None  # the fold keeps the smallest cost with it
+    smallest = stats.smallest_cost if kept else smallest_cost(stats.costed)
     root = tree.root
     start = root.row[START]
     latest = max(root.row[END] or start, stats.latest_ns or start)
@@ -395,14 +394,12 @@ def costliest(nodes: Iterable[SpanNode], count: int = COSTLIEST) -> list[SpanNod
 
 
 def tree_costliest(tree: TraceTree, count: int = COSTLIEST) -> list[SpanNode]:
-    """`costliest(tree.nodes)` without a walk: from the spans with figures of their own
-    (the tree's stats); only those tied at the cut are put in tree order."""
-    priced = [node for node in tree.stats.costed if node.own.cost is not None and node.own.cost > 0]
-    if len(priced) > count:
-        cut = heapq.nlargest(count, (node.own.cost or 0 for node in priced))[-1]
-        priced = [node for node in priced if (node.own.cost or 0) >= cut]
-    priced.sort(key=preorder_key)  # ties go in tree order, as in `costliest`
-    return heapq.nlargest(count, priced, key=lambda node: node.own.cost or 0)
+    """`costliest(tree.nodes)` without a walk: kept by the live roll-up, or found among
+    the spans with figures of their own (the tree's stats)."""
+    kept = tree.stats.costliest
+    if kept is not None and count <= COSTLIEST:  # (the first of a list are the costliest)
+        return list(kept[:count])
+    return costliest_of(tree.stats.costed, count)
 
 
 def costliest_label(node: SpanNode, scale: ViewScale) -> str:
