@@ -26,11 +26,13 @@ Parts, each printing ratios measured in the same run:
 - `--part where`: where the CPU of the kernel cells goes: the whole process, the cell's
   own thread, the live view's redraws (their thread CPU, how many), and the cyclic
   garbage collector (its time, and collections per generation, from `gc.callbacks`).
+- `--part calls`: `--part where` with a model call in each step (the inner span records
+  usage: half the spans have a cost of their own), traced quietly and shown.
 - `--part kernel`: the cells in a real kernel (`%%agenta_trace --quiet`, `%%agenta_trace`,
   no magic, bare SDK spans), wall time from the execute request to idle, and how long
   after the cell's last line the kernel went idle (when the next cell can start).
 
-    .venv/bin/python benchmarks/bench_live.py [--part process|fold|cellfold|kernel|where|all]
+    .venv/bin/python benchmarks/bench_live.py [--part process|fold|cellfold|kernel|where|calls|all]
         [--steps 50000]
 """
 
@@ -498,16 +500,34 @@ WHERE["cell"] = _time.thread_time() - _cell_started
 """
 
 
-def part_where(steps: int, rounds: int) -> None:
-    """Where the CPU of each kernel cell goes (CPU seconds, median of `rounds`)."""
+#: The live cell's steps with a model call inside: the inner span records usage (one
+#: priced call of the same cost each), so that half the spans have a cost of their own.
+MODEL_CALL_SETUP = """
+from contextlib import contextmanager as _contextmanager
+from agenta_notebook import record_usage as _record_usage
+@_contextmanager
+def model_call(name):
+    if name == "inner":
+        with span(name, type="llm") as called:
+            _record_usage(model="gpt-4o", input_tokens=120, output_tokens=30)
+            yield called
+    else:
+        with span(name) as step:
+            yield step
+"""
+
+
+def part_where(steps: int, rounds: int, maker: str = "span") -> None:
+    """Where the CPU of each kernel cell goes (CPU seconds, median of `rounds`); with
+    `maker="model_call"`, a model call in each step."""
     cells = {
-        "untraced": WHERE_CELL.format(magic="", maker="span"),
-        "quiet": WHERE_CELL.format(magic="%%agenta_trace where --quiet", maker="span"),
-        "shown": WHERE_CELL.format(magic="%%agenta_trace where", maker="span"),
+        "untraced": WHERE_CELL.format(magic="", maker=maker),
+        "quiet": WHERE_CELL.format(magic="%%agenta_trace where --quiet", maker=maker),
+        "shown": WHERE_CELL.format(magic="%%agenta_trace where", maker=maker),
     }
     found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in cells}
     with started_kernel() as client:
-        for code in (KERNEL_SETUP, STEP_CODE.format(steps=steps), WHERE_SETUP):
+        for code in (KERNEL_SETUP, STEP_CODE.format(steps=steps), WHERE_SETUP, MODEL_CALL_SETUP):
             run_code(client, code)
         for _round in range(rounds):
             for kind, code in cells.items():
@@ -520,6 +540,8 @@ def part_where(steps: int, rounds: int) -> None:
                 )
     print(", ".join(f"{key} {value}" for key, value in machine().items()))
     print(f"{2 * steps:,} spans per cell, one kernel, {rounds} rounds interleaved (median)")
+    if maker != "span":
+        print(f"each step calls a model: {steps:,} spans with a cost of their own")
     print(
         f"{'cell':<10}{'process s':>10}{'cell thread s':>15}{'redraws':>9}{'redraw s':>10}"
         f"{'gc s':>7}  collections (gen 0/1/2)"
@@ -543,7 +565,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--part",
-        choices=["process", "fold", "cellfold", "kernel", "where", "scale", "all"],
+        choices=["process", "fold", "cellfold", "kernel", "where", "calls", "scale", "all"],
         default="process",
     )
     parser.add_argument("--spans", type=int, default=100_000, help="for --part fold")
@@ -560,6 +582,8 @@ def main() -> None:
         part_kernel(options.steps, options.rounds)
     if options.part in ("where", "all"):
         part_where(options.steps, options.rounds)
+    if options.part in ("calls", "all"):
+        part_where(options.steps, options.rounds, maker="model_call")
     if options.part == "scale":  # not in "all": a million spans take minutes
         part_scale(options.steps)
 
