@@ -19,7 +19,7 @@ from agenta_notebook.core.incremental import IncrementalTree, NeedsFullBuild, sh
 from agenta_notebook.core.pricing import NO_USER_PRICES
 from agenta_notebook.core.rollup import Figures, SpanNode, SpanRecord, TraceTree, build_tree
 from agenta_notebook.live import Trace
-from agenta_notebook.views.html import costliest, tree_costliest
+from agenta_notebook.views.html import costliest, tree_costliest, tree_scale, view_scale
 from agenta_notebook.views.state import TreeState
 
 TRACE_ID = 0x1AC
@@ -115,6 +115,9 @@ def histories(draw: st.DrawFn) -> History:
             kept = draw(st.sets(st.sampled_from(sorted(attributes)))) if attributes else set()
             running = replace(
                 ended,
+                # (rarely, read first with another start: the span moves among its
+                # siblings, and its subtree in tree order, when it ends)
+                start_time_ns=start + draw(st.sampled_from([0, 0, 0, 0, -3, 2])),
                 end_time_ns=None,
                 status="UNSET",
                 attributes={key: attributes[key] for key in sorted(kept)},
@@ -194,6 +197,7 @@ def assert_same_tree(folded: TraceTree, full: TraceTree) -> None:
     assert repr(folded.by_model()) == repr(full.by_model())
     top = [node.span_id for node in tree_costliest(folded)]
     assert top == [node.span_id for node in costliest(full.nodes)]
+    assert tree_scale(folded) == view_scale(full.root, full.nodes)
     assert folded.size == len(full.nodes)
     assert [describe(n) for n in folded.nodes] == [describe(n) for n in full.nodes]
     assert folded.trace_id == full.trace_id
@@ -351,6 +355,33 @@ def test_the_fold_keeps_the_costliest_spans_without_reading_every_costed_span(
     held[held.index(more[0])] = moved
     assert [node.span_id for node in tree_costliest(engine.snapshot())] == [30, 20, 9, 10, 11]
     assert found_again == [len(held) - 1]  # every span but the root
+    check(engine, held)
+    # a span settled again at the same cost (it ended after it was read running): kept
+    running = llm(40, ROOT, 300, None)
+    assert engine.update([running])
+    engine.snapshot()
+    ended = llm(40, ROOT, 300, 305)
+    assert engine.update([ended])
+    held.append(ended)
+    engine.snapshot()
+    assert found_again == [len(held) - 2]  # (from the move above, not again)
+    check(engine, held)
+
+
+def test_a_span_without_a_cost_that_moves_moves_the_costly_spans_below_it() -> None:
+    """Two calls that cost the same go in tree order: when the parent of the later one
+    moves before the other (it was read running with a later start), so does its call."""
+    held = [record(ROOT, None, 0, None), record(2, ROOT, 10, None), llm(3, 2, 11, 12)]
+    held.append(llm(4, ROOT, 5, 6))
+    engine = engine_of(held)
+    extra = record(5, ROOT, 30, 31)
+    assert engine.update([extra])  # a first fold: from now on the fold keeps the list
+    held.append(extra)
+    assert [node.span_id for node in tree_costliest(engine.snapshot())] == [4, 3]
+    moved = record(2, ROOT, 1, 20)
+    assert engine.update([moved])
+    held[1] = moved
+    assert [node.span_id for node in tree_costliest(engine.snapshot())] == [3, 4]
     check(engine, held)
 
 

@@ -414,19 +414,24 @@ class IncrementalTree:
         return sort_breakdown(sums.row(model) for model, sums in models.items())
 
     def _note(self, node: SpanNode) -> None:
-        """Keep `node` among the costed and warned nodes, or not, as it is now, and its
-        counted usage in its model's sums."""
+        """Keep `node` among the costed and warned nodes, or not, as it is now, its
+        counted usage in its model's sums, and its cost among the costliest and as the
+        smallest, or not."""
         own = node.own
         costed = self._costed
-        before = costed.get(node)
         if own is not NO_FIGURES:
+            before = costed.get(node)
             costed[node] = own
-            if before is None:
-                self._note_cost(node)
-            elif before is not own:
-                self._costliest = None  # a cost may have changed: find them again
-        elif costed.pop(node, None) is not None:
-            self._costliest = None
+            # (a span is settled again with new figures whenever something below it or
+            # its own row changes: the kept spans are found again only when a cost did)
+            if before is None or not before.cost:
+                self._note_cost(node)  # it had no cost: it may have one now
+            elif before.cost != own.cost:
+                self._costliest = None
+        else:
+            before = costed.pop(node, None)
+            if before is not None and before.cost:
+                self._costliest = None
         noted = self._modelled.pop(node, None)
         if noted is not None:
             model, counted = noted

@@ -378,8 +378,9 @@ class TreeStats:
     depth_counts: tuple[int, ...]
     #: `TraceTree.by_model()` when the fold keeps it (None: summed from `costed`)
     by_model: tuple[ModelBreakdown, ...] | None = None
-    #: `costliest_of(costed)` when the fold keeps it (None: found from `costed`), and then
-    #: the smallest own cost that is not zero, without its sign (None: there is none)
+    #: `costliest_of(costed)` when the fold keeps it (None: found from `costed`), and
+    #: with it `smallest_cost(costed)` (None: no cost that is not zero; when `costliest`
+    #: is None, not kept: found from `costed` too)
     costliest: tuple[SpanNode, ...] | None = None
     smallest_cost: Decimal | None = None
 
@@ -390,7 +391,7 @@ COSTLIEST: Final = 5
 
 def costlier(node: SpanNode, other: SpanNode) -> bool:
     """`node` comes before `other` in the costliest list: its own cost is larger, or
-    the same and it comes first in the tree (both have an own cost above zero)."""
+    the same and it comes first in the tree (both must have an own cost)."""
     cost, other_cost = node.own.cost, other.own.cost
     assert cost is not None and other_cost is not None
     if cost != other_cost:
@@ -402,6 +403,8 @@ def costliest_of(nodes: Iterable[SpanNode], count: int = COSTLIEST) -> list[Span
     """The `count` spans of `nodes` (any order) with the largest own counted cost,
     costliest first; those that cost the same in tree order (only those tied at the
     cut are put in tree order)."""
+    if count <= 0:
+        return []
     priced = [node for node in nodes if node.own.cost is not None and node.own.cost > 0]
     if len(priced) > count:
         cut = heapq.nlargest(count, (node.own.cost or 0 for node in priced))[-1]

@@ -295,7 +295,7 @@ def tree_scale(tree: TraceTree) -> ViewScale:
     """`view_scale(tree.root, tree.nodes)` without a walk: from the tree's stats, which the
     live roll-up keeps (a redraw of a big running trace reads no other node)."""
     stats = tree.stats
-    kept = stats.costliest is not None  # the fold keeps the smallest cost with it
+    kept = stats.costliest is not None  # the fold keeps the smallest cost with the list
     smallest = stats.smallest_cost if kept else smallest_cost(stats.costed)
     root = tree.root
     start = root.row[START]
@@ -397,7 +397,7 @@ def tree_costliest(tree: TraceTree, count: int = COSTLIEST) -> list[SpanNode]:
     """`costliest(tree.nodes)` without a walk: kept by the live roll-up, or found among
     the spans with figures of their own (the tree's stats)."""
     kept = tree.stats.costliest
-    if kept is not None and count <= COSTLIEST:  # (the first of a list are the costliest)
+    if kept is not None and 0 <= count <= COSTLIEST:  # (the first are the costliest)
         return list(kept[:count])
     return costliest_of(tree.stats.costed, count)
 
