@@ -263,7 +263,7 @@ class ViewScale:
 
 
 def view_scale(root: SpanNode, nodes: Iterable[SpanNode]) -> ViewScale:
-    """The scale of a view of the tree under `root`: one pass over its `nodes`.
+    """The scale of a view of the tree under `root`, from its `nodes`.
 
     The decimals show the smallest non-zero own cost with two significant figures
     (every subtotal is a sum of own costs, so none is smaller), up to `MAX_PLACES`: a
@@ -275,7 +275,7 @@ def view_scale(root: SpanNode, nodes: Iterable[SpanNode]) -> ViewScale:
     >>> view_scale(tree.root, tree.nodes)
     ViewScale(places=2, total_cost=None, start_ns=0, end_ns=10, running=False)
     """
-    smallest: Decimal | None = None
+    nodes = tuple(nodes)
     start = root.row[START]
     latest = root.row[END] or start
     running = root.running
@@ -287,8 +287,7 @@ def view_scale(root: SpanNode, nodes: Iterable[SpanNode]) -> ViewScale:
             end = row[START]
         if end > latest:
             latest = end
-        smallest = _smaller_cost(smallest, node)
-    return _scale(root, smallest, latest, running)
+    return _scale(root, smallest_cost(nodes), latest, running)
 
 
 def tree_scale(tree: TraceTree) -> ViewScale:
@@ -301,15 +300,6 @@ def tree_scale(tree: TraceTree) -> ViewScale:
     start = root.row[START]
     latest = max(root.row[END] or start, stats.latest_ns or start)
     return _scale(root, smallest, latest, root.running or stats.running > 0)
-
-
-def _smaller_cost(smallest: Decimal | None, node: SpanNode) -> Decimal | None:
-    cost = node.own.cost
-    if cost is not None and cost != 0:
-        size = cost.copy_abs()  # no context: never the notebook's
-        if smallest is None or size < smallest:
-            return size
-    return smallest
 
 
 def _scale(root: SpanNode, smallest: Decimal | None, latest: int, running: bool) -> ViewScale:
