@@ -418,6 +418,19 @@ def test_a_snapshot_keeps_the_spans_of_its_time() -> None:
     assert before.size == len(before.nodes) == 3
     assert [node.span_id for node in after.nodes] == [ROOT, 2, 3, 4, 5]
     assert after.size == 5
+    # its index too, though the fold does not copy it for each snapshot
+    assert sorted(before.by_id) == [ROOT, 2, 3] and len(before.by_id) == 3
+    assert [node.span_id for node in before.by_id.values()] == [ROOT, 2, 3]
+    assert 4 not in before.by_id and before.by_id.get(4) is None and 3 in before.by_id
+    with pytest.raises(KeyError):
+        before.by_id[4]
+    assert sorted(after.by_id) == [ROOT, 2, 3, 4, 5]
+    assert after.by_id[5].span_id == 5
+    # a fold refused half way (a parent cycle: the new spans are in the index) adds nothing
+    with pytest.raises(NeedsFullBuild):
+        engine.update([llm(6, ROOT, 13, 14), record(7, 8, 13, 14), record(8, 7, 12, 15)])
+    assert sorted(after.by_id) == [ROOT, 2, 3, 4, 5]
+    assert [node.span_id for node in after.nodes] == [ROOT, 2, 3, 4, 5]
 
 
 def test_leaves_share_one_empty_children_tuple_until_a_child_is_folded_in() -> None:

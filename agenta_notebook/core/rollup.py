@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from itertools import islice
 from operator import itemgetter
 from typing import Any, Final, Literal
 
@@ -271,6 +272,8 @@ class SpanNode:
     reports_in_subtree: int = 0
     #: a model-call span is in this subtree, this span included
     call_in_subtree: bool = False
+    #: its place in the live roll-up's index (`HeldIndex`); 0 for a full build's nodes
+    seq: int = 0
 
     @property
     def record(self) -> SpanRecord:
@@ -452,9 +455,75 @@ def tree_stats(nodes: Iterable[SpanNode]) -> TreeStats:
     )
 
 
+class HeldIndex(Mapping[int, SpanNode]):
+    """The spans of a live roll-up's snapshot by span id, without a copy of its index.
+
+    The live roll-up's index (span id -> node) only grows between two full builds, and
+    each node it adds is numbered with its place (`SpanNode.seq`); a snapshot holds the
+    first `size` entries, so the spans folded in after it stay out of it. (The nodes of
+    the full build the index started from are numbered 0, all below any `size`.) Reading
+    all of it copies the first `size` entries in one step, so a fold on another thread
+    cannot change it under the reader.
+    """
+
+    __slots__ = ("_index", "_size")
+
+    def __init__(self, index: dict[int, SpanNode], size: int) -> None:
+        self._index = index
+        self._size = size
+
+    def __getitem__(self, span_id: int) -> SpanNode:
+        node = self._index[span_id]
+        if node.seq >= self._size:
+            raise KeyError(span_id)
+        return node
+
+    def get(self, span_id: int, default: Any = None) -> Any:
+        node = self._index.get(span_id)
+        return node if node is not None and node.seq < self._size else default
+
+    def __contains__(self, span_id: object) -> bool:
+        node = self._index.get(span_id)  # type: ignore[call-overload]
+        return node is not None and node.seq < self._size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(islice(self._index, self._size)))
+
+    def values(self) -> ValuesView[SpanNode]:
+        return _HeldValues(self)
+
+    def held(self, node: SpanNode) -> bool:
+        """`node` is one of these spans (a node of the tree made after them is not)."""
+        return node.seq < self._size
+
+    def nodes(self) -> list[SpanNode]:
+        """Its nodes, in the order they came in."""
+        return list(islice(self._index.values(), self._size))
+
+
+class _HeldValues(ValuesView[SpanNode]):
+    _mapping: HeldIndex
+
+    def __iter__(self) -> Iterator[SpanNode]:
+        return iter(self._mapping.nodes())
+
+
 def _walk_held(root: SpanNode, by_id: Mapping[int, SpanNode]) -> Iterator[SpanNode]:
     """The nodes below `root` that `by_id` holds (and the root), parents first."""
     stack = [root]
+    if isinstance(by_id, HeldIndex):
+        # every node of the tree is in the live index: those after the snapshot are not held
+        size = by_id._size
+        while stack:
+            node = stack.pop()
+            yield node
+            children = node.children
+            if children:
+                stack.extend([child for child in reversed(children) if child.seq < size])
+        return
     while stack:
         node = stack.pop()
         yield node
