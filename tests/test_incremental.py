@@ -4,6 +4,7 @@ and for any order of arrival; the live trace's totals need no rebuild."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -431,6 +432,47 @@ def test_a_snapshot_keeps_the_spans_of_its_time() -> None:
         engine.update([llm(6, ROOT, 13, 14), record(7, 8, 13, 14), record(8, 7, 12, 15)])
     assert sorted(after.by_id) == [ROOT, 2, 3, 4, 5]
     assert [node.span_id for node in after.nodes] == [ROOT, 2, 3, 4, 5]
+
+
+def test_an_older_snapshot_is_read_whole_while_another_thread_folds() -> None:
+    """A snapshot's index is the fold's own, shared: reading all of it (an export of the
+    trace, say) while a fold on another thread adds spans gives the snapshot's spans,
+    never "dictionary changed size during iteration"."""
+    engine = engine_of([record(ROOT, None, 0, None), record(2, ROOT, 1, 2)])
+    assert engine.update([record(3, ROOT, 2, 3)])
+    snapshot = engine.snapshot()
+    expected = [ROOT, 2, 3]
+    found: list[object] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                keys = list(snapshot.by_id)
+                values = [node.span_id for node in snapshot.by_id.values()]
+                items = [span_id for span_id, _node in snapshot.by_id.items()]
+            except RuntimeError as error:
+                found.append(error)
+                return
+            if not keys == values == items == expected:
+                found.append((keys, values, items))
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as the interpreter lets them
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for span_id in range(10, 8_010):
+            engine.update([record(span_id, ROOT, span_id, span_id + 1)])
+            if found:
+                break
+    finally:
+        stop.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert found == []
+    assert len(engine.snapshot().by_id) == 8_003
 
 
 def test_leaves_share_one_empty_children_tuple_until_a_child_is_folded_in() -> None:

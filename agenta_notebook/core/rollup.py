@@ -13,7 +13,6 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from itertools import islice
 from operator import itemgetter
 from typing import Any, Final, Literal
 
@@ -462,8 +461,9 @@ class HeldIndex(Mapping[int, SpanNode]):
     each node it adds is numbered with its place (`SpanNode.seq`); a snapshot holds the
     first `size` entries, so the spans folded in after it stay out of it. (The nodes of
     the full build the index started from are numbered 0, all below any `size`.) Reading
-    all of it copies the first `size` entries in one step, so a fold on another thread
-    cannot change it under the reader.
+    all of it copies the index in one call (`list(index)`: the interpreter does not
+    switch threads inside it), then keeps the first `size`: an iterator made first and
+    read after would meet a fold on another thread that grew the index in between.
     """
 
     __slots__ = ("_index", "_size")
@@ -490,18 +490,14 @@ class HeldIndex(Mapping[int, SpanNode]):
         return self._size
 
     def __iter__(self) -> Iterator[int]:
-        return iter(list(islice(self._index, self._size)))
+        return iter(list(self._index)[: self._size])
 
     def values(self) -> ValuesView[SpanNode]:
         return _HeldValues(self)
 
-    def held(self, node: SpanNode) -> bool:
-        """`node` is one of these spans (a node of the tree made after them is not)."""
-        return node.seq < self._size
-
     def nodes(self) -> list[SpanNode]:
         """Its nodes, in the order they came in."""
-        return list(islice(self._index.values(), self._size))
+        return list(self._index.values())[: self._size]
 
 
 class _HeldValues(ValuesView[SpanNode]):
