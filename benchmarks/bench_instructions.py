@@ -17,8 +17,13 @@ benchmark here it prints ratios against a baseline measured in the same run.
 - **live fold**: the records of issue 14's live cell (a step over an inner span, nothing
   of their own) folded into a live tree in 27 batches, each followed by what a redraw
   reads (totals and the snapshot's stats), against one full build of the same records.
+- **the live cell itself** (`--spans / 2` steps of `span("step")` over `span("inner")`):
+  untraced, in `trace()` with its tree read once at the end (`--quiet`), and shown (the
+  widget's view of the trace updated 27 times while the steps run, on the same thread,
+  and once at the end), the quiet cell as the baseline: what the live view adds in work,
+  against what `bench_live.py` times.
 
-Needs valgrind (`apt-get install valgrind`); about eight minutes on two cores. Counts
+Needs valgrind (`apt-get install valgrind`); about twenty minutes on two cores. Counts
 are instructions, not time: cache misses and the garbage collector are not in them (the
 collector is off in the children, which leave without the collection at exit), so they
 say which commit does less work, while `bench_core.py` and `bench_live.py` say what it
@@ -54,6 +59,10 @@ RUNS = (
     ("cell", "none"),
     ("cell", "build"),
     ("cell", "fold"),
+    ("live", "none"),
+    ("live", "untraced"),
+    ("live", "quiet"),
+    ("live", "shown"),
 )
 BATCHES = 27  # the live cell's redraws in the kernel (`bench_live.py --part cellfold`)
 
@@ -112,8 +121,46 @@ def _cell_setup(spans: int, records_file: str) -> dict[str, Callable[[], Any]]:
     return {"build": lambda: build_tree(records, root_id), "fold": fold}
 
 
+def _live_setup(spans: int) -> dict[str, Callable[[], Any]]:
+    import agenta_notebook as an
+    from agenta_notebook.views.widget import TraceView
+
+    steps = spans // 2
+    every = -(-steps // BATCHES)
+
+    def run_steps(view: Any = None) -> None:
+        for step in range(steps):
+            with an.span("step"), an.span("inner"):
+                pass
+            if view is not None and step % every == every - 1:
+                view.update()
+
+    def quiet() -> Any:
+        with an.trace("cell") as trace:
+            run_steps()
+        trace.tree  # noqa: B018 - the tree a quiet cell's totals come from
+        an.get_collector().clear()
+
+    def shown() -> Any:
+        with an.trace("cell") as trace:
+            view = TraceView(trace)
+            run_steps(view)
+        view.update()
+        view.close()
+        an.get_collector().clear()
+
+    quiet()  # first-use costs (imports, the widget's modules), in every child
+    shown()
+    return {"untraced": run_steps, "quiet": quiet, "shown": shown}
+
+
 def _child(group: str, operation: str, spans: int, repeat: int, records_file: str) -> None:
-    operations = _core_setup(spans) if group == "core" else _cell_setup(spans, records_file)
+    if group == "core":
+        operations = _core_setup(spans)
+    elif group == "cell":
+        operations = _cell_setup(spans, records_file)
+    else:
+        operations = _live_setup(spans)
     gc.collect()
     gc.disable()  # instructions of the operation, not of when the collector happens to run
     if operation != "none":
@@ -209,6 +256,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{f'live cell: folded in {BATCHES} batches':<36}{fold:>10,.0f}{fold / plain:>8.2f}x"
         f"   {fold / build:.2f}x the full build"
     )
+    quiet = per_span("live", "quiet")
+    print("\nthe live cell itself, per span (the quiet cell is the baseline)")
+    for label, operation in (("untraced", "untraced"), ("--quiet", "quiet"), ("shown", "shown")):
+        count = per_span("live", operation)
+        print(f"{label:<36}{count:>10,.0f}{count / quiet:>8.2f}x")
 
 
 if __name__ == "__main__":
