@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -507,26 +508,16 @@ class _HeldValues(ValuesView[SpanNode]):
         return iter(self._mapping.nodes())
 
 
-def _walk_held(root: SpanNode, by_id: Mapping[int, SpanNode]) -> Iterator[SpanNode]:
-    """The nodes below `root` that `by_id` holds (and the root), parents first."""
+def _walk_held(root: SpanNode, size: int) -> Iterator[SpanNode]:
+    """The nodes below `root` (and the root) that a snapshot of `size` spans of the live
+    index holds (`HeldIndex`: every node of the tree is in that index), parents first."""
     stack = [root]
-    if isinstance(by_id, HeldIndex):
-        # every node of the tree is in the live index: those after the snapshot are not held
-        size = by_id._size
-        while stack:
-            node = stack.pop()
-            yield node
-            children = node.children
-            if children:
-                stack.extend([child for child in reversed(children) if child.seq < size])
-        return
     while stack:
         node = stack.pop()
         yield node
         children = node.children
         if children:
-            held = [child for child in children if by_id.get(child.span_id) is child]
-            stack.extend(reversed(held))
+            stack.extend([child for child in reversed(children) if child.seq < size])
 
 
 def preorder_key(node: SpanNode) -> tuple[tuple[int, int], ...]:
@@ -575,7 +566,10 @@ class TraceTree:
         """Every node, parents before children, children in start order."""
         nodes = self._nodes
         if nodes is None:
-            nodes = self._nodes = tuple(_walk_held(self.root, self.by_id))
+            by_id = self.by_id
+            # (a tree given no nodes and a plain mapping: every span below its root)
+            size = len(by_id) if isinstance(by_id, HeldIndex) else sys.maxsize
+            nodes = self._nodes = tuple(_walk_held(self.root, size))
         return nodes
 
     @property
