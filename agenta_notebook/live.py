@@ -285,18 +285,27 @@ class Trace:
     def _changes(self) -> list[RowSpan] | None:
         """The rows that are new or may have changed since the last fold, as a full
         build would take them (an ended span wins over a running one); None when a
-        span the last fold held is gone (only a full build can say what remains)."""
+        span the last fold held is gone (only a full build can say what remains).
+
+        A span may come more than once: the last time is the one that counts (as
+        `IncrementalTree.update` takes them)."""
         with self._lock:
             self._convert_finished()
             open_items = list(self._open_raw.items())
             rows = self._rows
-            unfolded = chain(range(self._folded_upto, len(rows)), self._refold)
-            ids = dict.fromkeys(rows[position][SPAN_ID] for position in unfolded)
-            self._folded_upto, self._refold = len(rows), []
-            ids.update(dict.fromkeys(self._folded_running))
-            ids.update(dict.fromkeys(span_id for span_id, _raw in open_items))
-            index = self._index
             attributes = self._span_attributes
+            start = self._folded_upto
+            # The rows kept since the last fold, as they are (most spans; no lookup):
+            # each span is kept once, in its place (`_keep`).
+            changes: list[RowSpan] = list(zip(rows[start:], attributes[start:], strict=True))
+            refold = self._refold
+            self._folded_upto, self._refold = len(rows), []
+            changes.extend((rows[position], attributes[position]) for position in refold)
+            # The spans that were running at the last fold or are now: a kept row of
+            # theirs (it ended since, or was added) or their running row, read below.
+            index = self._index
+            ids = dict.fromkeys(self._folded_running)
+            ids.update(dict.fromkeys(span_id for span_id, _raw in open_items))
             stored: dict[int, RowSpan | None] = {}
             for span_id in ids:
                 position = index.get(span_id)
@@ -305,7 +314,6 @@ class Trace:
                 )
         running = self._running_rows(open_items)
         self._folded_running = set(running)
-        changes: list[RowSpan] = []
         for span_id, span in stored.items():
             live_span = running.get(span_id)
             if span is not None and (live_span is None or span[0][END] is not None):

@@ -35,6 +35,7 @@ snapshots (`agenta_notebook.live.Trace` holds a lock around both).
 
 from __future__ import annotations
 
+import sys
 from bisect import insort
 from collections.abc import Iterable
 from dataclasses import replace
@@ -333,8 +334,9 @@ class IncrementalTree:
         self._first_start: int | None = None
         self._last_end: int | None = None
         self._bounds_stale = False
-        #: nodes made in the current fold (their children's sums start empty)
-        self._fresh: set[SpanNode] = set()
+        #: during a fold, the place in the index of its first new node: the nodes from
+        #: there on are new (their children's sums start empty); none outside a fold
+        self._fresh_from = sys.maxsize
         # What the views read of the whole tree (`TreeStats`), taken from one walk at
         # the first snapshot after a fold, then kept by each fold.
         self._stats_ready = False
@@ -609,7 +611,8 @@ class IncrementalTree:
         below = self._below.get(node)
         if below is None:
             # A node made in this fold has only new children, which add themselves.
-            below = _Below() if node in self._fresh else _Below.of(node)
+            fresh = node.seq >= self._fresh_from and node is not self.root
+            below = _Below() if fresh else _Below.of(node)
             self._below[node] = below
         return below
 
@@ -627,20 +630,55 @@ class IncrementalTree:
             self._by_id = dict(self._by_id)
             self._by_id_shared = False
         by_id = self._by_id
-        latest: dict[int, RowSpan] = {}
-        for pair in split_records(records):
-            latest[pair[0][SPAN_ID]] = pair
+        # (a span given twice: the last time counts)
+        latest: dict[int, RowSpan] = {pair[0][SPAN_ID]: pair for pair in split_records(records)}
+        # The new spans are made, indexed and counted in one loop (a live cell adds
+        # thousands a fold). Whatever is refused after this leaves the object unusable, as
+        # said above; a snapshot taken before keeps to its own spans (`HeldIndex`).
+        fresh_from = len(by_id)
         fresh: list[SpanNode] = []
         changed: list[tuple[SpanNode, SpanRow, SpanNode]] = []  # node, row, new node
         trace_id = self._trace_id
         waiting = self._waiting
+        tops_by_id = self._tops
+        stats = self._stats_ready
+        types = self._types
+        running, first, last, latest_ns = (
+            self._running,
+            self._first_start,
+            self._last_end,
+            self._latest,
+        )
         for span_id, (row, attributes) in latest.items():
             node = by_id.get(span_id)
             if node is None:
                 if span_id in waiting:
                     raise NeedsFullBuild("a late parent")
-                fresh.append(new_node(row, attributes))
+                node = new_node(row, attributes)
+                node.seq = len(by_id)
+                by_id[span_id] = node
+                fresh.append(node)
                 trace_id = row[TRACE_ID]
+                if row[PARENT_ID] is None:
+                    tops_by_id[span_id] = node
+                # `_count_in(row, 1)` and `_move_latest(None, ...)`, inline
+                start, end = row[START], row[END]
+                if end is None:
+                    running += 1
+                    mark = start
+                else:
+                    mark = end
+                    if last is None or end > last:
+                        last = end
+                if first is None or start < first:
+                    first = start
+                if latest_ns is None or mark > latest_ns:
+                    latest_ns = mark
+                usage = node.usage
+                if stats and usage.span_type:
+                    types[usage.span_type] = types.get(usage.span_type, 0) + 1
+                if usage.is_model_call:
+                    self._count_scope(row[SCOPE], 1)
             elif (node.row is not row and node.row != row) or (
                 node.attributes is not attributes and node.attributes != attributes
             ):
@@ -651,20 +689,16 @@ class IncrementalTree:
                 trace_id = row[TRACE_ID]
         if not fresh and not changed:
             return False
+        self._running, self._first_start, self._last_end, self._latest = (
+            running,
+            first,
+            last,
+            latest_ns,
+        )
 
-        # Checks first: nothing is changed before them.
-        tops = self._tops
-        for node in fresh:
-            row = node.row
-            node.seq = len(by_id)
-            by_id[row[SPAN_ID]] = node
-            if row[PARENT_ID] is None:
-                tops[row[SPAN_ID]] = node
         expected = self._expected_root()
         if expected is not self.root and not (expected is None and self.root.synthetic):
             raise NeedsFullBuild("the root changed")
-        stats = self._stats_ready
-        types = self._types
         for node, row, new in changed:
             self._count_in(node.row, -1)
             self._count_in(row, 1)
@@ -678,54 +712,15 @@ class IncrementalTree:
                 self._count_scope(node.row[SCOPE], -1)
             if new.usage.is_model_call:
                 self._count_scope(row[SCOPE], 1)
-        # `_count_in(row, 1)` and `_move_latest(None, ...)` of each new node, inline
-        # (one loop, no call a span: a live cell adds thousands a fold)
-        running, first, last, latest_ns = (
-            self._running,
-            self._first_start,
-            self._last_end,
-            self._latest,
-        )
-        for node in fresh:
-            row = node.row
-            start, end = row[START], row[END]
-            if end is None:
-                running += 1
-                mark = start
-            else:
-                mark = end
-                if last is None or end > last:
-                    last = end
-            if first is None or start < first:
-                first = start
-            if latest_ns is None or mark > latest_ns:
-                latest_ns = mark
-            usage = node.usage
-            if stats and usage.span_type:
-                types[usage.span_type] = types.get(usage.span_type, 0) + 1
-            if usage.is_model_call:
-                self._count_scope(row[SCOPE], 1)
-        self._running, self._first_start, self._last_end, self._latest = (
-            running,
-            first,
-            last,
-            latest_ns,
-        )
-        placing = self._placing_order(fresh)
+        tops, placing = self._link(fresh, fresh_from)
 
-        self._fresh = set(fresh)
+        self._fresh_from = fresh_from
         try:
-            settled = self._fold(placing, changed)
+            settled = self._fold(placing, tops, changed)
         finally:
-            self._fresh = set()
+            self._fresh_from = sys.maxsize
         self._check_pairs(settled, fresh, changed)
         if stats:
-            depths = self._depths
-            for node in fresh:  # `_count_depth`, inline
-                depth = node.depth
-                while len(depths) <= depth:
-                    depths.append(0)
-                depths[depth] += 1
             for node in settled:
                 self._note(node)
         if self._bounds_stale:
@@ -740,48 +735,78 @@ class IncrementalTree:
         self._snapshot = None
         return True
 
-    def _placing_order(self, fresh: list[SpanNode]) -> list[SpanNode]:
-        """The new nodes, each after its parent when that is new too; refuses a cycle."""
+    def _link(
+        self, fresh: list[SpanNode], fresh_from: int
+    ) -> tuple[list[SpanNode], list[SpanNode]]:
+        """Hang each new node under its new parent, as a full build does; returns the new
+        nodes whose parent was held before (or the root), to be placed under it by the
+        fold, and every new node in the order its subtree is rolled up in (each after its
+        parent, children in start order: their depths set, counted in the stats). Refuses
+        a parent cycle, before any node held before is changed."""
         by_id = self._by_id
-        fresh_ids = {node.row[SPAN_ID] for node in fresh}
-        placed: set[int] = set()
-        order: list[SpanNode] = []
+        root = self.root
+        tops: list[SpanNode] = []
         for node in fresh:
-            row = node.row
-            span_id = row[SPAN_ID]
-            if span_id in placed:
+            parent_id = node.row[PARENT_ID]
+            parent = by_id.get(parent_id) if parent_id is not None else None
+            if parent is None:
+                parent = root
+                node.detached = not (root.synthetic and parent_id is None)
+                if parent_id is not None:
+                    self._waiting.setdefault(parent_id, []).append(node)
+            node.parent = parent
+            if parent.seq < fresh_from or parent is root:
+                tops.append(node)
                 continue
-            parent_id = row[PARENT_ID]
-            if parent_id not in fresh_ids or parent_id in placed:
-                # (most new spans: a parent held before, or placed already)
-                placed.add(span_id)
+            children = parent.children  # a new node's: new nodes only
+            if children.__class__ is list:
+                children.append(node)
+            else:
+                parent.children = [*children, node]
+        # The new subtrees, walked as `rollup._preorder` walks a tree. A node in a parent
+        # cycle hangs under a new node of the cycle and is never reached from a top.
+        order: list[SpanNode] = []
+        # (the stats' count of nodes per depth, kept here: one more loop over the new
+        # nodes otherwise)
+        depths = self._depths if self._stats_ready else None
+        for top in tops:
+            parent = top.parent
+            assert parent is not None  # set above
+            top.depth = parent.depth + 1
+            stack = [top]
+            while stack:
+                node = stack.pop()
                 order.append(node)
-                continue
-            chain = [node]
-            # up through new parents not placed yet (a child often ends before its parent)
-            while parent_id is not None and parent_id in fresh_ids and parent_id not in placed:
-                if len(chain) > len(fresh_ids):
-                    raise NeedsFullBuild("a parent cycle")
-                parent = by_id[parent_id]
-                chain.append(parent)
-                parent_id = parent.row[PARENT_ID]
-            for member in reversed(chain):
-                placed.add(member.row[SPAN_ID])
-                order.append(member)
-        return order
+                if depths is not None:
+                    depth = node.depth
+                    while len(depths) <= depth:
+                        depths.append(0)
+                    depths[depth] += 1
+                children = node.children
+                if children:
+                    if len(children) > 1:
+                        child_list(node).sort(key=start_order)
+                    depth = node.depth + 1
+                    for child in children:
+                        child.depth = depth
+                    stack.extend(reversed(children))
+        if len(order) < len(fresh):
+            raise NeedsFullBuild("a parent cycle")
+        return tops, order
 
     def _fold(
         self,
         placing: list[SpanNode],
+        tops: list[SpanNode],
         changed: list[tuple[SpanNode, SpanRow, SpanNode]],
     ) -> list[SpanNode]:
-        """Attach the new nodes and roll up their subtrees, replace the changed rows,
+        """Place the new subtrees (`tops`, linked by `_link`) under the nodes held before
+        and roll them up (`placing`: every new node, in `_link`'s order), replace the
+        changed rows,
         and settle every node held before whose inputs changed, deepest first; returns
         the nodes settled, but for new ones with nothing of their own (nothing about
         them to note or pair)."""
-        by_id = self._by_id
         settled: list[SpanNode] = []
-        root = self.root
         # What each changed node held before this fold, for the deltas to its parent:
         # subtotal, reported figures, model call below, failed, counted cost (an
         # ancestor's is read when it is settled; new nodes held nothing).
@@ -815,25 +840,21 @@ class IncrementalTree:
                 self._costliest = None  # its spans' places in tree order changed
             queue.setdefault(node.depth, []).append(node)
             queued.add(node)
-        fresh = self._fresh
         kept = self._below
-        tops: list[SpanNode] = []  # new nodes under a node held before
-        for node in placing:
-            parent_id = node.row[PARENT_ID]
-            parent = by_id.get(parent_id) if parent_id is not None else None
-            if parent is None:
-                parent = root
-                node.detached = not (root.synthetic and parent_id is None)
-                if parent_id is not None:
-                    self._waiting.setdefault(parent_id, []).append(node)
-            node.parent = parent
-            node.depth = parent.depth + 1
-            if parent not in fresh:
-                if parent not in kept:
-                    # its sums before it gets a new child (those of a parent with a
-                    # changed child were taken above, before any record changed)
-                    self._sums(parent)
-                tops.append(node)
+        for node in tops:
+            parent = node.parent
+            assert parent is not None  # placed by `_link`: under its parent or the root
+            if parent not in kept:
+                # its sums before it gets a new child (those of a parent with a changed
+                # child were taken above, before any record changed)
+                self._sums(parent)
+            siblings = parent.children
+            if siblings.__class__ is list and siblings:
+                # `_insert`'s usual case, inline: the node starts after the last child
+                last, row = siblings[-1].row, node.row
+                if (last[START], last[SPAN_ID]) < (row[START], row[SPAN_ID]):
+                    siblings.append(node)
+                    continue
             _insert(child_list(parent), node)
 
         user_prices = self.user_prices
