@@ -595,6 +595,43 @@ def test_rule_9_parent_cycle_is_cut_and_every_span_counts_once(records: RecordFa
     assert sum(1 for n in tree.nodes if n.detached) == 1
 
 
+def test_rule_9_the_same_span_of_a_cycle_is_cut_whatever_the_order_of_the_records(
+    records: RecordFactory,
+) -> None:
+    """The span of a cycle that starts first is cut loose; the spans under a cycle stay
+    under their parent (the cut used to fall on whichever span came first, one under the
+    cycle included, so two orders of the same records gave two trees)."""
+    from agenta_notebook.core.rollup import SpanRecord
+
+    root = records.add("root")
+    trace_id = records.trace_id
+    spans = [
+        root,
+        SpanRecord(trace_id, 200, 200, "own parent", 10, 20),  # a cycle of one
+        SpanRecord(trace_id, 201, 200, "under it", 11, 12),
+        SpanRecord(trace_id, 300, 302, "c", 30, 40),  # 300 -> 302 -> 301 -> 300
+        SpanRecord(trace_id, 301, 300, "a", 31, 41),
+        SpanRecord(trace_id, 302, 301, "b", 29, 42),  # starts first: cut
+        SpanRecord(trace_id, 303, 301, "under a", 32, 33, attributes={"ag.type.node": "tool"}),
+    ]
+
+    def shape(tree: TraceTree) -> list[tuple[Any, ...]]:
+        return [
+            (n.span_id, n.parent.span_id if n.parent else None, n.depth, n.detached)
+            for n in tree.nodes
+        ]
+
+    shapes = {tuple(shape(build_tree(order))) for order in itertools.permutations(spans)}
+    assert len(shapes) == 1
+    (only,) = shapes
+    parents = {span_id: (parent, detached) for span_id, parent, _depth, detached in only}
+    root_id = root.span_id
+    assert parents[200] == (root_id, True)
+    assert parents[201] == (200, False)
+    assert parents[302] == (root_id, True)
+    assert (parents[300], parents[301], parents[303]) == ((302, False), (300, False), (301, False))
+
+
 def test_rule_9_spans_of_another_trace_never_leak_in() -> None:
     tracer = otel_trace.get_tracer("tests.rollup")
     with an.trace("first") as first:

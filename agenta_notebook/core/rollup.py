@@ -825,20 +825,44 @@ def _build_tree(
 
     order = _preorder(root)
     if len(order) < len(by_id) + (1 if root.synthetic else 0):
-        # Nodes in a parent cycle never reach the root: cut them loose, once each.
-        seen = {id(node) for node in order}
-        for node in by_id.values():
-            if id(node) not in seen and node.parent is not None:
-                child_list(node.parent).remove(node)
-                node.parent = root
-                node.detached = True
-                child_list(root).append(node)
-                seen.update(id(n) for n in _preorder(node, set()))
+        _cut_cycles(by_id, root, order)
         order = _preorder(root)
 
     _pair_recorded_twice(order)
     failures = roll_up(order, user_prices)
     return TraceTree(trace_id, root, tuple(order), by_id, tuple(failures))
+
+
+def _cut_cycles(by_id: dict[int, SpanNode], root: SpanNode, reached: list[SpanNode]) -> None:
+    """Spans in a parent cycle never reach the root: in each cycle, the span that starts
+    first (then the smallest id) is cut loose and hangs under the root, detached; the
+    spans under a cycle stay where they are. Whatever the order of the records, the
+    same span of a cycle is cut."""
+    seen = {id(node) for node in reached}
+    for node in by_id.values():
+        if id(node) in seen:
+            continue
+        # Up from a span the walk missed: it is in a cycle or under one.
+        path: set[int] = set()
+        current: SpanNode | None = node
+        while current is not None and id(current) not in path and id(current) not in seen:
+            path.add(id(current))
+            current = current.parent
+        if current is None or id(current) in seen:
+            continue  # under a cycle cut already
+        members = [current]
+        member = current.parent
+        while member is not None and member is not current:
+            members.append(member)
+            member = member.parent
+        cut = min(members, key=start_order)
+        parent = cut.parent
+        assert parent is not None  # in a cycle
+        child_list(parent).remove(cut)
+        cut.parent = root
+        cut.detached = True
+        child_list(root).append(cut)
+        seen.update(id(n) for n in _preorder(cut, set()))
 
 
 # Scopes of frameworks and wrappers: when they record a call that a client library's
