@@ -68,6 +68,7 @@ from agenta_notebook.core.rollup import (
     costliest_of,
     model_of,
     new_node,
+    preorder,
     preorder_key,
     response_ids,
     roll_up,
@@ -763,35 +764,22 @@ class IncrementalTree:
                 children.append(node)
             else:
                 parent.children = [*children, node]
-        # The new subtrees, walked as `rollup._preorder` walks a tree. A node in a parent
+        # The new subtrees, walked as the full build walks a tree. A node in a parent
         # cycle hangs under a new node of the cycle and is never reached from a top.
-        order: list[SpanNode] = []
-        # (the stats' count of nodes per depth, kept here: one more loop over the new
-        # nodes otherwise)
-        depths = self._depths if self._stats_ready else None
         for top in tops:
             parent = top.parent
             assert parent is not None  # set above
             top.depth = parent.depth + 1
-            stack = [top]
-            while stack:
-                node = stack.pop()
-                order.append(node)
-                if depths is not None:
-                    depth = node.depth
-                    while len(depths) <= depth:
-                        depths.append(0)
-                    depths[depth] += 1
-                children = node.children
-                if children:
-                    if len(children) > 1:
-                        child_list(node).sort(key=start_order)
-                    depth = node.depth + 1
-                    for child in children:
-                        child.depth = depth
-                    stack.extend(reversed(children))
+        order = preorder(tops)
         if len(order) < len(fresh):
             raise NeedsFullBuild("a parent cycle")
+        if self._stats_ready:
+            depths = self._depths
+            for node in order:  # `_count_depth`, inline
+                depth = node.depth
+                while len(depths) <= depth:
+                    depths.append(0)
+                depths[depth] += 1
         return tops, order
 
     def _fold(

@@ -823,10 +823,10 @@ def _build_tree(
         else:
             parent.children = [*children, node]
 
-    order = _preorder(root)
+    order = preorder((root,))
     if len(order) < len(by_id) + (1 if root.synthetic else 0):
         _cut_cycles(by_id, root, order)
-        order = _preorder(root)
+        order = preorder((root,))
 
     _pair_recorded_twice(order)
     failures = roll_up(order, user_prices)
@@ -862,7 +862,7 @@ def _cut_cycles(by_id: dict[int, SpanNode], root: SpanNode, reached: list[SpanNo
         cut.parent = root
         cut.detached = True
         child_list(root).append(cut)
-        seen.update(id(n) for n in _preorder(cut, set()))
+        seen.update(id(n) for n in preorder((cut,), set()))
 
 
 # Scopes of frameworks and wrappers: when they record a call that a client library's
@@ -1214,14 +1214,17 @@ def start_order(node: SpanNode) -> tuple[int, int]:
     return _start_of_row(node.row)  # type: ignore[no-any-return]
 
 
-def _preorder(root: SpanNode, guard: set[int] | None = None) -> list[SpanNode]:
-    """Nodes below `root` parents first, children in start order; sets `depth`.
+def preorder(starts: Sequence[SpanNode], guard: set[int] | None = None) -> list[SpanNode]:
+    """The nodes below each of `starts` in turn (each start first, then its subtree),
+    parents first, children in start order; sets the `depth` of every node but the
+    starts (a start's is its own). The full build walks from the root; the fold, from
+    each new subtree's top.
 
     Every node has one parent and the root none, so the walk from the root cannot
     revisit a node; `guard` is for walks from a node that may sit in a parent cycle.
     """
     order: list[SpanNode] = []
-    stack = [root]
+    stack = list(reversed(starts))
     while stack:
         node = stack.pop()
         if guard is not None:
