@@ -822,9 +822,8 @@ class IncrementalTree:
             node.usage = new.usage
             parent = node.parent
             if moved and parent is not None:
-                children = child_list(parent)
-                children.remove(node)
-                _insert(children, node)
+                child_list(parent).remove(node)
+                _insert(parent, node)
                 self._costliest = None  # its spans' places in tree order changed
             queue.setdefault(node.depth, []).append(node)
             queued.add(node)
@@ -836,14 +835,7 @@ class IncrementalTree:
                 # its sums before it gets a new child (those of a parent with a changed
                 # child were taken above, before any record changed)
                 self._sums(parent)
-            siblings = parent.children
-            if siblings.__class__ is list and siblings:
-                # `_insert`'s usual case, inline: the node starts after the last child
-                last, row = siblings[-1].row, node.row
-                if (last[START], last[SPAN_ID]) < (row[START], row[SPAN_ID]):
-                    siblings.append(node)
-                    continue
-            _insert(child_list(parent), node)
+            _insert(parent, node)
 
         user_prices = self.user_prices
         failures = self._failures
@@ -961,8 +953,12 @@ def _pair_keys(node: SpanNode) -> frozenset[tuple[str, object]]:
     return frozenset(keys)
 
 
-def _insert(children: list[SpanNode], node: SpanNode) -> None:
-    """Put `node` among `children` in start order (usually last: spans start in order)."""
+def _insert(parent: SpanNode, node: SpanNode) -> None:
+    """Put `node` among `parent`'s children in start order (usually last: spans start in
+    order). One call a new subtree: the list is made here only when the parent has none."""
+    children = parent.children
+    if children.__class__ is not list:
+        children = child_list(parent)
     if children:
         # (the two keys compared without `_start_order`'s calls: this runs once a new span)
         last, row = children[-1].row, node.row
