@@ -15,9 +15,9 @@ same rows reading one attribute of each):
 
 - **nodes**: `build_tree` of the rows, what the product does today;
 - **columns, filled from the rows**: the columns a store would hold (ids, parents,
-  times, names, statuses, types, and the figures of the spans that state any: read with
-  `read_usage`), taken from the rows here; a store would fill them as spans end, in the
-  cell;
+  times, names, statuses, types, and the figures of the spans that state any: each
+  span's usage read as `build_tree` reads it), taken from the rows here; a store would
+  fill them as spans end, in the cell;
 - **columns, rolled up**: from the filled columns, the structure, the depths, the rows'
   order and the subtotals of `FIGURES_SUMMED` figures (two read, the others zero, as
   most figures of most spans are);
@@ -81,10 +81,8 @@ from agenta_notebook.core.rollup import (
 )
 from agenta_notebook.core.usage import (
     AG_TYPE,
-    GENAI_OPERATION,
-    OPENINFERENCE_KIND,
-    USAGE_KEYS,
     read_usage,
+    type_only_usage,
 )
 from agenta_notebook.io.frame import COLUMNS, _hex_ids, _utc
 from agenta_notebook.live import Trace
@@ -92,8 +90,6 @@ from agenta_notebook.live import Trace
 #: How many figures the spike sums at every span: a roll-up sums about this many
 #: (tokens of five kinds, calls, unpriced calls, errors); two are read, the rest zero.
 FIGURES_SUMMED = 8
-#: The attributes that make a span state something (a type alone does not).
-_STATING_KEYS = USAGE_KEYS - {AG_TYPE, OPENINFERENCE_KIND, GENAI_OPERATION}
 
 
 class Columns(NamedTuple):
@@ -127,14 +123,11 @@ def fill_columns(spans: Sequence[RowSpan]) -> Columns:
     statuses = np.fromiter([row[STATUS] for row in rows], object, count)
     figures = np.zeros((count, FIGURES_SUMMED), np.int64)
     types = np.empty(count, object)
-    disjoint = _STATING_KEYS.isdisjoint
     for position, (_row, attributes) in enumerate(spans):
-        if disjoint(attributes):
-            declared = attributes.get(AG_TYPE)  # the spike's spans: Agenta's type only
-            types[position] = declared.lower() if isinstance(declared, str) else None
-        else:
-            usage = read_usage(attributes)
-            types[position] = usage.span_type
+        # as `rollup.new_node` reads them: most spans carry a type only
+        usage = type_only_usage(attributes) or read_usage(attributes)
+        types[position] = usage.span_type
+        if usage.input_tokens or usage.output_tokens:
             figures[position, 0] = usage.input_tokens or 0
             figures[position, 1] = usage.output_tokens or 0
     return Columns(ids, parents, starts, ends, figures, names, statuses, types)
