@@ -111,8 +111,9 @@ class RolledUp(NamedTuple):
 
 
 def fill_columns(spans: Sequence[RowSpan]) -> Columns:
-    """The columns of `spans`: ids, parents and starts of every span; the figures of the
-    spans whose attributes state any (the others are zeros, never read)."""
+    """The columns of `spans`: each span's id, parent, start, end, name, status and type,
+    its usage read as `build_tree` reads it; the two token counts of the spans that state
+    any (the other figures stay zero)."""
     count = len(spans)
     rows = [span[0] for span in spans]
     ids = np.fromiter([row[SPAN_ID] for row in rows], np.uint64, count)
@@ -285,14 +286,11 @@ def best(repeat: int, run: Callable[[], Any]) -> tuple[float, Any]:
 
 def cell_spans(count: int) -> tuple[list[RowSpan], int]:
     """The live cell's spans (`bench_live.py`): steps, each over one inner span."""
-    with an.trace("cell") as trace:
-        for _step in range(count // 2):
-            with an.span("step"), an.span("inner"):
-                pass
-    spans = list(split_records(trace.records()))
-    an.get_collector().clear()
+    from bench_instructions import cell_trace
+
+    trace = cell_trace(count // 2)
     assert trace.root_span_id is not None
-    return spans, trace.root_span_id
+    return list(split_records(trace.records())), trace.root_span_id
 
 
 def core_spans(count: int) -> tuple[list[RowSpan], int]:

@@ -172,16 +172,22 @@ def _child(group: str, operation: str, spans: int, repeat: int, records_file: st
     os._exit(0)
 
 
-def _cell_records(steps: int, path: str) -> None:
-    """The live cell's spans, made once and saved (`Trace.save`); the children load them."""
+def cell_trace(steps: int) -> Any:
+    """The live cell's trace (`bench_live.py`'s cell): `steps` steps, each over one inner
+    span, made in `trace()`; the collector lets go of it."""
     import agenta_notebook as an
 
     with an.trace("cell") as trace:
         for _step in range(steps):
             with an.span("step"), an.span("inner"):
                 pass
-    trace.save(path)
     an.get_collector().clear()
+    return trace
+
+
+def _cell_records(steps: int, path: str) -> None:
+    """The live cell's spans, made once and saved (`Trace.save`); the children load them."""
+    cell_trace(steps).save(path)
 
 
 def _count(run: tuple[str, str], spans: int, repeat: int, records_file: str) -> int:

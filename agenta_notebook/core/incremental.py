@@ -405,12 +405,13 @@ class IncrementalTree:
             return
         if not self._indexed:
             self._index()
-        for node in self.root.walk():
+        nodes = list(self.root.walk())
+        for node in nodes:
             self._note(node)
             kind = node.usage.span_type
             if kind:
                 self._types[kind] = self._types.get(kind, 0) + 1
-            self._count_depth(node)
+        self._count_depths(nodes)
         self._stats_ready = True
 
     def _by_model(self) -> tuple[ModelBreakdown, ...] | None:
@@ -473,11 +474,14 @@ class IncrementalTree:
             top.insert(place, node)
             del top[COSTLIEST:]
 
-    def _count_depth(self, node: SpanNode) -> None:
+    def _count_depths(self, nodes: Iterable[SpanNode]) -> None:
+        """Count `nodes` in the stats' number of nodes per depth."""
         depths = self._depths
-        while len(depths) <= node.depth:
-            depths.append(0)
-        depths[node.depth] += 1
+        for node in nodes:
+            depth = node.depth
+            while len(depths) <= depth:
+                depths.append(0)
+            depths[depth] += 1
 
     # -- folding ------------------------------------------------------------------------
     def _index(self) -> None:
@@ -774,12 +778,7 @@ class IncrementalTree:
         if len(order) < len(fresh):
             raise NeedsFullBuild("a parent cycle")
         if self._stats_ready:
-            depths = self._depths
-            for node in order:  # `_count_depth`, inline
-                depth = node.depth
-                while len(depths) <= depth:
-                    depths.append(0)
-                depths[depth] += 1
+            self._count_depths(order)
         return tops, order
 
     def _fold(
@@ -955,12 +954,13 @@ def _pair_keys(node: SpanNode) -> frozenset[tuple[str, object]]:
 
 def _insert(parent: SpanNode, node: SpanNode) -> None:
     """Put `node` among `parent`'s children in start order (usually last: spans start in
-    order). One call a new subtree: the list is made here only when the parent has none."""
+    order), making the parent's list when it has none (a leaf shares an empty tuple). The
+    fold calls it once per new subtree's top and per moved span."""
     children = parent.children
     if children.__class__ is not list:
         children = child_list(parent)
     if children:
-        # (the two keys compared without `_start_order`'s calls: this runs once a new span)
+        # (the two keys compared without `start_order`'s calls: this runs once a new span)
         last, row = children[-1].row, node.row
         if (last[START], last[SPAN_ID]) >= (row[START], row[SPAN_ID]):
             insort(children, node, key=start_order)
