@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from decimal import Decimal, localcontext
 from html.parser import HTMLParser
@@ -823,3 +824,99 @@ def test_a_run_with_only_unpriced_calls_counts_in_the_cost_spread_as_its_lower_b
         "median": statistics.median(known),
         "max": max(known),
     }
+
+
+def _scoped_widths(view: Any) -> dict[tuple[str, str], int]:
+    """The widths (px) the view's header gives its columns: (group index or "runs", name)."""
+    scope = next(c for c in view.widget._dom_classes if c.startswith("agn-cmp-v"))
+    rule = rf"\.agn-cmp-root\.{scope} (?:\.agn-cmp-g(\d) )?\.agn-cmp-([a-z-]+){{width:(\d+)px}}"
+    return {
+        (group or "runs", name): int(width)
+        for group, name, width in re.findall(rule, view.header.value)
+    }
+
+
+def test_figure_columns_widen_for_figures_that_would_not_fit_and_never_narrow() -> None:
+    from agenta_notebook.views.compare_view import (
+        CELL_PADDING,
+        COLUMNS,
+        TOP,
+        UP,
+        ComparisonView,
+        column_widths,
+        text_width,
+    )
+
+    defaults = {name: width for name, _, width in COLUMNS}
+    # Upper bounds of what Chromium measured, in JupyterLab's font, for these texts in
+    # bold (a highlighted cell) with the cell's padding; narrow characters count less.
+    measured = {"+0.38 ms": 77, "+59m 59s": 81, "+99h 59m": 82, "+1,234,567": 92}
+    measured |= {"+123,456": 78, "-$0.000123": 91, "+$12.3456": 87}
+    for text, width in measured.items():
+        assert text_width(text) >= width, text
+    assert text_width("1,1") < text_width("111") < text_width("1m1")
+    assert text_width("") == CELL_PADDING
+    assert text_width("+0.38 ms", bold=False) < text_width("+0.38 ms")
+    # Short figures keep the default widths; a long one widens only its own column, the
+    # more when it is highlighted (in bold); never below `at_least`.
+    short: dict[str, list[tuple[str, tuple[str, ...]]]] = {name: [("1", ())] for name in defaults}
+    assert column_widths(short) == defaults
+    widths = column_widths({**short, "tokens": [("+12,345,678", ())]})
+    assert widths == {**defaults, "tokens": text_width("+12,345,678", bold=False)}
+    assert widths["tokens"] > defaults["tokens"]
+    bold = column_widths({**short, "tokens": [("+12,345,678", (UP, TOP))]})
+    assert bold["tokens"] == text_width("+12,345,678") > widths["tokens"]
+    assert column_widths(short, at_least={**defaults, "calls": 99})["calls"] == 99
+
+    # Two runs that swap ten million tokens between two spans under a step: the root's
+    # and the step's deltas are 0, the spans' are +/- 9,999,999 (highlighted).
+    def swapped(first: int, second: int) -> an.Trace:
+        with an.trace("swap") as trace, an.span("step"):
+            for name, tokens in (("a", first), ("b", second)):
+                with an.span(name, type="llm"):
+                    an.record_usage(model="gpt-4o", input_tokens=tokens, output_tokens=0)
+        return trace
+
+    comparison = an.compare(swapped(10_000_000, 1), swapped(1, 10_000_000))
+    view = ComparisonView(comparison.table(), auto_budget=1)
+    try:
+        assert [text.strip("\u2003 ") for _, text in view.visible] == ["▾ swap", "▸ step"]
+        before = _scoped_widths(view)
+        assert before[("2", "tokens")] == defaults["tokens"]  # two zero deltas
+        assert before[("0", "tokens")] == text_width("10,000,001", bold=False)
+        header = view.header.value
+        view.click_line(1)  # the spans show: the delta group's tokens column widens
+        assert len(view.visible) == 4
+        after = _scoped_widths(view)
+        assert after[("2", "tokens")] == text_width("+9,999,999") > defaults["tokens"]
+        assert after.keys() == before.keys()
+        assert all(after[key] >= width for key, width in before.items())  # none narrows
+        assert view.header.value != header
+        # Every group's label spans its columns (and its left border); the heads and each
+        # line of figures put the groups in the same order.
+        for index, group in enumerate(view.table.groups):
+            width = sum(after[str(index), name.replace("_", "-")] for name in defaults) + 1
+            assert f'style="width:{width}px" title="{group.label}"' in view.header.value
+        groups = r'class="agn-cmp-group agn-cmp-g(\d)"'
+        assert re.findall(groups, view.header.value) == ["0", "1", "2"]
+        assert re.findall(groups, view.figures.value) == ["0", "1", "2"] * 4
+        # Collapsing hides the spans again but moves no column.
+        header = view.header.value
+        view.click_line(1)
+        assert len(view.visible) == 2
+        assert view.header.value == header
+    finally:
+        view.close()
+
+    # Three or more runs: the "runs" column widens for a count that would not fit.
+    table = an.compare(chain("gpt-4o"), chain("gpt-4o"), chain("gpt-4o")).table()
+    assert _scoped_widths(ComparisonView(table))[("runs", "runs")] == 46
+    table.runs = [12_345] * table.rows
+    many = ComparisonView(table)
+    try:
+        assert _scoped_widths(many)[("runs", "runs")] == text_width("12,345", bold=False) > 46
+        assert 'style="width:{}px"></span>'.format(text_width("12,345", bold=False)) in (
+            many.header.value
+        )
+    finally:
+        many.close()

@@ -22,7 +22,8 @@ comparison's output bundle; the runtime keeps the newest few views open
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -54,6 +55,18 @@ CELL_CSS: Final = (
     "{scope} .an-cmp-top{{font-weight:bold;background:rgba(255,200,0,.25)}}"
     "{scope} .an-cmp-absent{{color:#999}}"
 )
+#: About how wide (px) the characters of a figure are at most, in bold (a highlighted
+#: cell): narrow ones, wide ones, signs, the others; how much narrower they are not in bold;
+#: and what a cell adds to its text (padding, and a little room for other fonts).
+NARROW_CHARS: Final = frozenset(",.: ")
+NARROW_WIDTH: Final = 5.0
+WIDE_CHARS: Final = frozenset("mwMW—")
+WIDE_WIDTH: Final = 14.0
+SIGN_CHARS: Final = frozenset("+<>=±−")
+SIGN_WIDTH: Final = 12.0
+CHAR_WIDTH_BOLD: Final = 10.0
+NOT_BOLD: Final = 0.92
+CELL_PADDING: Final = 10
 #: Width (px) of the name column and of the "runs" column (three or more traces).
 NAME_WIDTHS: Final = (140, 160, 180, 200, 220, 260)
 #: About how wide (px) a character of a span's name is, and an indentation level.
@@ -241,8 +254,51 @@ def _css() -> str:
     )
 
 
-def _group_width() -> int:
-    return sum(width for _, _, width in COLUMNS) + 1  # its left border
+def text_width(text: str, bold: bool = True) -> int:
+    """About how wide (px) a cell must be to show `text` whole (an upper bound)."""
+    width = 0.0
+    for char in text:
+        if char in NARROW_CHARS:
+            width += NARROW_WIDTH
+        elif char in WIDE_CHARS:
+            width += WIDE_WIDTH
+        elif char in SIGN_CHARS:
+            width += SIGN_WIDTH
+        else:
+            width += CHAR_WIDTH_BOLD
+    return round(width if bold else width * NOT_BOLD) + CELL_PADDING
+
+
+def column_widths(
+    cells: Mapping[str, Sequence[tuple[str, tuple[str, ...]]]],
+    at_least: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """The width (px) of each figure column of a group: `at_least` (by default its width
+    in `COLUMNS`), or more when one of its `cells` (text, CSS classes) needs it (a
+    highlighted "+0.38 ms", "+59m 59s", a token count in the millions), so that no
+    figure is cut."""
+    least = at_least or {name: width for name, _, width in COLUMNS}
+    return {
+        name: max(
+            [least[name], *(text_width(text, TOP in classes) for text, classes in cells[name])]
+        )
+        for name, _, _ in COLUMNS
+    }
+
+
+def _widths_css(scope: str, widths: Sequence[Mapping[str, int]], runs: int) -> str:
+    """The figure columns' widths of each group of the view whose root has the class
+    `scope` (each group's cells are in a `agn-cmp-g<index>`), and of its "runs"."""
+    return (
+        f"<style>.agn-cmp-root.{scope} .agn-cmp-runs{{width:{runs}px}}"
+        + "".join(
+            f".agn-cmp-root.{scope} .agn-cmp-g{index} .agn-cmp-{name.replace('_', '-')}"
+            f"{{width:{width}px}}"
+            for index, group in enumerate(widths)
+            for name, width in group.items()
+        )
+        + "</style>"
+    )
 
 
 class ComparisonView:
@@ -273,10 +329,18 @@ class ComparisonView:
         self._handle: Any = None
         self._static: dict[str, Any] = {}
         self._lines: list[CompareRow] = self.state.rows()
+        #: the class that scopes this view's column widths (unique in the page, whatever
+        #: the kernel: its <style> applies to every open notebook), the widths of each
+        #: group's columns and of "runs", and the table rows they were measured on
+        self._scope = f"agn-cmp-v{secrets.token_hex(6)}"
+        self._widths = [{name: width for name, _, width in COLUMNS} for _ in table.groups]
+        self._runs_width = RUNS_WIDTH
+        self._measured: set[int] = set()
+        self._widen()
         names = [table.row_label(row) for row in range(table.rows)]
         self.header = self._own(
             widgets.HTML(
-                _css() + self._header_html(),
+                self._header_value(),
                 layout=layout,
                 style=html_style,
                 _dom_classes=("agn-cmp-headbox",),
@@ -316,7 +380,11 @@ class ComparisonView:
             widgets.VBox(
                 [self.header, self.rows_box, self.note],
                 layout=layout,
-                _dom_classes=("agn-cmp-root", f"agn-cmp-w{name_width(names, table.depths)}"),
+                _dom_classes=(
+                    "agn-cmp-root",
+                    f"agn-cmp-w{name_width(names, table.depths)}",
+                    self._scope,
+                ),
             )
         )
 
@@ -378,14 +446,45 @@ class ComparisonView:
                 tips.append(name)
         return tips
 
-    def _group_line(self, group: Group, row: int) -> str:
+    def _group_line(self, index: int, group: Group, row: int) -> str:
         table = self.table
         parts = []
         for name, _, _ in COLUMNS:
             text, classes = table.cell(group, name, row)
             css = " ".join(("agn-c", f"agn-cmp-{name.replace('_', '-')}", *classes))
             parts.append(f'<span class="{css}">{escape(text, None)}</span>')
-        return f'<span class="agn-cmp-group">{"".join(parts)}</span>'
+        return f'<span class="agn-cmp-group agn-cmp-g{index}">{"".join(parts)}</span>'
+
+    def _widen(self) -> bool:
+        """Widen the columns for the lines shown that were never measured (the widths
+        only grow, so those measured before need no second look); True when one did."""
+        table = self.table
+        rows = [
+            line.row
+            for line in self._lines
+            if line.kind == "span" and line.row not in self._measured
+        ]
+        if not rows:
+            return False
+        self._measured.update(rows)
+        widths = [
+            column_widths(
+                {name: [table.cell(group, name, row) for row in rows] for name, _, _ in COLUMNS},
+                at_least=old,
+            )
+            for group, old in zip(table.groups, self._widths, strict=True)
+        ]
+        runs = self._runs_width
+        if table.many:
+            runs = max([runs, *(text_width(f"{table.runs[row]:,}", bold=False) for row in rows)])
+        changed = widths != self._widths or runs != self._runs_width
+        self._widths, self._runs_width = widths, runs
+        return changed
+
+    def _header_value(self) -> str:
+        return (
+            _css() + _widths_css(self._scope, self._widths, self._runs_width) + self._header_html()
+        )
 
     def _figures_html(self) -> str:
         table = self.table
@@ -398,13 +497,14 @@ class ComparisonView:
             if table.many:
                 runs = f"{table.runs[line.row]:,}"
                 parts.append(f'<span class="agn-c agn-cmp-runs">{runs}</span>')
-            parts += [self._group_line(group, line.row) for group in table.groups]
+            parts += [
+                self._group_line(index, group, line.row) for index, group in enumerate(table.groups)
+            ]
             lines.append(f'<div class="agn-line">{"".join(parts)}</div>')
         return "".join(lines)
 
     def _header_html(self) -> str:
         table = self.table
-        width = _group_width()
         if table.many:
             title = f"{table.traces:,} runs compared: min / median / max of each span"
             legend = (
@@ -420,20 +520,21 @@ class ComparisonView:
                 "—: absent or unknown (a cost with unpriced calls has no delta)"
             )
         labels = "".join(
-            f'<span class="agn-cmp-glabel" style="width:{width}px" '
+            # a group's label spans its columns and its left border
+            f'<span class="agn-cmp-glabel" style="width:{sum(widths.values()) + 1}px" '
             f'title="{escape(group.label)}">{escape(group.label)}</span>'
-            for group in table.groups
+            for group, widths in zip(table.groups, self._widths, strict=True)
         )
         runs_head = '<span class="agn-c agn-cmp-runs">runs</span>' if table.many else ""
-        runs_pad = f'<span style="width:{RUNS_WIDTH}px"></span>' if table.many else ""
+        runs_pad = f'<span style="width:{self._runs_width}px"></span>' if table.many else ""
         heads = "".join(
-            '<span class="agn-cmp-group">'
+            f'<span class="agn-cmp-group agn-cmp-g{index}">'
             + "".join(
                 f'<span class="agn-c agn-cmp-{name.replace("_", "-")}">{head}</span>'
                 for name, head, _ in COLUMNS
             )
             + "</span>"
-            for _ in table.groups
+            for index in range(len(table.groups))
         )
         return (
             f'<div class="agn-cmp-title">{title}</div>'
@@ -453,6 +554,10 @@ class ComparisonView:
 
     def _render(self) -> None:
         self._lines = self.state.rows()
+        # Columns widen for lines newly shown (the heads follow) and never narrow, so that
+        # collapsing a row does not move the others' figures.
+        if self._widen():
+            self.header.value = self._header_value()
         names = self.names
         with names.hold_sync():
             names.options = self._options()

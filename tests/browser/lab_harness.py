@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,6 +179,59 @@ def run_cell(page: Any, index: int, *, until_done: bool = False) -> Any:
     if until_done:
         wait_idle(page)
     return cell
+
+
+#: Notes, in the page, every click that reaches a row button of a view (`ToggleButtons`):
+#: ipywidgets handles a click there by setting the buttons' index and telling the kernel.
+_NOTE_CLICKS = """(root) => {
+  if (root.__agnClicks) return;
+  root.__agnClicks = [];
+  root.addEventListener('click', (event) => {
+    const button = event.target.closest ? event.target.closest('.widget-toggle-button') : null;
+    root.__agnClicks.push(button ? button.innerText : null);
+  }, true);
+}"""
+
+#: What a view's row buttons show: each one's text, and whether the front end marks it
+#: pressed (its index set and not yet cleared by the kernel).
+_BUTTONS_STATE = """(root) => Array.from(root.querySelectorAll('.widget-toggle-button'))
+  .map(b => (b.classList.contains('mod-active') ? '[pressed] ' : '') + b.innerText)"""
+
+
+def click_row(page: Any, root: Any, button: Any, done: str, timeout_ms: int = 60_000) -> None:
+    """Click a view's row `button` (inside the element `root`) and wait until the page
+    function `done` (given `root`) is true.
+
+    The pointer's click is made again (with a warning) only when the browser delivered
+    it to no row button: a click whose press and release landed on different elements
+    goes to an element that holds both, and ipywidgets acts on none. A click that reached
+    another button, or that reached this one without the kernel acting on it, fails, with
+    what the buttons show then."""
+    handle = root.element_handle()
+    handle.evaluate(_NOTE_CLICKS)
+    wanted = button.inner_text()
+    for attempt in range(3):
+        seen = handle.evaluate("(root) => root.__agnClicks.length")
+        button.click()
+        clicks = handle.evaluate(f"(root) => root.__agnClicks.slice({seen})")
+        on_buttons = [text for text in clicks if text is not None]
+        if on_buttons:
+            assert on_buttons == [wanted], f"the click reached {on_buttons}, not {wanted!r}"
+            break
+        warnings.warn(
+            f"click {attempt + 1} on {wanted!r} reached no row button ({clicks}); clicking again",
+            stacklevel=2,
+        )
+    else:
+        raise AssertionError(f"no click on {wanted!r} reached a row button")
+    try:
+        page.wait_for_function(done, arg=handle, timeout=timeout_ms)
+    except Exception as error:
+        state = handle.evaluate(_BUTTONS_STATE)
+        raise AssertionError(
+            f"the click on {wanted!r} reached its button but the view did not change;"
+            f" the buttons now: {state}"
+        ) from error
 
 
 class OfflinePage:

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_harness import CHROMIUM, OUTPUT, lab_server, offline_page, run_cell, wait_idle
+from lab_harness import (
+    CHROMIUM,
+    OUTPUT,
+    click_row,
+    lab_server,
+    offline_page,
+    run_cell,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (./run test installs it)"
@@ -135,17 +143,10 @@ def _check_comparison(page: Any) -> None:
     OUTPUT.mkdir(exist_ok=True)
     cell.screenshot(path=str(OUTPUT / "compare-widget.png"))
     # A click on a row collapses it, another expands it again.
-    buttons.nth(1).click()
-    page.wait_for_function(
-        "(cell) => cell.querySelectorAll('.agn-cmp-names .widget-toggle-button').length === 6",
-        arg=cell.element_handle(),
-    )
+    rows = "(root) => root.querySelectorAll('.agn-cmp-names .widget-toggle-button').length === {}"
+    click_row(page, root, buttons.nth(1), rows.format(6))
     assert "▸ retrieve" in cell.locator(NAMES).nth(1).inner_text()
-    cell.locator(NAMES).nth(1).click()
-    page.wait_for_function(
-        "(cell) => cell.querySelectorAll('.agn-cmp-names .widget-toggle-button').length === 7",
-        arg=cell.element_handle(),
-    )
+    click_row(page, root, cell.locator(NAMES).nth(1), rows.format(7))
 
 
 def _check_spread(page: Any) -> None:
