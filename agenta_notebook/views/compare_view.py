@@ -9,6 +9,9 @@ drawn. At first, levels are opened while at most `AUTO_BUDGET` rows show.
 
 The columns are a group per trace (cost, tokens, duration, model calls) and the deltas
 for two traces; min / median / max (and how many runs have the span) for three or more.
+Each column is as wide as the widest figure shown in it needs (an upper bound from its
+characters, `text_width`), at least its width in `COLUMNS`; it widens as rows show and
+never narrows. The widths are the view's own `<style>`, scoped by a random class.
 Every value, text and highlight comes from the comparison's `ComparisonTable` (the
 static HTML shows the same), so the widget, the HTML and `to_dataframe()` agree.
 
@@ -202,10 +205,8 @@ def row_text(table: ComparisonTable, line: CompareRow, page_size: int = PAGE_SIZ
 
 @functools.cache
 def _css() -> str:
-    groups = "".join(
-        f".agn-cmp-root .agn-cmp-{name.replace('_', '-')}{{width:{width}px}}"
-        for name, _, width in COLUMNS
-    )
+    """What every comparison view's style shares (each view's column widths are its own:
+    `_widths_css`)."""
     return (
         "<style>"
         ".agn-cmp-root{font-size:13px;overflow-x:auto;max-width:100%}"
@@ -239,8 +240,6 @@ def _css() -> str:
         "var(--jp-border-color1,#ccc);height:100%;align-items:center}"
         ".agn-cmp-root .agn-c{display:inline-block;text-align:right;padding:0 4px;"
         "box-sizing:border-box;flex:0 0 auto;overflow:hidden;text-overflow:ellipsis}"
-        f".agn-cmp-root .agn-cmp-runs{{width:{RUNS_WIDTH}px}}"
-        f"{groups}"
         ".agn-cmp-root .agn-cmp-heads{display:flex;font-weight:600;align-items:flex-end}"
         ".agn-cmp-root .agn-cmp-heads .agn-cmp-span{padding-left:4px;box-sizing:border-box;"
         "overflow:hidden}"
