@@ -44,7 +44,17 @@ bulk is the cheapest case of it: a store would fill them span by span as they en
 Timings are CPU, the best of `--repeat`, with the garbage collector off during each
 timing (and the previous run's result freed before it).
 
+`--part conversion` measures that condition: the live cell (`bench_live.py`'s, `--spans`
+spans) traced quietly, as it is today and with a `ColumnSink` filled as the collector
+converts each batch of spans that ended (the columns above, in `array`s and lists, the
+usage read there), rounds interleaved, CPU time of the process (the garbage collector
+on, as in a kernel), each as a ratio to the same cell with bare SDK spans kept by an
+`InMemorySpanExporter` (the issue's baseline for a quiet cell); and, timed inside the
+filling cell, the CPU of the conversion, of filling the rows' fields and of reading the
+usage. The sink's columns are checked against the cell's built tree, span by span.
+
     .venv/bin/python benchmarks/bench_columns.py [--spans 100000] [--repeat 3]
+        [--part rollup|conversion]
 """
 
 from __future__ import annotations
@@ -52,6 +62,8 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import time
+from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -348,11 +360,178 @@ def measure(
         )
 
 
+class ColumnSink:
+    """Columns filled as spans end: the collector's conversion of each batch appends its
+    rows here (what `fill_columns` takes from finished rows in bulk)."""
+
+    def __init__(self) -> None:
+        self.ids = array("Q")
+        self.parents = array("Q")
+        self.starts = array("q")
+        self.ends = array("q")
+        self.names: list[str] = []
+        self.statuses: list[str] = []
+        self.types: list[Any] = []
+        #: two token counts per span, input then output (0 when it states none)
+        self.tokens = array("q")
+
+    def fill(self, spans: Sequence[RowSpan]) -> None:
+        self.fill_rows(spans)
+        self.fill_usage(spans)
+
+    def fill_rows(self, spans: Sequence[RowSpan]) -> None:
+        """The row's fields."""
+        rows = [span[0] for span in spans]
+        self.ids.extend([row[SPAN_ID] for row in rows])
+        self.parents.extend([row[PARENT_ID] or 0 for row in rows])
+        self.starts.extend([row[START] for row in rows])
+        self.ends.extend([row[END] for row in rows])
+        self.names.extend([row[NAME] for row in rows])
+        self.statuses.extend([row[STATUS] for row in rows])
+
+    def fill_usage(self, spans: Sequence[RowSpan]) -> None:
+        """The type and the tokens each span's usage states, read as `build_tree` does
+        (where a tree is built today, after the cell or in a redraw's fold)."""
+        types, tokens = self.types.append, self.tokens.extend
+        for _row, attributes in spans:
+            usage = type_only_usage(attributes) or read_usage(attributes)
+            types(usage.span_type)
+            tokens((usage.input_tokens or 0, usage.output_tokens or 0))
+
+    def check(self, tree: TraceTree) -> None:
+        """Every span of `tree` is in the columns once, with its row's parent, times, name
+        and status, and the type and tokens its usage states."""
+        nodes = {node.span_id: node for node in tree.nodes}
+        if len(self.ids) != len(nodes) or set(self.ids) != set(nodes):
+            raise AssertionError(f"{len(self.ids)} spans in the columns, {len(nodes)} in the tree")
+        for position, span_id in enumerate(self.ids):
+            node = nodes[span_id]
+            row, usage = node.row, node.usage
+            wanted = (
+                row[PARENT_ID] or 0,
+                row[START],
+                row[END],
+                row[NAME],
+                row[STATUS],
+                usage.span_type,
+                usage.input_tokens or 0,
+                usage.output_tokens or 0,
+            )
+            found = (
+                self.parents[position],
+                self.starts[position],
+                self.ends[position],
+                self.names[position],
+                self.statuses[position],
+                self.types[position],
+                self.tokens[2 * position],
+                self.tokens[2 * position + 1],
+            )
+            if found != wanted:
+                raise AssertionError(f"span {span_id:x}: {found} in the columns, not {wanted}")
+
+
+def part_conversion(spans: int, repeat: int) -> None:
+    """The live cell quiet, without and with columns filled at conversion, against bare
+    SDK spans (process CPU, rounds interleaved)."""
+    from _common import bare_provider
+    from bench_live import _steps, _timed
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from agenta_notebook import collector
+
+    steps = spans // 2
+    convert = collector.rows_from_spans
+
+    def bare() -> Any:
+        exporter = InMemorySpanExporter()
+        provider = bare_provider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        _steps(provider.get_tracer("bench").start_as_current_span, steps)
+        return exporter
+
+    def quiet() -> Any:
+        with an.trace("quiet") as trace:
+            _steps(an.span, steps)
+        return trace
+
+    #: per run of the filling cell: CPU seconds in the conversion, in filling the rows'
+    #: fields, and in reading the usage into the columns
+    inside: list[list[float]] = []
+
+    def filling() -> Any:
+        sink = ColumnSink()
+        spent = [0.0, 0.0, 0.0]
+        inside.append(spent)
+
+        def converting(batch: Any, resources: Any = None) -> list[RowSpan]:
+            started = time.process_time()
+            rows: list[RowSpan] = convert(batch, resources)
+            converted = time.process_time()
+            sink.fill_rows(rows)
+            filled = time.process_time()
+            sink.fill_usage(rows)
+            spent[0] += converted - started
+            spent[1] += filled - converted
+            spent[2] += time.process_time() - filled
+            return rows
+
+        collector.rows_from_spans = converting  # what the collector's traces convert with
+        try:
+            with an.trace("quiet, filling columns") as trace:
+                _steps(an.span, steps)
+        finally:
+            collector.rows_from_spans = convert
+        return trace, sink
+
+    kinds: dict[str, Callable[[], Any]] = {
+        "bare SDK spans (InMemorySpanExporter)": bare,
+        "an.trace() quiet": quiet,
+        "an.trace() quiet + columns at conversion": filling,
+    }
+    cpus: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for _round in range(repeat):
+        for kind, run in kinds.items():
+            _wall, cpu, result = _timed(run)
+            cpus[kind].append(cpu)
+            if kind.endswith("conversion"):
+                trace, sink = result
+                sink.check(trace.tree)
+            del result
+            an.get_collector().clear()
+    print(f"machine: {machine_line()}")
+    print(f"the live cell, {2 * steps + 1:,} spans; process CPU s, best of {repeat} rounds")
+    bare_cpu = min(cpus["bare SDK spans (InMemorySpanExporter)"])
+    quiet_cpu = min(cpus["an.trace() quiet"])
+    for kind, values in cpus.items():
+        cpu = min(values)
+        print(
+            f"    {kind:<44}{cpu:>7.2f}{cpu / bare_cpu:>7.2f}x bare{cpu / quiet_cpu:>7.2f}x quiet"
+            f"   (runs: {', '.join(f'{value:.2f}' for value in values)})"
+        )
+    print(
+        "    inside the cell filling columns, each run: CPU s converting / filling the rows'"
+        " fields / reading usage into the columns (the fill's share of the cell's CPU): "
+        + "; ".join(
+            f"{conversion:.2f} / {rows:.2f} / {usage:.2f} ({(rows + usage) / cpu:.1%})"
+            for (conversion, rows, usage), cpu in zip(
+                inside, cpus["an.trace() quiet + columns at conversion"], strict=True
+            )
+        )
+    )
+    print("    (the cell traced quietly settles on its first `trace.tree`, not timed here)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--spans", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--part", choices=["rollup", "conversion"], default="rollup")
     options = parser.parse_args(argv)
+    if options.part == "conversion":
+        part_conversion(options.spans, options.repeat)
+        return
     # First-use costs (imports, reading usage, the price table) outside the timings
     for label, make in (("cell", cell_spans), ("core", core_spans)):
         measure(label, *make(200), 1, quiet=True)
