@@ -51,7 +51,9 @@ usage read there), rounds interleaved, CPU time of the process (the garbage coll
 on, as in a kernel), each as a ratio to the same cell with bare SDK spans kept by an
 `InMemorySpanExporter` (the issue's baseline for a quiet cell); and, timed inside the
 filling cell, the CPU of the conversion, of filling the rows' fields and of reading the
-usage. The sink's columns are checked against the cell's built tree, span by span.
+usage. Rounds rotate their order; a small cell of each kind runs first. The sink's
+columns are checked against the cell's built tree, span by span, after every timed cell
+and on a small cell with a model call that records tokens.
 
     .venv/bin/python benchmarks/bench_columns.py [--spans 100000] [--repeat 3]
         [--part rollup|conversion]
@@ -433,7 +435,7 @@ class ColumnSink:
 
 def part_conversion(spans: int, repeat: int) -> None:
     """The live cell quiet, without and with columns filled at conversion, against bare
-    SDK spans (process CPU, rounds interleaved)."""
+    SDK spans (process CPU, rounds interleaved, each round in another order)."""
     from _common import bare_provider
     from bench_live import _steps, _timed
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -444,23 +446,27 @@ def part_conversion(spans: int, repeat: int) -> None:
     steps = spans // 2
     convert = collector.rows_from_spans
 
-    def bare() -> Any:
+    def bare(cell_steps: int = steps) -> Any:
         exporter = InMemorySpanExporter()
         provider = bare_provider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        _steps(provider.get_tracer("bench").start_as_current_span, steps)
+        _steps(provider.get_tracer("bench").start_as_current_span, cell_steps)
         return exporter
 
-    def quiet() -> Any:
+    def quiet(cell_steps: int = steps) -> Any:
         with an.trace("quiet") as trace:
-            _steps(an.span, steps)
+            _steps(an.span, cell_steps)
         return trace
 
     #: per run of the filling cell: CPU seconds in the conversion, in filling the rows'
     #: fields, and in reading the usage into the columns
     inside: list[list[float]] = []
 
-    def filling() -> Any:
+    def filling(cell_steps: int = steps, call: bool = False) -> Any:
+        """The cell, its columns filled as the collector converts (the trace keeps the
+        conversion it started with: its last batch, the root, converts on the first
+        `trace.tree`, after the timing, as the quiet cell's does); with `call`, one model
+        call that records usage after the steps."""
         sink = ColumnSink()
         spent = [0.0, 0.0, 0.0]
         inside.append(spent)
@@ -480,7 +486,10 @@ def part_conversion(spans: int, repeat: int) -> None:
         collector.rows_from_spans = converting  # what the collector's traces convert with
         try:
             with an.trace("quiet, filling columns") as trace:
-                _steps(an.span, steps)
+                _steps(an.span, cell_steps)
+                if call:
+                    with an.span("call", type="llm"):
+                        an.record_usage(model="gpt-4o", input_tokens=7, output_tokens=3)
         finally:
             collector.rows_from_spans = convert
         return trace, sink
@@ -490,15 +499,29 @@ def part_conversion(spans: int, repeat: int) -> None:
         "an.trace() quiet": quiet,
         "an.trace() quiet + columns at conversion": filling,
     }
+    # First-use costs outside the timings; and the sink checked on a cell that states
+    # tokens (the timed cell's spans state none)
+    bare(300)
+    quiet(300)
+    trace, sink = filling(300, call=True)
+    sink.check(trace.tree)
+    if sum(sink.tokens) != 10 or sink.types.count("llm") != 1:
+        raise AssertionError("the model call's usage is not in the columns")
+    del trace, sink, inside[:]
+    an.get_collector().clear()
     cpus: dict[str, list[float]] = {kind: [] for kind in kinds}
-    for _round in range(repeat):
-        for kind, run in kinds.items():
-            _wall, cpu, result = _timed(run)
+    order = list(kinds)
+    for round_ in range(repeat):
+        for kind in order[round_ % 3 :] + order[: round_ % 3]:
+            _wall, cpu, result = _timed(kinds[kind])
             cpus[kind].append(cpu)
             if kind.endswith("conversion"):
                 trace, sink = result
+                del result
                 sink.check(trace.tree)
-            del result
+                del trace, sink  # not kept through the next timing
+            else:
+                del result
             an.get_collector().clear()
     print(f"machine: {machine_line()}")
     print(f"the live cell, {2 * steps + 1:,} spans; process CPU s, best of {repeat} rounds")
