@@ -17,6 +17,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from agenta_notebook import forksafe
+from agenta_notebook.core.columns import Counted, count_spans
 from agenta_notebook.core.incremental import IncrementalTree, NeedsFullBuild
 from agenta_notebook.core.pricing import NO_USER_PRICES, UserPrices
 from agenta_notebook.core.rollup import (
@@ -155,6 +156,8 @@ class Trace:
         #: the spans that were running at the last fold (their rows may change)
         self._folded_running: set[int] = set()
         self._tree: TraceTree | None = None
+        #: `counted()`'s result and the version it is of
+        self._counted: tuple[tuple[int, int], Counted | None] | None = None
         self._summary: tuple[TraceTree, TraceSummary] | None = None
         self._reported_pricing_failures: set[int] = set()  # span ids, reported once each
         self._listeners: list[Listener] = []
@@ -351,7 +354,48 @@ class Trace:
                 if rollup is None:
                     rollup = self._build_in_full(user_prices)
             self._rollup, self._built_version = rollup, version
+            self._counted = None  # the whole tree is there: no smaller one is needed
             return rollup
+
+    def counted(self) -> Counted | None:
+        """The roll-up over the spans that count (`core/columns.py`: nodes only for the
+        spans that state something and their ancestors, the others placed in columns);
+        None when the whole tree is built at this version, a span is running (in the
+        SDK: a running record counts), or the trace is one that module leaves to the
+        whole tree (read `tree` then). Kept until the trace changes."""
+        with self._build_lock:
+            user_prices = self._user_prices()
+            version = (self._version, user_prices.version)  # read before the records
+            if self._rollup is not None and self._built_version == version:
+                return None
+            cached = self._counted
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            counted = None
+            with gc_paused():  # as for a build: many new objects, none of them garbage
+                with self._lock:
+                    self._convert_finished()
+                    root = (
+                        None
+                        if self._open_raw or self.root_span_id is None
+                        else self._index.get(self.root_span_id)
+                    )
+                    rows, attributes = self._rows[:], self._span_attributes[:]
+                if root is not None:
+                    counted = count_spans(
+                        rows, attributes, root, name=self.name, user_prices=user_prices
+                    )
+            if counted is not None and counted.tree.pricing_failures:
+                self._report_pricing_failures(counted.tree)
+            self._counted = (version, counted)
+            return counted
+
+    def counted_tree(self) -> TraceTree:
+        """A tree with this trace's exact totals, per-model figures, warnings and
+        budget: the tree of the spans that count (`counted()`) when there is one, else
+        the whole tree. Its nodes are not every span: read `tree` for those."""
+        counted = self.counted()
+        return self.tree if counted is None else counted.tree
 
     @property
     def tree(self) -> TraceTree:

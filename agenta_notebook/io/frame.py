@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import compress, repeat
-from operator import attrgetter, is_
+from operator import attrgetter, is_, itemgetter
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from agenta_notebook.budget import trace_budget
+from agenta_notebook.core.columns import Counted
 from agenta_notebook.core.fields import FIGURES, NO_FIGURES, Figure, Kind, sum_figures
 from agenta_notebook.core.rollup import (
     END,
@@ -204,6 +205,11 @@ def _hex_ids(ids: Sequence[int], null: Any) -> Any:
     except (OverflowError, TypeError, ValueError):  # a hand-made id past 64 bits
         text = [None if hidden else f"{i:016x}" for i, hidden in zip(ids, null, strict=True)]
         return _strings(text)
+    return _hex_of(raw, null)
+
+
+def _hex_of(raw: Any, null: Any) -> Any:
+    """`f"{id:016x}"` of each id of a uint64 array; None where `null`."""
     # the big-endian bytes in hex, read back as fixed-width text (UTF-32 is numpy's `U`)
     digits = raw.astype(">u8").tobytes().hex().encode("utf-32-le")
     hexed = np.frombuffer(digits, dtype="<U16").astype(object)
@@ -463,13 +469,112 @@ def trace_dataframe(trace: Trace) -> pd.DataFrame:
 
 
 def spans_of_traces(traces: Iterable[Trace]) -> pd.DataFrame:
-    """The rows of several traces in one frame."""
-    # Built (and walked) outside the pause below; the rows are those of these trees.
-    built = [(trace, trace.tree) for trace in traces]
-    for _trace, tree in built:
-        tree.nodes  # noqa: B018 - the walk of a live snapshot, outside the pause
+    """The rows of several traces in one frame.
+
+    A finished trace whose whole tree is not built is read from its spans that count
+    (`Trace.counted`: a node for each span that states something and its ancestors) and
+    the rows of the others made from their columns, then put in the tree's order."""
+    built: list[tuple[Trace, TraceTree]] = []
+    places: list[Any] = []  # per tree: where its rows go in the frame
+    plain: list[tuple[Any, dict[str, Any]]] = []  # per counted trace: the same, and columns
+    size = 0
+    for trace in traces:
+        counted = trace.counted()
+        if counted is not None and counted.tree.size == counted.size:
+            tree = counted.tree  # every span counts: its tree is the whole tree
+        elif counted is not None and (columns := _plain_columns(trace, counted)) is not None:
+            position = counted.shape.position + size
+            built.append((trace, counted.tree))
+            places.append(np.sort(position[counted.counts]))
+            plain.append((position[~counted.counts], columns))
+            size += counted.size
+            continue
+        else:
+            tree = trace.tree  # built (and walked) outside the pause below
+            tree.nodes  # noqa: B018 - the walk of a live snapshot
+        built.append((trace, tree))
+        places.append(np.arange(size, size + tree.size))
+        size += tree.size
     with gc_paused():  # many lists, none of them garbage
-        return _frame(_columns(built))
+        columns = _columns(built)
+        if plain:
+            order = np.argsort(np.concatenate([*places, *(at for at, _ in plain)]))
+            columns = {
+                name: _joined([values, *(more[name] for _, more in plain)], order)
+                for name, values in columns.items()
+            }
+        return _frame(columns)
+
+
+def _joined(parts: list[Any], order: Any) -> Any:
+    """One column made of `parts` (arrays of one column), its rows then taken in `order`:
+    a column at a time, so that no second frame is held."""
+    first = parts[0]
+    if isinstance(first, pd.Index):  # the times
+        return first.append(parts[1:]).take(order)
+    if all(type(part) is type(first) for part in parts):
+        return type(first)._concat_same_type(parts).take(order)
+    # a column the nodes' rows made another way (a count past 64 bits: exact ints)
+    return pd.concat([pd.Series(part) for part in parts], ignore_index=True).array.take(order)
+
+
+def _plain_columns(trace: Trace, counted: Counted) -> dict[str, Any] | None:
+    """The columns of the spans of `trace` that state nothing (not in `counted.tree`),
+    in the order of their places: no figure, role "none", no warning; None when their
+    times do not fit int64 arithmetic (the whole tree's rows are made then)."""
+    at = np.flatnonzero(~counted.counts)
+    size = len(at)
+    shape = counted.shape
+    picked = list(map(counted.rows.__getitem__, at.tolist()))
+    starts = shape.starts[at]
+    try:
+        ends = np.fromiter(map(itemgetter(END), picked), np.int64, size)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    if not all(times.min() > -_SAFE_TIME and times.max() < _SAFE_TIME for times in (starts, ends)):
+        return None
+    ids = shape.ids
+    no = np.zeros(size, dtype=bool)
+    every = np.zeros(size, dtype=np.intp)
+    nothing = _spread_strings([], [], size)
+    columns: dict[str, Any] = {
+        "trace_id": _strings([f"{trace.trace_id:032x}"]).take(every),
+        "trace_name": _strings([trace.name]).take(every),
+        "span_id": _hex_of(ids[at], no),
+        # (under their parents: none is detached, none is the root)
+        "parent_span_id": _hex_of(ids[shape.parent[at]], no),
+        "name": _strings(list(map(itemgetter(NAME), picked))),
+        "type": _strings(counted.types[at]),
+        "depth": pd.arrays.IntegerArray(shape.depth[at], no.copy()),
+        "start_time": _utc(starts),
+        "end_time": _utc(ends),
+        "duration_ms": pd.arrays.FloatingArray((ends - starts) / 1e6, no.copy()),
+        "running": pd.arrays.BooleanArray(no.copy(), no.copy()),
+        "status": _strings(list(map(itemgetter(STATUS), picked))),
+        "error": pd.arrays.BooleanArray(no.copy(), no.copy()),
+        "detached": pd.arrays.BooleanArray(no.copy(), no.copy()),
+        "role": _strings(["none"]).take(every),
+        "model": nothing,
+        "provider": nothing,
+        "cost_source": nothing,
+        "priced_model": nothing,
+        "warnings": nothing,
+    }
+    for figure in FIGURES:
+        for column, own in ((figure.own_column, True), (figure.subtotal_column, False)):
+            if column is None:
+                continue
+            if figure.kind == "count":  # a flag (own) or a count, never null
+                columns[column] = (
+                    pd.arrays.BooleanArray(no.copy(), no.copy())
+                    if own
+                    else pd.arrays.IntegerArray(np.zeros(size, np.int64), no.copy())
+                )
+            elif figure.kind == "money":
+                columns[column] = pd.arrays.FloatingArray(np.full(size, np.nan), ~no)
+            else:
+                columns[column] = pd.arrays.IntegerArray(np.zeros(size, np.int64), ~no)
+    return columns
 
 
 def spans_dataframe() -> pd.DataFrame:

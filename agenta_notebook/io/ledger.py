@@ -160,7 +160,9 @@ def _text(cost: Decimal | None) -> str | None:
 
 def rows_of(cell: CellSpend) -> list[tuple[Any, ...]]:
     """The ledger rows of one cell: its totals, then one per model (no prompt, no output)."""
-    tree = cell.trace.tree
+    # totals, models and budget only: the spans that count are enough (no node for a
+    # span that states nothing, in a big trace most of them)
+    tree = cell.trace.counted_tree()
     totals = tree.totals
     where = (
         cell.ended_at,
