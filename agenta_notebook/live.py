@@ -360,14 +360,15 @@ class Trace:
     def counted(self) -> Counted | None:
         """The roll-up over the spans that count (`core/columns.py`: nodes only for the
         spans that state something and their ancestors, the others placed in columns);
-        None when the whole tree is built at this version, a span is running (in the
-        SDK: a running record counts), or the trace is one that module leaves to the
-        whole tree (read `tree` then). Kept until the trace changes."""
+        None when the whole tree is kept (a view or a budget read it: folding in the
+        spans since costs less), a span is running in the SDK (a running record
+        counts), or the trace is one that module leaves to the whole tree (read `tree`
+        then). Kept until the trace or the user's prices change."""
         with self._build_lock:
+            if self._rollup is not None:
+                return None  # a tree is kept (a view, a budget): folding it costs less
             user_prices = self._user_prices()
             version = (self._version, user_prices.version)  # read before the records
-            if self._rollup is not None and self._built_version == version:
-                return None
             cached = self._counted
             if cached is not None and cached[0] == version:
                 return cached[1]

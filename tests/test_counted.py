@@ -5,6 +5,7 @@ row for row; what it cannot place exactly, it leaves to the whole tree."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pandas as pd
@@ -52,8 +53,9 @@ def traces(draw: st.DrawFn) -> list[SpanRecord]:
     top-level span, some failed or with an exception event, some still running, some a
     second recording of an earlier call by another scope); starts tie on purpose."""
     count = draw(st.integers(1, 40))
-    # ids in no order (siblings that start together are ordered by id)
-    ids = [ROOT, *(ROOT + 3 * n for n in draw(st.permutations(range(1, count))))]
+    # ids in no order (siblings that start together are ordered by id), some past 2**63
+    base = draw(st.sampled_from([0, 0, 2**63 - 60, 2**64 - 200]))
+    ids = [ROOT, *(base + ROOT + 3 * n for n in draw(st.permutations(range(1, count))))]
     records: list[SpanRecord] = []
     for index, span_id in enumerate(ids):
         if index == 0:
@@ -64,7 +66,7 @@ def traces(draw: st.DrawFn) -> list[SpanRecord]:
             parent = None
         else:
             parent = records[draw(st.integers(0, index - 1))].span_id
-        start = draw(st.integers(0, 30))
+        start = draw(st.integers(-5, 30))
         end: int | None = start + draw(st.integers(0, 50))
         if index and draw(st.integers(0, 15)) == 0:
             end = None  # still running (a record: given as it was read)
@@ -310,3 +312,110 @@ def test_a_traced_block_is_counted_and_its_frame_is_the_whole_trees() -> None:
     assert frame["subtotal_total_tokens"].iloc[0] == whole.totals.total_tokens == 39
     assert frame["span_id"].tolist() == [f"{node.span_id:016x}" for node in whole.nodes]
     assert frame["subtotal_cost"].iloc[0] == pytest.approx(float(whole.totals.cost or 0))
+
+
+def test_a_kept_tree_is_folded_rather_than_counted_again() -> None:
+    trace = finished_trace(plain_records(5))
+    assert trace.totals.input_tokens == 1_000  # a budget's read: the tree is kept, folded
+    trace.add_records(
+        [
+            SpanRecord(
+                TRACE_ID,
+                800,
+                104,
+                "late call",
+                4,
+                5,
+                attributes={"ag.type.node": "llm", "gen_ai.usage.input_tokens": 5},
+            )
+        ]
+    )
+    assert trace.counted() is None
+    assert trace.counted_tree().totals.input_tokens == 1_005
+
+
+def test_new_prices_count_again() -> None:
+    trace = finished_trace(plain_records(3))
+    first = trace.counted()
+    assert first is not None and first.tree.totals.cost is not None
+    an.set_prices("gpt-4o", input=1, output=1)  # dollars per million tokens
+    try:
+        again = trace.counted()
+        assert again is not None and again is not first
+        assert again.tree.totals.cost == Decimal("0.0011")  # 1,100 tokens at $1 a million
+    finally:
+        an.clear_prices()
+
+
+def frames_agree(records: list[SpanRecord], *, counted: bool = True) -> None:
+    """The frame of a trace of `records` read first equals its whole tree's frame; with
+    `counted`, it was read from the spans that count."""
+    trace = finished_trace(records)
+    assert (trace.counted() is not None) is counted
+    frame = trace_dataframe(trace)
+    built = finished_trace(records)
+    built.tree  # noqa: B018 - the whole tree: its frame reads nodes
+    pd.testing.assert_frame_equal(frame, trace_dataframe(built))
+
+
+def test_times_and_ids_that_are_not_ints_are_left_to_the_whole_tree() -> None:
+    # numpy would take 1.7 and 1.2 as 1, and order these two by id
+    frames_agree(
+        [
+            SpanRecord(TRACE_ID, ROOT, None, "root", 0, 100),
+            SpanRecord(TRACE_ID, 10, ROOT, "a", 1.7, 3),  # type: ignore[arg-type]
+            SpanRecord(TRACE_ID, 11, ROOT, "b", 1.2, 3),  # type: ignore[arg-type]
+        ],
+        counted=False,
+    )
+    # an end that is no int, on a span that states nothing
+    frames_agree([*plain_records(2), SpanRecord(TRACE_ID, 12, ROOT, "c", 1, 2.5)])  # type: ignore[arg-type]
+    # a parent id "7" is not span 7 (the whole tree marks the span detached)
+    rows = [split_record(record)[0] for record in plain_records(2)]
+    with_text_parent = (*rows[1][:2], str(ROOT), *rows[1][3:])
+    assert shape_of([rows[0], with_text_parent], 0) is None
+
+
+def test_a_span_from_before_to_after_int64_arithmetic_is_left_to_the_whole_tree() -> None:
+    frames_agree(
+        [*plain_records(2), SpanRecord(TRACE_ID, 12, ROOT, "wide", -(2**62) - 10, 2**62 + 10)]
+    )
+
+
+def test_sums_past_int64_keep_exact_ints_and_nulls_in_the_frame() -> None:
+    big = 2**62 + 2**61  # each fits int64; their sum does not
+    calls = [
+        SpanRecord(
+            TRACE_ID,
+            200 + index,
+            ROOT,
+            f"call {index}",
+            index,
+            index + 1,
+            attributes={"ag.type.node": "llm", "gen_ai.usage.input_tokens": big},
+        )
+        for index in range(2)
+    ]
+    frames_agree(
+        [
+            SpanRecord(TRACE_ID, ROOT, None, "root", 0, 10),
+            *calls,
+            SpanRecord(TRACE_ID, 300, ROOT, "tool", 5, 6),
+        ]
+    )
+
+
+def test_a_root_under_another_span_of_its_trace() -> None:
+    frames_agree(
+        [
+            SpanRecord(TRACE_ID, ROOT, 50, "root", 0, 100),
+            SpanRecord(TRACE_ID, 50, None, "outside", 0, 200),
+            SpanRecord(TRACE_ID, 51, ROOT, "step", 1, 2),
+        ]
+    )
+
+
+def test_a_span_still_open_in_the_sdk_leaves_the_trace_to_its_whole_tree() -> None:
+    trace = finished_trace(plain_records(3))
+    trace.span_started(900, object())  # a thread's span, open after the block ended
+    assert trace.counted() is None

@@ -12,9 +12,9 @@ that tree with `build_tree` itself, so the rules stay in one place, and places e
 other span (its parent, depth and row in the parents-first order) with numpy over
 columns, without a node for it.
 
-Whatever this cannot place exactly (a span kept twice, a parent cycle,
-no root span, a time or id that does not fit 64 bits) makes `count_spans` return None:
-the caller builds the whole tree instead.
+Whatever this cannot place exactly (a span kept twice, a parent cycle, an id or a start
+that is not an int of 64 bits) makes `count_spans` return None: the caller builds the
+whole tree instead (as it does for a trace without its root span, `Trace.counted`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from operator import is_, is_not, itemgetter
+from operator import is_, itemgetter
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,8 @@ class Shape:
     depth: Any
     #: each span's row in the parents-first order (children in start order, then id)
     position: Any
-    #: bool: a span whose parent is not in the trace (it hangs under the root)
+    #: bool: a span whose parent is not in the trace, or a second top-level span (it
+    #: hangs under the root)
     detached: Any
     #: uint64: each span's id
     ids: Any
@@ -81,12 +82,23 @@ class Counted:
         return len(self.rows)
 
 
+def only_ints(values: list[Any], *others: None) -> bool:
+    """Every value is an `int` (not a subclass such as `bool`), or one of `others`."""
+    return set(map(type, values)) <= {int, *map(type, others)}
+
+
+def where_none(values: list[Any]) -> Any:
+    """A bool array: where `values` holds None (identity, in C: `bytes` takes the bools)."""
+    return np.frombuffer(bytes(map(is_, values, repeat(None))), bool)
+
+
 def plain_types(
     rows: Sequence[SpanRow], attributes: Sequence[Mapping[str, Any]]
 ) -> tuple[Any, Any]:
     """For each span (two numpy arrays, bool and object): whether it states nothing
     (ended, did not fail, and its attributes carry at most a type that is not a model
-    call's: what `rollup.new_node` reads without `read_usage`), and its type then."""
+    call's: what `rollup.new_node` reads without `read_usage`, a `Usage` with no figure
+    and no warning), and its type then."""
     count = len(rows)
     usages = list(map(type_only_usage, attributes))
     # One verdict per distinct `Usage` (most spans share one per type), told apart by
@@ -95,13 +107,13 @@ def plain_types(
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     distinct = [usages[place] for place in first.tolist()]
     plain = np.fromiter(
-        [u is not None and not u.is_model_call and not u.warnings for u in distinct],
+        [u is not None and not u.is_model_call for u in distinct],
         bool,
         len(distinct),
     )[inverse]
     types = np.fromiter([None if u is None else u.span_type for u in distinct], object)
     # (a span's events are read only when it failed: rule 14's refusals)
-    plain &= ~np.frombuffer(bytes(map(is_, map(itemgetter(END), rows), repeat(None))), bool)
+    plain &= ~where_none(list(map(itemgetter(END), rows)))
     plain &= np.fromiter(map(itemgetter(STATUS), rows), object, count) != "ERROR"
     types = types[inverse]
     types[~plain] = None
@@ -110,20 +122,25 @@ def plain_types(
 
 def shape_of(rows: Sequence[SpanRow], root: int) -> Shape | None:
     """The shape of a trace whose root span is `rows[root]`, as `build_tree` links it
-    (a span whose parent is missing hangs under the root); None for spans kept twice,
-    a parent cycle, or an id or start time that does not fit 64 bits."""
+    (a span whose parent is missing, or a second top-level span, hangs under the root);
+    None for spans kept twice, a parent cycle, or an id, parent id or start that is not
+    an int of 64 bits (a hand-made record: `build_tree` compares it as it is)."""
     count = len(rows)
-    # each field read in C (`map`), not in a Python loop
+    # each field read in C (`map`), not in a Python loop; only ints are taken as they
+    # are (numpy would turn a float, or a str of digits, into an int)
+    ids_ = list(map(itemgetter(SPAN_ID), rows))
     parents_ = list(map(itemgetter(PARENT_ID), rows))
+    starts_ = list(map(itemgetter(START), rows))
+    if not (only_ints(ids_) and only_ints(starts_) and only_ints(parents_, None)):
+        return None
     try:
-        ids = np.fromiter(map(itemgetter(SPAN_ID), rows), np.uint64, count)
+        ids = np.fromiter(ids_, np.uint64, count)
         parent_ids = np.fromiter(parents_, object, count)
-        # (`bytes` takes the bools in C)
-        has_parent = np.frombuffer(bytes(map(is_not, parents_, repeat(None))), bool)
+        has_parent = ~where_none(parents_)
         parent_ids[~has_parent] = 0
         parent_ids = parent_ids.astype(np.uint64)
-        starts = np.fromiter(map(itemgetter(START), rows), np.int64, count)
-    except (OverflowError, TypeError, ValueError):
+        starts = np.fromiter(starts_, np.int64, count)
+    except (OverflowError, TypeError, ValueError):  # past 64 bits, or a negative id
         return None
     by_id = np.argsort(ids, kind="stable")
     sorted_ids = ids[by_id]
@@ -157,8 +174,6 @@ def shape_of(rows: Sequence[SpanRow], root: int) -> Shape | None:
         depth[level] = len(levels)
         levels.append(level)
         reached += total
-        if reached > count:
-            return None  # cannot happen for a tree; a guard against looping
     if reached != count:
         return None  # spans in a parent cycle never reach the root
     # Each span's row: its parent's, plus one, plus the spans of its earlier siblings'
@@ -212,6 +227,4 @@ def count_spans(
         name=name,
         user_prices=user_prices,
     )
-    if tree.size != len(kept) or tree.root.synthetic:
-        return None  # not the tree this module expects: build the whole one
     return Counted(tree, shape, counts, types, rows)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from agenta_notebook.budget import trace_budget
-from agenta_notebook.core.columns import Counted
+from agenta_notebook.core.columns import Counted, only_ints
 from agenta_notebook.core.fields import FIGURES, NO_FIGURES, Figure, Kind, sum_figures
 from agenta_notebook.core.rollup import (
     END,
@@ -471,7 +471,7 @@ def trace_dataframe(trace: Trace) -> pd.DataFrame:
 def spans_of_traces(traces: Iterable[Trace]) -> pd.DataFrame:
     """The rows of several traces in one frame.
 
-    A finished trace whose whole tree is not built is read from its spans that count
+    A trace whose whole tree is not kept is read from its spans that count
     (`Trace.counted`: a node for each span that states something and its ancestors) and
     the rows of the others made from their columns, then put in the tree's order."""
     built: list[tuple[Trace, TraceTree]] = []
@@ -514,8 +514,12 @@ def _joined(parts: list[Any], order: Any) -> Any:
         return first.append(parts[1:]).take(order)
     if all(type(part) is type(first) for part in parts):
         return type(first)._concat_same_type(parts).take(order)
-    # a column the nodes' rows made another way (a count past 64 bits: exact ints)
-    return pd.concat([pd.Series(part) for part in parts], ignore_index=True).array.take(order)
+    if all(part.dtype == first.dtype for part in parts) and first.dtype != object:
+        return pd.concat([pd.Series(part) for part in parts], ignore_index=True).array.take(order)
+    # a column the nodes' rows made another way (a sum past 64 bits: exact Python ints,
+    # None for null, as `_column` has them)
+    values = np.concatenate([part.to_numpy(dtype=object, na_value=None) for part in parts])
+    return pd.array(values[order], dtype=object)
 
 
 def _plain_columns(trace: Trace, counted: Counted) -> dict[str, Any] | None:
@@ -527,9 +531,12 @@ def _plain_columns(trace: Trace, counted: Counted) -> dict[str, Any] | None:
     shape = counted.shape
     picked = list(map(counted.rows.__getitem__, at.tolist()))
     starts = shape.starts[at]
+    ends_ = list(map(itemgetter(END), picked))
+    if not only_ints(ends_):  # a hand-made end: numpy would take a float as an int
+        return None
     try:
-        ends = np.fromiter(map(itemgetter(END), picked), np.int64, size)
-    except (OverflowError, TypeError, ValueError):
+        ends = np.fromiter(ends_, np.int64, size)
+    except OverflowError:
         return None
     if not all(times.min() > -_SAFE_TIME and times.max() < _SAFE_TIME for times in (starts, ends)):
         return None
