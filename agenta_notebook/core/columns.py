@@ -87,9 +87,11 @@ def only_ints(values: list[Any], *others: None) -> bool:
     return set(map(type, values)) <= {int, *map(type, others)}
 
 
-def where_none(values: list[Any]) -> Any:
-    """A bool array: where `values` holds None (identity, in C: `bytes` takes the bools)."""
-    return np.frombuffer(bytes(map(is_, values, repeat(None))), bool)
+def where_is(values: Sequence[Any], single: object) -> Any:
+    """A bool array: where `values` holds the object `single` (identity: no `__eq__` is
+    called)."""
+    # (`bytes` takes the bools in C, faster than `np.fromiter`; the copy is writable)
+    return np.frombuffer(bytes(map(is_, values, repeat(single))), dtype=bool).copy()
 
 
 def plain_types(
@@ -113,7 +115,7 @@ def plain_types(
     )[inverse]
     types = np.fromiter([None if u is None else u.span_type for u in distinct], object)
     # (a span's events are read only when it failed: rule 14's refusals)
-    plain &= ~where_none(list(map(itemgetter(END), rows)))
+    plain &= ~where_is(list(map(itemgetter(END), rows)), None)
     plain &= np.fromiter(map(itemgetter(STATUS), rows), object, count) != "ERROR"
     types = types[inverse]
     types[~plain] = None
@@ -136,7 +138,7 @@ def shape_of(rows: Sequence[SpanRow], root: int) -> Shape | None:
     try:
         ids = np.fromiter(ids_, np.uint64, count)
         parent_ids = np.fromiter(parents_, object, count)
-        has_parent = ~where_none(parents_)
+        has_parent = ~where_is(parents_, None)
         parent_ids[~has_parent] = 0
         parent_ids = parent_ids.astype(np.uint64)
         starts = np.fromiter(starts_, np.int64, count)

@@ -8,7 +8,7 @@ figure (a count is a flag there: the span is one model call, one unpriced call).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import compress, repeat
+from itertools import compress
 from operator import attrgetter, is_, itemgetter
 from types import MappingProxyType
 from typing import Any, Final
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from agenta_notebook.budget import trace_budget
-from agenta_notebook.core.columns import Counted, only_ints
+from agenta_notebook.core.columns import Counted, only_ints, where_is
 from agenta_notebook.core.fields import FIGURES, NO_FIGURES, Figure, Kind, sum_figures
 from agenta_notebook.core.rollup import (
     END,
@@ -127,7 +127,7 @@ def _columns(traces: Iterable[tuple[Trace, TraceTree]]) -> dict[str, Any]:
         "span_id": _hex_ids(span_ids, synthetic),
         "parent_span_id": _hex_ids(
             [0 if parent is None else parent.row[SPAN_ID] for parent in parents],
-            _is(parents, None),
+            where_is(parents, None),
         ),
         "name": _strings([row[NAME] for row in rows]),
         "type": _strings([usage.span_type for usage in usages]),
@@ -168,12 +168,6 @@ def _warnings(found: list[tuple[SpanWarning, ...]]) -> Any:
             for warnings in found
         ]
     )
-
-
-def _is(values: Sequence[Any], single: object) -> Any:
-    """Where `values` holds the object `single` (identity: no `__eq__` is called)."""
-    # (`bytes` takes the bools in C, faster than `np.fromiter`; the copy is writable)
-    return np.frombuffer(bytes(map(is_, values, repeat(single))), dtype=bool).copy()
 
 
 def _spread_strings(values: Sequence[Any], where: Any, size: int) -> Any:
@@ -225,7 +219,7 @@ def _ints(values: Sequence[Any]) -> Any:
             mask = np.zeros(len(values), dtype=bool)
         except TypeError:  # a None among them
             boxed = _objects(values)
-            mask = _is(values, None)
+            mask = where_is(values, None)
             boxed[mask] = 0
             data = boxed.astype(np.int64)
         return pd.arrays.IntegerArray(data, mask)
@@ -264,7 +258,7 @@ class _FigureRows:
     def __init__(self, figures: list[Figures], like: _FigureRows | None = None) -> None:
         self.figures = figures
         #: the rows with figures, as a mask
-        self.held = ~_is(figures, NO_FIGURES)
+        self.held = ~where_is(figures, NO_FIGURES)
         self.like = like
         #: the rows whose values are `like`'s, as a mask (None: no such row)
         self.shared: Any = None
@@ -330,7 +324,7 @@ class _FigureRows:
             # (ints are never equal to None: `count` finds exactly the Nones)
             if values.count(None) < len(values):  # all None: all null, as it is
                 boxed = _objects(values)
-                missing = _is(values, None)
+                missing = where_is(values, None)
                 boxed[missing] = 0
                 data[where] = boxed.astype(np.int64)
                 mask[where] = missing
@@ -364,7 +358,7 @@ def _times(starts: Sequence[Any], ends: Sequence[Any], nodes: Sequence[SpanNode]
         has_running = False
     except (OverflowError, TypeError, ValueError):
         end = None
-        running = _is(ends, None)
+        running = where_is(ends, None)
         has_running = True
     flags = {"running": pd.arrays.BooleanArray(running, np.zeros(size, dtype=bool))}
     try:
@@ -524,8 +518,9 @@ def _joined(parts: list[Any], order: Any) -> Any:
 
 def _plain_columns(trace: Trace, counted: Counted) -> dict[str, Any] | None:
     """The columns of the spans of `trace` that state nothing (not in `counted.tree`),
-    in the order of their places: no figure, role "none", no warning; None when their
-    times do not fit int64 arithmetic (the whole tree's rows are made then)."""
+    in the order of their places: no figure, role "none", no warning; None when an end
+    is not an int or a time does not fit int64 arithmetic (the whole tree's rows are
+    made then)."""
     at = np.flatnonzero(~counted.counts)
     size = len(at)
     shape = counted.shape
