@@ -41,6 +41,8 @@ its root span (a synthetic root), and the views. Its level-by-level loops cost o
 pass per level: shallow traces (these are two and three levels deep) are its good case,
 a chain thousands of spans deep its bad one. Filling the columns from finished rows in
 bulk is the cheapest case of it: a store would fill them span by span as they end.
+Since issue 14's thirteenth round the structure is the product's own
+(`core.columns.shape_from`, which `Trace.counted` uses); the sums are the spike's.
 Timings are CPU, the best of `--repeat`, with the garbage collector off during each
 timing (and the previous run's result freed before it).
 
@@ -79,6 +81,7 @@ from _common import clock, machine_line
 
 import agenta_notebook as an
 from agenta_notebook.collector import rows_from_spans
+from agenta_notebook.core.columns import shape_from
 from agenta_notebook.core.fields import FIGURES
 from agenta_notebook.core.rollup import (
     END,
@@ -149,58 +152,21 @@ def fill_columns(spans: Sequence[RowSpan]) -> Columns:
 
 
 def roll_up_columns(columns: Columns, root_span_id: int) -> RolledUp:
-    """Parents, children in start order (then id), depths, parents-first order and
-    subtotals, level by level from the root, in numpy. A span whose parent is not
-    among them hangs under the root (rule 9); cycles are not handled in the spike."""
-    ids, parents, starts, figures = columns.ids, columns.parents, columns.starts, columns.figures
-    count = len(ids)
-    by_id = np.argsort(ids, kind="stable")
-    sorted_ids = ids[by_id]
-    found = np.searchsorted(sorted_ids, parents)
-    found[found == count] = 0
-    parent = np.where((sorted_ids[found] == parents) & (parents != 0), by_id[found], -1)
-    root = int(by_id[np.searchsorted(sorted_ids, np.uint64(root_span_id))])
-    parent[root] = -1
-    parent[(parent < 0) & (np.arange(count) != root)] = root
-    # Every span but the root, grouped by parent, each group in start order (then id)
-    children = np.lexsort((ids, starts, np.where(parent < 0, count, parent)))[: count - 1]
-    sizes = np.bincount(parent[children], minlength=count)
-    first = np.zeros(count + 1, np.int64)
-    np.cumsum(sizes, out=first[1:])
-    # The levels, from the root down; each level's spans grouped by parent, in order
-    levels = [np.array([root])]
-    depth = np.zeros(count, np.int64)
-    while True:
-        frontier = levels[-1]
-        below = sizes[frontier]
-        total = int(below.sum())
-        if total == 0:
-            break
-        offsets = np.repeat(first[frontier] - np.cumsum(below) + below, below)
-        level = children[offsets + np.arange(total)]
-        depth[level] = len(levels)
-        levels.append(level)
-    if sum(len(level) for level in levels) != count:
-        raise NotImplementedError("a parent cycle: not handled by the spike")
-    # Subtotals and subtree sizes, deepest level first: each level's groups summed at once
-    subtotals = figures.copy()
-    spans_below = np.ones(count, np.int64)
-    for level in reversed(levels[1:]):
-        owners = parent[level]
-        starts_of_groups = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-        heads = owners[starts_of_groups]
-        subtotals[heads] += np.add.reduceat(subtotals[level], starts_of_groups, axis=0)
-        spans_below[heads] += np.add.reduceat(spans_below[level], starts_of_groups)
-    # Row of each span: its parent's, plus one, plus the sizes of its earlier siblings
-    weights = spans_below[children]
-    running = np.cumsum(weights) - weights
-    group_heads = running[first[:-1][sizes > 0]]
-    earlier = np.empty(count, np.int64)
-    earlier[children] = running - np.repeat(group_heads, sizes[sizes > 0])
-    position = np.zeros(count, np.int64)
-    for level in levels[1:]:
-        position[level] = position[parent[level]] + 1 + earlier[level]
-    return RolledUp(parent, position, depth, subtotals)
+    """Parents, children in start order (then id), depths and the parents-first order by
+    the product's `core.columns.shape_from` (a span whose parent is not among them
+    hangs under the root, rule 9); the subtotals summed here, level by level from the
+    deepest. Cycles and spans kept twice are not handled in the spike."""
+    ids = columns.ids
+    root = int(np.flatnonzero(ids == np.uint64(root_span_id))[0])
+    shape = shape_from(ids, columns.parents, columns.parents != 0, columns.starts, root)
+    if shape is None:
+        raise NotImplementedError("a parent cycle, or a span twice: not handled by the spike")
+    subtotals = columns.figures.copy()
+    for level in reversed(shape.levels[1:]):
+        owners = shape.parent[level]
+        heads = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        subtotals[owners[heads]] += np.add.reduceat(subtotals[level], heads, axis=0)
+    return RolledUp(shape.parent, shape.position, shape.depth, subtotals)
 
 
 def frame_of_columns(columns: Columns, rolled: RolledUp, trace_id: int, name: str) -> Any:

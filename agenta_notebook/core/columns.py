@@ -58,6 +58,9 @@ class Shape:
     ids: Any
     #: each span's start
     starts: Any
+    #: the places of the spans depth by depth from the root's, each depth's grouped by
+    #: parent in the order of the depth above (what sums bottom-up read)
+    levels: list[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,13 @@ def shape_of(rows: Sequence[SpanRow], root: int) -> Shape | None:
         starts = np.fromiter(starts_, np.int64, count)
     except (OverflowError, TypeError, ValueError):  # past 64 bits, or a negative id
         return None
+    return shape_from(ids, parent_ids, has_parent, starts, root)
+
+
+def shape_from(ids: Any, parent_ids: Any, has_parent: Any, starts: Any, root: int) -> Shape | None:
+    """`shape_of` from columns: the spans' ids and parent ids (uint64), whether each has
+    a parent (bool), and their starts (int64); `root` is the root span's place."""
+    count = len(ids)
     by_id = np.argsort(ids, kind="stable")
     sorted_ids = ids[by_id]
     if count > 1 and bool((sorted_ids[1:] == sorted_ids[:-1]).any()):
@@ -194,7 +204,7 @@ def shape_of(rows: Sequence[SpanRow], root: int) -> Shape | None:
     position = np.zeros(count, np.int64)
     for level in levels[1:]:
         position[level] = position[parent[level]] + 1 + earlier[level]
-    return Shape(parent, depth, position, detached, ids, starts)
+    return Shape(parent, depth, position, detached, ids, starts, levels)
 
 
 def count_spans(
