@@ -419,3 +419,20 @@ def test_a_span_still_open_in_the_sdk_leaves_the_trace_to_its_whole_tree() -> No
     trace = finished_trace(plain_records(3))
     trace.span_started(900, object())  # a thread's span, open after the block ended
     assert trace.counted() is None
+
+
+def test_the_traces_table_reads_the_spans_that_count() -> None:
+    records = plain_records(6)
+    records[0] = SpanRecord(
+        TRACE_ID, ROOT, None, "root", 0, 1_000, attributes={BUDGET_DOLLARS: "0.001"}
+    )
+    records.append(SpanRecord(TRACE_ID, 700, 102, "running", 5, None))
+    counted = finished_trace(records)
+    built = finished_trace(records)
+    built.tree  # noqa: B018 - the whole tree: its row reads it
+    table = an.traces_dataframe(counted)
+    assert counted.counted() is not None  # no whole tree was built for the table
+    pd.testing.assert_frame_equal(table, an.traces_dataframe(built))
+    row = table.iloc[0]
+    assert row["spans"] == 9 and row["running"] and row["input_tokens"] == 1_000
+    assert row["budget_reached"]

@@ -711,10 +711,19 @@ def trace_totals_dataframe(*traces: Trace, kept: bool | None = None) -> pd.DataF
         if id(trace) not in seen:
             seen.add(id(trace))
             unique.append(trace)
-    trees = [trace.tree for trace in unique]
+    # totals, root, running spans and budget: the spans that count hold them all (a
+    # trace nothing has shown makes no node for the others); the count is of every span
+    counted = [trace.counted() for trace in unique]
+    trees = [
+        trace.tree if found is None else found.tree
+        for trace, found in zip(unique, counted, strict=True)
+    ]
     roots = [tree.root for tree in trees]
     # a synthetic root holds the top-level spans of a trace whose root span is missing
-    spans = [tree.size - (1 if tree.root.synthetic else 0) for tree in trees]
+    spans = [
+        (tree.size if found is None else found.size) - (1 if tree.root.synthetic else 0)
+        for tree, found in zip(trees, counted, strict=True)
+    ]
     columns: dict[str, list[Any]] = {
         "trace_id": [f"{trace.trace_id:032x}" for trace in unique],
         "name": [trace.name for trace in unique],
