@@ -49,6 +49,12 @@ Listener = Callable[["Trace"], None]
 #: and 1 full collection (0.29-0.53 s), with 16 337 and none (0.03-0.05 s); with 1 the
 #: conversion's own cost per call shows (benchmarks/README.md, issue 14's eighth round).
 CONVERT_EVERY: Final = 16
+#: A trace of fewer spans than this is read from its whole tree, not from its spans that
+#: count (`Trace.counted`): numpy's cost per call outweighs the nodes saved. Measured
+#: (a first `to_dataframe()`, a model call every 20 steps): 100 spans 2.9 ms counted
+#: against 1.7 ms whole; 500, 4.2 against 3.5; 2,000, 8.2 against 9.5; 20,000, 64.6
+#: against 91.3 (benchmarks/README.md, issue 14's thirteenth round).
+COUNTED_FROM: Final = 2_000
 #: Where a trace reads the user's prices when it builds its tree: a snapshot, cheap to call.
 UserPricesSource = Callable[[], UserPrices]
 
@@ -145,6 +151,8 @@ class Trace:
         #: ended spans are converted in batches of this many as they end (None: only
         #: when read; the benchmarks time the conversion with the roll-up that way)
         self.convert_every: int | None = CONVERT_EVERY
+        #: `counted()` reads traces of at least this many spans (`COUNTED_FROM`)
+        self.counted_from = COUNTED_FROM
         self._open_raw: dict[int, Any] = {}
         self._lock = forksafe.new_lock()  # released in a forked child
         self._version = 0
@@ -360,13 +368,14 @@ class Trace:
     def counted(self) -> Counted | None:
         """The roll-up over the spans that count (`core/columns.py`: nodes only for the
         spans that state something and their ancestors, the others placed in columns);
-        None when the whole tree is kept (a view or a budget read it: folding in the
-        spans since costs less), a span is running in the SDK (a running record
+        None when the trace has fewer than `counted_from` spans, when the whole tree is
+        kept (a view or a budget read it: folding in the spans since costs less), a
+        span is running in the SDK (a running record
         counts), or the trace is one that module leaves to the whole tree (read `tree`
         then). Kept until the trace or the user's prices change."""
         with self._build_lock:
-            if self._rollup is not None:
-                return None  # a tree is kept (a view, a budget): folding it costs less
+            if self._rollup is not None or self.span_count < self.counted_from:
+                return None  # a tree is kept (folding it costs less), or a small trace
             user_prices = self._user_prices()
             version = (self._version, user_prices.version)  # read before the records
             cached = self._counted

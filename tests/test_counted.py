@@ -97,8 +97,11 @@ def traces(draw: st.DrawFn) -> list[SpanRecord]:
 
 
 def finished_trace(records: list[SpanRecord]) -> Trace:
-    """A trace of `records` (a span of them may still run: a record read while it ran)."""
-    return Trace(TRACE_ID, "counted", root_span_id=ROOT, records=records)
+    """A trace of `records` (a span of them may still run: a record read while it ran),
+    read from its spans that count however few it has."""
+    trace = Trace(TRACE_ID, "counted", root_span_id=ROOT, records=records)
+    trace.counted_from = 0
+    return trace
 
 
 def node_facts(node: Any) -> tuple[Any, ...]:
@@ -247,8 +250,10 @@ def test_what_cannot_be_placed_exactly_is_left_to_the_whole_tree() -> None:
     assert shape_of([*rows, changed(span_id=601)], 0) is not None
     # a trace without its root span, or made of records alone: no counted tree
     rootless = Trace(TRACE_ID, "t", root_span_id=ROOT, records=plain_records(2)[1:])
+    rootless.counted_from = 0
     assert rootless.counted() is None
     records_only = Trace(TRACE_ID, "t", records=plain_records(2))
+    records_only.counted_from = 0
     assert records_only.counted() is None
     assert records_only.counted_tree() is records_only.tree
 
@@ -267,6 +272,7 @@ def test_a_time_past_int64_arithmetic_makes_the_frame_from_the_whole_tree() -> N
 def test_traces_counted_and_built_in_one_frame() -> None:
     counted = finished_trace(plain_records(4))
     other = Trace(TRACE_ID + 1, "built", root_span_id=ROOT, records=plain_records(6))
+    other.counted_from = 0
     other.tree  # noqa: B018 - built: its rows come from its nodes
     assert counted.counted() is not None and other.counted() is None
     frame = spans_of_traces([counted, other, counted])
@@ -304,6 +310,10 @@ def test_a_traced_block_is_counted_and_its_frame_is_the_whole_trees() -> None:
                 if index % 10 == 0:
                     with an.span("call", type="llm"):
                         an.record_usage(model="gpt-4o", input_tokens=10, output_tokens=3)
+    assert trace.counted() is None  # 64 spans: fewer than `COUNTED_FROM`, the whole tree
+    trace.counted_from = 65
+    assert trace.counted() is None
+    trace.counted_from = 64  # from this many spans on
     counted = trace.counted()
     assert counted is not None and counted.size == 64 and counted.tree.size == 10
     frame = trace_dataframe(trace)
