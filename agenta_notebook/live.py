@@ -168,7 +168,8 @@ class Trace:
         self._counted: tuple[tuple[int, int], Counted | None] | None = None
         self._summary: tuple[TraceTree, TraceSummary] | None = None
         self._reported_pricing_failures: set[int] = set()  # span ids, reported once each
-        self._listeners: list[Listener] = []
+        #: replaced, never changed in place: `_notify` reads it without a copy or a lock
+        self._listeners: tuple[Listener, ...] = ()
         #: set when the traced block has exited; spans may still arrive (rule 10)
         self.closed = root_span_id is None
         self.dropped = False
@@ -507,14 +508,18 @@ class Trace:
     # -- listeners (live views) -------------------------------------------------------
     def add_listener(self, listener: Listener) -> None:
         """Call `listener(trace)` after each span that ends in this trace."""
-        self._listeners.append(listener)
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
 
     def remove_listener(self, listener: Listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        with self._lock:
+            listeners = list(self._listeners)
+            if listener in listeners:
+                listeners.remove(listener)
+                self._listeners = tuple(listeners)
 
     def _notify(self) -> None:
-        for listener in tuple(self._listeners):
+        for listener in self._listeners:
             try:
                 listener(self)
             except Exception:  # a broken view must not break the traced code

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import agenta_notebook as an
 from agenta_notebook.budget import BUDGET_DOLLARS, trace_budget
-from agenta_notebook.core.columns import count_spans, shape_of
+from agenta_notebook.core.columns import count_spans, most_levels, shape_of
 from agenta_notebook.core.pricing import NO_USER_PRICES
 from agenta_notebook.core.rollup import SpanEvent, SpanRecord, build_tree, split_record
 from agenta_notebook.io.frame import spans_of_traces, trace_dataframe
@@ -256,6 +256,55 @@ def test_what_cannot_be_placed_exactly_is_left_to_the_whole_tree() -> None:
     records_only.counted_from = 0
     assert records_only.counted() is None
     assert records_only.counted_tree() is records_only.tree
+
+
+def chains(count: int, length: int) -> list[SpanRecord]:
+    """A root over `count` chains of `length` spans (each under the one before), a
+    model call at the bottom of each."""
+    records = [SpanRecord(TRACE_ID, ROOT, None, "root", 0, 1_000_000)]
+    span_id = 1_000
+    for chain in range(count):
+        parent = ROOT
+        for link in range(length):
+            span_id += 1
+            bottom = link == length - 1
+            records.append(
+                SpanRecord(
+                    TRACE_ID,
+                    span_id,
+                    parent,
+                    "call" if bottom else f"link {chain}.{link}",
+                    span_id,
+                    span_id + 10,
+                    attributes=plain_records(0)[-1].attributes if bottom else {},
+                )
+            )
+            parent = span_id
+    return records
+
+
+def test_a_trace_deeper_than_its_spans_allow_is_left_to_the_whole_tree() -> None:
+    # 200 spans in one chain: 200 levels, more than `most_levels` (64 for so few)
+    deep = chains(1, 200)
+    assert most_levels(len(deep)) == 64
+    rows = [split_record(record)[0] for record in deep]
+    assert shape_of(rows, 0) is None
+    trace = finished_trace(deep)
+    assert trace.counted() is None
+    frame = trace_dataframe(trace)
+    assert list(frame["depth"])[-1] == 200
+    # 20 chains of 60: as deep as allowed at most (1,201 spans: 75 levels), placed
+    wide = chains(20, 60)
+    assert shape_of([split_record(record)[0] for record in wide], 0) is not None
+    placed = finished_trace(wide)
+    counted = placed.counted()
+    assert counted is not None and int(counted.shape.depth.max()) == 60
+    built = finished_trace(wide)
+    assert built.tree.size == len(wide)
+    pd.testing.assert_frame_equal(trace_dataframe(placed), trace_dataframe(built))
+    whole = finished_trace(deep)
+    assert whole.tree.size == len(deep)
+    pd.testing.assert_frame_equal(frame, trace_dataframe(whole))
 
 
 def test_a_time_past_int64_arithmetic_makes_the_frame_from_the_whole_tree() -> None:

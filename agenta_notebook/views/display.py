@@ -127,6 +127,11 @@ class TraceDisplay:
 
     def refresh(self) -> None:
         """Schedule a redraw: cheap, thread-safe, coalesced to a few redraws a second."""
+        if self._timer is not None:
+            # A redraw is scheduled and has not started (it clears `_timer` first, then
+            # reads the trace): it will draw this span too. Read without the lock, as
+            # this runs once per span that ends, on the traced code's thread.
+            return
         with self._lock:
             if self._closed or self._timer is not None:
                 return
