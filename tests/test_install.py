@@ -13,6 +13,9 @@ the null device), so it sees what a user's machine sees, not this machine's extr
 indexes; environment settings (certificate, timeout) still apply. pip's own cache is
 used as usual, shared between runs (it only helps where the index's answers may be
 cached). The six resolutions run two at a time, each timed on its own.
+
+The same wheel, unpacked into an environment of its own, is checked by mypy as a user's
+code would use it: the package ships its types (`py.typed`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,9 +66,12 @@ def pip_env() -> dict[str, str]:
     return env
 
 
-def run(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str | Path, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(arg) for arg in args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -198,3 +205,65 @@ def test_dry_run_install_resolves_quickly(
         assert result.installed["agenta"] == AGENTA_LATEST
     limit = BUNDLED_PIP_LIMIT_SECONDS if which == "bundled" else LIMIT_SECONDS
     assert result.seconds < limit, f"{result.seconds:.1f} s to resolve"
+
+
+USER_CODE = """
+import asyncio
+from agenta_notebook import record_usage, span, trace
+
+@span
+def retrieve(question: str, k: int = 3) -> list[str]:
+    return [question] * k
+
+@span("ask", type="llm")
+async def ask(question: str, docs: list[str]) -> str:
+    record_usage(model="gpt-4o", input_tokens=10, output_tokens=2)
+    return question + docs[0]
+
+with trace("answer"):
+    with span("step", type="task"):
+        answer = asyncio.run(ask("q", retrieve("q")))
+
+reveal_type(retrieve)
+reveal_type(ask)
+reveal_type(answer)
+"""
+
+
+def test_the_wheel_carries_its_types_to_the_users_type_checker(wheel: Path, tmp_path: Path) -> None:
+    """Installed from the wheel, the package is typed for a user's mypy (PEP 561: it
+    ships `py.typed`): a function under `@span` keeps its signature, where an untyped
+    package makes it `Any` and strict mypy refuses the "untyped decorator"."""
+    environment = tmp_path / "user-env"
+    created = run(sys.executable, "-m", "venv", "--without-pip", environment)
+    assert created.returncode == 0, created.stderr
+    python = environment / "bin" / "python"
+    purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    with zipfile.ZipFile(wheel) as archive:
+        assert "agenta_notebook/py.typed" in archive.namelist()
+        archive.extractall(purelib.stdout.strip())  # what pip installs, without pip
+    user = tmp_path / "user.py"
+    user.write_text(USER_CODE)
+    checked = run(
+        sys.executable,
+        "-m",
+        "mypy",
+        "--strict",
+        "--no-incremental",
+        "--python-executable",
+        python,
+        user,
+        cwd=tmp_path,  # not the checkout: its sources would be read instead of the wheel's
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    revealed = [
+        line.split("Revealed type is ", 1)[1].replace("builtins.", "")
+        for line in checked.stdout.splitlines()
+        if "Revealed type is" in line
+    ]
+    # (mypy's own spelling of the three types; an untyped package gives "Any" thrice)
+    assert revealed == [
+        '"def (question: str, k: int =) -> list[str]"',
+        '"def (question: str, docs: list[str]) -> typing.Coroutine[Any, Any, str]"',
+        '"str"',
+    ], checked.stdout
