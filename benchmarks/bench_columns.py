@@ -160,7 +160,9 @@ def roll_up_columns(columns: Columns, root_span_id: int) -> RolledUp:
     root = int(np.flatnonzero(ids == np.uint64(root_span_id))[0])
     shape = shape_from(ids, columns.parents, columns.parents != 0, columns.starts, root)
     if shape is None:
-        raise NotImplementedError("a parent cycle, or a span twice: not handled by the spike")
+        raise NotImplementedError(
+            "a parent cycle, a span twice or a trace too deep: not handled by the spike"
+        )
     subtotals = columns.figures.copy()
     for level in reversed(shape.levels[1:]):
         owners = shape.parent[level]

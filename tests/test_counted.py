@@ -258,53 +258,54 @@ def test_what_cannot_be_placed_exactly_is_left_to_the_whole_tree() -> None:
     assert records_only.counted_tree() is records_only.tree
 
 
-def chains(count: int, length: int) -> list[SpanRecord]:
-    """A root over `count` chains of `length` spans (each under the one before), a
-    model call at the bottom of each."""
+def chain_and_steps(length: int, total: int) -> list[SpanRecord]:
+    """A root over a chain of `length` spans (each under the one before, a model call at
+    its bottom) and as many steps beside it as make `total` spans."""
     records = [SpanRecord(TRACE_ID, ROOT, None, "root", 0, 1_000_000)]
-    span_id = 1_000
-    for chain in range(count):
-        parent = ROOT
-        for link in range(length):
-            span_id += 1
-            bottom = link == length - 1
-            records.append(
-                SpanRecord(
-                    TRACE_ID,
-                    span_id,
-                    parent,
-                    "call" if bottom else f"link {chain}.{link}",
-                    span_id,
-                    span_id + 10,
-                    attributes=plain_records(0)[-1].attributes if bottom else {},
-                )
+    model_call = plain_records(0)[-1].attributes
+    parent = ROOT
+    for link in range(length):
+        bottom = link == length - 1
+        records.append(
+            SpanRecord(
+                TRACE_ID,
+                1_000 + link,
+                parent,
+                "call" if bottom else f"link {link}",
+                link,
+                link + 10,
+                attributes=model_call if bottom else {},
             )
-            parent = span_id
+        )
+        parent = 1_000 + link
+    for step in range(total - len(records)):
+        records.append(SpanRecord(TRACE_ID, 100_000 + step, ROOT, f"step {step}", step, step + 1))
     return records
 
 
 def test_a_trace_deeper_than_its_spans_allow_is_left_to_the_whole_tree() -> None:
-    # 200 spans in one chain: 200 levels, more than `most_levels` (64 for so few)
-    deep = chains(1, 200)
-    assert most_levels(len(deep)) == 64
-    rows = [split_record(record)[0] for record in deep]
-    assert shape_of(rows, 0) is None
-    trace = finished_trace(deep)
-    assert trace.counted() is None
-    frame = trace_dataframe(trace)
-    assert list(frame["depth"])[-1] == 200
-    # 20 chains of 60: as deep as allowed at most (1,201 spans: 75 levels), placed
-    wide = chains(20, 60)
-    assert shape_of([split_record(record)[0] for record in wide], 0) is not None
-    placed = finished_trace(wide)
-    counted = placed.counted()
-    assert counted is not None and int(counted.shape.depth.max()) == 60
-    built = finished_trace(wide)
-    assert built.tree.size == len(wide)
-    pd.testing.assert_frame_equal(trace_dataframe(placed), trace_dataframe(built))
-    whole = finished_trace(deep)
-    assert whole.tree.size == len(deep)
-    pd.testing.assert_frame_equal(frame, trace_dataframe(whole))
+    # 2,000 spans: placed down to 125 levels below the root (a sixteenth of them)
+    assert most_levels(2_000) == 125
+    for length, placed in ((125, True), (126, False)):
+        records = chain_and_steps(length, 2_000)
+        assert len(records) == 2_000
+        rows = [split_record(record)[0] for record in records]
+        assert (shape_of(rows, 0) is not None) is placed
+        trace = finished_trace(records)
+        counted = trace.counted()
+        assert (counted is not None) is placed
+        if counted is not None:
+            assert int(counted.shape.depth.max()) == length
+        frame = trace_dataframe(trace)
+        built = finished_trace(records)
+        assert built.tree.size == len(records)  # the whole tree: its frame reads nodes
+        pd.testing.assert_frame_equal(frame, trace_dataframe(built))
+        assert int(frame["depth"].max()) == length
+    # however few the spans, a trace 64 levels deep is placed, 65 is not
+    assert most_levels(200) == 64
+    for length, placed in ((64, True), (65, False)):
+        rows = [split_record(record)[0] for record in chain_and_steps(length, 200)]
+        assert (shape_of(rows, 0) is not None) is placed
 
 
 def test_a_time_past_int64_arithmetic_makes_the_frame_from_the_whole_tree() -> None:
