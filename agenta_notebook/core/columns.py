@@ -181,9 +181,15 @@ def shape_from(ids: Any, parent_ids: Any, has_parent: Any, starts: Any, root: in
     places = np.arange(count)
     detached = (parent < 0) & (places != root)
     parent[detached] = root
-    # Every span but the root, grouped by parent, each group in start order, then id
+    # Every span but the root, grouped by parent, each group in start order, then id.
+    # Two stable sorts: by start (then id, where starts tie), then by parent. Spans come
+    # about in start order, which a stable sort takes almost as it is (1M spans: 4 ms by
+    # start and 15 ms by parent, where one `lexsort` of the three keys took 233 ms).
+    by_start = np.argsort(starts, kind="stable")
+    if count > 1 and bool((np.diff(starts[by_start]) == 0).any()):
+        by_start = np.lexsort((ids, starts))
     group = np.where(parent < 0, count, parent)
-    children = np.lexsort((ids, starts, group))[: count - 1]
+    children = by_start[np.argsort(group[by_start], kind="stable")][: count - 1]
     sizes = np.bincount(parent[children], minlength=count)
     first = np.zeros(count + 1, np.int64)
     np.cumsum(sizes, out=first[1:])
