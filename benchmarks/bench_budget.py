@@ -80,12 +80,13 @@ def main() -> None:
 
     guarded = base.BaseClient._build_request
     assert getattr(guarded, "__agenta_notebook_budget__", False), "guarded on import"
-    bare = guarded.__wrapped__
+    bare = guarded.__wrapped__  # type: ignore[attr-defined]  # (set by the guard)
     client = openai.OpenAI(
         api_key="sk-bench",
         base_url="http://127.0.0.1:9/v1",
         max_retries=0,
-        http_client=httpx.Client(
+        # (openai 3 types its client as httpx2's, and takes httpx's too)
+        http_client=httpx.Client(  # type: ignore[arg-type]
             transport=httpx.MockTransport(lambda _: httpx.Response(200, json=ANSWER))
         ),
     )

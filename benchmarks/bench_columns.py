@@ -68,19 +68,20 @@ import gc
 import sys
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+from opentelemetry.sdk.trace import ReadableSpan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import clock, machine_line
 
 import agenta_notebook as an
-from agenta_notebook.collector import rows_from_spans
+from agenta_notebook.collector import ResourceMemo, rows_from_spans
 from agenta_notebook.core.columns import shape_from
 from agenta_notebook.core.fields import FIGURES
 from agenta_notebook.core.rollup import (
@@ -355,7 +356,7 @@ class ColumnSink:
         self.ids.extend([row[SPAN_ID] for row in rows])
         self.parents.extend([row[PARENT_ID] or 0 for row in rows])
         self.starts.extend([row[START] for row in rows])
-        self.ends.extend([row[END] for row in rows])
+        self.ends.extend([row[END] or 0 for row in rows])  # (every row here has ended)
         self.names.extend([row[NAME] for row in rows])
         self.statuses.extend([row[STATUS] for row in rows])
 
@@ -439,9 +440,11 @@ def part_conversion(spans: int, repeat: int) -> None:
         spent = [0.0, 0.0, 0.0]
         inside.append(spent)
 
-        def converting(batch: Any, resources: Any = None) -> list[RowSpan]:
+        def converting(
+            spans: Iterable[ReadableSpan], resources: ResourceMemo | None = None
+        ) -> list[RowSpan]:
             started = time.process_time()
-            rows: list[RowSpan] = convert(batch, resources)
+            rows: list[RowSpan] = convert(spans, resources)
             converted = time.process_time()
             sink.fill_rows(rows)
             filled = time.process_time()

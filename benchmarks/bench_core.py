@@ -248,9 +248,9 @@ def minimal_rollup(raw: Sequence[ReadableSpan]) -> dict[int, int]:
     gc.disable()
     try:
         for span in raw:
-            values = span._attributes._dict  # type: ignore[attr-defined]
-            parent = span._parent  # type: ignore[attr-defined]
-            span_id = span._context.span_id  # type: ignore[attr-defined]
+            values = span._attributes._dict  # type: ignore[union-attr]
+            parent = span._parent
+            span_id = span._context.span_id  # type: ignore[union-attr]
             own[span_id] = (values.get(AG_INPUT_TOKENS) or 0) + (values.get(AG_OUTPUT_TOKENS) or 0)
             key = parent.span_id if parent is not None else None
             children.setdefault(key, []).append(span_id)

@@ -68,7 +68,8 @@ BATCHES = 27  # the live cell's redraws in the kernel (`bench_live.py --part cel
 
 
 def _core_setup(spans: int) -> dict[str, Callable[[], Any]]:
-    from bench_core import fresh_trace, make_spans, plain_pass
+    from _common import plain_pass
+    from bench_core import fresh_trace, make_spans
 
     template, raw = make_spans(spans)
     # first-use costs (imports, the price table) in every child, the setup's alone too
@@ -226,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--records", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.child:
-        _child(*options.child, options.spans, options.repeat, options.records)
+        group, operation = options.child
+        _child(group, operation, options.spans, options.repeat, options.records)
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -244,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
 
     def per_span(group: str, operation: str) -> float:
-        return (counts[(group, operation)] - counts[(group, "none")]) / repeat / spans
+        return float((counts[(group, operation)] - counts[(group, "none")]) / repeat / spans)
 
     plain = per_span("core", "pass")
     rollup = per_span("core", "rollup")

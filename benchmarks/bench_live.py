@@ -214,7 +214,8 @@ def part_process(steps: int, rounds: int) -> None:
 
 
 def part_fold(count: int, rounds: int) -> None:
-    from bench_core import fresh_trace, make_spans, plain_pass
+    from _common import plain_pass
+    from bench_core import fresh_trace, make_spans
 
     from agenta_notebook.core.rollup import build_tree
 
@@ -575,7 +576,7 @@ def part_where(steps: int, rounds: int, maker: str = "span") -> None:
     for kind, runs in found.items():
 
         def median(key: str, runs: list[dict[str, Any]] = runs) -> float:
-            return statistics.median(run[key] for run in runs)
+            return float(statistics.median(run[key] for run in runs))
 
         collections = "/".join(
             str(int(statistics.median(run["collections"][g] for run in runs))) for g in range(3)
