@@ -370,10 +370,10 @@ class Trace:
         """The roll-up over the spans that count (`core/columns.py`: nodes only for the
         spans that state something and their ancestors, the others placed in columns);
         None when the trace has fewer than `counted_from` spans, when the whole tree is
-        kept (a view or a budget read it: folding in the spans since costs less), a
-        span is running in the SDK (a running record
-        counts), or the trace is one that module leaves to the whole tree (read `tree`
-        then). Kept until the trace or the user's prices change."""
+        kept (a view or a budget read it: folding in the spans since costs less), when a
+        span is running in the SDK (a running record counts), or when the trace is one
+        that module leaves to the whole tree (read `tree` then). Kept until the trace or
+        the user's prices change."""
         with self._build_lock:
             if self._rollup is not None or self.span_count < self.counted_from:
                 return None  # a tree is kept (folding it costs less), or a small trace
